@@ -1,0 +1,19 @@
+"""The rule catalogue: every lifecycle rule with its ID, level, profiles and source.
+
+``docs/rules.md`` is generated from :data:`CATALOGUE` (``python -m conformance.rules.docs``); the
+two cannot drift apart because the docs are never written by hand.
+"""
+
+from __future__ import annotations
+
+from . import device, host
+from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, violation_type
+
+__all__ = ["BY_ID", "CATALOGUE", "HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation",
+           "violation_type"]
+
+CATALOGUE: tuple[Rule, ...] = tuple(sorted([*host.RULES, *device.RULES], key=lambda r: (r.area.name, r.id)))
+BY_ID: dict[str, Rule] = {r.id: r for r in CATALOGUE}
+
+if len(BY_ID) != len(CATALOGUE):  # pragma: no cover - a duplicated ID is a programming error
+    raise RuntimeError("duplicate rule IDs in the catalogue")

@@ -1,0 +1,129 @@
+"""``teeio-conformance``: run the suite, print the flow, list rules, serve the reference device.
+
+Every subcommand turns bad arguments into a one-line error and exit status 2 (argparse's
+convention), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_flow(args: argparse.Namespace) -> int:
+    from reference_impl.lifecycle import run_lifecycle
+    from reference_impl.stack import StackConfig, build_stack
+    from reports.swimlane import render_text
+
+    stack = build_stack(StackConfig(profile=args.profile))
+    run_lifecycle(stack)
+    if args.json:
+        json.dump(stack.trace.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        title = f"TEE-IO lifecycle, {stack.profile.title} profile (flow.md, corrected)"
+        sys.stdout.write(render_text(list(stack.trace), title=title, max_depth=args.depth))
+    return 0
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from conformance.rules import CATALOGUE
+
+    if args.json:
+        json.dump([r.to_json() for r in CATALOGUE], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    for r in CATALOGUE:
+        profiles = ",".join(sorted(r.profiles))
+        sys.stdout.write(f"{r.id:<10} {r.level.value:<7} [{profiles}] {r.title}\n{'':<11}source: {r.source}\n")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    argv = ["--pyargs", "conformance", "-p", "no:cacheprovider", f"--hypothesis-profile={args.hypothesis_profile}",
+            f"--tdisp-profile={args.tdisp_profile}", "-q"]
+    if args.sut:
+        argv.append(f"--sut={args.sut}")
+    if args.report_dir:
+        argv.append(f"--report-dir={args.report_dir}")
+    if args.workers:
+        argv += ["-n", str(args.workers)]
+    argv += args.pytest_args
+    return int(pytest.main(argv))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from reference_impl.profiles import PROFILES
+
+    p = argparse.ArgumentParser(prog="teeio-conformance", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("flow", help="print the reference lifecycle as a swimlane chart (or --json trace)")
+    f.add_argument("--profile", choices=sorted(PROFILES), default="tdx")
+    f.add_argument("--json", action="store_true", help="print the trace events as a JSON array")
+    f.add_argument("--depth", type=int, default=None, help="hide crossings nested deeper than this")
+    f.set_defaults(func=_cmd_flow)
+
+    r = sub.add_parser("rules", help="list the rule catalogue")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_rules)
+
+    run = sub.add_parser("run", help="run the conformance suite (pytest) against a SUT")
+    run.add_argument("--sut", default=None, help="module:factory of the system under test (default: reference)")
+    run.add_argument("--tdisp-profile", default="all", choices=[*sorted(PROFILES), "all"])
+    run.add_argument("--hypothesis-profile", default="ci", choices=["ci", "dev", "thorough"])
+    run.add_argument("--report-dir", default=None)
+    run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
+    run.set_defaults(func=_cmd_run)
+
+    try:
+        from reference_impl.transport import server as _server
+    except ImportError:  # pragma: no cover - transport not installed
+        _server = None  # type: ignore[assignment]
+    if _server is not None:
+        s = sub.add_parser("serve-device", help="serve the reference device over the spdm-emu socket protocol")
+        _server.add_arguments(s)
+        s.add_argument("--config", default=None, help="JSON file with DeviceConfig fields")
+        s.set_defaults(func=_cmd_serve)
+    return p
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from reference_impl.device.device import Device, DeviceConfig
+    from reference_impl.trace import Trace
+    from reference_impl.transport import server
+
+    fields: dict[str, object] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                fields = json.load(fh)
+            if not isinstance(fields, dict):
+                raise ValueError("top level must be a JSON object")
+            config = DeviceConfig(**fields)  # type: ignore[arg-type]
+        except (OSError, ValueError, TypeError) as exc:
+            sys.stderr.write(f"teeio-conformance serve-device: bad --config {args.config}: {exc}\n")
+            return 2
+    else:
+        config = DeviceConfig()
+    return int(server.run(args, lambda: Device(Trace(enabled=False), config)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

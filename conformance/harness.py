@@ -1,0 +1,114 @@
+"""One step of a machine: snapshot, call the SUT under a time limit, snapshot, check the rules.
+
+The harness is where a SUT's misbehaviour becomes a *reported failure* instead of a crash of the
+suite: a typed refusal is data for the rules; any other exception is data too (rule ERR-02 fails on
+it); a call that does not return within the per-step limit raises :class:`SutHang`; a snapshot that
+cannot be taken raises :class:`SutBroken`. All are AssertionErrors, so Hypothesis shrinks them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
+
+__all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts"]
+
+
+class SutHang(AssertionError):
+    """The SUT did not return from a step within the per-step time limit."""
+
+
+class SutBroken(AssertionError):
+    """The SUT could not give a snapshot or trace: nothing can be checked after this step."""
+
+
+class Verdicts:
+    """Per-rule counts over a whole run (all examples of all machines), merged by the plugin."""
+
+    def __init__(self) -> None:
+        self.checked: dict[str, int] = {}
+        self.exercised: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.steps = 0
+
+    def absorb(self, checker: Checker) -> None:
+        for src, dst in ((checker.checked, self.checked), (checker.exercised, self.exercised),
+                         (checker.failed, self.failed)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+
+
+VERDICTS = Verdicts()
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+    if timeout <= 0 or threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise SutHang(f"the SUT did not return from {getattr(fn, '__qualname__', fn)} within {timeout:g} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class StepRunner:
+    """Runs steps against one stack and checks the catalogue after each."""
+
+    def __init__(self, stack: Any, profile: str, *, rules: tuple[Rule, ...] | None = None,
+                 only: frozenset[str] | None = None, timeout: float = 5.0) -> None:
+        self.stack = stack
+        self.profile = profile
+        self.checker = Checker(rules if rules is not None else tuple(BY_ID.values()), profile, only=only)
+        self.timeout = timeout
+        self.steps: list[str] = []
+        self._snap = self._snapshot("setup")
+
+    def _snapshot(self, action: str) -> Any:
+        try:
+            return _call(self.stack.snapshot, (), {}, self.timeout)
+        except SutHang:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the SUT's view is a reported failure
+            raise SutBroken(f"the SUT's snapshot() failed after {action!r}: {type(exc).__name__}: {exc}") from exc
+
+    def step(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, BaseException | None]:
+        """Do one action; return (result, error). Raise a rule's violation if the step broke one."""
+        self.steps.append(action)
+        trace = self.stack.trace
+        mark = len(trace)
+        before = self._snap
+        result, error = None, None
+        try:
+            result = _call(fn, args, kwargs, self.timeout)
+        except (SutHang, AssertionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the rules judge it (ERR-02 for untyped ones)
+            error = exc
+        after = self._snapshot(action)
+        self._snap = after
+        try:
+            history = trace.since(0)[:mark] if mark else []
+            events = trace.since(mark)
+        except Exception as exc:  # noqa: BLE001
+            raise SutBroken(f"the SUT's trace could not be read after {action!r}: {exc}") from exc
+        obs = Observation(profile=self.profile, action=action, events=events, history=history, before=before,
+                          after=after, error=error)
+        broken = self.checker.check(obs)
+        if broken:
+            rule, message = broken[0]
+            raise violation_type(rule.id)(rule, message, action)
+        return result, error
+
+    def finish(self) -> None:
+        VERDICTS.absorb(self.checker)
+        VERDICTS.steps += len(self.steps)

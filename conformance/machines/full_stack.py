@@ -1,0 +1,256 @@
+"""The full-stack machine: every actor of the flow, acting in order, out of order, and maliciously.
+
+Handles live in Bundles (VMs, assigned functions). Guests bind, attest, accept, start, use and
+unbind; guest TSMs act before they should; the host mmaps, revokes, destroys, resets, rebinds and
+tampers; the device DMAs with and without the T bit; faults arrive (FLR, config writes, BAR moves,
+MSE clear, IDE failure, session end, poison, VFIO close, VM destroy). After every step the whole
+catalogue is checked (:mod:`conformance.harness`). Refusals are expected -- the rules judge them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis import event, target
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, precondition, rule
+
+from conformance.harness import StepRunner
+
+__all__ = ["FullStack", "MachineConfig", "Slot"]
+
+VIRT_BASE = 0x10
+PRIVATE_GPA = 0x800
+SHARED_GPA = 0x5000
+
+
+@attrs.frozen
+class MachineConfig:
+    factory: Any
+    profile: str
+    num_vfs: int = 1
+    only: frozenset[str] | None = None  # check only these rules (mutant tests aim at one)
+    timeout: float = 5.0
+
+
+@attrs.frozen
+class Slot:
+    """A function of the device assigned to a VM at a virtual ID (what the guest calls it)."""
+
+    vm: str
+    rid: int
+    virt_id: int
+
+
+class FullStack(RuleBasedStateMachine):
+    config: MachineConfig  # set by the test that runs it (see conformance/test_full_stack.py)
+
+    vms = Bundle("vms")
+    slots = Bundle("slots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = self.config
+        self.stack = cfg.factory(profile=cfg.profile, num_vfs=cfg.num_vfs)
+        self.run = StepRunner(self.stack, cfg.profile, only=cfg.only, timeout=cfg.timeout)
+        self.device_name = next(iter(self.stack.devices))
+        self.device = self.stack.devices[self.device_name]
+        self.rids = list(self.device.rids())
+        self.fd: int | None = None
+
+    def teardown(self) -> None:
+        self.run.finish()
+        snap = self.run._snap
+        runs = sum(1 for d in snap.devices for f in d.functions if f.tdi_state.name == "RUN")
+        target(float(runs), label="TDIs in RUN at the end")
+
+    def _do(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        result, error = self.run.step(action, fn, *args, **kwargs)
+        event(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        return None if error else result
+
+    def _state(self, rid: int) -> str:
+        for d in self.run._snap.devices:
+            for f in d.functions:
+                if f.rid == rid:
+                    return str(f.tdi_state.name)
+        return "?"
+
+    # ------------------------------------------------------------------ setup
+    @initialize(target=vms)
+    def first_vm(self) -> str:
+        return str(self._do("create_vm", self.stack.create_vm))
+
+    @rule(target=vms)
+    def create_vm(self) -> str:
+        return str(self._do("create_vm", self.stack.create_vm))
+
+    @rule()
+    def connect(self) -> None:
+        self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+
+    @rule(target=slots, vm=vms, fn=st.integers(0, 3))
+    def assign(self, vm: str, fn: int) -> Slot:
+        rid = self.rids[fn % len(self.rids)]
+        slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + fn % len(self.rids))
+        self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
+        return slot
+
+    @rule(vm=vms)
+    def run_vm(self, vm: str) -> None:
+        self._do("kvm_run", self.stack.vmm.run, vm)
+
+    # ------------------------------------------------------------------ the guest, in order
+    @rule(s=slots)
+    def guest_enumerate(self, s: Slot) -> None:
+        self._do("guest_enumerate", self._guest(s.vm).enumerate, s.virt_id)
+
+    @rule(s=slots)
+    def guest_connect(self, s: Slot) -> None:
+        self._do("guest_bind", self._guest(s.vm).connect, s.virt_id)
+
+    @rule(s=slots)
+    def guest_attest(self, s: Slot) -> None:
+        self._do("guest_attest", self._guest(s.vm).attest, s.virt_id)
+
+    @rule(s=slots)
+    def guest_accept(self, s: Slot) -> None:
+        self._do("guest_accept", self._guest(s.vm).accept, s.virt_id)
+
+    @rule(s=slots)
+    def guest_start(self, s: Slot) -> None:
+        self._do("guest_start", self._guest(s.vm).start, s.virt_id)
+        event(f"TDI state after start: {self._state(s.rid)}")
+
+    @rule(s=slots)
+    def guest_read_private(self, s: Slot) -> None:
+        self._do("guest_read_private_mmio", self._guest(s.vm).read_private_mmio, s.virt_id)
+
+    @rule(s=slots)
+    def guest_unbind(self, s: Slot) -> None:
+        self._do("guest_unbind", self._guest(s.vm).disconnect, s.virt_id)
+
+    # ------------------------------------------------------------------ the guest TSM, too early
+    @rule(s=slots, kind=st.sampled_from(["start", "accept"]))
+    def guest_tsm_early(self, s: Slot, kind: str) -> None:
+        gtsm = self.stack.guest_tsms.get(s.vm)
+        if gtsm is None:
+            return
+        self._do(f"guest_tsm_{kind}_early", getattr(gtsm, kind), s.virt_id)
+
+    # ------------------------------------------------------------------ the device
+    @rule(s=slots, t_bit=st.booleans(), private=st.booleans())
+    def device_dma(self, s: Slot, t_bit: bool, private: bool) -> None:
+        gpa = PRIVATE_GPA if private else SHARED_GPA
+        self._do(f"device_dma_t{int(t_bit)}_{'private' if private else 'shared'}", self.device.issue_dma, s.rid, gpa,
+                 b"dma payload", t_bit=t_bit)
+
+    # ------------------------------------------------------------------ the host, out of order or malicious
+    @rule(s=slots)
+    def host_mmap(self, s: Slot) -> None:
+        fd = self._fd()
+        if fd is not None:
+            self._do("host_mmap_bar", self.stack.vfio.mmap_bar, fd, s.rid)
+            self._do("host_mmio_read", self.stack.vfio.host_mmio_read, fd, s.rid, 4096, 32)
+
+    @rule(s=slots)
+    def host_revoke(self, s: Slot) -> None:
+        for d in self.run._snap.vfio.dmabufs:
+            if d.rid == s.rid:
+                self._do("host_revoke_dmabuf", self.stack.vfio.revoke_mmio_dmabuf, d.dmabuf)
+                return
+
+    @rule(s=slots)
+    def host_unmap_private(self, s: Slot) -> None:
+        self._do("host_unmap_private_mmio", self.stack.kvm.unmap_private_mmio, s.vm, s.rid)
+
+    @rule(vm=vms)
+    def host_destroy_viommu(self, vm: str) -> None:
+        for o in self.run._snap.iommufd.objects:
+            if o.kind.value == "viommu" and o.vm == vm:
+                self._do("host_destroy_viommu", self.stack.iommufd.destroy, o.id)
+                return
+
+    @rule(s=slots)
+    def host_destroy_vdevice(self, s: Slot) -> None:
+        for o in self.run._snap.iommufd.objects:
+            if o.kind.value == "vdevice" and o.vm == s.vm and o.virt_id == s.virt_id:
+                self._do("host_destroy_vdevice", self.stack.iommufd.destroy, o.id)
+                return
+
+    @rule(s=slots, other=vms)
+    def host_bind_directly(self, s: Slot, other: str) -> None:
+        self._do("host_tsm_bind", self.stack.tsm.bind, s.rid, other)
+
+    @rule(s=slots, request=st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "GET_DEVICE_INTERFACE_REPORT",
+                                            "START_INTERFACE", "GET_TDISP_VERSION"]))
+    def host_tdisp(self, s: Slot, request: str) -> None:
+        self._do(f"host_tdisp_{request.lower()}", self.stack.tsm.host_tdisp, s.rid, request)
+
+    @rule(s=slots)
+    def host_guest_request_unbound(self, s: Slot) -> None:
+        from reference_impl.iommufd import GuestRequest
+
+        self._do("host_guest_request", self.stack.tsm.guest_request, s.rid, s.vm, GuestRequest(kind="state"))
+
+    @rule()
+    def host_refresh_keys(self) -> None:
+        self._do("tsm_refresh_keys", self.stack.tsm.refresh_keys, self.device_name)
+
+    @rule()
+    def host_disconnect(self) -> None:
+        self._do("tsm_disconnect", self.stack.tsm.disconnect, self.device_name)
+
+    # ------------------------------------------------------------------ faults
+    @rule(s=slots)
+    def fault_flr(self, s: Slot) -> None:
+        fd = self._fd()
+        if fd is not None:
+            self._do("vfio_reset", self.stack.vfio.reset, fd, s.rid)
+
+    @rule(s=slots, register=st.sampled_from(["command", "bar0", "msix_control", "bus_number"]))
+    def fault_config_write(self, s: Slot, register: str) -> None:
+        value = {"command": 0x4, "bar0": 0xF000_0000 + (s.rid & 0xFF) * 0x10000}.get(register, 0)
+        self._do(f"config_write_{register}", self.device.config_write, s.rid, register, value)
+
+    @rule(s=slots)
+    def fault_poison(self, s: Slot) -> None:
+        self._do("poisoned_tlp", self.device.poison, s.rid)
+
+    @rule()
+    def fault_ide(self) -> None:
+        self._do("ide_key_failure", self.device.ide_failure, "injected integrity failure")
+
+    @rule()
+    def fault_session_end(self) -> None:
+        for d in self.run._snap.devices:
+            if d.name == self.device_name and d.sessions:
+                self._do("spdm_session_end", self.device.spdm_end, d.sessions[0])
+
+    @rule()
+    def fault_vfio_close(self) -> None:
+        fd = self._fd()
+        if fd is not None:
+            self._do("vfio_close", self.stack.vfio.close_device, fd)
+
+    @rule(vm=vms)
+    def stop_vm(self, vm: str) -> None:
+        self._do("vm_stop", self.stack.vmm.stop_vm, vm)
+
+    @rule(vm=vms)
+    def host_destroy_vm(self, vm: str) -> None:
+        self._do("kvm_destroy_vm", self.stack.kvm.destroy_vm, vm)
+
+    # ------------------------------------------------------------------ helpers
+    def _guest(self, vm: str) -> Any:
+        return self.stack.guests[vm]
+
+    def _fd(self) -> int | None:
+        for fd, name, _ in self.run._snap.vfio.open_fds:
+            if name == self.device_name:
+                return int(fd)
+        return None
+
+
+del precondition

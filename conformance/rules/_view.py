@@ -1,0 +1,118 @@
+"""Small read-only helpers over trace events and snapshots, shared by the rule modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from reference_impl.device.tdisp import codec as td
+from reference_impl.errors import StackError
+from reference_impl.trace import Event
+
+HOST_ACTORS = frozenset({"vmm", "vfio", "iommufd"})
+"""Host software outside the TCB: what it sends, receives or stores, the host can read.
+
+KVM is host software too, but in this model its guest-access and DMA operations stand for the CPU's
+and the IOMMU's hardware paths (a guest load through the S-EPT never passes host code), so KVM's
+crossings count as host-visible only when host software is on the other side."""
+
+LOCKED = frozenset({td.TdiState.CONFIG_LOCKED, td.TdiState.RUN})
+
+
+def tdi_states(snap: Any) -> dict[int, td.TdiState]:
+    return {f.rid: f.tdi_state for d in snap.devices for f in d.functions}
+
+
+def functions(snap: Any) -> dict[int, Any]:
+    return {f.rid: f for d in snap.devices for f in d.functions}
+
+
+def device_of(snap: Any, rid: int) -> Any:
+    for d in snap.devices:
+        if any(f.rid == rid for f in d.functions):
+            return d
+    return None
+
+
+def bound_vm(snap: Any) -> dict[int, str | None]:
+    return {t.rid: t.vm for t in snap.tsm.tdis}
+
+
+def tsm_tdi(snap: Any, rid: int) -> Any:
+    for t in snap.tsm.tdis:
+        if t.rid == rid:
+            return t
+    return None
+
+
+def vm_state(snap: Any, vm: str) -> str | None:
+    for v in snap.kvm.vms:
+        if v.name == vm:
+            return str(v.state.value)
+    return None
+
+
+def objects(snap: Any, kind: str) -> list[Any]:
+    return [o for o in snap.iommufd.objects if o.kind.value == kind]
+
+
+def private_slots(snap: Any) -> list[Any]:
+    return [s for s in snap.kvm.memslots if s.mapping.value == "private"]
+
+
+def tdisp_exchanges(events: list[Event] | Any) -> Iterator[tuple[Event, Any, Any]]:
+    """(event, decoded request or None, decoded response or None) for each TDISP message to a device."""
+    for e in events:
+        if e.callee != "device" or e.operation != "handle_vendor_message" or not e.arguments:
+            continue
+        if e.arguments[0] != 1:
+            continue
+        try:
+            req = td.decode_request(bytes(e.arguments[1]))
+        except StackError:
+            req = None
+        resp = None
+        if e.ok and isinstance(e.result, bytes | bytearray):
+            try:
+                resp = td.decode_response(bytes(e.result))
+            except StackError:
+                resp = None
+        yield e, req, resp
+
+
+def session_of(ev: Event) -> int | None:
+    for k, v in ev.keywords:
+        if k == "session_id":
+            return v if isinstance(v, int) else None
+    return None
+
+
+def host_visible_values(events: list[Event] | Any) -> Iterator[Any]:
+    """Arguments and results of crossings the host can observe (a host actor on either side)."""
+    for e in events:
+        if e.caller in HOST_ACTORS or e.callee in HOST_ACTORS:
+            yield from e.arguments
+            yield from (v for _, v in e.keywords)
+            yield e.result
+            yield e.message
+
+
+def contains(value: Any, needle: bytes, depth: int = 0) -> bool:
+    """Does ``needle`` appear anywhere inside ``value`` (bytes, containers, attrs objects, text)?"""
+    if depth > 6 or value is None:
+        return False
+    if isinstance(value, bytes | bytearray | memoryview):
+        return needle in bytes(value)
+    if isinstance(value, str):
+        return needle.hex() in value
+    if isinstance(value, int | float | bool):
+        return False
+    if isinstance(value, dict):
+        return any(contains(v, needle, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(contains(v, needle, depth + 1) for v in value)
+    fields = getattr(type(value), "__attrs_attrs__", None)
+    if fields is not None:
+        return any(contains(getattr(value, f.name), needle, depth + 1) for f in fields
+                   if f.repr is not False)
+    return False

@@ -1,0 +1,542 @@
+"""Rules of the device: the TDISP state table and IDE_KM, checked message by message.
+
+The check replays a small model of PCIe r6.2 §11.2-§11.3 over the step's events: it starts from the
+TDI states in the *before* snapshot, applies every TDISP exchange and every tracked event (FLR,
+config write, poison, session end, IDE failure) in order, checks each response against what the
+table allows, and finally compares the model's states with the *after* snapshot. A mismatch is
+blamed on the rule for the last kind of message or event that touched that TDI.
+
+Validator case IDs are those of intel/tee-io-validator (../shared/design/teeio-validator-cases.md);
+where the validator and the spec disagree, the rule follows the spec and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reference_impl.device.ide import km_codec as km
+from reference_impl.device.tdisp import codec as td
+from reference_impl.device.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
+from reference_impl.errors import StackError
+
+from ._model import HELD, Area, Level, Observation, Rule
+from ._view import LOCKED, session_of, tdi_states, tdisp_exchanges
+
+M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
+PCIE = "PCIe Base r6.2 §11"
+E = td.ErrorCode
+
+
+def _err(resp: Any) -> int | None:
+    return resp.error_code if isinstance(resp, td.TdispError) else None
+
+
+def _lock_nonces(history: Any) -> dict[int, tuple[bytes, int | None]]:
+    """rid -> (nonce, session) of the last successful LOCK in the history."""
+    out: dict[int, tuple[bytes, int | None]] = {}
+    for e, req, resp in tdisp_exchanges(history):
+        if isinstance(resp, td.LockInterfaceResponse) and req is not None:
+            out[req.interface_id.function_id] = (resp.start_interface_nonce, session_of(e))
+    return out
+
+
+class _Replay:
+    """The model's view of one step. ``findings`` maps rule ID -> first violation message."""
+
+    def __init__(self, o: Observation) -> None:
+        self.o = o
+        self.states: dict[int, td.TdiState] = dict(tdi_states(o.before))
+        self.findings: dict[str, str] = {}
+        self.exercised: set[str] = set()
+        self.last_kind: dict[int, str] = {}
+        self.idempotent_stop = o.profile == "tdx"
+        self.pf = {f.rid: f.is_pf for d in o.before.devices for f in d.functions}
+        self.lock_session: dict[int, int | None] = {f.rid: f.locked_session for d in o.before.devices
+                                                    for f in d.functions}
+        self.stream_ok = {d.name: d.stream_state == "SECURE" for d in o.before.devices}
+        self._run()
+
+    def flag(self, rule: str, msg: str) -> None:
+        self.exercised.add(rule)
+        self.findings.setdefault(rule, msg)
+
+    def ok(self, rule: str) -> None:
+        self.exercised.add(rule)
+
+    def _error_event(self, rid: int, kind: str) -> None:
+        if self.states.get(rid) in LOCKED:
+            self.states[rid] = td.TdiState.ERROR
+        self.last_kind[rid] = kind
+
+    def _run(self) -> None:
+        nonces = _lock_nonces(self.o.history)
+        seen_nonces = {n for n, _ in nonces.values()}
+        for e in self.o.events:
+            if e.callee != "device":
+                continue
+            if e.operation in ("flr", "config_write", "poison") and e.ok:
+                rid = e.arguments[0]
+                hit = [rid] + ([r for r, pf in self.pf.items() if not pf and r >> 8 == rid >> 8]
+                               if self.pf.get(rid) and e.operation == "flr" else [])
+                for r in hit:
+                    self._error_event(r, "event-pf" if r != rid else "event")
+            elif e.operation == "spdm_end" and e.ok:
+                for r, s in self.lock_session.items():
+                    if s == e.arguments[0]:
+                        self._error_event(r, "session")
+            elif (e.operation == "ide_failure" and e.ok) or (e.operation == "receive" and not e.ok
+                                                             and "IDE" in e.message):
+                for r in self.states:
+                    self._error_event(r, "ide")
+            elif e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 1:
+                self._exchange(e, nonces, seen_nonces)
+
+    def _exchange(self, e: Any, nonces: dict, seen_nonces: set[bytes]) -> None:
+        raw = bytes(e.arguments[1])
+        if not e.ok:
+            self.flag("TDISP-12", f"a TDISP request raised {e.error} instead of answering TDISP_ERROR")
+            return
+        try:
+            resp = td.decode_response(bytes(e.result))
+        except (StackError, TypeError):
+            self.flag("TDISP-12", f"the device answered with undecodable bytes {bytes(e.result or b'')[:8].hex()}")
+            return
+        try:
+            req = td.decode_request(raw)
+        except td.TdispDecodeError as exc:
+            self._malformed(raw, exc, resp)
+            return
+        fid = req.interface_id.function_id
+        rid = fid & 0xFFFF
+        if fid >> 16 or rid not in self.states:
+            if _err(resp) != E.INVALID_INTERFACE:
+                self.flag("TDISP-12", f"request for unknown INTERFACE_ID {fid:#x} got {type(resp).__name__} "
+                          f"{_err(resp)}, not INVALID_INTERFACE")
+            else:
+                self.ok("TDISP-12")
+            return
+        if resp.interface_id != req.interface_id or resp.version != td.TDISP_VERSION_1_0:
+            self.flag("TDISP-13", f"response to {type(req).__name__} echoes {resp.interface_id}/{resp.version:#x}")
+        else:
+            self.ok("TDISP-13")
+        sid = session_of(e)
+        state = self.states[rid]
+        code = td.RequestCode(req.code)
+        legal = LEGAL_IN[code] | ({td.TdiState.CONFIG_UNLOCKED} if code is td.RequestCode.STOP_INTERFACE
+                                  and self.idempotent_stop else frozenset())
+        self.last_kind[rid] = "query" if code in QUERIES else code.name
+        if state not in legal:
+            if _err(resp) != E.INVALID_INTERFACE_STATE:
+                self.flag("TDISP-01", f"{code.name} in {state.name} answered {type(resp).__name__}"
+                          f"{'' if _err(resp) is None else ' ' + hex(_err(resp) or 0)}, not INVALID_INTERFACE_STATE")
+            else:
+                self.ok("TDISP-01")
+            self.last_kind[rid] = "illegal"
+            return
+        if code is td.RequestCode.LOCK_INTERFACE:
+            self._lock(rid, req, resp, sid, seen_nonces, nonces)
+        elif code is td.RequestCode.START_INTERFACE:
+            self._start(rid, req, resp, sid, nonces)
+        elif code is td.RequestCode.STOP_INTERFACE:
+            if not isinstance(resp, td.StopInterfaceResponse):
+                self.flag("TDISP-07", f"STOP in {state.name} answered {type(resp).__name__} {_err(resp)}")
+            else:
+                self.ok("TDISP-07")
+                self.states[rid] = TRANSITIONS.get((state, code), td.TdiState.CONFIG_UNLOCKED)
+                self.lock_session[rid] = None
+                nonces.pop(rid, None)
+        elif code is td.RequestCode.GET_DEVICE_INTERFACE_REPORT:
+            self._report(rid, req, resp)
+        elif code is td.RequestCode.GET_TDISP_CAPABILITIES:
+            self._caps(resp)
+        elif code is td.RequestCode.GET_TDISP_VERSION:
+            if not isinstance(resp, td.TdispVersion) or resp.versions != (td.TDISP_VERSION_1_0,):
+                self.flag("TDISP-14", f"GET_TDISP_VERSION answered {resp}")
+            else:
+                self.ok("TDISP-14")
+        elif code is td.RequestCode.GET_DEVICE_INTERFACE_STATE:
+            if not isinstance(resp, td.DeviceInterfaceState) or resp.tdi_state != state:
+                self.flag("TDISP-02", f"GET_DEVICE_INTERFACE_STATE said {getattr(resp, 'tdi_state', resp)} in "
+                          f"{state.name}")
+            else:
+                self.ok("TDISP-02")
+
+    def _malformed(self, raw: bytes, exc: td.TdispDecodeError, resp: Any) -> None:
+        want = exc.code
+        if not isinstance(resp, td.TdispError):
+            self.flag("TDISP-12", f"malformed request ({exc}) answered {type(resp).__name__}, not TDISP_ERROR")
+        elif want is not None and resp.error_code != want and resp.error_code not in (E.INVALID_REQUEST,
+                                                                                     E.INVALID_INTERFACE):
+            self.flag("TDISP-12", f"malformed request ({exc}) answered error {resp.error_code:#x}, expected {want:#x}")
+        else:
+            self.ok("TDISP-12")
+
+    def _lock(self, rid: int, req: Any, resp: Any, sid: int | None, seen: set[bytes], nonces: dict) -> None:
+        dev = next(d for d in self.o.before.devices if any(f.rid == rid for f in d.functions))
+        owner_ok = self.stream_ok.get(dev.name, False) and self._key_owner(dev.name) == sid
+        if isinstance(resp, td.LockInterfaceResponse):
+            if not owner_ok:
+                self.flag("TDISP-04", f"LOCK of {rid:#06x} succeeded without a Secure default stream keyed over "
+                          "this session")
+                return
+            nonce = resp.start_interface_nonce
+            if len(nonce) != 32 or nonce in seen or nonce == bytes(32):
+                self.flag("TDISP-06", f"LOCK of {rid:#06x} returned a reused or degenerate START nonce")
+            else:
+                self.ok("TDISP-06")
+            seen.add(nonce)
+            nonces[rid] = (nonce, sid)
+            self.states[rid] = td.TdiState.CONFIG_LOCKED
+            self.lock_session[rid] = sid
+            self.ok("TDISP-03")
+        elif not owner_ok:
+            if _err(resp) not in (E.INVALID_REQUEST, E.INVALID_DEVICE_CONFIGURATION):
+                self.flag("TDISP-04", f"LOCK without keys answered {_err(resp)}, not INVALID_REQUEST")
+            else:
+                self.ok("TDISP-04")
+        elif _err(resp) not in (E.UNSUPPORTED_REQUEST, E.INVALID_DEVICE_CONFIGURATION, E.INVALID_REQUEST,
+                                E.INSUFFICIENT_ENTROPY, E.BUSY):
+            self.flag("TDISP-03", f"a valid LOCK of {rid:#06x} answered {type(resp).__name__} {_err(resp)}")
+
+    def _key_owner(self, device: str) -> int | None:
+        owner = None
+        for e in [*self.o.history, *self.o.events]:
+            if e.callee != "device" or not e.ok:
+                continue
+            if e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result:
+                try:
+                    m = km.decode(bytes(e.result))
+                except (StackError, TypeError):
+                    continue
+                if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and owner is None:
+                    owner = session_of(e)
+            elif e.operation == "spdm_end" and e.arguments[0] == owner:
+                owner = None
+        return owner
+
+    def _start(self, rid: int, req: Any, resp: Any, sid: int | None, nonces: dict) -> None:
+        nonce, lsid = nonces.get(rid, (None, None))
+        good = nonce is not None and req.start_interface_nonce == nonce and lsid == sid
+        if good and isinstance(resp, td.StartInterfaceResponse):
+            self.ok("TDISP-05")
+            self.states[rid] = td.TdiState.RUN
+            nonces.pop(rid, None)
+        elif good:
+            self.flag("TDISP-05", f"START of {rid:#06x} with the LOCK nonce answered {type(resp).__name__}")
+        elif isinstance(resp, td.StartInterfaceResponse):
+            rule = "TDISP-15" if nonce is not None and req.start_interface_nonce == nonce else "TDISP-05"
+            self.flag(rule, f"START of {rid:#06x} succeeded with a wrong nonce or from another session")
+        elif _err(resp) != E.INVALID_NONCE:
+            self.flag("TDISP-05", f"START with a wrong nonce answered {_err(resp)}, not INVALID_NONCE")
+        else:
+            self.ok("TDISP-05")
+            if nonce is not None and req.start_interface_nonce == nonce:
+                self.ok("TDISP-15")
+
+    def _report(self, rid: int, req: Any, resp: Any) -> None:
+        if isinstance(resp, td.TdispError):
+            if resp.error_code == E.INVALID_REQUEST:
+                self.ok("TDISP-11")
+            else:
+                self.flag("TDISP-11", f"report request refused with {resp.error_code:#x}")
+            return
+        if not isinstance(resp, td.DeviceInterfaceReport):
+            self.flag("TDISP-11", f"report request answered {type(resp).__name__}")
+            return
+        if req.length == 0 or len(resp.portion) > req.length or not resp.portion:
+            self.flag("TDISP-11", f"report portion of {len(resp.portion)} bytes for LENGTH {req.length}")
+            return
+        self.ok("TDISP-11")
+        if req.offset == 0 and resp.remainder_length == 0:
+            self._report_content(rid, resp.portion)
+
+    def _report_content(self, rid: int, data: bytes) -> None:
+        try:
+            rep = td.InterfaceReport.decode(data)
+        except StackError as exc:
+            self.flag("TDISP-16", f"the interface report does not decode: {exc}")
+            return
+        n = len(rep.mmio_ranges)
+        if len(data) != 16 + 16 * n + 4 + len(rep.device_specific_info):
+            self.flag("TDISP-16", "report length does not match its range count")
+        elif rep.interface_info >> 5:
+            self.flag("TDISP-16", f"INTERFACE_INFO reserved bits set: {rep.interface_info:#x}")
+        elif any(r.attributes >> 4 for r in rep.mmio_ranges):
+            self.flag("TDISP-16", "MMIO range attribute reserved bits set")
+        elif [r.first_page for r in rep.mmio_ranges] != sorted(r.first_page for r in rep.mmio_ranges):
+            self.flag("TDISP-16", "MMIO ranges are not in address order")
+        else:
+            self.ok("TDISP-16")
+
+    def _caps(self, resp: Any) -> None:
+        if not isinstance(resp, td.TdispCapabilities):
+            self.flag("TDISP-14", f"GET_TDISP_CAPABILITIES answered {type(resp).__name__}")
+            return
+        bits = int.from_bytes(resp.req_msgs_supported[:2], "little")
+        if bits & 0xFE != 0xFE or resp.num_req_this == 0 or resp.num_req_all == 0 \
+                or resp.lock_interface_flags_supported >> 5:
+            self.flag("TDISP-14", f"capabilities miss mandatory requests or limits: REQ_MSGS {bits:#06x}, "
+                      f"NUM_REQ {resp.num_req_this}/{resp.num_req_all}")
+        else:
+            self.ok("TDISP-14")
+
+
+def _replay(o: Observation) -> _Replay:
+    cached = getattr(o, "_replay", None)
+    if cached is None:
+        cached = _Replay(o)
+        object.__setattr__(o, "_replay", cached)
+    return cached
+
+
+def _final_mismatch(o: Observation) -> dict[str, str]:
+    """Compare the model's end states with the snapshot; blame the rule for the last thing done."""
+    r = _replay(o)
+    after = tdi_states(o.after)
+    out: dict[str, str] = {}
+    for rid, want in r.states.items():
+        got = after.get(rid)
+        if got is None or got == want:
+            continue
+        kind = r.last_kind.get(rid)
+        rule = {"query": "TDISP-02", "illegal": "TDISP-01", "LOCK_INTERFACE": "TDISP-03",
+                "START_INTERFACE": "TDISP-05", "STOP_INTERFACE": "TDISP-07", "event": "TDISP-09",
+                "session": "TDISP-09", "ide": "IDE-03", "event-pf": "TDISP-10"}.get(kind or "", "TDISP-08")
+        out.setdefault(rule, f"TDI {rid:#06x} is {got.name}; the state table says {want.name}"
+                       f" (last: {kind or 'no TDISP message or tracked event'})")
+    return out
+
+
+def _rule_check(rule_id: str):  # type: ignore[no-untyped-def]
+    def check(o: Observation) -> str | None:
+        r = _replay(o)
+        mism = _final_mismatch(o)
+        if rule_id in mism:
+            return mism[rule_id]
+        if rule_id in r.findings:
+            return r.findings[rule_id]
+        if rule_id in r.exercised:
+            return HELD
+        if rule_id == "TDISP-08":
+            return HELD if any(s is td.TdiState.ERROR for s in tdi_states(o.before).values()) else None
+        if rule_id in ("TDISP-09", "TDISP-10"):
+            touched = {k for k, v in r.last_kind.items() if v in (("event", "session") if rule_id == "TDISP-09"
+                                                                 else ("event-pf",))}
+            return HELD if touched and any(tdi_states(o.before).get(x) in LOCKED for x in touched) else None
+        return None
+
+    check.__name__ = f"check_{rule_id.replace('-', '_')}"
+    return check
+
+
+# ---------------------------------------------------------------------------------------- IDE_KM
+def _ide_km_exchanges(o: Observation):  # type: ignore[no-untyped-def]
+    for e in o.events:
+        if e.callee == "device" and e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0:
+            yield e
+
+
+def ide_second_session_dropped(o: Observation) -> str | None:
+    evs = list(_ide_km_exchanges(o))
+    if not evs:
+        return None
+    r = _Replay.__new__(_Replay)
+    r.o = o
+    owner = r._key_owner.__func__(r, "")  # type: ignore[attr-defined]
+    live = set()
+    for d in o.before.devices:
+        live |= set(d.sessions)
+    for e in evs:
+        sid = session_of(e)
+        if owner is not None and owner in live and sid != owner and e.ok and e.result is not None:
+            return f"IDE_KM from session {sid} answered while session {owner} owns key programming"
+    return HELD
+
+
+def ide_kp_ack_status(o: Observation) -> str | None:
+    evs = list(_ide_km_exchanges(o))
+    hit = False
+    for e in evs:
+        if not e.ok:
+            return f"IDE_KM request raised {e.error} instead of answering"
+        raw = bytes(e.arguments[1])
+        if not raw or raw[0] != km.ObjectId.KEY_PROG or e.result is None:
+            continue
+        hit = True
+        try:
+            ack = km.decode(bytes(e.result))
+        except StackError:
+            return "KEY_PROG answered with undecodable bytes"
+        if not isinstance(ack, km.KpAck):
+            return f"KEY_PROG answered {type(ack).__name__}, not KP_ACK"
+        try:
+            req = km.decode(raw)
+        except km.IdeKmDecodeError as exc:
+            if ack.status == km.KpAckStatus.SUCCESS:
+                return f"malformed KEY_PROG ({exc}) acknowledged with SUCCESS"
+            continue
+        if isinstance(req, km.KeyProg) and (req.port_index, req.stream_id, req.key_sub_stream) != \
+                (ack.port_index, ack.stream_id, ack.key_sub_stream):
+            return "KP_ACK does not echo port index, stream ID and key/sub-stream"
+    return HELD if hit else None
+
+
+def ide_gostop_ack(o: Observation) -> str | None:
+    hit = False
+    for e in _ide_km_exchanges(o):
+        raw = bytes(e.arguments[1])
+        if not raw or raw[0] not in (km.ObjectId.K_SET_GO, km.ObjectId.K_SET_STOP) or not e.ok or e.result is None:
+            continue
+        hit = True
+        try:
+            req, ack = km.decode(raw), km.decode(bytes(e.result))
+        except StackError:
+            continue
+        if isinstance(ack, km.KGoStopAck) and (req.stream_id, req.key_sub_stream, req.port_index) != \
+                (ack.stream_id, ack.key_sub_stream, ack.port_index):
+            return "K_GOSTOP_ACK does not echo stream, key/sub-stream and port"
+        if not isinstance(ack, km.KGoStopAck | km.KpAck):
+            return f"K_SET_GO/K_SET_STOP answered {type(ack).__name__}"
+    return HELD if hit else None
+
+
+def ide_query_resp(o: Observation) -> str | None:
+    hit = False
+    for e in _ide_km_exchanges(o):
+        raw = bytes(e.arguments[1])
+        if not raw or raw[0] != km.ObjectId.QUERY or not e.ok or e.result is None:
+            continue
+        try:
+            req, resp = km.decode(raw), km.decode(bytes(e.result))
+        except StackError:
+            continue
+        hit = True
+        if isinstance(resp, km.QueryResp):
+            if resp.port_index != req.port_index or resp.max_port_index < req.port_index:
+                return f"QUERY_RESP port {resp.port_index}/max {resp.max_port_index} for QUERY({req.port_index})"
+    return HELD if hit else None
+
+
+def ide_t1_needs_secure(o: Observation) -> str | None:
+    dmas = [e for e in o.ops("device", "issue_dma", ok=True) if dict(e.keywords).get("t_bit")]
+    mmios = [e for e in o.ops("iommu", "mmio", ok=True) if getattr(e.arguments[1], "t_bit", False)
+             and e.arguments[0] not in o.before.iommu.fenced_vms]
+    if not dmas and not mmios:
+        return None
+    for _ in dmas:
+        if not all(d.stream_state == "SECURE" for d in o.before.devices):
+            return "a T=1 DMA went out while the device's IDE stream was not Secure"
+    for _ in mmios:
+        if "SECURE" not in o.before.iommu.rp_stream_state:
+            return "a T=1 MMIO went out while the root port's stream was not Secure"
+    return HELD
+
+
+def ide_session_end_insecure(o: Observation) -> str | None:
+    evs = o.ops("device", "spdm_end", ok=True)
+    if not evs:
+        return None
+    for d in o.after.devices:
+        if d.stream_state == "SECURE" and not d.sessions:
+            return f"{d.name}'s IDE stream is still Secure after its SPDM session ended"
+    return HELD
+
+
+def ide_integrity_failure(o: Observation) -> str | None:
+    bad = [e for e in o.events if not e.ok and "IDE" in e.message and e.operation in ("receive", "dma")]
+    if not bad:
+        return None
+    for e in bad:
+        if e.callee == "device" and all(d.stream_state == "SECURE" for d in o.after.devices):
+            return "a TLP failed IDE integrity but the device's stream stayed Secure"
+        if e.callee == "iommu" and "SECURE" in o.after.iommu.rp_stream_state.split(","):
+            return "a TLP failed IDE integrity but the root port's stream stayed Secure"
+    return HELD
+
+
+def ide_refresh_keeps_secure(o: Observation) -> str | None:
+    evs = o.ops("tsm", "refresh_keys", ok=True)
+    if not evs:
+        return None
+    for d in o.after.devices:
+        if d.name in {e.arguments[0] for e in evs} and d.stream_state != "SECURE":
+            return f"key refresh left {d.name}'s stream {d.stream_state}"
+    return HELD
+
+
+def _r(id: str, title: str, area: Area, level: Level, source: str, check, *, cases=(), profiles=None,
+       on=None) -> Rule:
+    kw = {} if profiles is None else {"profiles": frozenset(profiles)}
+    return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
+                on=frozenset(on) if on else None, validator_cases=tuple(cases), **kw)
+
+
+_DEV = {"device.handle_vendor_message", "device.flr", "device.config_write", "device.poison", "device.spdm_end",
+        "device.ide_failure", "device.receive"}
+
+RULES: list[Rule] = [
+    _r("TDISP-01", "a request not legal in the TDI's state gets INVALID_INTERFACE_STATE and changes nothing",
+       Area.TDISP, M, f"{PCIE}.3 per-request state; rules-seed C.40/F.79", _rule_check("TDISP-01"), on=_DEV,
+       cases=("LockInterface.3", "LockInterface.4", "StartInterface.3", "StartInterface.4", "DeviceReport.4")),
+    _r("TDISP-02", "queries never change TDI state and report it truthfully", Area.TDISP, M,
+       f"{PCIE}.3.6-§11.3.13; h11 Rule 2", _rule_check("TDISP-02"), on=_DEV,
+       cases=("DeviceState.1", "DeviceState.2", "DeviceState.3", "DeviceState.4")),
+    _r("TDISP-03", "LOCK from CONFIG_UNLOCKED with keys in place moves the TDI to CONFIG_LOCKED", Area.TDISP, M,
+       f"{PCIE}.2, §11.3.9", _rule_check("TDISP-03"), on=_DEV, cases=("LockInterface.1",)),
+    _r("TDISP-04", "LOCK is refused (INVALID_REQUEST) until the default stream is keyed and Secure over the "
+       "locking session", Area.TDISP, M, f"{PCIE}.4.5; rules-seed C.50", _rule_check("TDISP-04"), on=_DEV,
+       cases=("LockInterface.2",)),
+    _r("TDISP-05", "START with the LOCK's nonce moves CONFIG_LOCKED to RUN; any other nonce gets INVALID_NONCE",
+       Area.TDISP, M, f"{PCIE}.3.14; rules-seed C.48", _rule_check("TDISP-05"), on=_DEV,
+       cases=("StartInterface.1", "StartInterface.2")),
+    _r("TDISP-06", "every LOCK returns a fresh 32-byte START nonce", Area.TDISP, M,
+       f"{PCIE}.3.9; rules-seed C.48", _rule_check("TDISP-06"), on=_DEV),
+    _r("TDISP-07", "STOP returns LOCKED, RUN and ERROR to CONFIG_UNLOCKED (and CONFIG_UNLOCKED per profile)",
+       Area.TDISP, M, f"{PCIE}.3.16; rules-seed Q1 (validator expects success in UNLOCKED; spec table does not)",
+       _rule_check("TDISP-07"), on=_DEV, cases=("StopInterface.1", "StopInterface.2", "StopInterface.3")),
+    _r("TDISP-08", "ERROR is sticky: only STOP leaves it", Area.TDISP, M, f"{PCIE}.2; rules-seed C.41",
+       _rule_check("TDISP-08"), on=None),
+    _r("TDISP-09", "tracked changes (config write, FLR, poison, session end) move LOCKED/RUN to ERROR",
+       Area.TDISP, M, f"{PCIE}.2, §11.4.6, §11.4.9; rules-seed C.42/C.44", _rule_check("TDISP-09"), on=_DEV),
+    _r("TDISP-10", "a PF FLR moves every VF's locked TDI to ERROR", Area.TDISP, M,
+       f"{PCIE}.4.9; rules-seed C.42", _rule_check("TDISP-10"), on=_DEV),
+    _r("TDISP-11", "reports are served in LOCKED/RUN in portions; a bad offset or length gets INVALID_REQUEST",
+       Area.TDISP, M, f"{PCIE}.3.10-§11.3.11", _rule_check("TDISP-11"), on=_DEV,
+       cases=("DeviceReport.1", "DeviceReport.2", "DeviceReport.3")),
+    _r("TDISP-12", "malformed or misaddressed requests get a TDISP_ERROR with the spec's code, never silence",
+       Area.TDISP, M, f"{PCIE}.3 Table 11-27 (VERSION_MISMATCH, UNSUPPORTED_REQUEST, INVALID_INTERFACE)",
+       _rule_check("TDISP-12"), on=_DEV),
+    _r("TDISP-13", "responses echo the INTERFACE_ID and carry TDISP version 1.0", Area.TDISP, M,
+       f"{PCIE}.3.1 header", _rule_check("TDISP-13"), on=_DEV,
+       cases=("LockInterface.1", "DeviceReport.1", "DeviceState.1", "StartInterface.1", "StopInterface.1")),
+    _r("TDISP-14", "version and capabilities: version 1.0 only, the mandatory requests, non-zero limits",
+       Area.TDISP, S, f"{PCIE}.3.6-§11.3.7 (bit = code - 80h)", _rule_check("TDISP-14"), on=_DEV,
+       cases=("Version.1", "Capabilities.1")),
+    _r("TDISP-15", "the START nonce is bound to the SPDM session that locked", Area.TDISP, M,
+       f"{PCIE}.6.3; rules-seed C.49", _rule_check("TDISP-15"), on=_DEV),
+    _r("TDISP-16", "the interface report is well formed (length, reserved bits, ranges in order)", Area.TDISP, M,
+       f"{PCIE}.3.11; {PCIE}.6.3 (range order)", _rule_check("TDISP-16"), on=_DEV, cases=("DeviceReport.5",)),
+    _r("IDE-01", "IDE_KM from a second SPDM session is dropped while the first owns the keys", Area.IDE, M,
+       f"{PCIE}.4.5; rules-seed E.70", ide_second_session_dropped, on={"device.handle_vendor_message"},
+       cases=("SpdmSession.1", "SpdmSession.2")),
+    _r("IDE-02", "KEY_PROG is answered with KP_ACK carrying the right status and echoing its fields", Area.IDE, M,
+       "[LIBSPDM-IDEKM] KP_ACK status", ide_kp_ack_status, on={"device.handle_vendor_message"},
+       cases=("KeyProg.1", "KeyProg.2", "KeyProg.3", "KeyProg.4", "KeyProg.5", "KeyProg.6")),
+    _r("IDE-03", "an IDE integrity failure makes the stream Insecure and its locked TDIs ERROR", Area.IDE, M,
+       f"PCIe §6.33 (IDE); {PCIE}.2; rules-seed C.42", ide_integrity_failure,
+       on={"device.receive", "iommu.dma", "device.ide_failure"}),
+    _r("IDE-04", "K_SET_GO / K_SET_STOP are acknowledged echoing stream, key set, direction and sub-stream",
+       Area.IDE, M, "[LIBSPDM-IDEKM] K_GOSTOP_ACK", ide_gostop_ack, on={"device.handle_vendor_message"},
+       cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3",
+              "KSetStop.4")),
+    _r("IDE-05", "QUERY_RESP echoes the port index and reports a max port index covering it", Area.IDE, M,
+       "[LIBSPDM-IDEKM] QUERY_RESP", ide_query_resp, on={"device.handle_vendor_message"},
+       cases=("Query.1", "Query.2")),
+    _r("IDE-06", "T=1 traffic goes out only on a Secure stream", Area.IDE, M, f"{PCIE}.2.1; [TDXC-ARCH] §3.3",
+       ide_t1_needs_secure, on={"device.issue_dma", "iommu.mmio"}),
+    _r("IDE-07", "ending the SPDM session makes its IDE streams Insecure", Area.IDE, M,
+       f"{PCIE}.4.5; rules-seed C.44", ide_session_end_insecure, on={"device.spdm_end"}),
+    _r("IDE-08", "a key refresh over the same session keeps the stream Secure", Area.IDE, M,
+       f"{PCIE}.4.5; rules-seed E.72", ide_refresh_keeps_secure, on={"tsm.refresh_keys"},
+       cases=("KSetGo.3", "KSetGo.4", "KSetStop.3", "KSetStop.4", "Test.KeyRefresh", "Test.KeyRefreshKs1")),
+]

@@ -1,0 +1,795 @@
+"""Rules of the host side: the corrected flow, object lifetimes, dmabuf/private MMIO, DMA/MMIO access,
+confidentiality, teardown convergence and the error contract.
+
+Sources in brackets are the keys of ``../shared/design/rules-seed.md`` section 0; "flow corr. N" is
+the Nth maintainer correction in flow.md (Jason Gunthorpe, 2025-05-15,
+<20250515192127.GA580805@nvidia.com>).
+"""
+
+from __future__ import annotations
+
+from reference_impl.device.tdisp import codec as td
+from reference_impl.errors import AccessFault, CallerError, StackError
+
+from ._model import HELD, Area, Level, Observation, Rule
+from ._view import (
+    LOCKED,
+    bound_vm,
+    contains,
+    functions,
+    host_visible_values,
+    objects,
+    private_slots,
+    tdi_states,
+    tdisp_exchanges,
+    tsm_tdi,
+    vm_state,
+)
+
+M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
+SEED = "Jason Gunthorpe 2025-05-15 <20250515192127.GA580805@nvidia.com>"
+
+
+def _viommu_vm(history: list, events: list) -> dict[int, str]:
+    out = {}
+    for e in [*history, *events]:
+        if e.callee == "iommufd" and e.operation == "viommu_alloc" and e.ok:
+            out[e.result] = e.arguments[1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------- FLOW
+def flow_viommu_before_run(o: Observation) -> str | None:
+    allocs = o.ops("iommufd", "viommu_alloc", ok=True) + o.ops("iommufd", "vdevice_alloc", ok=True)
+    if not allocs:
+        return None
+    vms = _viommu_vm(list(o.history), list(o.events))
+    for e in allocs:
+        vm = e.arguments[1] if e.operation == "viommu_alloc" else vms.get(e.arguments[0])
+        if vm is not None and vm_state(o.before, vm) == "running":
+            return f"{e.operation} for {vm} after KVM run (seq {e.seq})"
+    return HELD
+
+
+def flow_bind_on_existing_vdevice(o: Observation) -> str | None:
+    if not o.ops("iommufd", "vdevice_tsm_bind"):
+        return None
+    before = {x.id for x in objects(o.before, "vdevice")}
+    after = {x.id for x in objects(o.after, "vdevice")}
+    if after - before:
+        return f"bind created vdevice(s) {sorted(after - before)} instead of using the existing one"
+    return HELD
+
+
+def flow_bind_through_vdevice(o: Observation) -> str | None:
+    binds = o.ops("tsm", "bind")
+    if not binds:
+        return None
+    for e in binds:
+        if e.caller != "iommufd":
+            return f"tsm.bind called by {e.caller}, not through the vdevice (seq {e.seq})"
+    return HELD
+
+
+def flow_guest_requests_through_vdevice(o: Observation) -> str | None:
+    reqs = o.ops("tsm", "guest_request")
+    if not reqs:
+        return None
+    for e in reqs:
+        if e.caller != "iommufd":
+            return f"guest request reached the TSM from {e.caller}, not through the iommufd vdevice"
+    return HELD
+
+
+def flow_unbind_keeps_vdevice(o: Observation) -> str | None:
+    evs = o.ops("iommufd", "vdevice_tsm_unbind", ok=True)
+    if not evs:
+        return None
+    live = {x.id for x in objects(o.after, "vdevice")}
+    for e in evs:
+        if e.arguments[0] not in live:
+            return f"guest unbind destroyed vdevice {e.arguments[0]}; it must remain until the VM stops"
+    return HELD
+
+
+def flow_no_viommu_teardown_while_running(o: Observation) -> str | None:
+    gone = {x.id: x for x in objects(o.before, "viommu")}
+    for x in objects(o.after, "viommu"):
+        gone.pop(x.id, None)
+    running = [v for v in gone.values() if vm_state(o.before, v.vm) == "running"]
+    if not gone and not o.ops("iommufd", "destroy"):
+        return None
+    if running:
+        return f"viommu {running[0].id} went away while {running[0].vm} was running"
+    return HELD
+
+
+def flow_tdx_stop_before_unmap(o: Observation) -> str | None:
+    before = {s.slot: s for s in private_slots(o.before)}
+    after = {s.slot for s in private_slots(o.after)}
+    dropped = [s for k, s in before.items() if k not in after]
+    if not dropped:
+        return None
+    states = tdi_states(o.after)
+    for s in dropped:
+        t = tsm_tdi(o.after, s.rid)
+        if states.get(s.rid) in LOCKED or (t is not None and t.vm is not None and not t.stopped):
+            return f"private MMIO of {s.rid:#06x} unmapped while the TDI was not stopped ({states[s.rid].name})"
+    return HELD
+
+
+def flow_cca_unmap_before_stop(o: Observation) -> str | None:
+    b, a = tdi_states(o.before), tdi_states(o.after)
+    unlocked = [rid for rid in a if b.get(rid) in LOCKED and a[rid] is td.TdiState.CONFIG_UNLOCKED]
+    if not unlocked:
+        return None
+    for rid in unlocked:
+        if any(s.rid == rid for s in private_slots(o.after)):
+            return f"TDI {rid:#06x} unlocked while its private MMIO was still mapped"
+    return HELD
+
+
+def _starts(o: Observation) -> list:
+    return [e for e, req, resp in tdisp_exchanges(o.events)
+            if isinstance(req, td.StartInterface) and isinstance(resp, td.StartInterfaceResponse)]
+
+
+def flow_tdx_guest_sends_start(o: Observation) -> str | None:
+    starts = _starts(o)
+    if not starts:
+        return None
+    for e in starts:
+        names = {(a.callee, a.operation) for a in o.ancestors(e)}
+        if ("tsm", "guest_request") not in names:
+            return f"START (seq {e.seq}) was not originated by the guest"
+    return HELD
+
+
+def flow_tdx_accept_before_start(o: Observation) -> str | None:
+    starts = _starts(o)
+    if not starts:
+        return None
+    for e in starts:
+        fn = (e.arguments[1][4:8])
+        rid = int.from_bytes(fn, "little") & 0xFFFF
+        t = tsm_tdi(o.before, rid)
+        mapped = any(s.rid == rid for s in private_slots(o.before))
+        trusted = any(r == rid for r, _ in o.before.iommu.trusted)
+        if not (mapped and trusted):
+            return f"START of {rid:#06x} before the guest accepted MMIO ({mapped}) and DMA ({trusted})"
+        del t
+    return HELD
+
+
+def flow_sev_run_at_attest(o: Observation) -> str | None:
+    reps = [e for e in o.ops("tsm", "guest_request", ok=True) if getattr(e.arguments[2], "kind", "") == "report"]
+    if not reps:
+        return None
+    states = tdi_states(o.after)
+    for e in reps:
+        if states.get(e.arguments[0]) is not td.TdiState.RUN:
+            return f"SEV-TIO: TDI {e.arguments[0]:#06x} is {states[e.arguments[0]].name} after attest, not RUN"
+    return HELD
+
+
+def flow_cca_host_starts(o: Observation) -> str | None:
+    starts = _starts(o)
+    if not starts:
+        return None
+    for e in starts:
+        names = {(a.callee, a.operation) for a in o.ancestors(e)}
+        if ("tsm", "host_start") not in names:
+            return f"CCA: START (seq {e.seq}) did not come from the host on the realm's request"
+    return HELD
+
+
+def flow_host_tdisp_whitelist(o: Observation) -> str | None:
+    evs = o.ops("tsm", "host_tdisp", ok=True)
+    if not evs:
+        return None
+    allowed = {"tdx": {"GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES", "LOCK_INTERFACE",
+                       "GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE"}}.get(o.profile)
+    for e in evs:
+        if allowed is not None and e.arguments[1] not in allowed:
+            return f"the host originated {e.arguments[1]}, which {o.profile} forbids"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- LIFE
+def life_one_vdevice_per_idev(o: Observation) -> str | None:
+    vds = objects(o.after, "vdevice")
+    if not vds:
+        return None
+    idevs = [v.idev for v in vds]
+    dup = {i for i in idevs if idevs.count(i) > 1}
+    return f"idev(s) {sorted(dup)} have more than one vdevice" if dup else HELD
+
+
+def life_vdevice_holds_viommu(o: Observation) -> str | None:
+    vds = objects(o.after, "vdevice")
+    if not vds:
+        return None
+    vis = {v.id: v for v in objects(o.after, "viommu")}
+    for v in vds:
+        parent = vis.get(v.parent)
+        if parent is None:
+            return f"vdevice {v.id} outlived its viommu {v.parent}"
+        n = sum(1 for x in vds if x.parent == parent.id)
+        if parent.users < n:
+            return f"viommu {parent.id} counts {parent.users} users but holds {n} vdevice(s)"
+    return HELD
+
+
+def life_virt_id_unique(o: Observation) -> str | None:
+    vds = objects(o.after, "vdevice")
+    if len(vds) < 2:
+        return None
+    keys = [(v.parent, v.virt_id) for v in vds]
+    return "two vdevices share a virtual ID on one viommu" if len(set(keys)) != len(keys) else HELD
+
+
+def life_tombstones(o: Observation) -> str | None:
+    tomb = set(o.after.iommufd.tombstones)
+    closes = o.ops("vfio", "close_device", ok=True)
+    if not tomb and not closes:
+        return None
+    live = {x.id for x in o.after.iommufd.objects}
+    if tomb & live:
+        return f"tombstoned id(s) {sorted(tomb & live)} were reused"
+    lost = set(o.before.iommufd.tombstones) - tomb
+    if lost and not o.after.iommufd.closed:
+        return f"tombstone(s) {sorted(lost)} vanished before the iommufd closed"
+    before_vd = {v.id: v for v in objects(o.before, "vdevice")}
+    for e in closes:
+        for v in before_vd.values():
+            if v.id not in live and v.id not in tomb and not o.after.iommufd.closed and v.device is not None \
+                    and not any(d.operation == "destroy" and d.arguments == (v.id,) for d in o.events):
+                return f"vdevice {v.id} destroyed under its idev but not tombstoned"
+    return HELD
+
+
+def life_kvm_refcount(o: Observation) -> str | None:
+    refs = {}
+    for x in o.after.iommufd.objects:
+        if x.kind.value in ("viommu", "vdevice") and x.vm:
+            refs[x.vm] = refs.get(x.vm, 0) + 1
+    if not refs and not any(v.refs for v in o.after.kvm.vms):
+        return None
+    for v in o.after.kvm.vms:
+        if v.refs != refs.get(v.name, 0):
+            return f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice object(s) use it"
+        if v.state.value == "destroyed" and refs.get(v.name):
+            return f"{v.name} was destroyed while vIOMMU/vdevice objects still referenced it"
+    return HELD
+
+
+def life_bind_idempotent(o: Observation) -> str | None:
+    evs = o.ops("tsm", "bind")
+    hits = [e for e in evs if bound_vm(o.before).get(e.arguments[0]) == e.arguments[1]]
+    if not hits:
+        return None
+    for e in hits:
+        if not e.ok:
+            return f"re-binding {e.arguments[0]:#06x} to the same VM failed with {e.error}; must be a no-op"
+    if tdi_states(o.before) != tdi_states(o.after):
+        return "a repeated bind to the same VM changed TDI state"
+    return HELD
+
+
+def life_bind_other_vm_busy(o: Observation) -> str | None:
+    hits = [e for e in o.ops("tsm", "bind") if bound_vm(o.before).get(e.arguments[0]) not in (None, e.arguments[1])]
+    if not hits:
+        return None
+    for e in hits:
+        if e.ok or e.error != "Busy":
+            return f"bind of {e.arguments[0]:#06x} held by another VM gave {e.error or 'success'}, not Busy"
+    return HELD
+
+
+def life_bind_needs_connect(o: Observation) -> str | None:
+    connected = {d for d, _ in o.before.tsm.connected}
+    hits = [e for e in o.ops("tsm", "bind") if (t := tsm_tdi(o.before, e.arguments[0])) is not None
+            and t.device not in connected]
+    if not hits:
+        return None
+    for e in hits:
+        if e.ok or e.error != "InvalidState":
+            return f"bind without connect gave {e.error or 'success'}, not InvalidState (-EINVAL)"
+    return HELD
+
+
+def life_unbind_always_succeeds(o: Observation) -> str | None:
+    evs = o.ops("tsm", "unbind")
+    if not evs:
+        return None
+    bad = [e for e in evs if not e.ok and e.error not in ("NotFound",)]
+    return f"tsm.unbind failed with {bad[0].error}: {bad[0].message}" if bad else HELD
+
+
+def life_guest_request_needs_bind(o: Observation) -> str | None:
+    hits = [e for e in o.ops("tsm", "guest_request") if bound_vm(o.before).get(e.arguments[0]) is None]
+    if not hits:
+        return None
+    for e in hits:
+        if e.ok or e.error != "Unsupported":
+            return f"guest request to unbound TDI {e.arguments[0]:#06x} gave {e.error or 'success'}, not -ENXIO"
+    return HELD
+
+
+def life_single_owner(o: Observation) -> str | None:
+    vds = [v for v in objects(o.after, "vdevice") if v.bound]
+    if not vds:
+        return None
+    owners = bound_vm(o.after)
+    for v in vds:
+        if owners.get(v.rid) != v.vm:
+            return f"vdevice {v.id} of {v.vm} is bound but the TSM binds {v.rid:#06x} to {owners.get(v.rid)}"
+    return HELD
+
+
+def life_close_destroys_vdevice(o: Observation) -> str | None:
+    evs = o.ops("vfio", "close_device", ok=True)
+    if not evs:
+        return None
+    closed_idevs = {i for f, _, i in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
+    for v in objects(o.after, "vdevice"):
+        if v.idev in closed_idevs:
+            return f"vdevice {v.id} survived the close of its device"
+    return HELD
+
+
+def life_disconnect_unbinds(o: Observation) -> str | None:
+    evs = o.ops("tsm", "disconnect", ok=True)
+    if not evs:
+        return None
+    for e in evs:
+        for t in o.after.tsm.tdis:
+            if t.device == e.arguments[0] and t.vm is not None:
+                return f"disconnect of {t.device} left TDI {t.rid:#06x} bound to {t.vm}"
+    return HELD
+
+
+def life_objects_referenced_exist(o: Observation) -> str | None:
+    objs = {x.id: x for x in o.after.iommufd.objects}
+    if not objs:
+        return None
+    for x in objs.values():
+        if x.parent is not None and x.parent not in objs:
+            return f"{x.kind.value} {x.id} references {x.parent}, which was destroyed"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- MMIO
+def mmio_revoke_unmaps(o: Observation) -> str | None:
+    revoked = {d.dmabuf for d in o.after.vfio.dmabufs if d.revoked}
+    if not revoked:
+        return None
+    for s in o.after.kvm.memslots:
+        if s.dmabuf in revoked and s.mapping.value != "unmapped":
+            return f"memslot {s.slot} still maps revoked dmabuf {s.dmabuf} ({s.mapping.value})"
+    return HELD
+
+
+def mmio_no_host_mmap_while_private(o: Observation) -> str | None:
+    private = set(o.after.vfio.private_rids)
+    if not private:
+        return None
+    for _fd, rid in o.after.vfio.host_mmaps:
+        if rid in private:
+            return f"the host has function {rid:#06x} mmapped while it is private"
+    return HELD
+
+
+def mmio_private_only_bound_vm(o: Observation) -> str | None:
+    slots = private_slots(o.after)
+    if not slots:
+        return None
+    owners = bound_vm(o.after)
+    for s in slots:
+        if owners.get(s.rid) != s.vm:
+            return f"private MMIO of {s.rid:#06x} is mapped into {s.vm}, but the TDI is bound to {owners.get(s.rid)}"
+    return HELD
+
+
+def mmio_no_alias(o: Observation) -> str | None:
+    slots = private_slots(o.after)
+    if not slots:
+        return None
+    seen: dict[int, str] = {}
+    for s in slots:
+        for p in range(s.pages):
+            page = s.host_base + p * 4096
+            where = f"{s.vm}@{s.gpa + p * 4096:#x}"
+            if page in seen and seen[page] != where:
+                return f"device page {page:#x} is mapped private at {seen[page]} and {where}"
+            seen[page] = where
+    return HELD
+
+
+def mmio_private_needs_locked(o: Observation) -> str | None:
+    slots = private_slots(o.after)
+    if not slots:
+        return None
+    states = tdi_states(o.after)
+    for s in slots:
+        if states.get(s.rid) is td.TdiState.CONFIG_UNLOCKED:
+            return f"private MMIO of {s.rid:#06x} stays mapped while the TDI is CONFIG_UNLOCKED"
+    return HELD
+
+
+def mmio_revoke_on_close(o: Observation) -> str | None:
+    evs = o.ops("vfio", "close_device", ok=True)
+    if not evs:
+        return None
+    fds = {e.arguments[0] for e in evs}
+    for d in o.after.vfio.dmabufs:
+        if d.fd in fds and not d.revoked:
+            return f"dmabuf {d.dmabuf} of a closed device is not revoked"
+    for s in o.after.kvm.memslots:
+        if any(d.dmabuf == s.dmabuf and d.fd in fds for d in o.before.vfio.dmabufs) and s.mapping.value != "unmapped":
+            return f"memslot {s.slot} still maps a closed device's BAR"
+    return HELD
+
+
+def mmio_recover_after_free(o: Observation) -> str | None:
+    was = {d.dmabuf: d for d in o.before.vfio.dmabufs if d.revoked}
+    now = [d for d in o.after.vfio.dmabufs if d.dmabuf in was and not d.revoked]
+    if not now:
+        return None
+    owners = bound_vm(o.after)
+    for d in now:
+        if owners.get(d.rid) is not None:
+            return f"dmabuf {d.dmabuf} recovered while TDI {d.rid:#06x} is still bound to {owners[d.rid]}"
+    return HELD
+
+
+def mmio_refused_unmap_is_typed(o: Observation) -> str | None:
+    evs = o.ops("vfio", "revoke_mmio_dmabuf", ok=False)
+    if not evs:
+        return None
+    for e in evs:
+        if e.error not in ("InvalidState", "Busy", "PermissionDenied", "NotFound"):
+            return f"a refused revoke raised {e.error}, not a typed caller error"
+    if o.before.kvm != o.after.kvm or o.before.vfio.dmabufs != o.after.vfio.dmabufs:
+        if o.error is not None and isinstance(o.error, CallerError):
+            return "a refused revoke changed mappings or dmabufs"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- DMA
+def dma_t1_needs_run(o: Observation) -> str | None:
+    writes = [e for e in o.ops("kvm", "dma_write", ok=True) if dict(e.keywords).get("private")]
+    if not writes:
+        return None
+    states = tdi_states(o.before)
+    trusted = dict(o.before.iommu.trusted)
+    for e in writes:
+        parent = o.parent(e)
+        tlp_rid = None
+        if parent is not None and parent.arguments:
+            tlp_rid = getattr(parent.arguments[0], "requester_id", None)
+        if tlp_rid is None or states.get(tlp_rid) is not td.TdiState.RUN or trusted.get(tlp_rid) != e.arguments[0]:
+            return f"a T=1 DMA reached {e.arguments[0]}'s private memory from {tlp_rid} not RUN/trusted"
+    return HELD
+
+
+def dma_private_memory_untouched(o: Observation) -> str | None:
+    t1 = [e for e in o.ops("kvm", "dma_write", ok=True) if dict(e.keywords).get("private")]
+    guest = [e for e in o.events if e.caller == "guest" or e.callee == "guest"]
+    if t1 or guest:
+        return None
+    b = {v.name: v.private_digest for v in o.before.kvm.vms}
+    for v in o.after.kvm.vms:
+        if v.name in b and v.private_digest != b[v.name] and v.state.value != "destroyed":
+            return f"{v.name}'s private memory changed without a T=1 DMA or the guest"
+    return HELD if o.ops("iommu", "dma") else None
+
+
+def dma_refused_writes_nothing(o: Observation) -> str | None:
+    refused = o.ops("iommu", "dma", ok=False)
+    if not refused or o.ops("iommu", "dma", ok=True):
+        return None
+    for bv, av in zip(o.before.kvm.vms, o.after.kvm.vms, strict=False):
+        if bv.private_digest != av.private_digest or bv.shared_memory != av.shared_memory:
+            return f"a refused DMA changed {av.name}'s memory"
+    return HELD
+
+
+def dma_faults_recorded(o: Observation) -> str | None:
+    refused = o.ops("iommu", "dma", ok=False)
+    if not refused:
+        return None
+    if len(o.after.iommu.faults) < len(o.before.iommu.faults) + len(refused):
+        return f"{len(refused)} refused DMA(s) but {len(o.after.iommu.faults) - len(o.before.iommu.faults)} fault record(s)"
+    return HELD
+
+
+def dma_private_mmio_only_in_run(o: Observation) -> str | None:
+    reads = [e for e in o.ops("iommu", "mmio", ok=True) if getattr(e.arguments[1], "t_bit", False)]
+    if not reads:
+        return None
+    states = tdi_states(o.before)
+    for e in reads:
+        rid = e.arguments[1].requester_id
+        if states.get(rid) is not td.TdiState.RUN and e.arguments[0] not in o.before.iommu.fenced_vms:
+            return f"a T=1 MMIO to {rid:#06x} completed in {states.get(rid)}"
+    return HELD
+
+
+def dma_sev_fence(o: Observation) -> str | None:
+    new = o.after.iommu.faults[len(o.before.iommu.faults):]
+    trusted = dict(o.before.iommu.trusted)
+    hits = [f for f in new if f.requester_id in trusted]
+    if not hits:
+        return None
+    for f in hits:
+        if trusted[f.requester_id] not in o.after.iommu.fenced_vms:
+            return f"SEV-TIO: a fault from bound TDI {f.requester_id:#06x} did not fence {trusted[f.requester_id]}"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- CONF
+def _secrets(snap: object) -> list[bytes]:
+    out = [s for v in snap.kvm.vms for s in v.secrets]  # type: ignore[attr-defined]
+    return out
+
+
+def conf_guest_secret(o: Observation) -> str | None:
+    secrets = [s for v in o.after.kvm.vms for s in v.secrets if v.state.value != "destroyed"]
+    if not secrets:
+        return None
+    for v in o.after.kvm.vms:
+        for s in secrets:
+            if s in v.shared_memory:
+                return f"a guest secret sits in {v.name}'s shared memory"
+    for s in secrets:
+        for val in host_visible_values(o.events):
+            if contains(val, s):
+                return "a guest secret crossed into host software (trace)"
+        if any(s in r for r in o.after.vfio.host_reads):
+            return "a guest secret was read by the host"
+    return HELD
+
+
+def conf_device_secret(o: Observation) -> str | None:
+    secrets = [s for d in o.after.devices for s in d.secrets]
+    if not secrets:
+        return None
+    for s in secrets:
+        if any(s in r for r in o.after.vfio.host_reads):
+            return "the host read a device's private MMIO data"
+        for v in o.after.kvm.vms:
+            if s in v.shared_memory:
+                return f"device private data sits in {v.name}'s shared memory"
+        for val in host_visible_values(o.events):
+            if contains(val, s):
+                return "device private data crossed into host software (trace)"
+    return HELD
+
+
+def conf_keys_not_host_visible(o: Observation) -> str | None:
+    progs = [e for e in o.ops("iommu", "rp_key_prog")]
+    if not progs:
+        return None
+    keys = [bytes(e.arguments[2]) for e in progs]
+    for k in keys:
+        for val in host_visible_values(o.events):
+            if contains(val, k):
+                return "an IDE key crossed into host software"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- DOWN
+def down_guest_unbind_converges(o: Observation) -> str | None:
+    evs = o.ops("iommufd", "vdevice_tsm_unbind", ok=True)
+    if not evs:
+        return None
+    states = tdi_states(o.after)
+    vds = {v.id: v for v in objects(o.after, "vdevice")}
+    for e in evs:
+        v = vds.get(e.arguments[0])
+        if v is None:
+            continue
+        if states.get(v.rid) in LOCKED:
+            return f"after unbind TDI {v.rid:#06x} is still {states[v.rid].name}"
+        if any(s.rid == v.rid for s in private_slots(o.after)):
+            return f"after unbind private MMIO of {v.rid:#06x} is still mapped"
+        if any(r == v.rid for r, _ in o.after.iommu.trusted):
+            return f"after unbind TDI {v.rid:#06x} still has a trusted DMA translation"
+    return HELD
+
+
+def down_vm_destroy_converges(o: Observation) -> str | None:
+    dead = [v.name for v in o.after.kvm.vms if v.state.value == "destroyed"]
+    if not dead:
+        return None
+    for t in o.after.tsm.tdis:
+        if t.vm in dead:
+            return f"TDI {t.rid:#06x} is still bound to destroyed {t.vm}"
+    for s in o.after.kvm.memslots:
+        if s.vm in dead:
+            return f"memslot {s.slot} of destroyed {s.vm} remains"
+    for rid, vm in o.after.iommu.trusted:
+        if vm in dead:
+            return f"trusted DMA from {rid:#06x} into destroyed {vm} remains"
+    return HELD
+
+
+def down_close_converges(o: Observation) -> str | None:
+    evs = o.ops("vfio", "close_device", ok=True)
+    if not evs:
+        return None
+    names = {n for f, n, _ in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
+    for d in o.after.devices:
+        if d.name in names:
+            for f in d.functions:
+                if f.tdi_state in LOCKED:
+                    return f"after closing {d.name}, TDI {f.rid:#06x} is still {f.tdi_state.name}"
+    return HELD
+
+
+def down_disconnect_converges(o: Observation) -> str | None:
+    evs = o.ops("tsm", "disconnect", ok=True)
+    if not evs:
+        return None
+    names = {e.arguments[0] for e in evs}
+    for d in o.after.devices:
+        if d.name in names and any(f.tdi_state in LOCKED for f in d.functions):
+            return f"after disconnect {d.name} still has a locked TDI"
+    return HELD
+
+
+# ---------------------------------------------------------------------------------------- ERR
+def err_refusal_changes_nothing(o: Observation) -> str | None:
+    if not isinstance(o.error, CallerError):
+        return None
+    if o.before != o.after:
+        diff = [f for f in ("devices", "iommu", "kvm", "vfio", "iommufd", "tsm", "vmm", "guests")
+                if getattr(o.before, f) != getattr(o.after, f)]
+        return f"a refused {o.action} ({type(o.error).__name__}: {o.error}) changed {', '.join(diff)}"
+    return HELD
+
+
+def err_typed_errors_only(o: Observation) -> str | None:
+    if o.error is None:
+        return HELD if o.events else None
+    if not isinstance(o.error, StackError):
+        return f"{o.action} raised {type(o.error).__name__}: {o.error} -- not a typed StackError"
+    return HELD
+
+
+def err_access_faults_typed(o: Observation) -> str | None:
+    faults = [e for e in o.events if e.callee in ("iommu", "device", "kvm") and not e.ok]
+    if not faults:
+        return None
+    for e in faults:
+        if e.error in ("KeyError", "IndexError", "TypeError", "ValueError", "AttributeError"):
+            return f"{e.callee}.{e.operation} failed with an untyped {e.error}"
+    if o.error is not None and not isinstance(o.error, StackError | AccessFault):
+        return f"untyped {type(o.error).__name__}"
+    return HELD
+
+
+def _r(id: str, title: str, area: Area, level: Level, source: str, check, *, profiles=None, on=None,
+       cases=(), doc: str = "") -> Rule:
+    kw = {} if profiles is None else {"profiles": frozenset(profiles)}
+    return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
+                on=frozenset(on) if on else None, validator_cases=tuple(cases), doc=doc or (check.__doc__ or ""), **kw)
+
+
+RULES: list[Rule] = [
+    _r("FLOW-01", "vIOMMU and vdevice are allocated before KVM run", Area.FLOW, M,
+       f"flow steps 15-16 before 10, flow corr. 1 ({SEED})", flow_viommu_before_run,
+       on={"iommufd.viommu_alloc", "iommufd.vdevice_alloc"}),
+    _r("FLOW-02", "bind acts on the existing vdevice, creating none", Area.FLOW, M,
+       f"flow step 14, flow corr. 3 ({SEED})", flow_bind_on_existing_vdevice, on={"iommufd.vdevice_tsm_bind"}),
+    _r("FLOW-03", "the TSM binds a TDI only through the iommufd vdevice", Area.FLOW, M,
+       "flow steps 14-18; iommufd vdevice carries vPCI/KVM/vIOMMU IDs (flow corr. 4)", flow_bind_through_vdevice,
+       on={"tsm.bind"}),
+    _r("FLOW-04", "guest requests reach the TSM only through the vdevice", Area.FLOW, M,
+       f"flow steps 23, 28, 33; flow corr. 4 ({SEED})", flow_guest_requests_through_vdevice,
+       on={"tsm.guest_request"}),
+    _r("FLOW-05", "guest unbind leaves the vdevice until the VM stops", Area.FLOW, M,
+       f"flow step 39, flow corr. 5 ({SEED})", flow_unbind_keeps_vdevice, on={"iommufd.vdevice_tsm_unbind"}),
+    _r("FLOW-06", "no vIOMMU is disabled or destroyed while its VM runs", Area.FLOW, M,
+       f"flow step 46 rejected, flow corr. 6 ({SEED})", flow_no_viommu_teardown_while_running),
+    _r("FLOW-07", "TDX: private MMIO is unmapped only after the TDI is stopped", Area.FLOW, P,
+       "flow steps 41 before 44; [AK-0610] quoting [XY-0531]; rules-seed B.33/B.34", flow_tdx_stop_before_unmap,
+       profiles={"tdx"}),
+    _r("FLOW-08", "CCA: a TDI is unlocked only after its private MMIO is unmapped", Area.FLOW, P,
+       "[TF-RMM] runtime/rmi/vdev.c VDEV_UNLOCK; rules-seed B.38", flow_cca_unmap_before_stop, profiles={"cca"}),
+    _r("FLOW-09", "TDX: only the guest originates START", Area.FLOW, P,
+       "flow steps 31-34; [TDXMOD] tdg_devif_request.c whitelist; rules-seed (d)", flow_tdx_guest_sends_start,
+       profiles={"tdx"}, on={"device.handle_vendor_message"}),
+    _r("FLOW-10", "TDX: the guest accepts MMIO and DMA before START", Area.FLOW, P,
+       "[TDXC-ARCH] §3.3.1, §3.4.4; rules-seed D.62", flow_tdx_accept_before_start, profiles={"tdx"},
+       on={"device.handle_vendor_message"}),
+    _r("FLOW-11", "SEV-TIO: the TDI is in RUN once the guest has attested", Area.FLOW, P,
+       "[AK-0522]; rules-seed D.61", flow_sev_run_at_attest, profiles={"sev-tio"}, on={"tsm.guest_request"}),
+    _r("FLOW-12", "CCA: START comes from the host on the realm's request", Area.FLOW, P,
+       "[TF-RMM] RMI_VDEV_START; rules-seed (d)", flow_cca_host_starts, profiles={"cca"},
+       on={"device.handle_vendor_message"}),
+    _r("FLOW-13", "TDX: the host originates only LOCK, GET_STATE and STOP (plus version/capabilities)",
+       Area.FLOW, P, "[TDXMOD] tdh_devif_request.c; rules-seed (b)", flow_host_tdisp_whitelist, profiles={"tdx"},
+       on={"tsm.host_tdisp"}),
+    _r("LIFE-01", "one vdevice per idev", Area.LIFE, M, "[VDEV-TOMB] IOMMU_VDEVICE_ALLOC -EEXIST; rules-seed A.10",
+       life_one_vdevice_per_idev),
+    _r("LIFE-02", "a vdevice holds its vIOMMU (refcount)", Area.LIFE, M,
+       "[VDEV-TOMB]/[IOMMU-DOC] viommu users; rules-seed A.11", life_vdevice_holds_viommu),
+    _r("LIFE-03", "virtual IDs are unique per vIOMMU", Area.LIFE, M, "[IOMMUFD-DOC]; rules-seed A.11",
+       life_virt_id_unique),
+    _r("LIFE-04", "a vdevice destroyed under its idev leaves a tombstone until the iommufd closes", Area.LIFE, M,
+       "[VDEV-TOMB] 'iommufd: Destroy vdevice on idevice destroy'; rules-seed A.8/A.9", life_tombstones),
+    _r("LIFE-05", "KVM is referenced by every vIOMMU/vdevice and never destroyed under them", Area.LIFE, M,
+       "[XY-0524]; rules-seed A.12/A.14", life_kvm_refcount),
+    _r("LIFE-06", "bind is idempotent for the same VM", Area.LIFE, M, "[PCI-TSM] pci_tsm_bind; rules-seed A.17",
+       life_bind_idempotent, on={"tsm.bind"}),
+    _r("LIFE-07", "bind of a TDI held by another VM is refused with -EBUSY", Area.LIFE, M,
+       "[PCI-TSM] pci_tsm_bind; rules-seed A.17/F.75", life_bind_other_vm_busy, on={"tsm.bind"}),
+    _r("LIFE-08", "bind without connect is refused with -EINVAL", Area.LIFE, M,
+       "[PCI-TSM] pci_tsm_bind; rules-seed A.16", life_bind_needs_connect, on={"tsm.bind"}),
+    _r("LIFE-09", "TSM unbind always succeeds", Area.LIFE, M, "[PCI-TSM] pci_tsm_unbind; rules-seed A.18/D.65",
+       life_unbind_always_succeeds, on={"tsm.unbind"}),
+    _r("LIFE-10", "guest requests outside the bound window fail with -ENXIO", Area.LIFE, M,
+       "[PCI-TSM] pci_tsm_guest_req; rules-seed A.20", life_guest_request_needs_bind, on={"tsm.guest_request"}),
+    _r("LIFE-11", "a bound vdevice's TDI is bound to that vdevice's VM", Area.LIFE, M,
+       "[PCI-TSM]; [TDXC-ARCH] single owner; rules-seed F.75", life_single_owner),
+    _r("LIFE-12", "closing the VFIO device destroys its vdevice", Area.LIFE, M,
+       "[VDEV-TOMB]; rules-seed A.8", life_close_destroys_vdevice, on={"vfio.close_device"}),
+    _r("LIFE-13", "disconnect unbinds every TDI of the device first", Area.LIFE, M,
+       "[PCI-TSM] pci_tsm_disconnect; rules-seed A.23", life_disconnect_unbinds, on={"tsm.disconnect"}),
+    _r("LIFE-14", "no iommufd object outlives an object it references", Area.LIFE, M,
+       "[IOMMUFD-DOC] object model (ioas <- hwpt <- viommu <- vdevice)", life_objects_referenced_exist),
+    _r("MMIO-01", "after a revoke the importer maps none of the exporter's pages", Area.MMIO, M,
+       "flow steps 43-44; [REVOKE]; rules-seed B.31", mmio_revoke_unmaps),
+    _r("MMIO-02", "no host mmap of a function while it is private", Area.MMIO, M,
+       "[COVER]/[JG-0602]; rules-seed B.27/F.78", mmio_no_host_mmap_while_private),
+    _r("MMIO-03", "private MMIO is mapped only into the VM its TDI is bound to", Area.MMIO, M,
+       "[JG-0602]; rules-seed B.28/F.76", mmio_private_only_bound_vm),
+    _r("MMIO-04", "a device page is mapped private at most once (one VM, one GPA)", Area.MMIO, M,
+       "[TDXC-ARCH] §3.3.1; rules-seed F.76", mmio_no_alias),
+    _r("MMIO-05", "private MMIO is never mapped for a CONFIG_UNLOCKED TDI", Area.MMIO, M,
+       "flow step 30 after 19; rules-seed F.76/F.80", mmio_private_needs_locked),
+    _r("MMIO-06", "closing the VFIO device revokes its dmabufs", Area.MMIO, M,
+       "[VFIO-DMABUF]; rules-seed B.30", mmio_revoke_on_close, on={"vfio.close_device"}),
+    _r("MMIO-07", "shared MMIO is recovered only after the TDI is freed", Area.MMIO, M,
+       "flow steps 47 before 48-49; rules-seed B.35/F.78", mmio_recover_after_free),
+    _r("MMIO-08", "a revoke the platform forbids now is refused with a typed error and changes nothing",
+       Area.MMIO, M, "[AK-0610]; rules-seed B.33/B.34", mmio_refused_unmap_is_typed,
+       on={"vfio.revoke_mmio_dmabuf"}),
+    _r("DMA-01", "T=1 DMA reaches private memory only from a RUN TDI with a trusted translation", Area.DMA, M,
+       "[TDXC-ARCH] §3.3; PCIe §11.2.1; rules-seed (c) T bit", dma_t1_needs_run, on={"kvm.dma_write"}),
+    _r("DMA-02", "private guest memory changes only by the guest or T=1 DMA", Area.DMA, M,
+       "PCIe §11.2.1; [TDXC-ARCH] §3.3", dma_private_memory_untouched, on={"iommu.dma"}),
+    _r("DMA-03", "a refused DMA writes nothing", Area.DMA, M, "[TDXC-ARCH] §3.3; [SMMU] §3.9.4.1",
+       dma_refused_writes_nothing, on={"iommu.dma"}),
+    _r("DMA-04", "every refused DMA leaves a fault record", Area.DMA, S, "IOMMU fault reporting; rules-seed (c)",
+       dma_faults_recorded, on={"iommu.dma"}),
+    _r("DMA-05", "T=1 MMIO completes only for a TDI in RUN", Area.DMA, M, "PCIe §11.2.1 (TDI as completer)",
+       dma_private_mmio_only_in_run, on={"iommu.mmio"}),
+    _r("DMA-06", "SEV-TIO: a fault from a bound TDI fences its guest", Area.DMA, P,
+       "[AK-0610] quoting SEV-TIO FW spec §2.11", dma_sev_fence, profiles={"sev-tio"},
+       on={"iommu.dma", "iommu.mmio"}),
+    _r("CONF-01", "no guest secret reaches host-visible memory, reads or trace", Area.CONF, M,
+       "confidential computing threat model; rules-seed F.78", conf_guest_secret),
+    _r("CONF-02", "no device private MMIO data reaches the host", Area.CONF, M,
+       "PCIe §11.2.1; rules-seed B.27/F.78", conf_device_secret),
+    _r("CONF-03", "IDE keys never cross into host software", Area.CONF, M, "PCIe §11.5.5; rules-seed E.71",
+       conf_keys_not_host_visible, on={"iommu.rp_key_prog"}),
+    _r("DOWN-01", "guest unbind converges: TDI unlocked, no private MMIO, no trusted DMA", Area.DOWN, M,
+       "flow steps 36-49; [XY-0524] verbs; rules-seed F.80", down_guest_unbind_converges,
+       on={"iommufd.vdevice_tsm_unbind"}),
+    _r("DOWN-02", "VM destroy converges: nothing bound, mapped or trusted for the dead VM", Area.DOWN, M,
+       "rules-seed A.13/A.14/F.80", down_vm_destroy_converges),
+    _r("DOWN-03", "VFIO close converges: no TDI of the device stays locked", Area.DOWN, M,
+       "rules-seed A.13/F.80", down_close_converges, on={"vfio.close_device"}),
+    _r("DOWN-04", "disconnect converges: no TDI of the device stays locked", Area.DOWN, M,
+       "[PCI-TSM] disconnect; rules-seed A.23/F.80", down_disconnect_converges, on={"tsm.disconnect"}),
+    _r("ERR-01", "a refused call changes nothing", Area.ERR, M,
+       "architecture 'Errors'; h11 'illegal transitions raise an error and nothing happens'; rules-seed F.79",
+       err_refusal_changes_nothing),
+    _r("ERR-02", "every failure is a typed StackError, never another exception", Area.ERR, M,
+       "architecture 'Errors'; rules-seed A.6 (clean error, never crash)", err_typed_errors_only),
+    _r("ERR-03", "hardware paths fail with typed faults", Area.ERR, M, "architecture 'Errors'",
+       err_access_faults_typed),
+]

@@ -1,0 +1,16 @@
+"""The full-stack machine against the SUT, once per platform profile."""
+
+from __future__ import annotations
+
+from hypothesis.stateful import run_state_machine_as_test
+
+from conformance.machines.full_stack import FullStack, MachineConfig
+
+
+def test_full_stack_lifecycle(sut_factory, tdisp_profile, step_timeout):
+    """Random interleavings of bind, unbind, revoke, guest requests, accesses and faults keep every rule."""
+
+    class Machine(FullStack):
+        config = MachineConfig(factory=sut_factory, profile=tdisp_profile, timeout=step_timeout)
+
+    run_state_machine_as_test(Machine)

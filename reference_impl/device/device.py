@@ -1,0 +1,470 @@
+"""The PCIe device: a DSM (function 0) with PFs/VFs, each function a TDI, answering TDISP and IDE_KM.
+
+The device is the far end of the flow: the host TSM talks to it over an SPDM session (TDISP and
+IDE_KM as vendor-defined messages), the host pokes its config space (MSE, BARs, FLR), and TLPs reach
+it through the root port's IDE stream. Every way in is an ``@operation`` so the trace shows it.
+
+TDISP semantics come from the table in :mod:`reference_impl.device.tdisp.state`; this module only
+adds what the table cannot say: nonces, the IDE precondition of LOCK, reports, and the events that
+push a locked TDI to ERROR (PCIe §11.2, §11.4.6, §11.4.9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import attrs
+
+from reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
+from reference_impl.device.ide.km_responder import IdeKmResponder
+from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
+from reference_impl.device.tdisp import codec as td
+from reference_impl.device.tdisp.state import EVENT_TRIGGERED_ERROR_FROM, LEGAL_IN, TRANSITIONS, stop_legal_in
+from reference_impl.errors import AccessFault, InvalidArgument, InvalidState, NotFound
+from reference_impl.trace import Actor, Trace, operation, query
+
+__all__ = ["PAGE", "PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "Device", "DeviceConfig", "DeviceSnapshot",
+           "FunctionSnapshot"]
+
+PAGE = 4096
+PROTOCOL_IDE_KM = 0
+PROTOCOL_TDISP = 1
+REPORT_PORTION_MAX = 0x400
+MMIO_REPORTING_OFFSET_DEFAULT = 0
+
+
+@attrs.frozen(kw_only=True)
+class DeviceConfig:
+    """Shape of one device: how many VFs, BAR size, limits; everything else is derived."""
+
+    name: str = "dev0"
+    segment: int = 0
+    bus: int = 0x3A
+    num_vfs: int = 1
+    bar_pages: int = 4  # page 0: registers (MSI-X table lives here), pages 1..: TEE data
+    num_req_this: int = 1
+    num_req_all: int = 4
+    stop_in_unlocked_idempotent: bool = False
+    default_stream_id: int = 0
+    seed: int = 1
+    bar_base: int = 0xE000_0000
+
+
+@attrs.frozen
+class FunctionSnapshot:
+    rid: int
+    function_id: int
+    is_pf: bool
+    tdi_state: td.TdiState
+    mse: bool
+    bme: bool
+    bar_base: int
+    bar_pages: int
+    locked_session: int | None
+    has_nonce: bool
+    reported_bar_base: int | None
+    error_reason: str | None
+
+
+@attrs.frozen
+class DeviceSnapshot:
+    name: str
+    functions: tuple[FunctionSnapshot, ...]
+    sessions: tuple[int, ...]
+    stream_state: str
+    secrets: tuple[bytes, ...]  # what must never reach the host (device private MMIO data)
+
+
+@attrs.define
+class _Tdi:
+    state: td.TdiState = td.TdiState.CONFIG_UNLOCKED
+    nonce: bytes | None = None
+    lock_session: int | None = None
+    report: bytes | None = None
+    reported_bar_base: int | None = None
+    error_reason: str | None = None
+    outstanding: int = 0
+
+
+@attrs.define
+class _Function:
+    rid: int
+    is_pf: bool
+    bar_base: int
+    mmio: bytearray
+    mse: bool = True
+    bme: bool = True
+    tdi: _Tdi = attrs.Factory(_Tdi)
+
+    @property
+    def function_id(self) -> int:
+        return self.rid  # segment-valid bit unset: FUNCTION_ID = RID
+
+
+class Device(Actor):
+    """A TEE-IO capable PCIe device (one DSM) with a PF and ``num_vfs`` VFs, each a TDI."""
+
+    actor_name = "device"
+
+    def __init__(self, trace: Trace, config: DeviceConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(trace)
+        self.config = cfg = config or DeviceConfig()
+        if name is not None:
+            self.actor_name = "device"
+        self.name = name or cfg.name
+        rng = random.Random(cfg.seed)
+        self._rng = rng
+        self.identity = DeviceIdentity(seed=cfg.seed)
+        size = cfg.bar_pages * PAGE
+        self._functions: dict[int, _Function] = {}
+        for index in range(1 + cfg.num_vfs):
+            rid = (cfg.bus << 8) | index
+            data = bytearray(rng.randbytes(size))
+            self._functions[rid] = _Function(rid=rid, is_pf=index == 0,
+                                             bar_base=cfg.bar_base + index * size, mmio=data)
+        self.pf_rid = (cfg.bus << 8)
+        self._sessions: set[int] = set()
+        self._next_session = 1
+        self.ide = IdeStreamEndpoint(stream_id=cfg.default_stream_id, rid_base=self.pf_rid,
+                                     rid_limit=self.pf_rid + cfg.num_vfs)
+        self.ide_km = IdeKmResponder(ports={0: {cfg.default_stream_id: self.ide}}, dev_func_num=0,
+                                     bus_num=cfg.bus, segment=cfg.segment, max_port_index=0)
+        self._stop_legal = stop_legal_in(idempotent=cfg.stop_in_unlocked_idempotent)
+        self._iommu: Any = None
+
+    def _wire(self, iommu: Any) -> None:
+        self._iommu = iommu
+
+    # ------------------------------------------------------------------ views
+    @property
+    def function_ids(self) -> tuple[int, ...]:
+        return tuple(f.function_id for f in self._functions.values())
+
+    @query
+    def rids(self) -> tuple[int, ...]:
+        return tuple(self._functions)
+
+    @query
+    def bar_range(self, rid: int) -> tuple[int, int]:
+        """(base, size) of the function's BAR as the host configured it."""
+        fn = self._function(rid)
+        return fn.bar_base, len(fn.mmio)
+
+    @query
+    def tdi_state(self, rid: int) -> td.TdiState:
+        return self._function(rid).tdi.state
+
+    @query
+    def snapshot(self) -> DeviceSnapshot:
+        fns = tuple(
+            FunctionSnapshot(rid=f.rid, function_id=f.function_id, is_pf=f.is_pf, tdi_state=f.tdi.state,
+                             mse=f.mse, bme=f.bme, bar_base=f.bar_base, bar_pages=len(f.mmio) // PAGE,
+                             locked_session=f.tdi.lock_session, has_nonce=f.tdi.nonce is not None,
+                             reported_bar_base=f.tdi.reported_bar_base, error_reason=f.tdi.error_reason)
+            for f in self._functions.values()
+        )
+        secrets = tuple(bytes(f.mmio[PAGE:PAGE + 32]) for f in self._functions.values())
+        return DeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)),
+                              stream_state=self.ide.state.name, secrets=secrets)
+
+    # ------------------------------------------------------------------ SPDM (simplified, honest)
+    @operation()
+    def spdm_connect(self) -> int:
+        """Open an SPDM session (the real SPDM exchange is a later issue; this keeps the seam)."""
+        sid = self._next_session
+        self._next_session += 1
+        self._sessions.add(sid)
+        return sid
+
+    @operation()
+    def spdm_end(self, session_id: int) -> None:
+        """End a session: its IDE streams go Insecure and TDIs locked over it go ERROR (PCIe §11.4.5)."""
+        if session_id not in self._sessions:
+            raise NotFound(f"no SPDM session {session_id}")
+        self._sessions.discard(session_id)
+        self.ide_km.session_ended(session_id)
+        for fn in self._functions.values():
+            if fn.tdi.lock_session == session_id:
+                self._to_error(fn, "SPDM session ended")
+
+    @operation()
+    def certificate_chain(self) -> tuple[bytes, ...]:
+        return self.identity.certificate_chain()
+
+    @operation()
+    def sign_evidence(self, session_id: int, function_id: int, nonce: bytes) -> SignedEvidence:
+        """Evidence for the TDI's current report, bound to ``nonce`` (SPDM signed measurements)."""
+        if session_id not in self._sessions:
+            raise NotFound(f"no SPDM session {session_id}")
+        fn = self._by_function_id(function_id)
+        if fn is None or fn.tdi.report is None or fn.tdi.state not in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN):
+            raise InvalidState(f"TDI {function_id:#x} has no report: not CONFIG_LOCKED or RUN")
+        return make_evidence(self.identity, fn.tdi.report, nonce)
+
+    # ------------------------------------------------------------------ vendor-defined messages
+    @operation()
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        """One TDISP or IDE_KM request in, its response out (None: dropped, as the spec allows)."""
+        if protocol_id == PROTOCOL_IDE_KM:
+            if session_id is not None and session_id not in self._sessions:
+                return None
+            return self.ide_km.handle(message, session_id=session_id)
+        if protocol_id == PROTOCOL_TDISP:
+            return td.encode(self._tdisp(message, session_id))
+        raise InvalidArgument(f"unknown PCI protocol id {protocol_id}; expected 0 (IDE_KM) or 1 (TDISP)")
+
+    def end_session(self, session_id: int) -> None:  # transport seam (VendorResponder protocol)
+        if session_id in self._sessions:
+            self.spdm_end(session_id)
+
+    def _tdisp(self, message: bytes, session_id: int | None) -> td.Response:
+        try:
+            req = td.decode_request(message)
+        except td.TdispDecodeError as exc:
+            iid = exc.interface_id or td.InterfaceId(function_id=0)
+            return td.TdispError(interface_id=iid, error_code=int(exc.code or td.ErrorCode.INVALID_REQUEST))
+        iid = req.interface_id
+        fn = self._by_function_id(iid.function_id)
+        if fn is None:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_INTERFACE)
+        if session_id is None or session_id not in self._sessions:
+            # TDISP is only spoken inside a secure session (PCIe §11.2.2)
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        code = td.RequestCode(req.code)
+        legal = self._stop_legal if code is td.RequestCode.STOP_INTERFACE else LEGAL_IN[code]
+        if fn.tdi.state not in legal:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_INTERFACE_STATE)
+        handler = getattr(self, f"_on_{code.name.lower()}")
+        resp: td.Response = handler(fn, req, session_id)
+        return resp
+
+    def _by_function_id(self, function_id: int) -> _Function | None:
+        return self._functions.get(function_id & 0xFFFF) if function_id >> 16 == 0 else None
+
+    def _on_get_tdisp_version(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        return td.TdispVersion(interface_id=req.interface_id, versions=(td.TDISP_VERSION_1_0,))
+
+    def _on_get_tdisp_capabilities(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        bitmap = 0
+        for code in LEGAL_IN:
+            if code not in (td.RequestCode.BIND_P2P_STREAM, td.RequestCode.UNBIND_P2P_STREAM, td.RequestCode.VDM):
+                bitmap |= 1 << (code - 0x80)
+        return td.TdispCapabilities(
+            interface_id=req.interface_id, dsm_caps=0, req_msgs_supported=bitmap.to_bytes(16, "little"),
+            lock_interface_flags_supported=int(td.LockFlags.NO_FW_UPDATE | td.LockFlags.LOCK_MSIX),
+            dev_addr_width=52, num_req_this=self.config.num_req_this, num_req_all=self.config.num_req_all)
+
+    def _on_lock_interface(self, fn: _Function, req: td.LockInterface, sid: int) -> td.Response:
+        iid = req.interface_id
+        unsupported = req.flags & ~int(td.LockFlags.NO_FW_UPDATE | td.LockFlags.LOCK_MSIX)
+        if unsupported:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+        # LOCK needs the default stream keyed and Secure over *this* session (validator LockInterface.2)
+        if (req.default_stream_id != self.config.default_stream_id or self.ide.state is not StreamState.SECURE
+                or self.ide_km.owner_session != sid):
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        if not fn.mse:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_DEVICE_CONFIGURATION)
+        tdi = fn.tdi
+        tdi.nonce = self._rng.randbytes(32)
+        tdi.lock_session = sid
+        tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.LOCK_INTERFACE)]
+        tdi.reported_bar_base = fn.bar_base
+        tdi.report = self._build_report(fn, req.mmio_reporting_offset)
+        tdi.error_reason = None
+        return td.LockInterfaceResponse(interface_id=iid, start_interface_nonce=tdi.nonce)
+
+    def _build_report(self, fn: _Function, offset: int) -> bytes:
+        pages = len(fn.mmio) // PAGE
+        ranges = (
+            td.MmioRange(first_page=(fn.bar_base + offset) & (2**64 - 1), number_of_pages=1,
+                         attributes=int(td.RangeAttr.MSIX_TABLE | td.RangeAttr.IS_NON_TEE_MEM), range_id=0),
+            td.MmioRange(first_page=(fn.bar_base + PAGE + offset) & (2**64 - 1), number_of_pages=pages - 1,
+                         attributes=0, range_id=0),
+        )
+        info = hashlib.sha384(bytes(fn.mmio[:64])).digest()[:16]
+        report = td.InterfaceReport(interface_info=0x2, msix_message_control=0, lnr_control=0, tph_control=0,
+                                    mmio_ranges=ranges, device_specific_info=info)
+        return report.encode()
+
+    def _on_get_device_interface_report(self, fn: _Function, req: td.GetDeviceInterfaceReport, sid: int) -> td.Response:
+        report = fn.tdi.report or b""
+        if req.length == 0 or req.offset >= len(report):
+            return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.INVALID_REQUEST)
+        portion = report[req.offset:req.offset + min(req.length, REPORT_PORTION_MAX)]
+        return td.DeviceInterfaceReport(interface_id=req.interface_id, portion=portion,
+                                        remainder_length=len(report) - req.offset - len(portion))
+
+    def _on_get_device_interface_state(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        return td.DeviceInterfaceState(interface_id=req.interface_id, tdi_state=fn.tdi.state)
+
+    def _on_start_interface(self, fn: _Function, req: td.StartInterface, sid: int) -> td.Response:
+        tdi = fn.tdi
+        if tdi.nonce is None or req.start_interface_nonce != tdi.nonce or tdi.lock_session != sid:
+            return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.INVALID_NONCE)
+        tdi.nonce = None  # single use (PCIe §11.3.14)
+        tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.START_INTERFACE)]
+        return td.StartInterfaceResponse(interface_id=req.interface_id)
+
+    def _on_stop_interface(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        tdi = fn.tdi
+        if tdi.state is not td.TdiState.CONFIG_UNLOCKED:
+            tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.STOP_INTERFACE)]
+        self._scrub(fn)
+        return td.StopInterfaceResponse(interface_id=req.interface_id)
+
+    def _on_bind_p2p_stream(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+
+    _on_unbind_p2p_stream = _on_bind_p2p_stream
+
+    def _on_set_mmio_attribute(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+
+    def _on_vdm(self, fn: _Function, req: Any, sid: int) -> td.Response:
+        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+
+    def _scrub(self, fn: _Function) -> None:
+        """STOP: drop nonce and lock binding; TDI secrets are scrubbed (PCIe §11.3.16)."""
+        tdi = fn.tdi
+        tdi.nonce = None
+        tdi.lock_session = None
+        tdi.report = None
+        tdi.reported_bar_base = None
+        if tdi.state is td.TdiState.CONFIG_UNLOCKED:
+            tdi.error_reason = None
+
+    def _to_error(self, fn: _Function, reason: str) -> None:
+        if fn.tdi.state in EVENT_TRIGGERED_ERROR_FROM:
+            fn.tdi.state = td.TdiState.ERROR
+            fn.tdi.nonce = None  # the START nonce dies when LOCKED is left
+            fn.tdi.error_reason = reason
+
+    def _function(self, rid: int) -> _Function:
+        try:
+            return self._functions[rid]
+        except KeyError:
+            raise NotFound(f"device {self.name} has no function with RID {rid:#06x}") from None
+
+    # ------------------------------------------------------------------ host config-space events
+    @operation()
+    def config_write(self, rid: int, register: str, value: int) -> None:
+        """A host write to a locked-tracked register pushes LOCKED/RUN to ERROR (PCIe §11.2)."""
+        fn = self._function(rid)
+        if register not in ("command", "bar0", "msix_control", "device_control", "bus_number"):
+            raise InvalidArgument(f"unknown config register {register!r}")
+        if register == "command":
+            fn.mse = bool(value & 0x2)
+            fn.bme = bool(value & 0x4)
+        elif register == "bar0":
+            if value % PAGE:
+                raise InvalidArgument(f"BAR base {value:#x} is not page aligned")
+            fn.bar_base = value
+        self._to_error(fn, f"config write to {register}")
+
+    @operation()
+    def flr(self, rid: int) -> None:
+        """Function-level reset: the function's TDI (and a PF's VFs) go ERROR (PCIe §11.4.9)."""
+        fn = self._function(rid)
+        hit = [f for f in self._functions.values() if f is fn or (fn.is_pf and not f.is_pf)]
+        for f in hit:
+            self._to_error(f, "FLR")
+            if f.tdi.state is not td.TdiState.ERROR:
+                self._scrub(f)
+
+    @operation()
+    def poison(self, rid: int) -> None:
+        """An uncorrectable data-integrity error on the function: LOCKED/RUN -> ERROR."""
+        self._to_error(self._function(rid), "poisoned TLP")
+
+    @operation()
+    def ide_failure(self, reason: str) -> None:
+        """The default stream went Insecure (integrity failure, key trouble): bound TDIs -> ERROR."""
+        self.ide.mark_insecure(reason)
+        self._on_stream_insecure(reason)
+
+    def _on_stream_insecure(self, reason: str) -> None:
+        for fn in self._functions.values():
+            self._to_error(fn, f"IDE stream Insecure: {reason}")
+
+    def _check_stream(self) -> None:
+        if self.ide.state is not StreamState.SECURE:
+            self._on_stream_insecure(self.ide.snapshot().insecure_reason or "stream not Secure")
+
+    @operation()
+    def ide_enable(self, enable: bool) -> str:
+        """Set or clear the endpoint's IDE stream enable bit; returns the stream state."""
+        if enable:
+            self.ide.enable()
+        else:
+            self.ide.disable()
+            self._check_stream()
+        return self.ide.state.name
+
+    # ------------------------------------------------------------------ TLPs (MMIO completer, DMA requester)
+    @operation()
+    def receive(self, packet: Tlp | ProtectedTlp) -> bytes:
+        """A downstream request; protected ones are checked on the IDE stream first."""
+        if isinstance(packet, ProtectedTlp):
+            try:
+                tlp = self.ide.unprotect(packet)
+            except IdeIntegrityError as exc:
+                self._on_stream_insecure(str(exc))
+                raise AccessFault(f"IDE integrity failure: {exc}") from exc
+        else:
+            tlp = packet
+        return self._complete(tlp)
+
+    @operation()
+    def issue_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> None:
+        """Function ``rid`` writes ``payload`` at ``address``; T=1 goes out on the IDE stream."""
+        tlp = self.make_dma(rid, address, payload, t_bit=t_bit)
+        packet: Tlp | ProtectedTlp = tlp
+        if t_bit:
+            if self.ide.state is not StreamState.SECURE:
+                raise InvalidState("T=1 DMA needs a Secure IDE stream")
+            packet = self.ide.protect(tlp)
+        self._iommu.dma(packet)
+
+    def _tee_range(self, fn: _Function, offset: int, length: int) -> bool:
+        return offset >= PAGE and offset + length <= len(fn.mmio)
+
+    def _complete(self, tlp: Tlp) -> bytes:
+        """Complete an MMIO request; T=1 only in RUN, inside a locked TEE range (PCIe §11.2.1)."""
+        fn = self._by_address(tlp.address)
+        offset = tlp.address - fn.bar_base
+        length = len(tlp.payload) if tlp.kind == "MWr" else int.from_bytes(tlp.payload or b"\x04", "little")
+        if not fn.mse:
+            raise AccessFault(f"MMIO to {tlp.address:#x}: memory space disabled (MSE=0)")
+        if offset + length > len(fn.mmio) or length <= 0:
+            raise AccessFault(f"MMIO to {tlp.address:#x}+{length} runs past the BAR")
+        tee = self._tee_range(fn, offset, length)
+        state = fn.tdi.state
+        if tlp.t_bit:
+            if state is not td.TdiState.RUN or not tee:
+                raise AccessFault(f"T=1 MMIO to TDI {fn.rid:#06x} in {state.name}: rejected (PCIe §11.2.1)")
+        elif tee and state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN, td.TdiState.ERROR):
+            raise AccessFault(f"T=0 MMIO to TEE memory of TDI {fn.rid:#06x} in {state.name}: rejected")
+        if tlp.kind == "MWr":
+            fn.mmio[offset:offset + length] = tlp.payload
+            return b""
+        return bytes(fn.mmio[offset:offset + length])
+
+    def _by_address(self, address: int) -> _Function:
+        for fn in self._functions.values():
+            if fn.bar_base <= address < fn.bar_base + len(fn.mmio):
+                return fn
+        raise AccessFault(f"no BAR decodes address {address:#x}")
+
+    @query
+    def make_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> Tlp:
+        """The TLP function ``rid`` would send for a DMA write; T=1 only from a TDI in RUN."""
+        fn = self._function(rid)
+        if not fn.bme:
+            raise InvalidState(f"function {rid:#06x} has bus mastering disabled")
+        if t_bit and fn.tdi.state is not td.TdiState.RUN:
+            raise InvalidState(f"TDI {rid:#06x} in {fn.tdi.state.name} may not issue T=1 requests")
+        return Tlp(kind="MWr", requester_id=rid, address=address, t_bit=t_bit, payload=payload,
+                   stream_id=self.config.default_stream_id if t_bit else None)

@@ -1,0 +1,123 @@
+"""``build_stack(config)``: wire every actor of the flow together -- the default system under test.
+
+A *stack* is what the conformance suite drives: the actors (by the names of flow.md's columns), the
+shared trace, and ``snapshot()``, the read-only plain-data view rules look at. Any implementation
+offering the same attributes, operations, typed errors, trace and snapshot is a SUT
+(``docs/sut-contract.md``); this module is the reference one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from reference_impl.device.device import Device, DeviceConfig, DeviceSnapshot
+from reference_impl.guest import Guest, GuestSnapshot, GuestTsm
+from reference_impl.iommu import Iommu, IommuSnapshot
+from reference_impl.iommufd import Iommufd, IommufdSnapshot
+from reference_impl.kvm import Kvm, KvmSnapshot
+from reference_impl.profiles import TDX, Profile, StopInUnlocked, get_profile
+from reference_impl.trace import Trace
+from reference_impl.tsm import Tsm, TsmSnapshot
+from reference_impl.vfio import Vfio, VfioSnapshot
+from reference_impl.vmm import Vmm, VmmSnapshot
+
+__all__ = ["Stack", "StackConfig", "StackSnapshot", "build_stack", "make_sut"]
+
+
+@attrs.frozen(kw_only=True)
+class StackConfig:
+    profile: str = TDX.name
+    devices: tuple[DeviceConfig, ...] = (DeviceConfig(),)
+    trace: bool = True
+    guest_pages: int = 8
+    private_pages: int = 4
+
+
+@attrs.frozen
+class StackSnapshot:
+    """Everything a rule may look at, as plain data. Built on demand; never shared with the stack."""
+
+    profile: str
+    devices: tuple[DeviceSnapshot, ...]
+    iommu: IommuSnapshot
+    kvm: KvmSnapshot
+    vfio: VfioSnapshot
+    iommufd: IommufdSnapshot
+    tsm: TsmSnapshot
+    vmm: VmmSnapshot
+    guests: tuple[GuestSnapshot, ...]
+
+
+class Stack:
+    """The wired actors. Attribute names are the SUT contract (see docs/sut-contract.md)."""
+
+    def __init__(self, config: StackConfig, *, device_factory: Callable[..., Device] = Device,
+                 tsm_factory: Callable[..., Tsm] = Tsm, vmm_factory: Callable[..., Vmm] = Vmm,
+                 kvm_factory: Callable[..., Kvm] = Kvm, vfio_factory: Callable[..., Vfio] = Vfio,
+                 iommufd_factory: Callable[..., Iommufd] = Iommufd,
+                 iommu_factory: Callable[..., Iommu] = Iommu) -> None:
+        self.config = config
+        self.profile: Profile = get_profile(config.profile)
+        self.trace = Trace(enabled=config.trace)
+        idempotent = self.profile.stop_in_unlocked is StopInUnlocked.IDEMPOTENT
+        self.devices: dict[str, Device] = {}
+        for i, dc in enumerate(config.devices):
+            dc = attrs.evolve(dc, stop_in_unlocked_idempotent=idempotent, bus=dc.bus + i,
+                              bar_base=dc.bar_base + i * 0x100_0000, name=dc.name if i == 0 else f"dev{i}")
+            self.devices[dc.name] = device_factory(self.trace, dc)
+        self.iommu = iommu_factory(self.trace, self.profile)
+        self.kvm = kvm_factory(self.trace, guest_pages=config.guest_pages, private_pages=config.private_pages)
+        self.vfio = vfio_factory(self.trace)
+        self.iommufd = iommufd_factory(self.trace)
+        self.tsm = tsm_factory(self.trace, self.profile)
+        self.vmm = vmm_factory(self.trace, self.profile)
+        self.guests: dict[str, Guest] = {}
+        self.guest_tsms: dict[str, GuestTsm] = {}
+        by_rid = {rid: d for d in self.devices.values() for rid in d.rids()}
+        for d in self.devices.values():
+            d._wire(self.iommu)
+        self.iommu._wire(self.kvm, by_rid)
+        self.kvm._wire(self.vfio, self.tsm, self.iommu)
+        self.vfio._wire(self.devices, self.iommufd, self.kvm, self.iommu, self.tsm)
+        self.iommufd._wire(self.kvm, self.tsm, self.iommu, self.devices)
+        self.tsm._wire(self.devices, self.vfio, self.kvm, self.iommu)
+        self.vmm._wire(self.kvm, self.vfio, self.iommufd, self.tsm, self.devices, self.guests)
+
+    def create_vm(self) -> str:
+        """A new VM with its guest kernel and guest TSM (the guest trusts the devices' root CA)."""
+        vm: str = self.kvm.create_vm()
+        root = next(iter(self.devices.values())).identity.root_certificate()
+        gtsm = GuestTsm(self.trace, vm, self.profile, root, seed=len(self.guests) + 5)
+        gtsm._wire(self.vmm)
+        guest = Guest(self.trace, vm, gtsm)
+        guest._wire(self.kvm)
+        self.guest_tsms[vm] = gtsm
+        self.guests[vm] = guest
+        return vm
+
+    def snapshot(self) -> StackSnapshot:
+        return StackSnapshot(
+            profile=self.profile.name,
+            devices=tuple(d.snapshot() for d in self.devices.values()),
+            iommu=self.iommu.snapshot(),
+            kvm=self.kvm.snapshot(),
+            vfio=self.vfio.snapshot(),
+            iommufd=self.iommufd.snapshot(),
+            tsm=self.tsm.snapshot(),
+            vmm=self.vmm.snapshot(),
+            guests=tuple(g.snapshot() for g in self.guests.values()),
+        )
+
+
+def build_stack(config: StackConfig | None = None, **overrides: Any) -> Stack:
+    """The default SUT factory: ``--sut reference_impl.stack:build_stack``."""
+    return Stack(config or StackConfig(), **overrides)
+
+
+def make_sut(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Stack:
+    """The SUT factory the suite calls (``--sut reference_impl.stack:make_sut``): see docs/sut-contract.md."""
+    devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
+    return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))

@@ -1,0 +1,410 @@
+"""The host TSM: connect (SPDM + IDE keys), bind (LOCK), guest requests, unbind, free.
+
+The TSM is the trusted party on the host side (TDX module, AMD PSP, Arm RMM). It speaks TDISP and
+IDE_KM to the device over the SPDM session it opened, owns the root port's IDE keys, the trusted
+DMA table and the secure EPT, and decides -- from the platform profile -- which requests the host
+and the guest may originate and in which order teardown runs.
+
+pci-tsm semantics (drivers/pci/tsm.c; rules-seed A.16-A.20): bind needs a prior connect and a VM
+(-EINVAL), is idempotent for the same VM and -EBUSY for another; unbind always succeeds and is a
+no-op when not bound; guest requests work only inside the bound window (-ENXIO).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import attrs
+
+from reference_impl.device.ide import km_codec as km
+from reference_impl.device.tdisp import codec as td
+from reference_impl.errors import (
+    Busy,
+    ConformanceViolation,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    StackError,
+    Unsupported,
+)
+from reference_impl.iommufd import GuestRequest
+from reference_impl.profiles import Profile, StartSender, UnmapOrder
+from reference_impl.trace import Actor, Trace, operation, query
+
+__all__ = ["Evidence", "Tsm", "TsmSnapshot", "TdiRecord"]
+
+PROTOCOL_IDE_KM = 0
+PROTOCOL_TDISP = 1
+IDE_IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IFV words {0, 1}, as tee-io-validator sends
+
+
+@attrs.frozen
+class Evidence:
+    """What the guest gets back from attest: the signed evidence and the device's certificate chain."""
+
+    signed: Any  # identity.SignedEvidence
+    chain: tuple[bytes, ...]
+
+
+@attrs.frozen
+class TdiRecord:
+    rid: int
+    device: str
+    vm: str | None
+    virt_id: int | None
+    stopped: bool  # the TSM has issued STOP since the last LOCK (TDX checks this, not the device)
+    private_mapped: bool
+    trusted_dma: bool
+    started: bool
+
+
+@attrs.frozen
+class TsmSnapshot:
+    connected: tuple[tuple[str, int], ...]  # (device, session)
+    tdis: tuple[TdiRecord, ...]
+
+
+@attrs.define
+class _TdiCtx:
+    rid: int
+    device: str
+    vm: str | None = None
+    virt_id: int | None = None
+    nonce: bytes | None = None
+    stopped: bool = True
+    private_mapped: bool = False
+    trusted_dma: bool = False
+    started: bool = False
+
+
+class Tsm(Actor):
+    actor_name = "tsm"
+
+    def __init__(self, trace: Trace, profile: Profile, *, key_seed: int = 99) -> None:
+        super().__init__(trace)
+        self.profile = profile
+        self._sessions: dict[str, int] = {}
+        self._tdis: dict[int, _TdiCtx] = {}
+        self._devices: dict[str, Any] = {}
+        self._key_counter = key_seed
+        self._vfio: Any = None
+        self._kvm: Any = None
+        self._iommu: Any = None
+
+    def _wire(self, devices: dict[str, Any], vfio: Any, kvm: Any, iommu: Any) -> None:
+        self._devices, self._vfio, self._kvm, self._iommu = devices, vfio, kvm, iommu
+        for name, dev in devices.items():
+            for rid in dev.rids():
+                self._tdis[rid] = _TdiCtx(rid=rid, device=name)
+
+    # ------------------------------------------------------------------ messaging
+    def _device(self, name: str) -> Any:
+        dev = self._devices.get(name)
+        if dev is None:
+            raise NotFound(f"no device {name!r}")
+        return dev
+
+    def _tdisp(self, rid: int, request: td.Request) -> td.Response:
+        ctx = self._ctx(rid)
+        sid = self._sessions.get(ctx.device)
+        if sid is None:
+            raise InvalidState(f"{ctx.device} is not connected")
+        raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, td.encode(request), session_id=sid)
+        if raw is None:
+            raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
+        try:
+            return td.decode_response(raw)
+        except StackError as exc:
+            raise ConformanceViolation(f"device answered {type(request).__name__} with garbage: {exc}") from exc
+
+    def _expect(self, rid: int, request: td.Request, want: type) -> Any:
+        resp = self._tdisp(rid, request)
+        if isinstance(resp, td.TdispError):
+            code = td.ErrorCode(resp.error_code).name if resp.error_code in td.ErrorCode._value2member_map_ \
+                else hex(resp.error_code)
+            raise InvalidState(f"device refused {type(request).__name__}: TDISP_ERROR {code}")
+        if not isinstance(resp, want):
+            raise ConformanceViolation(f"device answered {type(request).__name__} with {type(resp).__name__}")
+        return resp
+
+    def _ide_km(self, dev: Any, sid: int, msg: Any) -> Any:
+        raw = dev.handle_vendor_message(PROTOCOL_IDE_KM, km.encode(msg), session_id=sid)
+        if raw is None:
+            raise ConformanceViolation(f"device dropped IDE_KM {type(msg).__name__}")
+        try:
+            return km.decode(raw)
+        except StackError as exc:
+            raise ConformanceViolation(f"device answered IDE_KM with garbage: {exc}") from exc
+
+    def _ctx(self, rid: int) -> _TdiCtx:
+        ctx = self._tdis.get(rid)
+        if ctx is None:
+            raise NotFound(f"no TDI with RID {rid:#06x}")
+        return ctx
+
+    @staticmethod
+    def _iid(rid: int) -> td.InterfaceId:
+        return td.InterfaceId(function_id=rid)
+
+    # ------------------------------------------------------------------ connect (step 1)
+    @operation(step="1")
+    def connect(self, device: str) -> int:
+        """SPDM session + IDE stream keys between the TSM and the device (PCI-TSM connect)."""
+        dev = self._device(device)
+        if device in self._sessions:
+            raise Busy(f"{device} is already connected")
+        sid: int = dev.spdm_connect()
+        self._sessions[device] = sid
+        try:
+            self._program_stream(dev, sid, km.KeySet.K0)
+        except StackError:
+            self.disconnect(device)
+            raise
+        return sid
+
+    def _program_stream(self, dev: Any, sid: int, key_set: km.KeySet) -> None:
+        stream = dev.config.default_stream_id
+        rids = dev.rids()
+        self._iommu.rp_stream_setup(stream, min(rids), max(rids))
+        q = self._ide_km(dev, sid, km.Query(port_index=0))
+        if not isinstance(q, km.QueryResp):
+            raise ConformanceViolation(f"IDE_KM QUERY answered with {type(q).__name__}")
+        for direction in (km.Direction.RX, km.Direction.TX):
+            for sub in km.SubStream:
+                slot = km.KeySubStream(key_set=key_set, direction=direction, sub_stream=sub)
+                key = self._fresh_key()
+                ack = self._ide_km(dev, sid, km.KeyProg(stream_id=stream, key_sub_stream=slot.to_byte(),
+                                                        port_index=0, key=key, iv=IDE_IV))
+                if not isinstance(ack, km.KpAck) or ack.status != km.KpAckStatus.SUCCESS:
+                    raise InvalidState(f"device refused KEY_PROG {slot}: {ack}")
+                # the root port's opposite direction gets the same key: EP Rx == RP Tx
+                rp_slot = km.KeySubStream(key_set=key_set, direction=km.Direction(1 - direction), sub_stream=sub)
+                self._iommu.rp_key_prog(stream, rp_slot, key, IDE_IV)
+        for direction in (km.Direction.RX, km.Direction.TX):  # Rx first, then Tx (rules-seed E.66)
+            for sub in km.SubStream:
+                slot = km.KeySubStream(key_set=key_set, direction=direction, sub_stream=sub)
+                ack = self._ide_km(dev, sid, km.KSetGo(stream_id=stream, key_sub_stream=slot.to_byte(),
+                                                       port_index=0))
+                if not isinstance(ack, km.KGoStopAck):
+                    raise InvalidState(f"device refused K_SET_GO {slot}: {ack}")
+                rp_slot = km.KeySubStream(key_set=key_set, direction=km.Direction(1 - direction), sub_stream=sub)
+                self._iommu.rp_key_go(stream, rp_slot)
+        dev.ide_enable(True)
+        self._iommu.rp_stream_enable(stream, True)
+
+    def _fresh_key(self) -> bytes:
+        """A unique key per sub-stream, never reused (PCIe §11.5.5); deterministic per stack for replay."""
+        self._key_counter += 1
+        return hashlib.sha256(self._key_counter.to_bytes(8, "little")).digest()
+
+    @operation()
+    def refresh_keys(self, device: str) -> None:
+        """Switch the stream to the other key set over the same session (rules-seed E.72)."""
+        dev = self._device(device)
+        sid = self._sessions.get(device)
+        if sid is None:
+            raise InvalidState(f"{device} is not connected")
+        self._key_set_toggle = getattr(self, "_key_set_toggle", {})
+        nxt = km.KeySet(1 - self._key_set_toggle.get(device, 0))
+        self._program_stream(dev, sid, nxt)
+        self._key_set_toggle[device] = int(nxt)
+
+    @operation()
+    def disconnect(self, device: str) -> None:
+        """Unbind every TDI of the device first (reverse order), then end the session (rules-seed A.23)."""
+        dev = self._device(device)
+        for rid in sorted(dev.rids(), reverse=True):
+            self.unbind(rid)
+        sid = self._sessions.pop(device, None)
+        if sid is not None:
+            self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
+            dev.spdm_end(sid)
+
+    # ------------------------------------------------------------------ bind (steps 18-19)
+    @operation(step="18")
+    def bind(self, rid: int, vm: str | None, virt_id: int | None = None) -> None:
+        ctx = self._ctx(rid)
+        if ctx.device not in self._sessions:
+            raise InvalidState(f"{ctx.device} is not connected (bind needs connect first)")
+        if not vm:
+            raise InvalidArgument("bind needs a VM")
+        if ctx.vm == vm:
+            return  # idempotent for the same VM (pci_tsm_bind)
+        if ctx.vm is not None:
+            raise Busy(f"TDI {rid:#06x} is bound to {ctx.vm}")
+        self._check_host_may("LOCK_INTERFACE")
+        offset = self._reporting_offset(vm, rid)
+        self._vfio.set_private(rid, True)
+        try:
+            resp = self._lock(rid, offset)
+        except StackError:
+            self._vfio.set_private(rid, False)
+            raise
+        ctx.vm, ctx.virt_id, ctx.nonce, ctx.stopped, ctx.started = vm, virt_id, resp.start_interface_nonce, False, False
+
+    def _reporting_offset(self, vm: str, rid: int) -> int:
+        """Report MMIO ranges in the guest's address space: offset = vBAR GPA - BAR base."""
+        for s in self._kvm.snapshot().memslots:
+            if s.vm == vm and s.rid == rid:
+                return int((s.gpa - s.host_base) % 2**64)
+        return 0
+
+    def _lock(self, rid: int, offset: int) -> Any:
+        dev = self._devices[self._ctx(rid).device]
+        req = td.LockInterface(interface_id=self._iid(rid), flags=int(td.LockFlags.NO_FW_UPDATE),
+                               default_stream_id=dev.config.default_stream_id, mmio_reporting_offset=offset,
+                               bind_p2p_address_mask=0)
+        return self._expect(rid, req, td.LockInterfaceResponse)
+
+    def _check_host_may(self, request: str) -> None:
+        if request not in self.profile.host_tdisp_requests:
+            raise PermissionDenied(f"{self.profile.title}: the host may not originate {request}")
+
+    # ------------------------------------------------------------------ guest requests (24, 29, 34)
+    @operation(step="24")
+    def guest_request(self, rid: int, vm: str, request: GuestRequest) -> Any:
+        ctx = self._ctx(rid)
+        if ctx.vm is None:
+            raise Unsupported(f"TDI {rid:#06x} is not bound: no guest requests (-ENXIO)")
+        if ctx.vm != vm:
+            raise PermissionDenied(f"TDI {rid:#06x} is bound to {ctx.vm}, not {vm}")
+        handler = getattr(self, f"_guest_{request.kind}", None)
+        if handler is None:
+            raise InvalidArgument(f"unknown guest request {request.kind!r}")
+        return handler(ctx, request)
+
+    def _guest_state(self, ctx: _TdiCtx, request: GuestRequest) -> td.TdiState:
+        resp = self._expect(ctx.rid, td.GetDeviceInterfaceState(interface_id=self._iid(ctx.rid)),
+                            td.DeviceInterfaceState)
+        return td.TdiState(resp.tdi_state)
+
+    def _guest_report(self, ctx: _TdiCtx, request: GuestRequest) -> Evidence:
+        """Attest: read the report in portions, get it signed with the guest's nonce."""
+        if len(request.nonce) != 32:
+            raise InvalidArgument(f"attest needs a 32-byte nonce, got {len(request.nonce)} bytes")
+        offset, remainder = 0, 1
+        while remainder:
+            part = self._expect(ctx.rid, td.GetDeviceInterfaceReport(interface_id=self._iid(ctx.rid), offset=offset,
+                                                                     length=0x400), td.DeviceInterfaceReport)
+            offset += len(part.portion)
+            remainder = part.remainder_length
+            if not part.portion and remainder:
+                raise ConformanceViolation("device sent an empty report portion with data remaining")
+        dev = self._devices[ctx.device]
+        signed = dev.sign_evidence(self._sessions[ctx.device], ctx.rid, request.nonce)
+        if self.profile.start_sender is StartSender.AT_ATTEST and not ctx.started:
+            self._start(ctx)  # SEV-TIO: RUN at attest; DMA stays blocked until the guest accepts it
+        return Evidence(signed=signed, chain=dev.certificate_chain())
+
+    def _guest_accept_mmio(self, ctx: _TdiCtx, request: GuestRequest) -> int:
+        n: int = self._kvm.map_private_mmio(ctx.vm, ctx.rid)
+        return n
+
+    def _guest_accept_dma(self, ctx: _TdiCtx, request: GuestRequest) -> None:
+        self._iommu.set_trusted(ctx.rid, ctx.vm)
+        ctx.trusted_dma = True
+
+    def _guest_start(self, ctx: _TdiCtx, request: GuestRequest) -> None:
+        if self.profile.start_sender is not StartSender.GUEST:
+            raise PermissionDenied(f"{self.profile.title}: the guest does not send START itself")
+        self._start(ctx)
+
+    def _start(self, ctx: _TdiCtx) -> None:
+        if ctx.nonce is None:
+            raise InvalidState(f"TDI {ctx.rid:#06x} has no START nonce (not locked, or already started)")
+        self._expect(ctx.rid, td.StartInterface(interface_id=self._iid(ctx.rid), start_interface_nonce=ctx.nonce),
+                     td.StartInterfaceResponse)
+        ctx.nonce, ctx.started = None, True
+
+    @operation(step="34")
+    def host_start(self, rid: int, vm: str) -> None:
+        """CCA: the host starts the TDI on the realm's request."""
+        ctx = self._ctx(rid)
+        if self.profile.start_sender is not StartSender.HOST:
+            raise PermissionDenied(f"{self.profile.title}: the host does not send START")
+        if ctx.vm != vm:
+            raise PermissionDenied(f"TDI {rid:#06x} is not bound to {vm}")
+        self._start(ctx)
+
+    # ------------------------------------------------------------------ unbind (steps 40-49)
+    @operation(step="40")
+    def unbind(self, rid: int) -> None:
+        """Always succeeds; a no-op when not bound. Teardown order comes from the profile."""
+        ctx = self._ctx(rid)
+        if ctx.vm is None:
+            return
+        if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST:
+            self._vfio.revoke_mmio(rid)
+            self._stop(ctx)
+        else:
+            self._stop(ctx)
+            self._vfio.revoke_mmio(rid)
+        if ctx.trusted_dma:
+            self._iommu.clear_trusted(rid)
+            ctx.trusted_dma = False
+        self._free(ctx)
+        self._vfio.set_private(rid, False)
+        self._vfio.recover_mmio(rid)
+
+    def _stop(self, ctx: _TdiCtx) -> None:
+        if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST and ctx.private_mapped:
+            # CCA: VDEV_UNLOCK fails while device granules are mapped (rules-seed B.38)
+            raise InvalidState(f"{self.profile.title}: unmap private MMIO of {ctx.rid:#06x} before stopping it")
+        if ctx.device in self._sessions:
+            try:
+                self._expect(ctx.rid, td.StopInterface(interface_id=self._iid(ctx.rid)), td.StopInterfaceResponse)
+            except InvalidState:
+                pass  # already CONFIG_UNLOCKED on a strict device (e.g. after a reset); nothing to stop
+        ctx.stopped = True
+        ctx.nonce = None
+
+    def _free(self, ctx: _TdiCtx) -> None:
+        """TDX 'tdi free' (step 47): the TSM forgets the TDI's binding."""
+        ctx.vm = ctx.virt_id = None
+        ctx.started = False
+
+    # ------------------------------------------------------------------ secure EPT (from KVM)
+    @operation()
+    def sept_add(self, vm: str, rid: int) -> None:
+        """KVM maps private MMIO: only for a TDI bound to this VM and locked (rules-seed A.28, F.76)."""
+        ctx = self._ctx(rid)
+        if ctx.vm != vm:
+            raise PermissionDenied(f"MMIO of {rid:#06x} may only be mapped into the VM it is bound to")
+        if ctx.stopped:
+            raise InvalidState(f"TDI {rid:#06x} is not locked")
+        ctx.private_mapped = True
+
+    @operation()
+    def sept_remove(self, vm: str, rid: int) -> None:
+        """TDX refuses to unmap private MMIO until STOP was issued (rules-seed B.33)."""
+        ctx = self._ctx(rid)
+        if self.profile.unmap_order is UnmapOrder.STOP_FIRST and not ctx.stopped:
+            raise InvalidState(f"{self.profile.title}: private MMIO of {rid:#06x} cannot be unmapped "
+                               "before the TDI is stopped")
+        ctx.private_mapped = False
+
+    # ------------------------------------------------------------------ host-originated TDISP (the
+    # VMM may ask for what its platform lets it send; LOCK/STOP/START only via bind/unbind)
+    @operation()
+    def host_tdisp(self, rid: int, request: str) -> str:
+        self._check_host_may(request)
+        if request == "GET_DEVICE_INTERFACE_STATE":
+            resp = self._tdisp(rid, td.GetDeviceInterfaceState(interface_id=self._iid(rid)))
+        elif request == "GET_TDISP_VERSION":
+            resp = self._tdisp(rid, td.GetTdispVersion(interface_id=self._iid(rid)))
+        elif request == "GET_TDISP_CAPABILITIES":
+            resp = self._tdisp(rid, td.GetTdispCapabilities(interface_id=self._iid(rid), tsm_caps=0))
+        else:
+            raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
+        return type(resp).__name__
+
+    @query
+    def snapshot(self) -> TsmSnapshot:
+        return TsmSnapshot(
+            connected=tuple(sorted(self._sessions.items())),
+            tdis=tuple(TdiRecord(rid=c.rid, device=c.device, vm=c.vm, virt_id=c.virt_id, stopped=c.stopped,
+                                 private_mapped=c.private_mapped, trusted_dma=c.trusted_dma, started=c.started)
+                       for c in self._tdis.values()),
+        )

@@ -1,0 +1,187 @@
+"""The VMM (QEMU): it sequences the lifecycle; the kernel only refuses what would break it.
+
+Jason Gunthorpe (rules-seed A.6): userspace sequences, the kernel enforces only what keeps the
+system from crashing. So the VMM here does the corrected flow of flow.md in order -- connect,
+open the device, dmabuf + memslot, shared DMA, vIOMMU + vdevice, *then* KVM run -- answers the
+guest's GHCI calls by forwarding them to the vdevice, and at VM stop tears down vdevice, vIOMMU,
+device file, hwpt, IOAS and the VM, in that order. A VMM that misorders is what the suite hunts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from reference_impl.errors import InvalidState, NotFound
+from reference_impl.iommufd import GuestRequest
+from reference_impl.profiles import Profile, StartSender
+from reference_impl.trace import Actor, Trace, operation, query
+
+__all__ = ["Assignment", "Vmm", "VmmSnapshot"]
+
+BAR_GPA_BASE = 0x10_0000
+BAR_GPA_STRIDE = 0x1_0000
+
+
+@attrs.frozen
+class Assignment:
+    """One function of a device given to one VM: every handle the VMM holds for it."""
+
+    vm: str
+    device: str
+    rid: int
+    virt_id: int
+    fd: int
+    dmabuf: int
+    memslot: int
+    bar_gpa: int
+    ioas: int
+    hwpt: int
+    viommu: int
+    vdevice: int
+
+
+@attrs.frozen
+class VmmSnapshot:
+    assignments: tuple[Assignment, ...]
+
+
+class Vmm(Actor):
+    actor_name = "vmm"
+
+    def __init__(self, trace: Trace, profile: Profile) -> None:
+        super().__init__(trace)
+        self.profile = profile
+        self._assignments: dict[tuple[str, int], Assignment] = {}
+        self._fds: dict[str, int] = {}
+        self._viommus: dict[str, tuple[int, int, int]] = {}  # vm -> (viommu, hwpt, ioas)
+        self._guests: dict[str, Any] = {}
+        self._attached: set[int] = set()
+        self._kvm: Any = None
+        self._vfio: Any = None
+        self._iommufd: Any = None
+        self._tsm: Any = None
+        self._devices: dict[str, Any] = {}
+        self._guest_pages = 8
+        self._private_pages = 4
+
+    def _wire(self, kvm: Any, vfio: Any, iommufd: Any, tsm: Any, devices: dict[str, Any],
+              guests: dict[str, Any]) -> None:
+        self._kvm, self._vfio, self._iommufd, self._tsm = kvm, vfio, iommufd, tsm
+        self._devices, self._guests = devices, guests
+
+    # ------------------------------------------------------------------ setup (before KVM run)
+    @operation()
+    def connect_ide(self, device: str) -> int:
+        """Step 1: ask the TSM to connect (SPDM session + IDE keys)."""
+        sid: int = self._tsm.connect(device)
+        return sid
+
+    @operation()
+    def assign(self, vm: str, device: str, rid: int, virt_id: int) -> Assignment:
+        """Steps 2-9 and 15-16: everything a function needs before the guest runs (correction 1)."""
+        if (vm, virt_id) in self._assignments:
+            raise InvalidState(f"{vm} already has a device at virtual ID {virt_id:#x}")
+        fd = self._fds.get(device)
+        if fd is None:
+            fd = self._vfio.open_device(device)
+            self._fds[device] = fd
+        idev = dict((f, i) for f, _, i in self._vfio.snapshot().open_fds)[fd]
+        dmabuf = self._vfio.create_dmabuf(fd, rid)
+        bar_gpa = BAR_GPA_BASE + BAR_GPA_STRIDE * len([a for a in self._assignments.values() if a.vm == vm])
+        memslot = self._kvm.create_memslot(vm, bar_gpa, dmabuf)
+        viommu, hwpt, ioas = self._shared_dma(vm, idev)
+        vdevice = self._iommufd.vdevice_alloc(viommu, idev, virt_id, rid)
+        a = Assignment(vm=vm, device=device, rid=rid, virt_id=virt_id, fd=fd, dmabuf=dmabuf, memslot=memslot,
+                       bar_gpa=bar_gpa, ioas=ioas, hwpt=hwpt, viommu=viommu, vdevice=vdevice)
+        self._assignments[(vm, virt_id)] = a
+        guest = self._guests.get(vm)
+        if guest is not None:
+            guest.plug(virt_id, bar_gpa, self._devices[device].bar_range(rid)[1])
+        return a
+
+    def _shared_dma(self, vm: str, idev: int) -> tuple[int, int, int]:
+        """Steps 7-9 (shared DMA: IOAS, hwpt, attach) and 15 (one vIOMMU per VM)."""
+        have = self._viommus.get(vm)
+        if have is None:
+            gfns = frozenset(range(self._private_pages, self._guest_pages))
+            ioas = self._iommufd.ioas_alloc(vm, gfns)
+            hwpt = self._iommufd.hwpt_alloc(idev, ioas)
+            self._iommufd.attach(idev, hwpt)
+            viommu = self._iommufd.viommu_alloc(hwpt, vm)
+            have = self._viommus[vm] = (viommu, hwpt, ioas)
+        elif idev not in self._attached:
+            self._iommufd.attach(idev, have[1])
+        self._attached.add(idev)
+        return have
+
+    @operation()
+    def run(self, vm: str) -> None:
+        """Step 10: KVM run. The vPCI functions are visible to the guest from now on, in T=0 mode."""
+        self._kvm.run(vm)
+
+    # ------------------------------------------------------------------ GHCI handlers (guest -> host)
+    def _vdev(self, vm: str, virt_id: int) -> int:
+        a = self._assignments.get((vm, virt_id))
+        if a is None:
+            raise NotFound(f"{vm} has no device at virtual ID {virt_id:#x}")
+        return a.vdevice
+
+    @operation(step="13")
+    def ghci_bind(self, vm: str, virt_id: int) -> None:
+        self._iommufd.vdevice_tsm_bind(self._vdev(vm, virt_id))
+
+    @operation(step="21")
+    def ghci_guest_request(self, vm: str, virt_id: int, request: GuestRequest) -> Any:
+        vdev = self._vdev(vm, virt_id)
+        if request.kind == "start" and self.profile.start_sender is StartSender.HOST:
+            self._iommufd.vdevice_host_start(vdev)  # CCA: the host starts on the realm's request
+            return None
+        return self._iommufd.vdevice_guest_request(vdev, request)
+
+    @operation(step="37")
+    def ghci_unbind(self, vm: str, virt_id: int) -> None:
+        self._iommufd.vdevice_tsm_unbind(self._vdev(vm, virt_id))
+
+    # ------------------------------------------------------------------ VM stop
+    @operation()
+    def stop_vm(self, vm: str) -> None:
+        """Stop: vdevices, then the vIOMMU, then device files, hwpt, IOAS, and finally the VM."""
+        if self._kvm.vm_state(vm).value == "running":
+            self._kvm.stop(vm)
+        mine = [a for a in self._assignments.values() if a.vm == vm]
+        for a in mine:
+            self._iommufd.destroy(a.vdevice)
+        have = self._viommus.pop(vm, None)
+        if have is not None:
+            self._iommufd.destroy(have[0])
+        for dev in sorted({a.device for a in mine}):
+            if not any(a.device == dev and a.vm != vm for a in self._assignments.values()):
+                fd = self._fds.pop(dev, None)
+                if fd is not None:
+                    idevs = {f: i for f, _, i in self._vfio.snapshot().open_fds}
+                    self._attached.discard(idevs.get(fd, -1))
+                    self._vfio.close_device(fd)
+        for a in mine:
+            try:
+                self._kvm.destroy_memslot(a.memslot)
+            except NotFound:
+                pass
+        if have is not None:
+            self._iommufd.destroy(have[1])
+            self._iommufd.destroy(have[2])
+        for a in mine:
+            del self._assignments[(a.vm, a.virt_id)]
+        self._kvm.destroy_vm(vm)
+
+    @query
+    def assignment(self, vm: str, virt_id: int) -> Assignment:
+        a = self._assignments.get((vm, virt_id))
+        if a is None:
+            raise NotFound(f"{vm} has no device at virtual ID {virt_id:#x}")
+        return a
+
+    @query
+    def snapshot(self) -> VmmSnapshot:
+        return VmmSnapshot(assignments=tuple(self._assignments.values()))
