@@ -81,3 +81,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "profiles": selected_profiles(session.config)}
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if call.when == "call" and call.excinfo is not None and item.config.getoption("--report-dir"):
+        try:
+            _write_failure(item, call.excinfo.value)
+        except OSError as exc:  # a full disk must not hide the test's own failure
+            report.sections.append(("teeio-conformance", f"could not write the failure record: {exc}"))
+    return report
+
+
+def _write_failure(item: pytest.Item, exc: BaseException) -> None:
+    from conformance.rules import RuleViolation
+
+    steps = getattr(exc, "teeio_steps", None)
+    if steps is None:
+        return
+    report_dir = item.config.getoption("--report-dir")
+    if isinstance(exc, RuleViolation):
+        rule_id, title, source, message, action = (exc.rule.id, exc.rule.title, exc.rule.source, exc.detail,
+                                                   exc.action)
+    else:
+        rule_id = {"SutHang": "SUT-HANG", "SutBroken": "SUT-BROKEN"}.get(type(exc).__name__, "SUT-ERROR")
+        title, source, message, action = type(exc).__name__, "harness", str(exc), steps[-1]["method"] if steps else ""
+    notes = [n for n in getattr(exc, "__notes__", []) if "invariant" not in n]
+    callspec = getattr(item, "callspec", None)
+    profile = callspec.params.get("tdisp_profile") if callspec else None
+    record = {
+        "format": "teeio-failure/1", "test": item.nodeid, "machine": getattr(item, "teeio_machine", item.name),
+        "profile": profile, "sut": item.config.getoption("--sut"), "rule_id": rule_id, "rule_title": title,
+        "rule_source": source, "message": message, "action": action, "steps": steps, "program": notes,
+        "trace": getattr(exc, "teeio_trace", []), "violating_seq": getattr(exc, "teeio_mark", None),
+        "hypothesis": hypothesis.__version__, "seed": None,
+    }
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-120:]
+    os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
+    with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
+        json.dump(record, fh, indent=1, default=repr)

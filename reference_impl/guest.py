@@ -142,7 +142,7 @@ class Guest(Actor):
         """The VMM shows a vPCI function (before run: visible from boot, T=0)."""
         self._vdevs[virt_id] = _Vdev(virt_id=virt_id, bar_gpa=bar_gpa, bar_size=bar_size)
 
-    @operation(step="11")
+    @operation(step=lambda virt_id: None)
     def enumerate(self, virt_id: int) -> bytes:
         """Probe the shared device: read its register page with T=0."""
         v = self._v(virt_id)

@@ -117,12 +117,12 @@ class Iommu(Actor):
     def detach_shared(self, rid: int) -> None:
         self._shared.pop(rid, None)
 
-    @operation()
+    @operation(step="29")
     def set_trusted(self, rid: int, vm: str) -> None:
         """The TSM enabled T=1 DMA from TDI ``rid`` into ``vm``'s private memory."""
         self._trusted[rid] = vm
 
-    @operation()
+    @operation(step="45")
     def clear_trusted(self, rid: int) -> None:
         self._trusted.pop(rid, None)
 

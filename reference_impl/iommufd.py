@@ -27,6 +27,19 @@ from reference_impl.trace import Actor, Trace, operation, query
 __all__ = ["GuestRequest", "Iommufd", "IommufdSnapshot", "ObjKind", "ObjSnapshot"]
 
 
+def request_step(first: int) -> Any:
+    """Flow step of a guest-request crossing: attest 21-24, accept 26-29, start 31-34."""
+
+    def step(*args: Any, **kwargs: Any) -> str | None:
+        req = next((a for a in args if isinstance(a, GuestRequest)), None)
+        if req is None:
+            return None
+        base = {"report": 21, "accept_mmio": 26, "accept_dma": 26, "start": 31}.get(req.kind)
+        return None if base is None else str(base + first)
+
+    return step
+
+
 class ObjKind(enum.Enum):
     IDEV = "idev"
     IOAS = "ioas"
@@ -117,12 +130,12 @@ class Iommufd(Actor):
 
     # ------------------------------------------------------------------ idev (from VFIO)
     @operation(step="2")
-    def bind_device(self, device: str) -> int:
+    def bind_device(self, device: str, rid: int) -> int:
         if device not in self._devices:
             raise NotFound(f"no device {device!r}")
-        if any(o.kind is ObjKind.IDEV and o.device == device for o in self._objs.values()):
-            raise AlreadyExists(f"{device} is already bound to this iommufd")
-        return self._new(ObjKind.IDEV, device=device).id
+        if any(o.kind is ObjKind.IDEV and o.device == device and o.rid == rid for o in self._objs.values()):
+            raise AlreadyExists(f"function {rid:#06x} of {device} is already bound to this iommufd")
+        return self._new(ObjKind.IDEV, device=device, rid=rid).id
 
     @operation()
     def unbind_device(self, idev: int) -> None:
@@ -157,8 +170,7 @@ class Iommufd(Actor):
         dev.hwpt = hwpt
         hw.users += 1
         hw.attached.add(idev)
-        for rid in self._devices[dev.device].rids():  # type: ignore[index]
-            self._iommu.attach_shared(rid, hw.vm, hw.gfns)
+        self._iommu.attach_shared(dev.rid, hw.vm, hw.gfns)
 
     @operation()
     def detach(self, idev: int) -> None:
@@ -172,8 +184,7 @@ class Iommufd(Actor):
         hw.users -= 1
         hw.attached.discard(dev.id)
         dev.hwpt = None
-        for rid in self._devices[dev.device].rids():  # type: ignore[index]
-            self._iommu.detach_shared(rid)
+        self._iommu.detach_shared(dev.rid)
 
     # ------------------------------------------------------------------ vIOMMU / vDEVICE (steps 15-16)
     @operation(step="15")
@@ -192,8 +203,8 @@ class Iommufd(Actor):
         if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id
                for o in self._objs.values()):
             raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
-        if rid not in self._devices[dev.device].rids():  # type: ignore[index]
-            raise InvalidArgument(f"{dev.device} has no function {rid:#06x}")
+        if rid != dev.rid:
+            raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
         vi.users += 1
         dev.users += 1
         self._kvm.get_ref(vi.vm)
@@ -264,7 +275,7 @@ class Iommufd(Actor):
         self._tsm.unbind(v.rid)
         v.bound = False
 
-    @operation(step="23")
+    @operation(step=request_step(2))
     def vdevice_guest_request(self, vdevice: int, request: GuestRequest) -> Any:
         """Tunnel an opaque guest request to the TSM with the vdevice's IDs (correction 4)."""
         v = self._vdev(vdevice)
@@ -275,6 +286,13 @@ class Iommufd(Actor):
         """CCA: the host starts the TDI on the realm's request (RMI_VDEV_START)."""
         v = self._vdev(vdevice)
         self._tsm.host_start(v.rid, v.vm)
+
+    @operation()
+    def tdi_unbound(self, rid: int) -> None:
+        """The TSM unbound a TDI on its own (disconnect, reset): the vdevice is no longer bound."""
+        for o in self._objs.values():
+            if o.kind is ObjKind.VDEVICE and o.rid == rid:
+                o.bound = False
 
     @query
     def find_vdevice(self, vm: str, virt_id: int) -> int:

@@ -75,6 +75,7 @@ class _Vm:
     private_pages: int
     state: VmState = VmState.CREATED
     refs: int = 0
+    destroy_pending: bool = False
     secrets: list[bytes] = attrs.Factory(list)
 
 
@@ -154,16 +155,31 @@ class Kvm(Actor):
         if v.refs <= 0:
             raise InvalidState(f"{vm} holds no references")
         v.refs -= 1
+        if v.refs == 0 and v.destroy_pending:
+            self._destroy(v)
 
     @operation()
     def destroy_vm(self, vm: str) -> None:
-        """Destroy a VM; refused while vdevices still reference it (rules-seed A.12, A.14)."""
+        """Drop the VMM's reference: the VM is destroyed once no vIOMMU, vdevice or bound TDI holds it.
+
+        Like kvm_put_kvm(): while references remain the VM stays (stopped, destroy pending), so a
+        vdevice never outlives its VM (rules-seed A.12, A.14).
+        """
         v = self._vm(vm)
+        if v.state is VmState.DESTROYED:
+            raise InvalidState(f"{vm} is already destroyed")
+        if v.state is VmState.RUNNING:
+            v.state = VmState.STOPPED
         if v.refs:
-            raise Busy(f"{vm} is still referenced by {v.refs} vIOMMU/vdevice object(s)")
-        for s in [s for s in self._slots.values() if s.vm == vm]:
+            v.destroy_pending = True
+            return
+        self._destroy(v)
+
+    def _destroy(self, v: _Vm) -> None:
+        for s in [s for s in self._slots.values() if s.vm == v.name]:
             self._drop_slot(s)
         v.state = VmState.DESTROYED
+        v.destroy_pending = False
         v.memory[:] = bytes(len(v.memory))  # scrub on teardown
 
     def _vm(self, vm: str) -> _Vm:

@@ -83,7 +83,7 @@ class Stack:
         self.kvm._wire(self.vfio, self.tsm, self.iommu)
         self.vfio._wire(self.devices, self.iommufd, self.kvm, self.iommu, self.tsm)
         self.iommufd._wire(self.kvm, self.tsm, self.iommu, self.devices)
-        self.tsm._wire(self.devices, self.vfio, self.kvm, self.iommu)
+        self.tsm._wire(self.devices, self.vfio, self.kvm, self.iommu, self.iommufd)
         self.vmm._wire(self.kvm, self.vfio, self.iommufd, self.tsm, self.devices, self.guests)
 
     def create_vm(self) -> str:

@@ -116,10 +116,12 @@ class Trace:
         """Call ``listener`` with each event as it completes (rules index events this way)."""
         self._listeners.append(listener)
 
-    def call(self, actor: Actor, op: str, step: str | None, fn: Callable[..., R], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> R:
+    def call(self, actor: Actor, op: str, step: str | Callable[..., str | None] | None, fn: Callable[..., R],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         if not self.enabled:
             return fn(actor, *args, **kwargs)
+        if callable(step):
+            step = step(*args, **kwargs)
         callee = actor.actor_name
         caller = self.caller()
         seq = len(self._events)
@@ -165,8 +167,11 @@ class Trace:
         return [e.to_json() for e in self]
 
 
-def operation(step: str | None = None) -> Callable[[F], F]:
-    """Mark a public method as a traced crossing into its actor (``step``: flow.md step number)."""
+def operation(step: str | Callable[..., str | None] | None = None) -> Callable[[F], F]:
+    """Mark a public method as a traced crossing into its actor.
+
+    ``step`` is the flow.md step number the crossing implements, or a function of the call's
+    arguments that returns it (one GHCI call carries attest, accept and start alike)."""
 
     def deco(fn: F) -> F:
         name = fn.__name__

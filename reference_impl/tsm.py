@@ -29,7 +29,7 @@ from reference_impl.errors import (
     StackError,
     Unsupported,
 )
-from reference_impl.iommufd import GuestRequest
+from reference_impl.iommufd import GuestRequest, request_step
 from reference_impl.profiles import Profile, StartSender, UnmapOrder
 from reference_impl.trace import Actor, Trace, operation, query
 
@@ -92,9 +92,10 @@ class Tsm(Actor):
         self._vfio: Any = None
         self._kvm: Any = None
         self._iommu: Any = None
+        self._iommufd: Any = None
 
-    def _wire(self, devices: dict[str, Any], vfio: Any, kvm: Any, iommu: Any) -> None:
-        self._devices, self._vfio, self._kvm, self._iommu = devices, vfio, kvm, iommu
+    def _wire(self, devices: dict[str, Any], vfio: Any, kvm: Any, iommu: Any, iommufd: Any) -> None:
+        self._devices, self._vfio, self._kvm, self._iommu, self._iommufd = devices, vfio, kvm, iommu, iommufd
         for name, dev in devices.items():
             for rid in dev.rids():
                 self._tdis[rid] = _TdiCtx(rid=rid, device=name)
@@ -220,7 +221,8 @@ class Tsm(Actor):
         sid = self._sessions.pop(device, None)
         if sid is not None:
             self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
-            dev.spdm_end(sid)
+            if sid in dev.snapshot().sessions:
+                dev.spdm_end(sid)
 
     # ------------------------------------------------------------------ bind (steps 18-19)
     @operation(step="18")
@@ -234,6 +236,12 @@ class Tsm(Actor):
             return  # idempotent for the same VM (pci_tsm_bind)
         if ctx.vm is not None:
             raise Busy(f"TDI {rid:#06x} is bound to {ctx.vm}")
+        try:
+            vm_state = self._kvm.vm_state(vm).value
+        except NotFound:
+            vm_state = "missing"
+        if vm_state in ("missing", "destroyed"):
+            raise InvalidArgument(f"bind needs a live VM; {vm} is {vm_state}")
         self._check_host_may("LOCK_INTERFACE")
         offset = self._reporting_offset(vm, rid)
         self._vfio.set_private(rid, True)
@@ -242,6 +250,7 @@ class Tsm(Actor):
         except StackError:
             self._vfio.set_private(rid, False)
             raise
+        self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
         ctx.vm, ctx.virt_id, ctx.nonce, ctx.stopped, ctx.started = vm, virt_id, resp.start_interface_nonce, False, False
 
     def _reporting_offset(self, vm: str, rid: int) -> int:
@@ -263,7 +272,7 @@ class Tsm(Actor):
             raise PermissionDenied(f"{self.profile.title}: the host may not originate {request}")
 
     # ------------------------------------------------------------------ guest requests (24, 29, 34)
-    @operation(step="24")
+    @operation(step=request_step(3))
     def guest_request(self, rid: int, vm: str, request: GuestRequest) -> Any:
         ctx = self._ctx(rid)
         if ctx.vm is None:
@@ -309,6 +318,9 @@ class Tsm(Actor):
     def _guest_start(self, ctx: _TdiCtx, request: GuestRequest) -> None:
         if self.profile.start_sender is not StartSender.GUEST:
             raise PermissionDenied(f"{self.profile.title}: the guest does not send START itself")
+        if not (ctx.private_mapped and ctx.trusted_dma):
+            # TDX: the TD accepts MMIO and DMA before START (TDXC-ARCH §3.4.4; rules-seed D.62)
+            raise InvalidState(f"{self.profile.title}: accept MMIO and DMA of {ctx.rid:#06x} before START")
         self._start(ctx)
 
     def _start(self, ctx: _TdiCtx) -> None:
@@ -361,9 +373,13 @@ class Tsm(Actor):
         ctx.nonce = None
 
     def _free(self, ctx: _TdiCtx) -> None:
-        """TDX 'tdi free' (step 47): the TSM forgets the TDI's binding."""
+        """TDX 'tdi free' (step 47): the TSM forgets the TDI's binding and lets go of its VM."""
+        vm = ctx.vm
         ctx.vm = ctx.virt_id = None
         ctx.started = False
+        if vm is not None:
+            self._kvm.put_ref(vm)
+            self._iommufd.tdi_unbound(ctx.rid)
 
     # ------------------------------------------------------------------ secure EPT (from KVM)
     @operation()

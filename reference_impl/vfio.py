@@ -42,7 +42,7 @@ class DmabufSnapshot:
 
 @attrs.frozen
 class VfioSnapshot:
-    open_fds: tuple[tuple[int, str, int], ...]  # (fd, device name, idev)
+    open_fds: tuple[tuple[int, str, int, int], ...]  # (fd, device name, rid, idev): one per function
     dmabufs: tuple[DmabufSnapshot, ...]
     private_rids: tuple[int, ...]
     host_mmaps: tuple[tuple[int, int], ...]  # (fd, rid) the host has mapped
@@ -53,6 +53,7 @@ class VfioSnapshot:
 class _Fd:
     fd: int
     device: Any
+    rid: int
     idev: int
     dmabufs: list[int] = attrs.Factory(list)
 
@@ -95,16 +96,18 @@ class Vfio(Actor):
 
     # ------------------------------------------------------------------ device file
     @operation(step="2")
-    def open_device(self, device: str) -> int:
-        """Open /dev/vfio/XX: VFIO binds the device to IOMMUFD (the idev)."""
+    def open_device(self, device: str, rid: int) -> int:
+        """Open /dev/vfio/XX for one function (PF or VF): VFIO binds it to IOMMUFD (the idev)."""
         dev = self._devices.get(device)
         if dev is None:
             raise NotFound(f"no device {device!r}")
-        if any(f.device is dev for f in self._fds.values()):
-            raise Busy(f"{device} is already open")
-        idev = self._iommufd.bind_device(device)
+        if rid not in dev.rids():
+            raise NotFound(f"{device} has no function {rid:#06x}")
+        if any(f.device is dev and f.rid == rid for f in self._fds.values()):
+            raise Busy(f"function {rid:#06x} of {device} is already open")
+        idev = self._iommufd.bind_device(device, rid)
         fd = self._new_id()
-        self._fds[fd] = _Fd(fd=fd, device=dev, idev=idev)
+        self._fds[fd] = _Fd(fd=fd, device=dev, rid=rid, idev=idev)
         return fd
 
     @operation()
@@ -121,9 +124,8 @@ class Vfio(Actor):
             dm.orphaned = True  # importers keep their reference; it stays revoked until they detach
             if not dm.attachments:
                 del self._dmabufs[d]
-        for rid in f.device.rids():
-            self._private.discard(rid)
-            self._mmaps.discard((fd, rid))
+        self._private.discard(f.rid)
+        self._mmaps.discard((fd, f.rid))
         del self._fds[fd]
 
     def _fd(self, fd: int) -> _Fd:
@@ -134,7 +136,7 @@ class Vfio(Actor):
 
     def _fd_of_rid(self, rid: int) -> _Fd:
         for f in self._fds.values():
-            if rid in f.device.rids():
+            if f.rid == rid:
                 return f
         raise NotFound(f"no open VFIO device has function {rid:#06x}")
 
@@ -142,8 +144,8 @@ class Vfio(Actor):
     def reset(self, fd: int, rid: int) -> None:
         """FLR: a bound TDI is unbound first (TSM orders stop/revoke/unmap), MMIO revoked, then reset."""
         f = self._fd(fd)
-        if rid not in f.device.rids():
-            raise NotFound(f"fd {fd} has no function {rid:#06x}")
+        if rid != f.rid:
+            raise NotFound(f"fd {fd} is function {f.rid:#06x}, not {rid:#06x}")
         self._tsm.unbind(rid)
         revoked = [d for d in f.dmabufs if self._dmabufs[d].rid == rid and not self._dmabufs[d].revoked]
         for d in revoked:
@@ -156,8 +158,8 @@ class Vfio(Actor):
     @operation()
     def mmap_bar(self, fd: int, rid: int) -> None:
         f = self._fd(fd)
-        if rid not in f.device.rids():
-            raise NotFound(f"fd {fd} has no function {rid:#06x}")
+        if rid != f.rid:
+            raise NotFound(f"fd {fd} is function {f.rid:#06x}, not {rid:#06x}")
         if rid in self._private:
             raise PermissionDenied(f"function {rid:#06x} is private: host mmap refused")
         self._mmaps.add((fd, rid))
@@ -181,7 +183,12 @@ class Vfio(Actor):
     @operation()
     def set_private(self, rid: int, private: bool) -> None:
         """The TSM converts a function to private (bind) or back (free): zap host mmaps."""
-        f = self._fd_of_rid(rid)
+        try:
+            f = self._fd_of_rid(rid)
+        except NotFound:
+            if private:
+                raise
+            return
         if private:
             self._private.add(rid)
             self._mmaps.discard((f.fd, rid))
@@ -193,8 +200,8 @@ class Vfio(Actor):
     def create_dmabuf(self, fd: int, rid: int) -> int:
         """Create and export (step 4) a dmabuf of the function's BAR."""
         f = self._fd(fd)
-        if rid not in f.device.rids():
-            raise NotFound(f"fd {fd} has no function {rid:#06x}")
+        if rid != f.rid:
+            raise NotFound(f"fd {fd} is function {f.rid:#06x}, not {rid:#06x}")
         d = _Dmabuf(dmabuf=self._new_id(), fd=fd, rid=rid, device=f.device)
         self._dmabufs[d.dmabuf] = d
         f.dmabufs.append(d.dmabuf)
@@ -279,7 +286,7 @@ class Vfio(Actor):
     @query
     def snapshot(self) -> VfioSnapshot:
         return VfioSnapshot(
-            open_fds=tuple((f.fd, f.device.name, f.idev) for f in self._fds.values()),
+            open_fds=tuple((f.fd, f.device.name, f.rid, f.idev) for f in self._fds.values()),
             dmabufs=tuple(DmabufSnapshot(dmabuf=d.dmabuf, fd=d.fd, rid=d.rid, revoked=d.revoked,
                                          attachments=tuple(sorted(d.attachments.items())))
                           for d in self._dmabufs.values()),

@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-from reference_impl.errors import InvalidState, NotFound
-from reference_impl.iommufd import GuestRequest
+from reference_impl.errors import Busy, InvalidState, NotFound
+from reference_impl.iommufd import GuestRequest, request_step
 from reference_impl.profiles import Profile, StartSender
 from reference_impl.trace import Actor, Trace, operation, query
 
@@ -54,7 +54,7 @@ class Vmm(Actor):
         super().__init__(trace)
         self.profile = profile
         self._assignments: dict[tuple[str, int], Assignment] = {}
-        self._fds: dict[str, int] = {}
+        self._fds: dict[tuple[str, int], int] = {}
         self._viommus: dict[str, tuple[int, int, int]] = {}  # vm -> (viommu, hwpt, ioas)
         self._guests: dict[str, Any] = {}
         self._attached: set[int] = set()
@@ -83,11 +83,14 @@ class Vmm(Actor):
         """Steps 2-9 and 15-16: everything a function needs before the guest runs (correction 1)."""
         if (vm, virt_id) in self._assignments:
             raise InvalidState(f"{vm} already has a device at virtual ID {virt_id:#x}")
-        fd = self._fds.get(device)
-        if fd is None:
-            fd = self._vfio.open_device(device)
-            self._fds[device] = fd
-        idev = dict((f, i) for f, _, i in self._vfio.snapshot().open_fds)[fd]
+        taken = [a for a in self._assignments.values() if a.device == device and a.rid == rid]
+        if taken:
+            raise Busy(f"function {rid:#06x} of {device} is already assigned to {taken[0].vm}")
+        if self._kvm.vm_state(vm).value != "created":
+            raise InvalidState(f"{vm} is {self._kvm.vm_state(vm).value}: assign before KVM run (flow corr. 1)")
+        fd = self._vfio.open_device(device, rid)
+        self._fds[(device, rid)] = fd
+        idev = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}[fd]
         dmabuf = self._vfio.create_dmabuf(fd, rid)
         bar_gpa = BAR_GPA_BASE + BAR_GPA_STRIDE * len([a for a in self._assignments.values() if a.vm == vm])
         memslot = self._kvm.create_memslot(vm, bar_gpa, dmabuf)
@@ -132,7 +135,7 @@ class Vmm(Actor):
     def ghci_bind(self, vm: str, virt_id: int) -> None:
         self._iommufd.vdevice_tsm_bind(self._vdev(vm, virt_id))
 
-    @operation(step="21")
+    @operation(step=request_step(0))
     def ghci_guest_request(self, vm: str, virt_id: int, request: GuestRequest) -> Any:
         vdev = self._vdev(vm, virt_id)
         if request.kind == "start" and self.profile.start_sender is StartSender.HOST:
@@ -148,21 +151,29 @@ class Vmm(Actor):
     @operation()
     def stop_vm(self, vm: str) -> None:
         """Stop: vdevices, then the vIOMMU, then device files, hwpt, IOAS, and finally the VM."""
-        if self._kvm.vm_state(vm).value == "running":
+        state = self._kvm.vm_state(vm).value
+        if state == "destroyed":
+            raise InvalidState(f"{vm} is already destroyed")
+        if state == "running":
             self._kvm.stop(vm)
         mine = [a for a in self._assignments.values() if a.vm == vm]
         for a in mine:
-            self._iommufd.destroy(a.vdevice)
+            try:
+                self._iommufd.destroy(a.vdevice)
+            except NotFound:
+                pass  # tombstoned: its device file was closed under it
         have = self._viommus.pop(vm, None)
         if have is not None:
             self._iommufd.destroy(have[0])
-        for dev in sorted({a.device for a in mine}):
-            if not any(a.device == dev and a.vm != vm for a in self._assignments.values()):
-                fd = self._fds.pop(dev, None)
-                if fd is not None:
-                    idevs = {f: i for f, _, i in self._vfio.snapshot().open_fds}
-                    self._attached.discard(idevs.get(fd, -1))
+        for a in mine:
+            fd = self._fds.pop((a.device, a.rid), None)
+            if fd is not None:
+                idevs = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}
+                self._attached.discard(idevs.get(fd, -1))
+                try:
                     self._vfio.close_device(fd)
+                except NotFound:
+                    pass  # the host closed it already
         for a in mine:
             try:
                 self._kvm.destroy_memslot(a.memslot)
@@ -173,7 +184,8 @@ class Vmm(Actor):
             self._iommufd.destroy(have[2])
         for a in mine:
             del self._assignments[(a.vm, a.virt_id)]
-        self._kvm.destroy_vm(vm)
+        if self._kvm.vm_state(vm).value != "destroyed":  # the host may have dropped it already
+            self._kvm.destroy_vm(vm)
 
     @query
     def assignment(self, vm: str, virt_id: int) -> Assignment:

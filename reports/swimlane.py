@@ -22,7 +22,7 @@ LANE_TITLES: dict[str, str] = {
     "guest": "Guest", "guest_tsm": "Guest TSM", "vmm": "QEMU", "vfio": "VFIO", "iommufd": "IOMMUFD",
     "tsm": "host TSM", "kvm": "KVM", "device": "Device", "iommu": "IOMMU",
 }
-WIDTH = 15
+WIDTH = 17
 
 
 def _lane(name: str) -> int:
@@ -32,6 +32,29 @@ def _lane(name: str) -> int:
         return -1  # the harness, or an actor of a SUT outside the thread's columns
 
 
+_TDISP_NAMES = {0x81: "GET_VERSION", 0x82: "GET_CAPS", 0x83: "LOCK", 0x84: "GET_REPORT", 0x85: "GET_STATE",
+                0x86: "START", 0x87: "STOP", 0x88: "BIND_P2P", 0x89: "UNBIND_P2P", 0x8A: "SET_MMIO_ATTR",
+                0x8B: "VDM"}
+_IDE_KM_NAMES = {0: "QUERY", 2: "KEY_PROG", 4: "K_SET_GO", 5: "K_SET_STOP"}
+
+
+def _label(d: dict[str, Any]) -> str:
+    """The operation as a reader of the thread's chart names it (TDISP/IDE_KM messages by type)."""
+    op = str(d.get("operation"))
+    args = d.get("arguments") or []
+    if op == "handle_vendor_message" and len(args) >= 2 and isinstance(args[1], str) and len(args[1]) >= 4:
+        raw = bytes.fromhex(args[1]) if all(c in "0123456789abcdef" for c in args[1]) else b""
+        if args[0] == 1 and len(raw) > 1:
+            return "TDISP " + _TDISP_NAMES.get(raw[1], hex(raw[1]))
+        if args[0] == 0 and raw:
+            return "IDE_KM " + _IDE_KM_NAMES.get(raw[0], hex(raw[0]))
+    if op in ("ghci_guest_request", "vdevice_guest_request", "guest_request"):
+        for a in args:
+            if isinstance(a, dict) and "kind" in a:
+                return f"{op}({a['kind']})"
+    return op
+
+
 def rows(events: Iterable[Event | dict[str, Any]], *, max_depth: int | None = None) -> list[dict[str, Any]]:
     """Plain rows (seq, step, caller, callee, operation, outcome, error) for any renderer."""
     out = []
@@ -39,7 +62,9 @@ def rows(events: Iterable[Event | dict[str, Any]], *, max_depth: int | None = No
         d = e.to_json() if isinstance(e, Event) else e
         if max_depth is not None and d.get("depth", 0) > max_depth:
             continue
-        out.append({k: d.get(k) for k in ("seq", "step", "caller", "callee", "operation", "outcome", "error")})
+        row = {k: d.get(k) for k in ("seq", "step", "caller", "callee", "outcome", "error")}
+        row["operation"] = _label(d)
+        out.append(row)
     return out
 
 

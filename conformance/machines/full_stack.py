@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, precondition, rule
 
 from conformance.harness import StepRunner
+from conformance.machines.recording import recorded
 
 __all__ = ["FullStack", "MachineConfig", "Slot"]
 
 VIRT_BASE = 0x10
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
+STAGES = ("running", "bound", "attested", "accepted", "started")
 
 
 @attrs.frozen
@@ -79,60 +81,95 @@ class FullStack(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ setup
     @initialize(target=vms)
+    @recorded
     def first_vm(self) -> str:
         return str(self._do("create_vm", self.stack.create_vm))
 
     @rule(target=vms)
+    @recorded
     def create_vm(self) -> str:
         return str(self._do("create_vm", self.stack.create_vm))
 
     @rule()
+    @recorded
     def connect(self) -> None:
         self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
 
     @rule(target=slots, vm=vms, fn=st.integers(0, 3))
+    @recorded
     def assign(self, vm: str, fn: int) -> Slot:
         rid = self.rids[fn % len(self.rids)]
         slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + fn % len(self.rids))
         self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
         return slot
 
+    @rule(target=slots, vm=vms, fn=st.integers(0, 3), stage=st.sampled_from(STAGES))
+    @recorded
+    def bring_up(self, vm: str, fn: int, stage: str) -> Slot:
+        """A well-behaved VMM and guest, up to ``stage``, as one step (each crossing still checked)."""
+        rid = self.rids[fn % len(self.rids)]
+        slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + fn % len(self.rids))
+        snap = self.run._snap
+        if not any(d == self.device_name for d, _ in snap.tsm.connected):
+            self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+        if not any(a.vm == vm and a.virt_id == slot.virt_id for a in self.run._snap.vmm.assignments):
+            self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
+        if any(v.name == vm and v.state.value == "created" for v in self.run._snap.kvm.vms):
+            self._do("kvm_run", self.stack.vmm.run, vm)
+        guest = self.stack.guests.get(vm)
+        if guest is None:
+            return slot
+        steps = [("guest_bind", guest.connect), ("guest_attest", guest.attest), ("guest_accept", guest.accept),
+                 ("guest_start", guest.start)]
+        for name, fn_ in steps[: STAGES.index(stage)]:
+            self._do(name, fn_, slot.virt_id)
+        return slot
+
     @rule(vm=vms)
+    @recorded
     def run_vm(self, vm: str) -> None:
         self._do("kvm_run", self.stack.vmm.run, vm)
 
     # ------------------------------------------------------------------ the guest, in order
     @rule(s=slots)
+    @recorded
     def guest_enumerate(self, s: Slot) -> None:
         self._do("guest_enumerate", self._guest(s.vm).enumerate, s.virt_id)
 
     @rule(s=slots)
+    @recorded
     def guest_connect(self, s: Slot) -> None:
         self._do("guest_bind", self._guest(s.vm).connect, s.virt_id)
 
     @rule(s=slots)
+    @recorded
     def guest_attest(self, s: Slot) -> None:
         self._do("guest_attest", self._guest(s.vm).attest, s.virt_id)
 
     @rule(s=slots)
+    @recorded
     def guest_accept(self, s: Slot) -> None:
         self._do("guest_accept", self._guest(s.vm).accept, s.virt_id)
 
     @rule(s=slots)
+    @recorded
     def guest_start(self, s: Slot) -> None:
         self._do("guest_start", self._guest(s.vm).start, s.virt_id)
         event(f"TDI state after start: {self._state(s.rid)}")
 
     @rule(s=slots)
+    @recorded
     def guest_read_private(self, s: Slot) -> None:
         self._do("guest_read_private_mmio", self._guest(s.vm).read_private_mmio, s.virt_id)
 
     @rule(s=slots)
+    @recorded
     def guest_unbind(self, s: Slot) -> None:
         self._do("guest_unbind", self._guest(s.vm).disconnect, s.virt_id)
 
     # ------------------------------------------------------------------ the guest TSM, too early
     @rule(s=slots, kind=st.sampled_from(["start", "accept"]))
+    @recorded
     def guest_tsm_early(self, s: Slot, kind: str) -> None:
         gtsm = self.stack.guest_tsms.get(s.vm)
         if gtsm is None:
@@ -141,6 +178,7 @@ class FullStack(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ the device
     @rule(s=slots, t_bit=st.booleans(), private=st.booleans())
+    @recorded
     def device_dma(self, s: Slot, t_bit: bool, private: bool) -> None:
         gpa = PRIVATE_GPA if private else SHARED_GPA
         self._do(f"device_dma_t{int(t_bit)}_{'private' if private else 'shared'}", self.device.issue_dma, s.rid, gpa,
@@ -148,13 +186,15 @@ class FullStack(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ the host, out of order or malicious
     @rule(s=slots)
+    @recorded
     def host_mmap(self, s: Slot) -> None:
-        fd = self._fd()
+        fd = self._fd(s.rid)
         if fd is not None:
             self._do("host_mmap_bar", self.stack.vfio.mmap_bar, fd, s.rid)
             self._do("host_mmio_read", self.stack.vfio.host_mmio_read, fd, s.rid, 4096, 32)
 
     @rule(s=slots)
+    @recorded
     def host_revoke(self, s: Slot) -> None:
         for d in self.run._snap.vfio.dmabufs:
             if d.rid == s.rid:
@@ -162,10 +202,12 @@ class FullStack(RuleBasedStateMachine):
                 return
 
     @rule(s=slots)
+    @recorded
     def host_unmap_private(self, s: Slot) -> None:
         self._do("host_unmap_private_mmio", self.stack.kvm.unmap_private_mmio, s.vm, s.rid)
 
     @rule(vm=vms)
+    @recorded
     def host_destroy_viommu(self, vm: str) -> None:
         for o in self.run._snap.iommufd.objects:
             if o.kind.value == "viommu" and o.vm == vm:
@@ -173,6 +215,7 @@ class FullStack(RuleBasedStateMachine):
                 return
 
     @rule(s=slots)
+    @recorded
     def host_destroy_vdevice(self, s: Slot) -> None:
         for o in self.run._snap.iommufd.objects:
             if o.kind.value == "vdevice" and o.vm == s.vm and o.virt_id == s.virt_id:
@@ -180,65 +223,78 @@ class FullStack(RuleBasedStateMachine):
                 return
 
     @rule(s=slots, other=vms)
+    @recorded
     def host_bind_directly(self, s: Slot, other: str) -> None:
         self._do("host_tsm_bind", self.stack.tsm.bind, s.rid, other)
 
     @rule(s=slots, request=st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "GET_DEVICE_INTERFACE_REPORT",
                                             "START_INTERFACE", "GET_TDISP_VERSION"]))
+    @recorded
     def host_tdisp(self, s: Slot, request: str) -> None:
         self._do(f"host_tdisp_{request.lower()}", self.stack.tsm.host_tdisp, s.rid, request)
 
     @rule(s=slots)
+    @recorded
     def host_guest_request_unbound(self, s: Slot) -> None:
         from reference_impl.iommufd import GuestRequest
 
         self._do("host_guest_request", self.stack.tsm.guest_request, s.rid, s.vm, GuestRequest(kind="state"))
 
     @rule()
+    @recorded
     def host_refresh_keys(self) -> None:
         self._do("tsm_refresh_keys", self.stack.tsm.refresh_keys, self.device_name)
 
     @rule()
+    @recorded
     def host_disconnect(self) -> None:
         self._do("tsm_disconnect", self.stack.tsm.disconnect, self.device_name)
 
     # ------------------------------------------------------------------ faults
     @rule(s=slots)
+    @recorded
     def fault_flr(self, s: Slot) -> None:
-        fd = self._fd()
+        fd = self._fd(s.rid)
         if fd is not None:
             self._do("vfio_reset", self.stack.vfio.reset, fd, s.rid)
 
     @rule(s=slots, register=st.sampled_from(["command", "bar0", "msix_control", "bus_number"]))
+    @recorded
     def fault_config_write(self, s: Slot, register: str) -> None:
         value = {"command": 0x4, "bar0": 0xF000_0000 + (s.rid & 0xFF) * 0x10000}.get(register, 0)
         self._do(f"config_write_{register}", self.device.config_write, s.rid, register, value)
 
     @rule(s=slots)
+    @recorded
     def fault_poison(self, s: Slot) -> None:
         self._do("poisoned_tlp", self.device.poison, s.rid)
 
     @rule()
+    @recorded
     def fault_ide(self) -> None:
         self._do("ide_key_failure", self.device.ide_failure, "injected integrity failure")
 
     @rule()
+    @recorded
     def fault_session_end(self) -> None:
         for d in self.run._snap.devices:
             if d.name == self.device_name and d.sessions:
                 self._do("spdm_session_end", self.device.spdm_end, d.sessions[0])
 
-    @rule()
-    def fault_vfio_close(self) -> None:
-        fd = self._fd()
+    @rule(s=slots)
+    @recorded
+    def fault_vfio_close(self, s: Slot) -> None:
+        fd = self._fd(s.rid)
         if fd is not None:
             self._do("vfio_close", self.stack.vfio.close_device, fd)
 
     @rule(vm=vms)
+    @recorded
     def stop_vm(self, vm: str) -> None:
         self._do("vm_stop", self.stack.vmm.stop_vm, vm)
 
     @rule(vm=vms)
+    @recorded
     def host_destroy_vm(self, vm: str) -> None:
         self._do("kvm_destroy_vm", self.stack.kvm.destroy_vm, vm)
 
@@ -246,9 +302,9 @@ class FullStack(RuleBasedStateMachine):
     def _guest(self, vm: str) -> Any:
         return self.stack.guests[vm]
 
-    def _fd(self) -> int | None:
-        for fd, name, _ in self.run._snap.vfio.open_fds:
-            if name == self.device_name:
+    def _fd(self, rid: int) -> int | None:
+        for fd, name, frid, _ in self.run._snap.vfio.open_fds:
+            if name == self.device_name and frid == rid:
                 return int(fd)
         return None
 

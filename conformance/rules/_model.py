@@ -59,6 +59,7 @@ class Observation:
     before: Any  # StackSnapshot before the step
     after: Any  # StackSnapshot after the step
     error: BaseException | None  # what the step raised, if anything
+    memo: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)  # shared work between rules
 
     def ops(self, callee: str, operation: str, *, ok: bool | None = None) -> list[Event]:
         return [e for e in self.events if e.callee == callee and e.operation == operation

@@ -54,6 +54,7 @@ class _Replay:
         self.lock_session: dict[int, int | None] = {f.rid: f.locked_session for d in o.before.devices
                                                     for f in d.functions}
         self.stream_ok = {d.name: d.stream_state == "SECURE" for d in o.before.devices}
+        self.live_sessions: set[int] = {s for d in o.before.devices for s in d.sessions}
         self._run()
 
     def flag(self, rule: str, msg: str) -> None:
@@ -80,7 +81,10 @@ class _Replay:
                                if self.pf.get(rid) and e.operation == "flr" else [])
                 for r in hit:
                     self._error_event(r, "event-pf" if r != rid else "event")
+            elif e.operation == "spdm_connect" and e.ok and isinstance(e.result, int):
+                self.live_sessions.add(e.result)
             elif e.operation == "spdm_end" and e.ok:
+                self.live_sessions.discard(e.arguments[0])
                 for r, s in self.lock_session.items():
                     if s == e.arguments[0]:
                         self._error_event(r, "session")
@@ -122,6 +126,14 @@ class _Replay:
         sid = session_of(e)
         state = self.states[rid]
         code = td.RequestCode(req.code)
+        if sid not in self.live_sessions:
+            # TDISP outside a live secure session (PCIe §11.2.2): any TDISP_ERROR, and no state change
+            if not isinstance(resp, td.TdispError):
+                self.flag("TDISP-12", f"{code.name} outside a live SPDM session answered {type(resp).__name__}")
+            else:
+                self.ok("TDISP-12")
+            self.last_kind[rid] = "illegal"
+            return
         legal = LEGAL_IN[code] | ({td.TdiState.CONFIG_UNLOCKED} if code is td.RequestCode.STOP_INTERFACE
                                   and self.idempotent_stop else frozenset())
         self.last_kind[rid] = "query" if code in QUERIES else code.name
@@ -282,15 +294,16 @@ class _Replay:
 
 
 def _replay(o: Observation) -> _Replay:
-    cached = getattr(o, "_replay", None)
+    cached = o.memo.get("replay")
     if cached is None:
-        cached = _Replay(o)
-        object.__setattr__(o, "_replay", cached)
-    return cached
+        cached = o.memo["replay"] = _Replay(o)
+    return cached  # type: ignore[no-any-return]
 
 
 def _final_mismatch(o: Observation) -> dict[str, str]:
     """Compare the model's end states with the snapshot; blame the rule for the last thing done."""
+    if "mismatch" in o.memo:
+        return o.memo["mismatch"]  # type: ignore[no-any-return]
     r = _replay(o)
     after = tdi_states(o.after)
     out: dict[str, str] = {}
@@ -304,6 +317,7 @@ def _final_mismatch(o: Observation) -> dict[str, str]:
                 "session": "TDISP-09", "ide": "IDE-03", "event-pf": "TDISP-10"}.get(kind or "", "TDISP-08")
         out.setdefault(rule, f"TDI {rid:#06x} is {got.name}; the state table says {want.name}"
                        f" (last: {kind or 'no TDISP message or tracked event'})")
+    o.memo["mismatch"] = out
     return out
 
 

@@ -66,7 +66,7 @@ def flow_bind_through_vdevice(o: Observation) -> str | None:
     if not binds:
         return None
     for e in binds:
-        if e.caller != "iommufd":
+        if e.caller not in ("iommufd", "harness"):
             return f"tsm.bind called by {e.caller}, not through the vdevice (seq {e.seq})"
     return HELD
 
@@ -76,7 +76,7 @@ def flow_guest_requests_through_vdevice(o: Observation) -> str | None:
     if not reqs:
         return None
     for e in reqs:
-        if e.caller != "iommufd":
+        if e.caller not in ("iommufd", "harness"):
             return f"guest request reached the TSM from {e.caller}, not through the iommufd vdevice"
     return HELD
 
@@ -96,11 +96,18 @@ def flow_no_viommu_teardown_while_running(o: Observation) -> str | None:
     gone = {x.id: x for x in objects(o.before, "viommu")}
     for x in objects(o.after, "viommu"):
         gone.pop(x.id, None)
-    running = [v for v in gone.values() if vm_state(o.before, v.vm) == "running"]
     if not gone and not o.ops("iommufd", "destroy"):
         return None
-    if running:
-        return f"viommu {running[0].id} went away while {running[0].vm} was running"
+    for v in gone.values():
+        if vm_state(o.before, v.vm) != "running":
+            continue
+        destroy = next((e for e in o.events if e.callee == "iommufd" and e.operation in ("destroy", "close")
+                        and e.ok and (e.operation == "close" or e.arguments[:1] == (v.id,))), None)
+        when = destroy.seq if destroy is not None else o.events[-1].seq
+        stopped = any(e.callee == "kvm" and e.operation == "stop" and e.ok and e.arguments[:1] == (v.vm,)
+                      and e.seq < when for e in o.events)
+        if not stopped:
+            return f"viommu {v.id} went away while {v.vm} was running"
     return HELD
 
 
@@ -249,15 +256,18 @@ def life_tombstones(o: Observation) -> str | None:
 
 
 def life_kvm_refcount(o: Observation) -> str | None:
-    refs = {}
+    refs: dict[str, int] = {}
     for x in o.after.iommufd.objects:
         if x.kind.value in ("viommu", "vdevice") and x.vm:
             refs[x.vm] = refs.get(x.vm, 0) + 1
+    for t in o.after.tsm.tdis:
+        if t.vm:
+            refs[t.vm] = refs.get(t.vm, 0) + 1
     if not refs and not any(v.refs for v in o.after.kvm.vms):
         return None
     for v in o.after.kvm.vms:
         if v.refs != refs.get(v.name, 0):
-            return f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice object(s) use it"
+            return f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice/TDI binding(s) use it"
         if v.state.value == "destroyed" and refs.get(v.name):
             return f"{v.name} was destroyed while vIOMMU/vdevice objects still referenced it"
     return HELD
@@ -331,7 +341,7 @@ def life_close_destroys_vdevice(o: Observation) -> str | None:
     evs = o.ops("vfio", "close_device", ok=True)
     if not evs:
         return None
-    closed_idevs = {i for f, _, i in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
+    closed_idevs = {i for f, _, _, i in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
     for v in objects(o.after, "vdevice"):
         if v.idev in closed_idevs:
             return f"vdevice {v.id} survived the close of its device"
@@ -619,12 +629,11 @@ def down_close_converges(o: Observation) -> str | None:
     evs = o.ops("vfio", "close_device", ok=True)
     if not evs:
         return None
-    names = {n for f, n, _ in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
+    closed = {(n, r) for f, n, r, _ in o.before.vfio.open_fds if any(e.arguments[0] == f for e in evs)}
     for d in o.after.devices:
-        if d.name in names:
-            for f in d.functions:
-                if f.tdi_state in LOCKED:
-                    return f"after closing {d.name}, TDI {f.rid:#06x} is still {f.tdi_state.name}"
+        for f in d.functions:
+            if (d.name, f.rid) in closed and f.tdi_state in LOCKED:
+                return f"after closing {f.rid:#06x} of {d.name}, its TDI is still {f.tdi_state.name}"
     return HELD
 
 
@@ -732,7 +741,7 @@ RULES: list[Rule] = [
        life_unbind_always_succeeds, on={"tsm.unbind"}),
     _r("LIFE-10", "guest requests outside the bound window fail with -ENXIO", Area.LIFE, M,
        "[PCI-TSM] pci_tsm_guest_req; rules-seed A.20", life_guest_request_needs_bind, on={"tsm.guest_request"}),
-    _r("LIFE-11", "a bound vdevice's TDI is bound to that vdevice's VM", Area.LIFE, M,
+    _r("LIFE-11", "a bound vdevice's TDI is bound by the TSM to that vdevice's VM (one owner)", Area.LIFE, M,
        "[PCI-TSM]; [TDXC-ARCH] single owner; rules-seed F.75", life_single_owner),
     _r("LIFE-12", "closing the VFIO device destroys its vdevice", Area.LIFE, M,
        "[VDEV-TOMB]; rules-seed A.8", life_close_destroys_vdevice, on={"vfio.close_device"}),

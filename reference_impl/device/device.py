@@ -103,6 +103,16 @@ class _Function:
         return self.rid  # segment-valid bit unset: FUNCTION_ID = RID
 
 
+_TDISP_STEPS = {0x83: "19", 0x84: "24", 0x86: "34", 0x87: "41"}
+
+
+def _message_step(protocol_id: int, message: bytes) -> str | None:
+    """Flow step of a TDISP message: LOCK 19, GET_REPORT 24, START 34, STOP 41; IDE_KM is step 1."""
+    if protocol_id == PROTOCOL_IDE_KM:
+        return "1"
+    return _TDISP_STEPS.get(message[1]) if isinstance(message, bytes) and len(message) > 1 else None
+
+
 class Device(Actor):
     """A TEE-IO capable PCIe device (one DSM) with a PF and ``num_vfs`` VFs, each a TDI."""
 
@@ -121,11 +131,12 @@ class Device(Actor):
         self._functions: dict[int, _Function] = {}
         for index in range(1 + cfg.num_vfs):
             rid = (cfg.bus << 8) | index
-            data = bytearray(rng.randbytes(size))
+            data = bytearray(rng.randbytes(PAGE)) + bytearray(size - PAGE)  # registers; TEE memory zeroed
             self._functions[rid] = _Function(rid=rid, is_pf=index == 0,
                                              bar_base=cfg.bar_base + index * size, mmio=data)
         self.pf_rid = (cfg.bus << 8)
         self._sessions: set[int] = set()
+        self._secrets: list[bytes] = []
         self._next_session = 1
         self.ide = IdeStreamEndpoint(stream_id=cfg.default_stream_id, rid_base=self.pf_rid,
                                      rid_limit=self.pf_rid + cfg.num_vfs)
@@ -165,7 +176,7 @@ class Device(Actor):
                              reported_bar_base=f.tdi.reported_bar_base, error_reason=f.tdi.error_reason)
             for f in self._functions.values()
         )
-        secrets = tuple(bytes(f.mmio[PAGE:PAGE + 32]) for f in self._functions.values())
+        secrets = tuple(self._secrets)
         return DeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)),
                               stream_state=self.ide.state.name, secrets=secrets)
 
@@ -204,7 +215,7 @@ class Device(Actor):
         return make_evidence(self.identity, fn.tdi.report, nonce)
 
     # ------------------------------------------------------------------ vendor-defined messages
-    @operation()
+    @operation(step=lambda protocol_id, message, **kw: _message_step(protocol_id, message))
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         """One TDISP or IDE_KM request in, its response out (None: dropped, as the spec allows)."""
         if protocol_id == PROTOCOL_IDE_KM:
@@ -215,7 +226,9 @@ class Device(Actor):
             return td.encode(self._tdisp(message, session_id))
         raise InvalidArgument(f"unknown PCI protocol id {protocol_id}; expected 0 (IDE_KM) or 1 (TDISP)")
 
-    def end_session(self, session_id: int) -> None:  # transport seam (VendorResponder protocol)
+    @operation()
+    def end_session(self, session_id: int) -> None:
+        """Transport seam (the socket server's connection closed): end that session if it is live."""
         if session_id in self._sessions:
             self.spdm_end(session_id)
 
@@ -306,6 +319,9 @@ class Device(Actor):
             return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.INVALID_NONCE)
         tdi.nonce = None  # single use (PCIe §11.3.14)
         tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.START_INTERFACE)]
+        secret = self._rng.randbytes(32)  # the TVM's data in the TDI's TEE memory from now on
+        fn.mmio[PAGE:PAGE + 32] = secret
+        self._secrets.append(secret)
         return td.StartInterfaceResponse(interface_id=req.interface_id)
 
     def _on_stop_interface(self, fn: _Function, req: Any, sid: int) -> td.Response:
@@ -328,6 +344,7 @@ class Device(Actor):
 
     def _scrub(self, fn: _Function) -> None:
         """STOP: drop nonce and lock binding; TDI secrets are scrubbed (PCIe §11.3.16)."""
+        fn.mmio[PAGE:] = bytes(len(fn.mmio) - PAGE)
         tdi = fn.tdi
         tdi.nonce = None
         tdi.lock_session = None

@@ -1,0 +1,237 @@
+"""The device machine: a TDISP / IDE_KM responder driven directly, compared with the state table.
+
+The machine plays the TSM's part by hand -- opening SPDM sessions, programming IDE keys, sending
+every TDISP request (valid, out of state, with wrong nonces, malformed bytes) -- and the host's
+part in faults (config writes, FLR, poison, IDE failures, session end, TLPs). After every step the
+TDISP and IDE rules replay the spec's state table over the messages and compare it with the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis import event, target
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
+
+from conformance.harness import StepRunner
+from conformance.machines.recording import recorded
+from conformance.rules import CATALOGUE
+from reference_impl.device.ide import km_codec as km
+from reference_impl.device.ide.stream import Tlp
+from reference_impl.device.tdisp import codec as td
+from reference_impl.errors import StackError
+from reference_impl.trace import Trace
+from strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
+
+__all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]
+
+DEVICE_RULES = frozenset(r.id for r in CATALOGUE if r.area.name in ("TDISP", "IDE", "ERR")) - {"IDE-06", "IDE-08"}
+IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
+
+
+@attrs.frozen
+class DeviceOnlySnapshot:
+    profile: str
+    devices: tuple[Any, ...]
+
+
+class DeviceStack:
+    """A device alone, with the shape of a stack as far as the device rules look."""
+
+    def __init__(self, device_factory: Any, profile: str) -> None:
+        self.trace = Trace()
+        self.profile = profile
+        self.device = device_factory(self.trace, profile)
+        self.devices = {self.device.name: self.device}
+
+    def snapshot(self) -> DeviceOnlySnapshot:
+        return DeviceOnlySnapshot(profile=self.profile, devices=(self.device.snapshot(),))
+
+
+def reference_device(trace: Trace, profile: str) -> Any:
+    from reference_impl.device.device import Device, DeviceConfig
+
+    return Device(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=profile == "tdx"))
+
+
+@attrs.frozen
+class DeviceMachineConfig:
+    device_factory: Any = reference_device
+    profile: str = "tdx"
+    only: frozenset[str] | None = None
+    timeout: float = 5.0
+
+
+class DeviceMachine(RuleBasedStateMachine):
+    config: DeviceMachineConfig = DeviceMachineConfig()
+
+    sessions = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = self.config
+        self.stack = DeviceStack(cfg.device_factory, cfg.profile)
+        self.device = self.stack.device
+        only = DEVICE_RULES if cfg.only is None else cfg.only & DEVICE_RULES | cfg.only
+        self.run = StepRunner(self.stack, cfg.profile, only=only, timeout=cfg.timeout)
+        self.rids = list(self.device.rids())
+        self.nonces: dict[int, bytes] = {}
+        self._key_counter = 0
+
+    def teardown(self) -> None:
+        self.run.finish()
+        states = [f.tdi_state for d in self.run._snap.devices for f in d.functions]
+        target(float(sum(s.value for s in states)), label="sum of TDI states")
+
+    def _do(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        result, error = self.run.step(action, fn, *args, **kwargs)
+        event(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        return None if error else result
+
+    def _tdisp(self, action: str, sid: int, msg: Any) -> Any:
+        raw = self._do(action, self.device.handle_vendor_message, 1, td.encode(msg), session_id=sid)
+        try:
+            return td.decode_response(raw) if raw is not None else None
+        except StackError:
+            return None
+
+    # ------------------------------------------------------------------ sessions and keys
+    @rule(target=sessions)
+    @recorded
+    def open_session(self) -> Any:
+        return self._do("spdm_connect", self.device.spdm_connect)
+
+    @rule(target=sessions, fn=st.integers(0, 1), stage=st.sampled_from(["keyed", "locked", "running"]))
+    @recorded
+    def bring_up(self, fn: int, stage: str) -> Any:
+        """A session with keys, then LOCK and START of one TDI, as one step (each message checked)."""
+        sid = self._do("spdm_connect", self.device.spdm_connect)
+        if sid is None:
+            return None
+        self._program_keys(sid, 0)
+        if stage in ("locked", "running"):
+            self._lock(sid, fn)
+        if stage == "running":
+            self._start(sid, fn, True)
+        return sid
+
+    @rule(sid=sessions)
+    @recorded
+    def end_session(self, sid: int) -> None:
+        self._do("spdm_end", self.device.spdm_end, sid)
+
+    @rule(sid=sessions, key_set=st.sampled_from([0, 1]))
+    @recorded
+    def program_keys(self, sid: int, key_set: int) -> None:
+        self._program_keys(sid, key_set)
+
+    def _program_keys(self, sid: int, key_set: int) -> None:
+        """QUERY, KEY_PROG x6, K_SET_GO x6 and stream enable, as one TSM step."""
+        def go() -> None:
+            send = self.device.handle_vendor_message
+            send(0, km.encode(km.Query(port_index=0)), session_id=sid)
+            slots = [km.KeySubStream(key_set=km.KeySet(key_set), direction=d, sub_stream=s)
+                     for d in km.Direction for s in km.SubStream]
+            for slot in slots:
+                self._key_counter += 1
+                key = self._key_counter.to_bytes(4, "little") * 8
+                send(0, km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key,
+                                             iv=IV)), session_id=sid)
+            for slot in slots:
+                send(0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)),
+                     session_id=sid)
+            self.device.ide_enable(True)
+
+        self._do("program_ide_keys", go)
+
+    # ------------------------------------------------------------------ TDISP requests
+    @rule(sid=sessions, fn=st.integers(0, 1))
+    @recorded
+    def lock(self, sid: int, fn: int) -> None:
+        self._lock(sid, fn)
+
+    def _lock(self, sid: int, fn: int) -> None:
+        rid = self.rids[fn % len(self.rids)]
+        resp = self._tdisp("LOCK_INTERFACE", sid, td.LockInterface(
+            interface_id=td.InterfaceId(function_id=rid), flags=0, default_stream_id=0, mmio_reporting_offset=0,
+            bind_p2p_address_mask=0))
+        if isinstance(resp, td.LockInterfaceResponse):
+            self.nonces[rid] = resp.start_interface_nonce
+
+    @rule(sid=sessions, fn=st.integers(0, 1), good=st.booleans())
+    @recorded
+    def start(self, sid: int, fn: int, good: bool) -> None:
+        self._start(sid, fn, good)
+
+    def _start(self, sid: int, fn: int, good: bool) -> None:
+        rid = self.rids[fn % len(self.rids)]
+        nonce = self.nonces.get(rid, bytes(32))
+        if not good:
+            nonce = bytes(b ^ 0xFF for b in nonce)  # every bit inverted (validator StartInterface.2)
+        self._tdisp("START_INTERFACE", sid, td.StartInterface(interface_id=td.InterfaceId(function_id=rid),
+                                                              start_interface_nonce=nonce))
+
+    @rule(sid=sessions, fn=st.integers(0, 1))
+    @recorded
+    def stop(self, sid: int, fn: int) -> None:
+        rid = self.rids[fn % len(self.rids)]
+        self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=rid)))
+
+    @rule(sid=sessions, fn=st.integers(0, 1),
+          kind=st.sampled_from(["state", "version", "caps", "report", "report_bad_offset"]))
+    @recorded
+    def query(self, sid: int, fn: int, kind: str) -> None:
+        iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
+        msg: Any = {
+            "state": td.GetDeviceInterfaceState(interface_id=iid),
+            "version": td.GetTdispVersion(interface_id=iid),
+            "caps": td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
+            "report": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
+            "report_bad_offset": td.GetDeviceInterfaceReport(interface_id=iid, offset=0xFFFF, length=1),
+        }[kind]
+        self._tdisp(f"tdisp_{kind}", sid, msg)
+
+    @rule(sid=sessions, data=st.data())
+    @recorded
+    def malformed_tdisp(self, sid: int, data: Any) -> None:
+        raw = data.draw(malformed_tdisp_requests(valid_function_ids=tuple(self.rids)), label="bytes")
+        self._do("malformed_tdisp", self.device.handle_vendor_message, 1, raw, session_id=sid)
+
+    @rule(sid=sessions, data=st.data())
+    @recorded
+    def malformed_ide_km(self, sid: int, data: Any) -> None:
+        raw = data.draw(malformed_ide_km_requests(), label="bytes")
+        self._do("malformed_ide_km", self.device.handle_vendor_message, 0, raw, session_id=sid)
+
+    # ------------------------------------------------------------------ faults and TLPs
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def flr(self, fn: int) -> None:
+        self._do("flr", self.device.flr, self.rids[fn % len(self.rids)])
+
+    @rule(fn=st.integers(0, 1), register=st.sampled_from(["command", "bar0", "msix_control"]))
+    @recorded
+    def config_write(self, fn: int, register: str) -> None:
+        value = {"command": 0x6, "bar0": 0xF000_0000}.get(register, 0)
+        self._do(f"config_write_{register}", self.device.config_write, self.rids[fn % len(self.rids)], register, value)
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def poison(self, fn: int) -> None:
+        self._do("poison", self.device.poison, self.rids[fn % len(self.rids)])
+
+    @rule()
+    @recorded
+    def ide_failure(self) -> None:
+        self._do("ide_failure", self.device.ide_failure, "injected")
+
+    @rule(fn=st.integers(0, 1), t_bit=st.booleans())
+    @recorded
+    def tlp(self, fn: int, t_bit: bool) -> None:
+        rid = self.rids[fn % len(self.rids)]
+        base, _ = self.device.bar_range(rid)
+        tlp = Tlp(kind="MRd", requester_id=rid, address=base + 4096, t_bit=t_bit, payload=(8).to_bytes(4, "little"),
+                  stream_id=0 if t_bit else None)
+        self._do(f"mmio_read_t{int(t_bit)}", self.device.receive, tlp)

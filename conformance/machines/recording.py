@@ -1,0 +1,53 @@
+"""Record each machine step with concrete arguments, so a shrunk failure can be replayed anywhere.
+
+``@recorded`` goes *under* ``@rule``/``@initialize``. It appends ``(method, kwargs)`` to the
+machine's ``replay_log`` and, when the step fails, attaches the log and the trace to the exception
+(``exc.teeio_steps``, ``exc.teeio_trace``, ``exc.teeio_mark``) for the plugin's failure record.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["decode_value", "encode_value", "recorded"]
+
+
+def encode_value(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {f"__{type(value).__name__.lower()}__": attrs.asdict(value)}
+    return value
+
+
+def decode_value(value: Any, types: dict[str, type]) -> Any:
+    if isinstance(value, dict) and len(value) == 1:
+        (key, inner), = value.items()
+        if key.startswith("__") and key.endswith("__") and key[2:-2] in types:
+            return types[key[2:-2]](**inner)
+    return value
+
+
+def recorded(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(self: Any, **kwargs: Any) -> Any:
+        log = self.__dict__.setdefault("replay_log", [])
+        log.append({"method": fn.__name__, "kwargs": {k: encode_value(v) for k, v in kwargs.items()}})
+        mark = len(self.stack.trace) if hasattr(self, "stack") else 0
+        try:
+            return fn(self, **kwargs)
+        except BaseException as exc:
+            if not hasattr(exc, "teeio_steps"):
+                exc.teeio_steps = list(log)  # type: ignore[attr-defined]
+                exc.teeio_mark = mark  # type: ignore[attr-defined]
+                try:
+                    exc.teeio_trace = self.stack.trace.to_json()  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - a broken SUT trace must not hide the failure
+                    exc.teeio_trace = []  # type: ignore[attr-defined]
+            raise
+
+    return wrapper  # type: ignore[return-value]

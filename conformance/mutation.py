@@ -1,0 +1,66 @@
+"""Run a machine against one mutant and report whether, how fast and how briefly it was caught.
+
+Used by the mutant tests, the benchmarks and ``teeio-conformance mutants``. A mutant is *caught* when
+the machine fails with the violation of the mutant's own rule ID (only that rule is checked, so the
+verdict is about that rule alone); the shrunk sequence is the failing example Hypothesis settles on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from conformance.harness import SutBroken, SutHang
+from conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from conformance.machines.full_stack import FullStack, MachineConfig
+from conformance.machines.host_lifetimes import HostLifetimes
+from conformance.rules import RuleViolation
+
+__all__ = ["CatchResult", "catch"]
+
+
+@attrs.frozen
+class CatchResult:
+    mutant: str
+    rule_id: str
+    caught: bool
+    caught_by: str | None
+    steps: int | None  # machine steps in the shrunk sequence
+    seconds: float
+    message: str
+
+
+def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
+    if mutant.machine == "device":
+        cfg_d = DeviceMachineConfig(device_factory=mutant.device_factory, profile=mutant.profile, only=only,
+                                    timeout=timeout)
+        return type("MutantDeviceMachine", (DeviceMachine,), {"config": cfg_d})
+    base = HostLifetimes if mutant.machine == "host_lifetimes" else FullStack
+    cfg = MachineConfig(factory=mutant.factory, profile=mutant.profile, only=only, timeout=timeout)
+    return type(f"Mutant{base.__name__}", (base,), {"config": cfg})
+
+
+def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool = True,
+          timeout: float = 2.0, all_rules: bool = False) -> CatchResult:
+    expected = mutant.rule_id
+    only = None if all_rules or expected.startswith("SUT-") else frozenset({expected})
+    machine = _machine(mutant, only, timeout)
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+    s = settings(max_examples=max_examples, stateful_step_count=20, deadline=None, database=None,
+                 derandomize=True, phases=phases, suppress_health_check=list(HealthCheck), print_blob=False)
+    t0 = time.perf_counter()
+    try:
+        run_state_machine_as_test(machine, settings=s)
+    except RuleViolation as exc:
+        steps = len(getattr(exc, "teeio_steps", []) or [])
+        return CatchResult(mutant.name, expected, exc.rule.id == expected, exc.rule.id, steps,
+                           time.perf_counter() - t0, exc.detail)
+    except (SutHang, SutBroken) as exc:
+        rid = "SUT-HANG" if isinstance(exc, SutHang) else "SUT-BROKEN"
+        steps = len(getattr(exc, "teeio_steps", []) or [])
+        return CatchResult(mutant.name, expected, rid == expected, rid, steps, time.perf_counter() - t0, str(exc))
+    return CatchResult(mutant.name, expected, False, None, None, time.perf_counter() - t0, "not caught")

@@ -1,0 +1,17 @@
+"""Host object lifetimes (VFIO, IOMMUFD, KVM objects in any order) against the SUT."""
+
+from __future__ import annotations
+
+from hypothesis.stateful import run_state_machine_as_test
+
+from conformance.machines.full_stack import MachineConfig
+from conformance.machines.host_lifetimes import HostLifetimes
+
+
+def test_host_object_lifetimes(sut_factory, tdisp_profile, step_timeout):
+    """Creating and destroying host objects in any order keeps refcounts, tombstones and refusals honest."""
+
+    class Machine(HostLifetimes):
+        config = MachineConfig(factory=sut_factory, profile=tdisp_profile, timeout=step_timeout)
+
+    run_state_machine_as_test(Machine)
