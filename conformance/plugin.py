@@ -88,13 +88,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if call.when == "call" and call.excinfo is not None and item.config.getoption("--report-dir"):
         try:
-            _write_failure(item, call.excinfo.value)
+            exc_value = call.excinfo.value
+            found = exc_value.exceptions if isinstance(exc_value, BaseExceptionGroup) else (exc_value,)
+            for n, sub in enumerate(found):
+                _write_failure(item, sub, n)
         except OSError as exc:  # a full disk must not hide the test's own failure
             report.sections.append(("teeio-conformance", f"could not write the failure record: {exc}"))
     return report
 
 
-def _write_failure(item: pytest.Item, exc: BaseException) -> None:
+def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     from conformance.rules import RuleViolation
 
     steps = getattr(exc, "teeio_steps", None)
@@ -117,7 +120,7 @@ def _write_failure(item: pytest.Item, exc: BaseException) -> None:
         "trace": getattr(exc, "teeio_trace", []), "violating_seq": getattr(exc, "teeio_mark", None),
         "hypothesis": hypothesis.__version__, "seed": None,
     }
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-120:]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-110:] + (f"-{n}" if n else "")
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
     with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)

@@ -66,7 +66,7 @@ class GuestTsm(Actor):
         self.vm = vm
         self.profile = profile
         self._root = trusted_root
-        self._rng = random.Random(seed)
+        self._rng = random.Random(f"guest-tsm/{vm}/{seed}")  # own seed domain: nonces never equal secrets
         self._vmm: Any = None
 
     def _wire(self, vmm: Any) -> None:

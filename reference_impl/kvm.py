@@ -102,7 +102,7 @@ class Kvm(Actor):
         self._next_slot = 1
         self._guest_pages = guest_pages
         self._private_pages = private_pages
-        self._rng = random.Random(seed)
+        self._rng = random.Random(f"kvm-guest-secrets/{seed}")
         self._vfio: Any = None
         self._tsm: Any = None
         self._iommu: Any = None

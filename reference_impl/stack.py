@@ -90,7 +90,7 @@ class Stack:
         """A new VM with its guest kernel and guest TSM (the guest trusts the devices' root CA)."""
         vm: str = self.kvm.create_vm()
         root = next(iter(self.devices.values())).identity.root_certificate()
-        gtsm = GuestTsm(self.trace, vm, self.profile, root, seed=len(self.guests) + 5)
+        gtsm = GuestTsm(self.trace, vm, self.profile, root, seed=len(self.guests) + 1)
         gtsm._wire(self.vmm)
         guest = Guest(self.trace, vm, gtsm)
         guest._wire(self.kvm)

@@ -243,13 +243,11 @@ class Tsm(Actor):
         if vm_state in ("missing", "destroyed"):
             raise InvalidArgument(f"bind needs a live VM; {vm} is {vm_state}")
         self._check_host_may("LOCK_INTERFACE")
+        if rid not in {r for _, _, r, _ in self._vfio.snapshot().open_fds}:
+            raise InvalidState(f"function {rid:#06x} is not open in VFIO: bind only within its VFIO lifetime")
         offset = self._reporting_offset(vm, rid)
-        self._vfio.set_private(rid, True)
-        try:
-            resp = self._lock(rid, offset)
-        except StackError:
-            self._vfio.set_private(rid, False)
-            raise
+        resp = self._lock(rid, offset)  # a refused LOCK leaves everything as it was
+        self._vfio.set_private(rid, True)  # then the host loses its mappings of the locked TDI
         self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
         ctx.vm, ctx.virt_id, ctx.nonce, ctx.stopped, ctx.started = vm, virt_id, resp.start_interface_nonce, False, False
 

@@ -118,6 +118,7 @@ class Vfio(Actor):
         """
         f = self._fd(fd)
         self._iommufd.unbind_device(f.idev)
+        self._tsm.unbind(f.rid)  # bind..unbind stays inside the VFIO-bound lifetime (pci-tsm kdoc)
         for d in f.dmabufs:
             self.revoke_mmio_dmabuf(d)
             dm = self._dmabufs[d]

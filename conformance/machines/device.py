@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from hypothesis import event, target
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 
 from conformance.harness import StepRunner
-from conformance.machines.recording import recorded
+from conformance.machines.recording import note, recorded, score
 from conformance.rules import CATALOGUE
 from reference_impl.device.ide import km_codec as km
 from reference_impl.device.ide.stream import Tlp
@@ -83,11 +82,11 @@ class DeviceMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.run.finish()
         states = [f.tdi_state for d in self.run._snap.devices for f in d.functions]
-        target(float(sum(s.value for s in states)), label="sum of TDI states")
+        score(float(sum(s.value for s in states)), label="sum of TDI states")
 
     def _do(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result, error = self.run.step(action, fn, *args, **kwargs)
-        event(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
     def _tdisp(self, action: str, sid: int, msg: Any) -> Any:

@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from hypothesis import event, target
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, precondition, rule
 
 from conformance.harness import StepRunner
-from conformance.machines.recording import recorded
+from conformance.machines.recording import note, recorded, score
 
 __all__ = ["FullStack", "MachineConfig", "Slot"]
 
@@ -65,11 +64,11 @@ class FullStack(RuleBasedStateMachine):
         self.run.finish()
         snap = self.run._snap
         runs = sum(1 for d in snap.devices for f in d.functions if f.tdi_state.name == "RUN")
-        target(float(runs), label="TDIs in RUN at the end")
+        score(float(runs), label="TDIs in RUN at the end")
 
     def _do(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result, error = self.run.step(action, fn, *args, **kwargs)
-        event(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
     def _state(self, rid: int) -> str:
@@ -103,19 +102,19 @@ class FullStack(RuleBasedStateMachine):
         self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
         return slot
 
-    @rule(target=slots, vm=vms, fn=st.integers(0, 3), stage=st.sampled_from(STAGES))
+    @rule(target=slots, fn=st.integers(0, 3), stage=st.sampled_from(STAGES))
     @recorded
-    def bring_up(self, vm: str, fn: int, stage: str) -> Slot:
-        """A well-behaved VMM and guest, up to ``stage``, as one step (each crossing still checked)."""
-        rid = self.rids[fn % len(self.rids)]
-        slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + fn % len(self.rids))
-        snap = self.run._snap
-        if not any(d == self.device_name for d, _ in snap.tsm.connected):
+    def bring_up(self, fn: int, stage: str) -> Slot:
+        """A fresh VM with a well-behaved VMM and guest, up to ``stage``, as one step (each crossing checked)."""
+        taken = {a.rid for a in self.run._snap.vmm.assignments}
+        free = [r for r in self.rids if r not in taken] or self.rids
+        rid = free[fn % len(free)]
+        vm = str(self._do("create_vm", self.stack.create_vm))
+        slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + self.rids.index(rid))
+        if not any(d == self.device_name for d, _ in self.run._snap.tsm.connected):
             self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
-        if not any(a.vm == vm and a.virt_id == slot.virt_id for a in self.run._snap.vmm.assignments):
-            self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
-        if any(v.name == vm and v.state.value == "created" for v in self.run._snap.kvm.vms):
-            self._do("kvm_run", self.stack.vmm.run, vm)
+        self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
+        self._do("kvm_run", self.stack.vmm.run, vm)
         guest = self.stack.guests.get(vm)
         if guest is None:
             return slot
@@ -155,7 +154,7 @@ class FullStack(RuleBasedStateMachine):
     @recorded
     def guest_start(self, s: Slot) -> None:
         self._do("guest_start", self._guest(s.vm).start, s.virt_id)
-        event(f"TDI state after start: {self._state(s.rid)}")
+        note(f"TDI state after start: {self._state(s.rid)}")
 
     @rule(s=slots)
     @recorded

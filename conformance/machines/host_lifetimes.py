@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule
 
 from conformance.harness import StepRunner
 from conformance.machines.full_stack import MachineConfig
-from conformance.machines.recording import recorded
+from conformance.machines.recording import note, recorded, score
 
 __all__ = ["HostLifetimes"]
 
@@ -41,7 +40,7 @@ class HostLifetimes(RuleBasedStateMachine):
 
     def _do(self, action: str, fn: Any, *args: Any) -> Any:
         result, error = self.run.step(action, fn, *args)
-        event(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
     @initialize(target=vms)

@@ -15,7 +15,24 @@ import attrs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["decode_value", "encode_value", "recorded"]
+__all__ = ["decode_value", "encode_value", "note", "recorded", "score"]
+
+
+def note(text: str) -> None:
+    """hypothesis.event() when inside a test; a no-op when a machine is replayed outside one."""
+    from hypothesis import event
+    from hypothesis.control import currently_in_test_context
+
+    if currently_in_test_context():
+        event(text)
+
+
+def score(value: float, label: str) -> None:
+    from hypothesis import target
+    from hypothesis.control import currently_in_test_context
+
+    if currently_in_test_context():
+        target(value, label=label)
 
 
 def encode_value(value: Any) -> Any:

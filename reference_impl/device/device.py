@@ -124,7 +124,7 @@ class Device(Actor):
         if name is not None:
             self.actor_name = "device"
         self.name = name or cfg.name
-        rng = random.Random(cfg.seed)
+        rng = random.Random(f"device/{cfg.name}/{cfg.seed}")
         self._rng = rng
         self.identity = DeviceIdentity(seed=cfg.seed)
         size = cfg.bar_pages * PAGE
