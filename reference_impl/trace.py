@@ -203,12 +203,21 @@ class Actor:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for attr, value in vars(cls).items():
+        for attr, value in list(vars(cls).items()):
             if attr.startswith("_") or not callable(value) or isinstance(value, type):
                 continue
             if isinstance(value, staticmethod | classmethod):
                 continue
             if getattr(value, "__teeio_kind__", None) is None:
+                # an override of a traced base method stays traced (subclasses, mutants, adapters)
+                base = next((getattr(b, attr) for b in cls.__mro__[1:] if attr in vars(b)), None)
+                kind = getattr(base, "__teeio_kind__", None)
+                if kind == "operation":
+                    setattr(cls, attr, operation(getattr(base, "__teeio_step__", None))(value))
+                    continue
+                if kind == "query":
+                    setattr(cls, attr, query(value))
+                    continue
                 raise TypeError(
                     f"{cls.__name__}.{attr} is public but neither @operation nor @query: every "
                     "crossing into an actor must be traced (make it private with a leading '_')"

@@ -16,12 +16,14 @@ from __future__ import annotations
 import enum
 import struct
 
+from typing import Any
+
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from reference_impl.device.ide.km_codec import Direction, KeySet, KeySubStream, SubStream
-from reference_impl.errors import AccessFault, InvalidState
+from reference_impl.errors import AccessFault, InvalidArgument, InvalidState
 
 __all__ = ["IdeIntegrityError", "IdeStreamEndpoint", "ProtectedTlp", "StreamSnapshot", "StreamState", "Tlp"]
 
@@ -37,11 +39,24 @@ class IdeIntegrityError(AccessFault):
     """A protected TLP failed its checks; the stream is now Insecure."""
 
 
+def _in_range(bits: int) -> Any:
+    def check(inst: Any, a: attrs.Attribute[Any], v: Any) -> None:
+        if not isinstance(v, int) or not 0 <= v < 1 << bits:
+            raise InvalidArgument(f"TLP {a.name} must be an unsigned {bits}-bit value, got {v!r}")
+
+    return check
+
+
+def _kind(v: Any) -> None:
+    if v not in ("MRd", "MWr", "Cpl", "Msg"):
+        raise InvalidArgument(f"TLP kind must be MRd, MWr, Cpl or Msg, got {v!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Tlp:
-    kind: str  # "MRd" | "MWr" | "Cpl" | "Msg"
-    requester_id: int
-    address: int
+    kind: str = attrs.field(validator=lambda i, a, v: _kind(v))
+    requester_id: int = attrs.field(validator=_in_range(16))
+    address: int = attrs.field(validator=_in_range(64))
     t_bit: bool
     payload: bytes = attrs.field(repr=False)
     stream_id: int | None = None
