@@ -7,9 +7,11 @@ convention), never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -84,9 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     try:
-        from reference_impl.transport import server as _server
-    except ImportError:  # pragma: no cover - transport not installed
-        _server = None  # type: ignore[assignment]
+        _server: Any = importlib.import_module("reference_impl.transport.server")
+    except ImportError:  # pragma: no cover - the transport is optional
+        _server = None
     if _server is not None:
         s = sub.add_parser("serve-device", help="serve the reference device over the spdm-emu socket protocol")
         _server.add_arguments(s)
@@ -96,9 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    server: Any = importlib.import_module("reference_impl.transport.server")
+
     from reference_impl.device.device import Device, DeviceConfig
     from reference_impl.trace import Trace
-    from reference_impl.transport import server
 
     fields: dict[str, object] = {}
     if args.config:

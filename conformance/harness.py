@@ -78,7 +78,7 @@ class StepRunner:
             return _call(self.stack.snapshot, (), {}, self.timeout)
         except SutHang:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the SUT's view is a reported failure
+        except Exception as exc:
             raise SutBroken(f"the SUT's snapshot() failed after {action!r}: {type(exc).__name__}: {exc}") from exc
 
     def step(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, BaseException | None]:
@@ -92,14 +92,14 @@ class StepRunner:
             result = _call(fn, args, kwargs, self.timeout)
         except (SutHang, AssertionError):
             raise
-        except Exception as exc:  # noqa: BLE001 - the rules judge it (ERR-02 for untyped ones)
+        except Exception as exc:
             error = exc
         after = self._snapshot(action)
         self._snap = after
         try:
             history = trace.since(0)[:mark] if mark else []
             events = trace.since(mark)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise SutBroken(f"the SUT's trace could not be read after {action!r}: {exc}") from exc
         obs = Observation(profile=self.profile, action=action, events=events, history=history, before=before,
                           after=after, error=error)

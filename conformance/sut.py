@@ -34,4 +34,4 @@ def load_factory(spec: str) -> Callable[..., Any]:
             raise SutLoadError(f"--sut {spec!r}: {module_name!r} has no attribute {attr!r}")
     if not callable(obj):
         raise SutLoadError(f"--sut {spec!r}: {attr!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj

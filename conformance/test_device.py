@@ -7,7 +7,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from conformance.machines.device import DeviceMachine, DeviceMachineConfig
 
 
-def test_device_tdisp_and_ide_km(tdisp_profile, step_timeout):
+def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float) -> None:
     """Random TDISP / IDE_KM traffic, malformed bytes, faults and sessions keep the device on the state table."""
 
     class Machine(DeviceMachine):

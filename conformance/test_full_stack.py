@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.machines.full_stack import FullStack, MachineConfig
 
 
-def test_full_stack_lifecycle(sut_factory, tdisp_profile, step_timeout):
+def test_full_stack_lifecycle(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:
     """Random interleavings of bind, unbind, revoke, guest requests, accesses and faults keep every rule."""
 
     class Machine(FullStack):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.machines.full_stack import MachineConfig
 from conformance.machines.host_lifetimes import HostLifetimes
 
 
-def test_host_object_lifetimes(sut_factory, tdisp_profile, step_timeout):
+def test_host_object_lifetimes(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:
     """Creating and destroying host objects in any order keeps refcounts, tombstones and refusals honest."""
 
     class Machine(HostLifetimes):

@@ -18,6 +18,9 @@ its owners -- IOMMUFD (shared tables) and the TSM (trusted tables, root-port key
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
 from reference_impl.device.ide.km_codec import KeySubStream
@@ -61,13 +64,13 @@ class Iommu(Actor):
         self._faults: list[Fault] = []
         self._fenced: set[str] = set()
         self._rp: dict[int, IdeStreamEndpoint] = {}
-        self._kvm: object | None = None
-        self._devices: dict[int, object] = {}
+        self._kvm: Any = None
+        self._devices: dict[int, Any] = {}
 
-    def _wire(self, kvm: object, devices: dict[int, object]) -> None:
+    def _wire(self, kvm: Any, devices: Mapping[int, Any]) -> None:
         """Stack wiring: who is below (devices by RID) and where guest memory lives (KVM)."""
         self._kvm = kvm
-        self._devices = devices
+        self._devices = dict(devices)
 
     # ------------------------------------------------------------------ root-port IDE (owned by the TSM)
     @operation()
@@ -160,7 +163,7 @@ class Iommu(Actor):
             vm = entry[0]
             private = False
         try:
-            self._kvm.dma_write(vm, tlp.address, tlp.payload, private=private)  # type: ignore[attr-defined]
+            self._kvm.dma_write(vm, tlp.address, tlp.payload, private=private)
         except AccessFault as exc:
             self._fault(tlp.requester_id, tlp.address, tlp.t_bit, str(exc))
             raise
@@ -190,7 +193,7 @@ class Iommu(Actor):
                 raise AccessFault("T=1 MMIO needs a Secure IDE stream to the device")
             packet = stream.protect(tlp)
         try:
-            return device.receive(packet)  # type: ignore[attr-defined, no-any-return]
+            return device.receive(packet)
         except AccessFault as exc:
             self._fault(tlp.requester_id, tlp.address, tlp.t_bit, str(exc))
             raise

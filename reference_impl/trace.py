@@ -157,7 +157,7 @@ class Trace:
         ev = self._events[i]
         if ev is _PENDING:
             raise IndexError(f"event {i} has not completed yet")
-        return ev  # type: ignore[no-any-return]
+        return ev
 
     def since(self, seq: int) -> list[Event]:
         """Completed events with sequence number >= ``seq``."""

@@ -33,7 +33,7 @@ from reference_impl.iommufd import GuestRequest, request_step
 from reference_impl.profiles import Profile, StartSender, UnmapOrder
 from reference_impl.trace import Actor, Trace, operation, query
 
-__all__ = ["Evidence", "Tsm", "TsmSnapshot", "TdiRecord"]
+__all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 
 PROTOCOL_IDE_KM = 0
 PROTOCOL_TDISP = 1

@@ -15,7 +15,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule
 
 from conformance.harness import StepRunner
 from conformance.machines.full_stack import MachineConfig
-from conformance.machines.recording import note, recorded, score
+from conformance.machines.recording import note, recorded
 
 __all__ = ["HostLifetimes"]
 

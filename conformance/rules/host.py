@@ -16,7 +16,6 @@ from ._view import (
     LOCKED,
     bound_vm,
     contains,
-    functions,
     host_visible_values,
     objects,
     private_slots,

@@ -17,9 +17,9 @@ from typing import Any
 
 import attrs
 
-from reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
 from reference_impl.device.ide.km_responder import IdeKmResponder
 from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
+from reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
 from reference_impl.device.tdisp import codec as td
 from reference_impl.device.tdisp.state import EVENT_TRIGGERED_ERROR_FROM, LEGAL_IN, TRANSITIONS, stop_legal_in
 from reference_impl.errors import AccessFault, InvalidArgument, InvalidState, NotFound

@@ -25,8 +25,8 @@ from reference_impl.errors import ConformanceViolation
 
 __all__ = ["DeviceIdentity", "EvidenceError", "SignedEvidence", "make_evidence", "verify_evidence"]
 
-_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
-_NOT_AFTER = datetime.datetime(2045, 1, 1, tzinfo=datetime.timezone.utc)
+_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+_NOT_AFTER = datetime.datetime(2045, 1, 1, tzinfo=datetime.UTC)
 
 
 class EvidenceError(ConformanceViolation):

@@ -431,7 +431,7 @@ class KvmDmaAnywhere(Kvm):
 
     def dma_write(self, vm: str, gpa: int, data: bytes, *, private: bool) -> None:
         v = self._live_vm(vm)
-        if 0 <= gpa and gpa + len(data) <= len(v.memory):
+        if gpa >= 0 and gpa + len(data) <= len(v.memory):
             v.memory[gpa:gpa + len(data)] = data
             return
         super().dma_write(vm, gpa, data, private=private)
@@ -448,7 +448,7 @@ class IommuRefusedDmaWrites(Iommu):
             if vm is not None and getattr(packet, "payload", None) is not None:
                 try:
                     self._kvm.dma_write(vm, 0x5000, b"leak", private=False)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
             raise
 
@@ -494,7 +494,7 @@ class VfioHostReadsPrivate(Vfio):
                   payload=length.to_bytes(4, "little"), stream_id=0)
         try:
             data: bytes = self._iommu.mmio(None, tlp)
-        except Exception:  # noqa: BLE001 - fall back to the honest path
+        except Exception:
             return super().host_mmio_read(fd, rid, offset, length)
         self._host_reads.append(data)
         return data

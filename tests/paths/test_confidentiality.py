@@ -17,8 +17,8 @@ from conformance.machines.full_stack import FullStack, MachineConfig
 from conformance.rules import CATALOGUE, RuleViolation
 from reference_impl.device.device import Device
 from reference_impl.mutants import by_name
-from reference_impl.vfio import Vfio
 from reference_impl.stack import make_sut
+from reference_impl.vfio import Vfio
 
 CONF = frozenset(r.id for r in CATALOGUE if r.area.name == "CONF")
 FAST = settings(max_examples=150, stateful_step_count=15, deadline=None, database=None, derandomize=True,

@@ -98,7 +98,7 @@ def test_t1_dma_with_the_wrong_rid_faults():
 
 
 def test_unprotected_t1_dma_faults():
-    stack, vm, dev = _stack("run")
+    stack, _vm, dev = _stack("run")
     plain = Tlp(kind="MWr", requester_id=dev.pf_rid, address=PRIVATE_GPA, t_bit=True, payload=PAYLOAD, stream_id=0)
     with pytest.raises(AccessFault, match="without IDE"):
         stack.iommu.dma(plain)
@@ -116,7 +116,7 @@ def test_t0_dma_into_private_memory_faults_and_writes_nothing():
 
 @pytest.mark.parametrize("stage", ["bound", "attested", "accepted", "run"])
 def test_private_mmio_read_returns_device_bytes_only_in_run(stage):
-    stack, vm, dev = _stack(stage)
+    stack, vm, _dev = _stack(stage)
     guest = stack.guests[vm]
     if stage != "run":
         with pytest.raises(AccessFault):
@@ -127,7 +127,7 @@ def test_private_mmio_read_returns_device_bytes_only_in_run(stage):
 
 
 def test_host_mmap_is_refused_once_private():
-    stack, vm, dev = _stack("bound")
+    stack, _vm, dev = _stack("bound")
     fd = next(f for f, _, r, _ in stack.vfio.snapshot().open_fds if r == dev.pf_rid)
     with pytest.raises(PermissionDenied):
         stack.vfio.mmap_bar(fd, dev.pf_rid)
@@ -135,7 +135,7 @@ def test_host_mmap_is_refused_once_private():
 
 def test_a_flipped_bit_in_a_protected_tlp_makes_the_stream_insecure_and_the_tdi_error():
     """AES-GCM is real: one flipped ciphertext bit fails the tag; stream Insecure, TDI ERROR."""
-    stack, vm, dev = _stack("run")
+    stack, _vm, dev = _stack("run")
     tlp = Tlp(kind="MRd", requester_id=dev.pf_rid, address=dev.bar_range(dev.pf_rid)[0] + 4096, t_bit=True,
               payload=(8).to_bytes(4, "little"), stream_id=0)
     rp = stack.iommu._rp[0]  # the root port's end of the stream
@@ -151,7 +151,7 @@ def test_a_flipped_bit_in_a_protected_tlp_makes_the_stream_insecure_and_the_tdi_
 
 
 def test_a_replayed_tlp_is_refused():
-    stack, vm, dev = _stack("run")
+    stack, _vm, dev = _stack("run")
     tlp = Tlp(kind="MRd", requester_id=dev.pf_rid, address=dev.bar_range(dev.pf_rid)[0] + 4096, t_bit=True,
               payload=(8).to_bytes(4, "little"), stream_id=0)
     packet = stack.iommu._rp[0].protect(tlp)

@@ -130,7 +130,7 @@ class DmabufMachine(RuleBasedStateMachine):
                 continue
             for p in range(s.pages):
                 page, where = s.host_base + 4096 * p, (s.vm, s.gpa + 4096 * p)
-                assert seen.setdefault(page, where) == where, f"device page {page:#x} mapped at {seen[page]} and {where}"
+                assert seen.setdefault(page, where) == where, f"page {page:#x} at {seen[page]} and {where}"
 
     @invariant()
     def platform_order(self):

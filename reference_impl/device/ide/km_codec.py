@@ -97,6 +97,10 @@ class KeySubStream:
 ALL_SLOTS: tuple[KeySubStream, ...] = tuple(KeySubStream(k, d, s) for k in KeySet for d in Direction for s in SubStream)
 
 
+def _as_tuple(values: Any) -> tuple[int, ...]:
+    return tuple(values)
+
+
 def _u8(inst: Any, a: attrs.Attribute[Any], v: Any) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 0xFF:
         raise CodecError(f"{type(inst).__name__}.{a.name}: expected an unsigned 8-bit integer, got {v!r}")
@@ -127,7 +131,7 @@ class QueryResp:
     bus_num: int = attrs.field(validator=_u8)
     segment: int = attrs.field(validator=_u8)
     max_port_index: int = attrs.field(validator=_u8)
-    ide_registers: tuple[int, ...] = attrs.field(converter=tuple, default=())
+    ide_registers: tuple[int, ...] = attrs.field(converter=_as_tuple, default=())
 
 
 @attrs.frozen(kw_only=True)
@@ -232,6 +236,7 @@ def decode(data: bytes) -> Any:
         _o, _r, sid, mid, kss, port = _SHORT.unpack(data)
         if oid == ObjectId.KP_ACK:
             return KpAck(stream_id=sid, status=mid, key_sub_stream=kss, port_index=port)
-        cls = {ObjectId.K_SET_GO: KSetGo, ObjectId.K_SET_STOP: KSetStop, ObjectId.K_GOSTOP_ACK: KGoStopAck}[oid]
+        cls: Any = {int(ObjectId.K_SET_GO): KSetGo, int(ObjectId.K_SET_STOP): KSetStop,
+                    int(ObjectId.K_GOSTOP_ACK): KGoStopAck}[oid]
         return cls(stream_id=sid, key_sub_stream=kss, port_index=port)
     raise fail(f"unknown IDE_KM object ID {oid:#04x}", KpAckStatus.UNSUPPORTED_VALUE)

@@ -65,7 +65,8 @@ class IdeKmResponder:
         if exc.object_id != km.ObjectId.KEY_PROG:
             return None
         p = exc.partial
-        return km.encode(km.KpAck(stream_id=p.get("stream_id", 0), status=int(exc.code or km.KpAckStatus.INCORRECT_LENGTH),
+        status = int(exc.code or km.KpAckStatus.INCORRECT_LENGTH)
+        return km.encode(km.KpAck(stream_id=p.get("stream_id", 0), status=status,
                                   key_sub_stream=p.get("key_sub_stream", 0), port_index=p.get("port_index", 0)))
 
     def _ack(self, msg: km.KeyProg, status: km.KpAckStatus) -> km.KpAck:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import struct
-
 from typing import Any
 
 import attrs

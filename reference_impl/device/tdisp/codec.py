@@ -113,6 +113,10 @@ class TdispDecodeError(CodecError):
         self.interface_id = interface_id
 
 
+def _as_tuple(values: Any) -> tuple[Any, ...]:
+    return tuple(values)
+
+
 def _uint(bits: int) -> Any:
     limit = 1 << bits
 
@@ -176,7 +180,7 @@ class InterfaceReport:
     msix_message_control: int = attrs.field(validator=_uint(16))
     lnr_control: int = attrs.field(validator=_uint(16))
     tph_control: int = attrs.field(validator=_uint(32))
-    mmio_ranges: tuple[MmioRange, ...] = attrs.field(converter=tuple)
+    mmio_ranges: tuple[MmioRange, ...] = attrs.field(converter=_as_tuple)
     device_specific_info: bytes = attrs.field(validator=_bytes())
 
     _HEAD: ClassVar[struct.Struct] = struct.Struct("<HHHHII")
@@ -245,10 +249,6 @@ class _Message:
         values = dict(zip(fields, st.unpack(body), strict=True)) if st is not None else {}
         values = {k: v for k, v in values.items() if not k.startswith("_")}
         return cls(**common, **values)
-
-
-def _n(name: str) -> str:
-    return name
 
 
 @_msg(RequestCode.GET_TDISP_VERSION)
@@ -346,7 +346,8 @@ class _VdmMixin:
             raise TdispDecodeError("VDM body too short for its vendor ID", code=ErrorCode.INVALID_REQUEST,
                                    interface_id=common["interface_id"])
         n = body[1]
-        return cls(**common, registry_id=body[0], vendor_id=bytes(body[2:2 + n]), payload=bytes(body[2 + n:]))
+        make: Any = cls
+        return make(**common, registry_id=body[0], vendor_id=bytes(body[2:2 + n]), payload=bytes(body[2 + n:]))
 
 
 @_msg(RequestCode.VDM)
@@ -368,7 +369,7 @@ class VdmResponse(_VdmMixin, _Message):
 @_msg(ResponseCode.TDISP_VERSION)
 @attrs.frozen(kw_only=True)
 class TdispVersion(_Message):
-    versions: tuple[int, ...] = attrs.field(converter=tuple)
+    versions: tuple[int, ...] = attrs.field(converter=_as_tuple)
 
     def _encode_body(self) -> bytes:
         return bytes([len(self.versions), *self.versions])
@@ -427,18 +428,34 @@ class DeviceInterfaceState(_Message):
     tdi_state: int = attrs.field(validator=_uint(8))
 
 
-for _name, _code in (("StartInterfaceResponse", ResponseCode.START_INTERFACE),
-                     ("StopInterfaceResponse", ResponseCode.STOP_INTERFACE),
-                     ("BindP2PStreamResponse", ResponseCode.BIND_P2P_STREAM),
-                     ("UnbindP2PStreamResponse", ResponseCode.UNBIND_P2P_STREAM),
-                     ("SetMmioAttributeResponse", ResponseCode.SET_MMIO_ATTRIBUTE)):
-    globals()[_name] = _msg(_code)(attrs.frozen(kw_only=True)(type(_name, (_Message,), {"__module__": __name__})))
+@_msg(ResponseCode.START_INTERFACE)
+@attrs.frozen(kw_only=True)
+class StartInterfaceResponse(_Message):
+    pass
 
-StartInterfaceResponse: Any
-StopInterfaceResponse: Any
-BindP2PStreamResponse: Any
-UnbindP2PStreamResponse: Any
-SetMmioAttributeResponse: Any
+
+@_msg(ResponseCode.STOP_INTERFACE)
+@attrs.frozen(kw_only=True)
+class StopInterfaceResponse(_Message):
+    pass
+
+
+@_msg(ResponseCode.BIND_P2P_STREAM)
+@attrs.frozen(kw_only=True)
+class BindP2PStreamResponse(_Message):
+    pass
+
+
+@_msg(ResponseCode.UNBIND_P2P_STREAM)
+@attrs.frozen(kw_only=True)
+class UnbindP2PStreamResponse(_Message):
+    pass
+
+
+@_msg(ResponseCode.SET_MMIO_ATTRIBUTE)
+@attrs.frozen(kw_only=True)
+class SetMmioAttributeResponse(_Message):
+    pass
 
 
 @_msg(ResponseCode.TDISP_ERROR, "II", ("error_code", "error_data"))
@@ -469,8 +486,8 @@ _RESPONSES = (TdispVersion, TdispCapabilities, LockInterfaceResponse, DeviceInte
               StartInterfaceResponse, StopInterfaceResponse, BindP2PStreamResponse, UnbindP2PStreamResponse,
               SetMmioAttributeResponse, VdmResponse, TdispError)
 MESSAGE_TYPES: dict[int, type] = {c.code: c for c in (*_REQUESTS, *_RESPONSES)}
-_REQ_BY_CODE = {c.code: c for c in _REQUESTS}
-_RESP_BY_CODE = {c.code: c for c in _RESPONSES}
+_REQ_BY_CODE: dict[int, Any] = {c.code: c for c in _REQUESTS}
+_RESP_BY_CODE: dict[int, Any] = {c.code: c for c in _RESPONSES}
 
 
 def encode(msg: Any) -> bytes:
@@ -481,7 +498,7 @@ def encode(msg: Any) -> bytes:
     return HEADER.pack(msg.version, msg.code, 0, iid.function_id, iid.reserved) + msg._encode_body()
 
 
-def _decode(data: bytes, table: dict[int, type], what: str) -> Any:
+def _decode(data: bytes, table: dict[int, Any], what: str) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TdispDecodeError(f"TDISP {what} must be bytes, got {type(data).__name__}",
                                code=ErrorCode.INVALID_REQUEST)
