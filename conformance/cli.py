@@ -100,8 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(args: argparse.Namespace) -> int:
     server: Any = importlib.import_module("reference_impl.transport.server")
 
-    from reference_impl.device.device import Device, DeviceConfig
-    from reference_impl.trace import Trace
+    from reference_impl.device.device import DeviceConfig
 
     fields: dict[str, object] = {}
     if args.config:
@@ -116,7 +115,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
     else:
         config = DeviceConfig()
-    return int(server.run(args, lambda: Device(Trace(enabled=False), config)))
+    from reference_impl.transport.served import served_device_factory
+
+    return int(server.run(args, served_device_factory(config)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,6 +106,7 @@ class Trace:
         self.enabled = enabled
         self._events: list[Any] = []
         self._stack: list[str] = []
+        self._ops: list[tuple[int, str]] = []  # (actor id, operation) of the calls in progress
         self._listeners: list[Callable[[Event], None]] = []
 
     # -- recording ----------------------------------------------------------------------------
@@ -120,14 +121,17 @@ class Trace:
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         if not self.enabled:
             return fn(actor, *args, **kwargs)
+        callee = actor.actor_name
+        if self._ops and self._ops[-1] == (id(actor), op):
+            return fn(actor, *args, **kwargs)  # an override calling super(): one crossing, not two
         if callable(step):
             step = step(*args, **kwargs)
-        callee = actor.actor_name
         caller = self.caller()
         seq = len(self._events)
         self._events.append(_PENDING)
         depth = len(self._stack)
         self._stack.append(callee)
+        self._ops.append((id(actor), op))
         kw = tuple(kwargs.items())
         try:
             result = fn(actor, *args, **kwargs)
@@ -138,6 +142,7 @@ class Trace:
             raise
         finally:
             self._stack.pop()
+            self._ops.pop()
         self._finish(seq, Event(seq, caller, callee, op, args, kw, "ok", result, None, "", depth, step))
         return result
 

@@ -138,6 +138,9 @@ class _Replay:
                                   and self.idempotent_stop else frozenset())
         self.last_kind[rid] = "query" if code in QUERIES else code.name
         if state not in legal:
+            if code is td.RequestCode.GET_DEVICE_INTERFACE_REPORT and not isinstance(resp, td.TdispError):
+                # reports exist only for a locked TDI (PCIe §11.3.10): serving one is TDISP-11's promise too
+                self.flag("TDISP-11", f"a report was served for TDI {rid:#06x} in {state.name}")
             if _err(resp) != E.INVALID_INTERFACE_STATE:
                 self.flag("TDISP-01", f"{code.name} in {state.name} answered {type(resp).__name__}"
                           f"{'' if _err(resp) is None else ' ' + hex(_err(resp) or 0)}, not INVALID_INTERFACE_STATE")
@@ -186,6 +189,8 @@ class _Replay:
     def _lock(self, rid: int, req: Any, resp: Any, sid: int | None, seen: set[bytes], nonces: dict) -> None:
         dev = next(d for d in self.o.before.devices if any(f.rid == rid for f in d.functions))
         owner_ok = self.stream_ok.get(dev.name, False) and self._key_owner(dev.name) == sid
+        if dev.stream_state not in ("SECURE", "INSECURE"):  # unobservable (a device behind a socket):
+            owner_ok = isinstance(resp, td.LockInterfaceResponse)  # either outcome is possible
         if isinstance(resp, td.LockInterfaceResponse):
             if not owner_ok:
                 self.flag("TDISP-04", f"LOCK of {rid:#06x} succeeded without a Secure default stream keyed over "
@@ -306,12 +311,19 @@ def _final_mismatch(o: Observation) -> dict[str, str]:
         return o.memo["mismatch"]  # type: ignore[no-any-return]
     r = _replay(o)
     after = tdi_states(o.after)
+    was = tdi_states(o.before)
     out: dict[str, str] = {}
     for rid, want in r.states.items():
         got = after.get(rid)
         if got is None or got == want:
             continue
         kind = r.last_kind.get(rid)
+        if was.get(rid) is td.TdiState.ERROR and want is td.TdiState.ERROR:
+            # the model kept ERROR (no STOP was answered) but the TDI left it: ERROR is not sticky,
+            # whatever message or event the step carried (PCIe §11.2)
+            out.setdefault("TDISP-08", f"TDI {rid:#06x} left ERROR for {got.name} without a STOP"
+                           f" (last: {kind or 'no TDISP message or tracked event'})")
+            continue
         rule = {"query": "TDISP-02", "illegal": "TDISP-01", "LOCK_INTERFACE": "TDISP-03",
                 "START_INTERFACE": "TDISP-05", "STOP_INTERFACE": "TDISP-07", "event": "TDISP-09",
                 "session": "TDISP-09", "ide": "IDE-03", "event-pf": "TDISP-10"}.get(kind or "", "TDISP-08")
@@ -431,13 +443,26 @@ def ide_query_resp(o: Observation) -> str | None:
     return HELD if hit else None
 
 
+def _protected(packet: Any) -> bool:
+    """Did the TLP travel IDE-protected? A protected TLP carries its stream's ciphertext, not a payload."""
+    return getattr(packet, "ciphertext", None) is not None
+
+
 def ide_t1_needs_secure(o: Observation) -> str | None:
+    """T=1 requests travel only IDE-protected on a Secure stream (PCIe §11.2.1). Every T=1 packet the
+    device hands to the root complex (``iommu.dma`` called by the device) counts as sent, even when
+    the root complex then refuses it."""
     dmas = [e for e in o.ops("device", "issue_dma", ok=True) if dict(e.keywords).get("t_bit")]
+    sent = [e for e in o.ops("iommu", "dma") if e.caller == "device" and e.arguments
+            and getattr(e.arguments[0], "t_bit", False)]
     mmios = [e for e in o.ops("iommu", "mmio", ok=True) if getattr(e.arguments[1], "t_bit", False)
              and e.arguments[0] not in o.before.iommu.fenced_vms]
-    if not dmas and not mmios:
+    if not dmas and not mmios and not sent:
         return None
-    for _ in dmas:
+    for e in sent:
+        if not _protected(e.arguments[0]):
+            return f"a T=1 DMA from {e.arguments[0].requester_id:#06x} went out without IDE protection"
+    for _ in [*dmas, *sent]:
         if not all(d.stream_state == "SECURE" for d in o.before.devices):
             return "a T=1 DMA went out while the device's IDE stream was not Secure"
     for _ in mmios:
@@ -547,7 +572,7 @@ RULES: list[Rule] = [
        "[LIBSPDM-IDEKM] QUERY_RESP", ide_query_resp, on={"device.handle_vendor_message"},
        cases=("Query.1", "Query.2")),
     _r("IDE-06", "T=1 traffic goes out only on a Secure stream", Area.IDE, M, f"{PCIE}.2.1; [TDXC-ARCH] §3.3",
-       ide_t1_needs_secure, on={"device.issue_dma", "iommu.mmio"}),
+       ide_t1_needs_secure, on={"device.issue_dma", "iommu.dma", "iommu.mmio"}),
     _r("IDE-07", "ending the SPDM session makes its IDE streams Insecure", Area.IDE, M,
        f"{PCIE}.4.5; rules-seed C.44", ide_session_end_insecure, on={"device.spdm_end"}),
     _r("IDE-08", "a key refresh over the same session keeps the stream Secure", Area.IDE, M,

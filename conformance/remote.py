@@ -1,0 +1,72 @@
+"""The device machine against a responder in another process, over the spdm-emu socket.
+
+``pytest --device-at HOST:PORT`` (or ``teeio-conformance run --device-at``) points the device machine at
+an external responder; ``REMOTE_RULES`` are the rules a socket can serve. What only a local device
+offers -- config space, resets, TLPs, IDE stream state -- is refused as Unsupported and those rules
+stay NOT EXERCISED instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis.stateful import consumes, rule
+
+from conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from conformance.machines.recording import recorded
+from reference_impl.transport.client import RemoteDevice
+
+__all__ = ["REMOTE_RULES", "RemoteDeviceMachine", "remote_device_factory"]
+
+REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP-06", "TDISP-07", "TDISP-11",
+                          "TDISP-12", "TDISP-13", "TDISP-14", "TDISP-15", "TDISP-16", "IDE-02", "IDE-04", "IDE-05",
+                          "ERR-01", "ERR-02"})
+
+
+def remote_device_factory(host: str, port: int, function_ids: tuple[int, ...]) -> Any:
+    """Every example talks to the same responder: it must start each example in a fresh state."""
+    def make(trace: Any, profile: str) -> RemoteDevice:
+        return RemoteDevice(trace, host, port, function_ids)
+
+    return make
+
+
+def spawned_device_factory(responder_factory: Any, function_ids: tuple[int, ...]) -> Any:
+    """A fresh server (in a thread, on a free loopback port) for every example: no state leaks across."""
+    from reference_impl.transport.server import start_in_thread
+
+    def make(trace: Any, profile: str) -> RemoteDevice:
+        handle = start_in_thread(responder_factory)
+        dev = RemoteDevice(trace, handle.host, handle.port, function_ids)
+        dev.on_close = handle.stop  # type: ignore[attr-defined]
+        return dev
+
+    return make
+
+
+class RemoteDeviceMachine(DeviceMachine):
+    """The device machine, with sessions that end for good (a closed connection cannot be reused)."""
+
+    def teardown(self) -> None:
+        super().teardown()
+        self.device.close()
+        stop = getattr(self.device, "on_close", None)
+        if stop is not None:
+            stop()
+
+    @rule(sid=consumes(DeviceMachine.sessions))
+    @recorded
+    def end_session(self, sid: int) -> None:
+        self._do("spdm_end", self.device.spdm_end, sid)
+
+    @rule(fn=DeviceMachine.tlp.hypothesis_stateful_rule.arguments_strategies["fn"],  # type: ignore[attr-defined]
+          t_bit=DeviceMachine.tlp.hypothesis_stateful_rule.arguments_strategies["t_bit"])  # type: ignore[attr-defined]
+    @recorded
+    def tlp(self, fn: int, t_bit: bool) -> None:
+        self._do("mmio_read", self.device.receive, None)  # Unsupported over a socket: NOT EXERCISED
+
+
+def config_for(device_factory: Any, profile: str = "tdx", timeout: float = 5.0) -> DeviceMachineConfig:
+    return attrs.evolve(DeviceMachineConfig(profile=profile, timeout=timeout), device_factory=device_factory,
+                        only=REMOTE_RULES)

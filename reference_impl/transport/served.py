@@ -1,0 +1,29 @@
+"""The reference device as served over the socket.
+
+A socket has no config space, so nobody could set the IDE stream's enable bit; like spdm-emu's
+sample responder, the served device enables its stream itself once a K_SET_GO made all six
+(direction, sub-stream) keys live.
+"""
+
+from __future__ import annotations
+
+from reference_impl.device.device import PROTOCOL_IDE_KM, Device, DeviceConfig
+from reference_impl.device.ide import km_codec as km
+from reference_impl.trace import Trace
+
+__all__ = ["ServedDevice", "served_device_factory"]
+
+
+class ServedDevice(Device):
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        answer = super().handle_vendor_message(protocol_id, message, session_id=session_id)
+        if protocol_id == PROTOCOL_IDE_KM and message[:1] == bytes([km.ObjectId.K_SET_GO]) and answer is not None:
+            self.ide.enable()
+        return answer
+
+
+def served_device_factory(config: DeviceConfig | None = None, cls: type[Device] = ServedDevice):
+    def make() -> Device:
+        return cls(Trace(enabled=False), config or DeviceConfig())
+
+    return make

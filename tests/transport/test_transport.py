@@ -1,0 +1,164 @@
+"""The spdm-emu socket transport: framing bytes, a served device, garbage frames, dead responders."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
+
+from conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
+from conformance.rules import RuleViolation
+from reference_impl.device.device import DeviceConfig
+from reference_impl.device.tdisp import codec as td
+from reference_impl.transport import framing as fr
+from reference_impl.transport.client import EmuClient, TransportError
+from reference_impl.transport.served import served_device_factory
+from reference_impl.transport.server import start_in_thread
+
+
+def test_frame_and_doe_bytes():
+    """u32 BE command, u32 BE transport, u32 BE size; DOE: u16 vendor, u8 type, u8 rsvd, u32 dwords."""
+    assert fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, b"ab").hex() == "00000001" "00000002" "00000002" "6162"
+    assert fr.encode_doe(b"\x12\x84\x00").hex() == "0100" "01" "00" "03000000" "12840000"
+    vm = fr.VendorMessage(request=True, protocol_id=1, message=b"\x10\x81")
+    # SPDM version, 0xFE, param1, param2, standard ID 3, vendor-ID length 2, vendor 0x0001, length 3, protocol 1
+    assert fr.encode_vendor(vm).hex() == "12fe0000" "0300" "02" "0100" "0300" "01" "1081"
+
+
+@given(st.binary(max_size=40), st.integers(0, 1))
+def test_vendor_messages_round_trip(message, protocol):
+    vm = fr.VendorMessage(request=False, protocol_id=protocol, message=message)
+    assert fr.decode_vendor(fr.encode_vendor(vm), request=False) == vm
+
+
+@given(st.binary(max_size=64))
+def test_doe_round_trip(message):
+    doe_type, body = fr.decode_doe(fr.encode_doe(message))
+    assert doe_type == fr.DoeType.SPDM and body[: len(message)] == message
+
+
+@pytest.fixture
+def served():
+    handle = start_in_thread(served_device_factory())
+    yield handle
+    handle.stop()
+
+
+def test_round_trips_and_sessions_over_loopback(served):
+    client = EmuClient.connect(served.host, served.port)
+    raw = client.send(1, td.encode(td.GetTdispVersion(interface_id=td.InterfaceId(function_id=0x3A00))))
+    assert td.decode_response(raw) == td.TdispVersion(interface_id=td.InterfaceId(function_id=0x3A00), versions=(0x10,))
+    client.close()
+
+
+def test_vendor_message_before_vca_is_an_spdm_error(served):
+    client = EmuClient.connect(served.host, served.port, vca=False)
+    with pytest.raises(TransportError, match="SPDM ERROR 0x4"):
+        client.send(1, td.encode(td.GetTdispVersion(interface_id=td.InterfaceId(function_id=0x3A00))))
+
+
+def test_the_server_survives_10000_malformed_frames(served):
+    """Random bytes and mutated valid frames over a few connections; a valid request still works after."""
+    rng = random.Random(7)
+    good = fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, fr.encode_doe(fr.get_version()))
+    sent = 0
+    while sent < 10_000:
+        sock = socket.create_connection((served.host, served.port), timeout=2)
+        for _ in range(500):
+            kind = rng.randrange(4)
+            if kind == 0:  # random payload under a consistent header
+                body = rng.randbytes(rng.randrange(0, 40))
+                frame = fr.encode_frame(rng.randrange(2**32), rng.randrange(2**32), body)
+            elif kind == 1:  # one flipped bit in a valid DOE/SPDM payload
+                b = bytearray(good)
+                b[rng.randrange(12, len(b))] ^= 1 << rng.randrange(8)
+                frame = bytes(b)
+            elif kind == 2:
+                frame = fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, rng.randbytes(rng.randrange(0, 24)))
+            else:
+                frame = fr.encode_frame(rng.choice([0xDEAD, 0xFFFD, 7]), rng.randrange(4), b"")
+            sent += 1
+            if frame[:4] == bytes.fromhex("0000fffe"):
+                continue  # never ask the server to shut down
+            try:
+                sock.sendall(frame)
+                sock.recv(4096)
+            except OSError:
+                break  # the server dropped this connection (e.g. an absurd size): it must still serve the next
+        try:
+            sock.sendall(fr.FRAME_HEADER.pack(1, 2, 100) + b"truncated")  # a frame cut short, then close
+        except OSError:
+            pass
+        sock.close()
+    client = EmuClient.connect(served.host, served.port)
+    assert client.send(1, td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=0x3A00))))
+    client.close()
+
+
+def test_a_dead_or_silent_responder_is_a_transport_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError, match="cannot connect"):
+        EmuClient.connect("127.0.0.1", port, timeout=0.5)
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    with pytest.raises(TransportError, match="in time"):
+        EmuClient.connect("127.0.0.1", silent.getsockname()[1], timeout=0.3)
+    silent.close()
+
+
+def test_garbage_speaking_responder_is_a_transport_error():
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def garbage():
+        conn, _ = srv.accept()
+        conn.recv(100)
+        conn.sendall(b"\xff" * 12)
+        conn.close()
+
+    threading.Thread(target=garbage, daemon=True).start()
+    with pytest.raises(TransportError, match="bad frame"):
+        EmuClient.connect("127.0.0.1", srv.getsockname()[1], timeout=1)
+    srv.close()
+
+
+def test_non_loopback_listen_is_refused():
+    from reference_impl.errors import InvalidArgument
+    from reference_impl.transport.server import serve
+
+    with pytest.raises(InvalidArgument, match="non-loopback"):
+        serve("0.0.0.0", 0, served_device_factory())
+
+
+TDX_DEVICE = DeviceConfig(stop_in_unlocked_idempotent=True)  # the tdx profile's STOP in CONFIG_UNLOCKED
+FAST = settings(max_examples=40, stateful_step_count=12, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
+
+
+def test_device_machine_passes_against_the_served_reference():
+    class Machine(RemoteDeviceMachine):
+        config = config_for(spawned_device_factory(served_device_factory(TDX_DEVICE), (0x3A00, 0x3A01)))
+
+    run_state_machine_as_test(Machine, settings=FAST)
+
+
+def test_a_served_mutant_is_caught_by_the_same_rule():
+    from reference_impl.mutants._device import NonceReused
+    from reference_impl.transport.served import ServedDevice
+
+    cls = type("ServedNonceReused", (NonceReused, ServedDevice), {})
+
+    class Machine(RemoteDeviceMachine):
+        config = config_for(spawned_device_factory(served_device_factory(TDX_DEVICE, cls=cls), (0x3A00, 0x3A01)))
+
+    with pytest.raises(RuleViolation) as info:
+        run_state_machine_as_test(Machine, settings=FAST)
+    assert info.value.rule.id == "TDISP-06"
+    assert len(info.value.teeio_steps) <= 4
