@@ -48,7 +48,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
-    argv = ["--pyargs", "conformance", "-p", "no:cacheprovider", f"--hypothesis-profile={args.hypothesis_profile}",
+    argv = ["--pyargs", "conformance", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+            f"--hypothesis-profile={args.hypothesis_profile}",
             f"--tdisp-profile={args.tdisp_profile}", "-q"]
     if args.sut:
         argv.append(f"--sut={args.sut}")

@@ -23,6 +23,7 @@ __all__ = ["FullStack", "MachineConfig", "Slot"]
 VIRT_BASE = 0x10
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
+HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
 STAGES = ("running", "bound", "attested", "accepted", "started")
 
 
@@ -44,11 +45,16 @@ class Slot:
     virt_id: int
 
 
+def _vm(target: str | Slot) -> str:
+    return target.vm if isinstance(target, Slot) else target
+
+
 class FullStack(RuleBasedStateMachine):
     config: MachineConfig  # set by the test that runs it (see conformance/test_full_stack.py)
 
     vms = Bundle("vms")
     slots = Bundle("slots")
+    any_vm = st.one_of(vms, slots)  # a bare VM or the VM a slot lives in (bring_up's VMs have no other handle)
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,7 +98,11 @@ class FullStack(RuleBasedStateMachine):
     @rule()
     @recorded
     def connect(self) -> None:
-        self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+        """The well-behaved host (re)establishes the link when it is down or broken; otherwise waits.
+
+        (Hypothesis favours the first rule in its order -- no target, fewest arguments -- so that
+        place goes to a step that never tears anything down.)"""
+        self._heal_link()
 
     @rule(target=slots, vm=vms, fn=st.integers(0, 3))
     @recorded
@@ -111,8 +121,7 @@ class FullStack(RuleBasedStateMachine):
         rid = free[fn % len(free)]
         vm = str(self._do("create_vm", self.stack.create_vm))
         slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + self.rids.index(rid))
-        if not any(d == self.device_name for d, _ in self.run._snap.tsm.connected):
-            self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+        self._heal_link()
         self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
         self._do("kvm_run", self.stack.vmm.run, vm)
         guest = self.stack.guests.get(vm)
@@ -124,10 +133,23 @@ class FullStack(RuleBasedStateMachine):
             self._do(name, fn_, slot.virt_id)
         return slot
 
-    @rule(vm=vms)
+    def _heal_link(self) -> None:
+        """A well-behaved host reconnects a broken link: the TSM's session is gone on the device or the
+        stream is not Secure (after an IDE failure or a session end) -> disconnect, then connect."""
+        snap = self.run._snap
+        session = next((sid for d, sid in snap.tsm.connected if d == self.device_name), None)
+        dev = next((d for d in snap.devices if d.name == self.device_name), None)
+        healthy = dev is not None and session in dev.sessions and dev.stream_state == "SECURE"
+        if session is not None and not healthy:
+            self._do("tsm_disconnect", self.stack.tsm.disconnect, self.device_name)
+            session = None
+        if session is None:
+            self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+
+    @rule(vm=any_vm)
     @recorded
-    def run_vm(self, vm: str) -> None:
-        self._do("kvm_run", self.stack.vmm.run, vm)
+    def run_vm(self, vm: str | Slot) -> None:
+        self._do("kvm_run", self.stack.vmm.run, _vm(vm))
 
     # ------------------------------------------------------------------ the guest, in order
     @rule(s=slots)
@@ -205,11 +227,11 @@ class FullStack(RuleBasedStateMachine):
     def host_unmap_private(self, s: Slot) -> None:
         self._do("host_unmap_private_mmio", self.stack.kvm.unmap_private_mmio, s.vm, s.rid)
 
-    @rule(vm=vms)
+    @rule(vm=any_vm)
     @recorded
-    def host_destroy_viommu(self, vm: str) -> None:
+    def host_destroy_viommu(self, vm: str | Slot) -> None:
         for o in self.run._snap.iommufd.objects:
-            if o.kind.value == "viommu" and o.vm == vm:
+            if o.kind.value == "viommu" and o.vm == _vm(vm):
                 self._do("host_destroy_viommu", self.stack.iommufd.destroy, o.id)
                 return
 
@@ -220,6 +242,40 @@ class FullStack(RuleBasedStateMachine):
             if o.kind.value == "vdevice" and o.vm == s.vm and o.virt_id == s.virt_id:
                 self._do("host_destroy_vdevice", self.stack.iommufd.destroy, o.id)
                 return
+
+    @rule(s=slots, other=any_vm)
+    @recorded
+    def host_map_private_mmio(self, s: Slot, other: str | Slot) -> None:
+        """The host asks KVM to map a TDI's BAR private: into the VM it is bound to before the guest
+        accepted it, or -- importing the function's dmabuf into a memslot there -- into another VM."""
+        vm = _vm(other)
+        if not any(m.vm == vm and m.rid == s.rid for m in self.run._snap.kvm.memslots):
+            dmabuf = next((d.dmabuf for d in self.run._snap.vfio.dmabufs if d.rid == s.rid), None)
+            if dmabuf is None:
+                return
+            gpa = HOST_SLOT_GPA + (s.rid & 0xFF) * 0x10_0000
+            self._do("host_import_dmabuf", self.stack.kvm.create_memslot, vm, gpa, dmabuf)
+        self._do("host_map_private_mmio", self.stack.kvm.map_private_mmio, vm, s.rid)
+
+    @rule(s=slots)
+    @recorded
+    def host_remap_ioas(self, s: Slot) -> None:
+        """The host moves the function onto an IOAS that maps *all* guest RAM, private pages included
+        (a VMM may map any pages it likes; only the platform keeps T=0 DMA out of private memory)."""
+        idev = next((i for _, name, rid, i in self.run._snap.vfio.open_fds
+                     if name == self.device_name and rid == s.rid), None)
+        vm = next((v for v in self.run._snap.kvm.vms if v.name == s.vm), None)
+        if idev is None or vm is None:
+            return
+        pages = len(vm.shared_memory) // 4096 + vm.private_pages
+        if any(o.id == idev and o.kind.value == "idev" for o in self.run._snap.iommufd.objects):
+            self._do("host_detach", self.stack.iommufd.detach, idev)
+        ioas = self._do("host_ioas_all_ram", self.stack.iommufd.ioas_alloc, s.vm, frozenset(range(pages)))
+        if ioas is None:
+            return
+        hwpt = self._do("host_hwpt_alloc", self.stack.iommufd.hwpt_alloc, idev, ioas)
+        if hwpt is not None:
+            self._do("host_attach", self.stack.iommufd.attach, idev, hwpt)
 
     @rule(s=slots, other=vms)
     @recorded
@@ -239,15 +295,14 @@ class FullStack(RuleBasedStateMachine):
 
         self._do("host_guest_request", self.stack.tsm.guest_request, s.rid, s.vm, GuestRequest(kind="state"))
 
-    @rule()
+    @rule(call=st.sampled_from(["refresh_keys", "disconnect", "connect"]))
     @recorded
-    def host_refresh_keys(self) -> None:
-        self._do("tsm_refresh_keys", self.stack.tsm.refresh_keys, self.device_name)
-
-    @rule()
-    @recorded
-    def host_disconnect(self) -> None:
-        self._do("tsm_disconnect", self.stack.tsm.disconnect, self.device_name)
+    def host_tsm_link(self, call: str) -> None:
+        """Raw TSM link calls: a key refresh, a disconnect, or a connect whether or not one is up."""
+        if call == "connect":
+            self._do("connect_ide", self.stack.vmm.connect_ide, self.device_name)
+        else:
+            self._do(f"tsm_{call}", getattr(self.stack.tsm, call), self.device_name)
 
     # ------------------------------------------------------------------ faults
     @rule(s=slots)
@@ -268,14 +323,13 @@ class FullStack(RuleBasedStateMachine):
     def fault_poison(self, s: Slot) -> None:
         self._do("poisoned_tlp", self.device.poison, s.rid)
 
-    @rule()
+    @rule(kind=st.sampled_from(["ide", "session_end"]))
     @recorded
-    def fault_ide(self) -> None:
-        self._do("ide_key_failure", self.device.ide_failure, "injected integrity failure")
-
-    @rule()
-    @recorded
-    def fault_session_end(self) -> None:
+    def fault_link(self, kind: str) -> None:
+        """The link breaks: an IDE integrity/key failure on the device, or its SPDM session ends."""
+        if kind == "ide":
+            self._do("ide_key_failure", self.device.ide_failure, "injected integrity failure")
+            return
         for d in self.run._snap.devices:
             if d.name == self.device_name and d.sessions:
                 self._do("spdm_session_end", self.device.spdm_end, d.sessions[0])
@@ -287,15 +341,15 @@ class FullStack(RuleBasedStateMachine):
         if fd is not None:
             self._do("vfio_close", self.stack.vfio.close_device, fd)
 
-    @rule(vm=vms)
+    @rule(vm=any_vm)
     @recorded
-    def stop_vm(self, vm: str) -> None:
-        self._do("vm_stop", self.stack.vmm.stop_vm, vm)
+    def stop_vm(self, vm: str | Slot) -> None:
+        self._do("vm_stop", self.stack.vmm.stop_vm, _vm(vm))
 
-    @rule(vm=vms)
+    @rule(vm=any_vm)
     @recorded
-    def host_destroy_vm(self, vm: str) -> None:
-        self._do("kvm_destroy_vm", self.stack.kvm.destroy_vm, vm)
+    def host_destroy_vm(self, vm: str | Slot) -> None:
+        self._do("kvm_destroy_vm", self.stack.kvm.destroy_vm, _vm(vm))
 
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:

@@ -4,6 +4,12 @@ No guest, no TSM traffic: just the objects of steps 2-16 and their teardown, raw
 IOMMUFD, VFIO and KVM directly, in orders a well-behaved VMM never would (destroy the vIOMMU under
 its vdevices, close the device fd first, destroy the VM while referenced, reuse tombstoned IDs).
 Refcounts, tombstones and "refused means unchanged" are checked after every step.
+
+Handles are picked from what exists *now* (the last snapshot), by kind and index, so a sequence never
+wanders off into IDs of objects it failed to create; stale and wrong-kind IDs are used on purpose by
+``misuse`` and ``destroy_any``. ``build_topology`` does the well-behaved VMM's whole setup for one
+function (VM, device file, IOAS, hwpt, attach, vIOMMU, vdevice -- each its own checked step), so the
+other rules start from deep states.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from conformance.harness import StepRunner
 from conformance.machines.full_stack import MachineConfig
@@ -19,13 +25,13 @@ from conformance.machines.recording import note, recorded
 
 __all__ = ["HostLifetimes"]
 
+PICK = st.integers(0, 3)
+KINDS = ("ioas", "hwpt", "viommu", "vdevice", "idev")
+NO_SUCH_ID = 999
+
 
 class HostLifetimes(RuleBasedStateMachine):
     config: MachineConfig
-
-    vms = Bundle("vms")
-    fds = Bundle("fds")
-    ids = Bundle("ids")  # any iommufd object ID, live or dead
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +40,8 @@ class HostLifetimes(RuleBasedStateMachine):
         self.run = StepRunner(self.stack, cfg.profile, only=cfg.only, timeout=cfg.timeout)
         self.device_name = next(iter(self.stack.devices))
         self.rids = list(self.stack.devices[self.device_name].rids())
+        self.seen_ids: list[int] = []  # every iommufd ID ever handed out (live, dead or tombstoned)
+        self.seen_fds: list[int] = []
 
     def teardown(self) -> None:
         self.run.finish()
@@ -41,83 +49,172 @@ class HostLifetimes(RuleBasedStateMachine):
     def _do(self, action: str, fn: Any, *args: Any) -> Any:
         result, error = self.run.step(action, fn, *args)
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
+        if error is None and isinstance(result, int) and action in ("ioas_alloc", "hwpt_alloc", "viommu_alloc",
+                                                                  "vdevice_alloc"):
+            self.seen_ids.append(result)
         return None if error else result
 
-    @initialize(target=vms)
-    @recorded
-    def first_vm(self) -> Any:
-        return self._do("create_vm", self.stack.create_vm)
+    # ------------------------------------------------------------------ picking handles from the snapshot
+    def _objs(self, kind: str) -> list[Any]:
+        return [o for o in self.run._snap.iommufd.objects if o.kind.value == kind]
 
-    @rule(target=vms)
-    @recorded
-    def create_vm(self) -> Any:
-        return self._do("create_vm", self.stack.create_vm)
+    def _id(self, kind: str, pick: int) -> int:
+        objs = self._objs(kind)
+        return int(objs[pick % len(objs)].id) if objs else NO_SUCH_ID
 
-    @rule(target=fds, fn=st.integers(0, 1))
-    @recorded
-    def open_device(self, fn: int) -> Any:
-        return self._do("vfio_open", self.stack.vfio.open_device, self.device_name, self.rids[fn % len(self.rids)])
+    def _vm(self, pick: int) -> str:
+        vms = [v.name for v in self.run._snap.kvm.vms]
+        return vms[pick % len(vms)]
 
-    @rule(fd=fds)
-    @recorded
-    def close_device(self, fd: Any) -> None:
-        self._do("vfio_close", self.stack.vfio.close_device, fd)
+    def _fd_of(self, rid: int) -> int | None:
+        return next((int(f) for f, name, r, _ in self.run._snap.vfio.open_fds
+                     if name == self.device_name and r == rid), None)
 
-    @rule(target=ids, vm=vms)
-    @recorded
-    def ioas_alloc(self, vm: Any) -> Any:
-        return self._do("ioas_alloc", self.stack.iommufd.ioas_alloc, vm, frozenset({4, 5}))
+    def _idev_of(self, rid: int) -> int | None:
+        return next((int(i) for _, name, r, i in self.run._snap.vfio.open_fds
+                     if name == self.device_name and r == rid), None)
 
-    @rule(target=ids, idev=ids, ioas=ids)
-    @recorded
-    def hwpt_alloc(self, idev: Any, ioas: Any) -> Any:
-        return self._do("hwpt_alloc", self.stack.iommufd.hwpt_alloc, idev, ioas)
+    def _open(self, rid: int) -> int | None:
+        fd = self._do("vfio_open", self.stack.vfio.open_device, self.device_name, rid)
+        if fd is not None:
+            self.seen_fds.append(fd)
+            idev = self._idev_of(rid)
+            if idev is not None:
+                self.seen_ids.append(idev)
+        return fd  # type: ignore[no-any-return]
 
-    @rule(target=ids, fd=fds)
+    @initialize()
     @recorded
-    def idev_of(self, fd: Any) -> Any:
-        for f, _, _, idev in self.run._snap.vfio.open_fds:
-            if f == fd:
-                return idev
-        return -1
+    def first_vm(self) -> None:
+        self._do("create_vm", self.stack.create_vm)
 
-    @rule(idev=ids, hwpt=ids)
+    # ------------------------------------------------------------------ the well-behaved VMM's setup, at once
+    @rule()
     @recorded
-    def attach(self, idev: Any, hwpt: Any) -> None:
-        self._do("attach", self.stack.iommufd.attach, idev, hwpt)
+    def build_topology(self) -> None:
+        """A fresh VM and the first closed function, set up as QEMU does (steps 2, 7-9, 15-16)."""
+        vm = self._do("create_vm", self.stack.create_vm)
+        rid = next((r for r in self.rids if self._fd_of(r) is None), None)
+        if vm is None or rid is None or self._open(rid) is None:
+            return
+        idev = self._idev_of(rid)
+        fd = self.stack.iommufd
+        ioas = self._do("ioas_alloc", fd.ioas_alloc, vm, frozenset({4, 5}))
+        hwpt = self._do("hwpt_alloc", fd.hwpt_alloc, idev, ioas) if ioas is not None else None
+        if hwpt is None:
+            return
+        self._do("attach", fd.attach, idev, hwpt)
+        viommu = self._do("viommu_alloc", fd.viommu_alloc, hwpt, vm)
+        if viommu is not None:
+            self._do("vdevice_alloc", fd.vdevice_alloc, viommu, idev, 0x10, rid)
 
-    @rule(target=ids, hwpt=ids, vm=vms)
+    @rule(viommu=PICK, virt=st.integers(0x10, 0x11))
     @recorded
-    def viommu_alloc(self, hwpt: Any, vm: Any) -> Any:
-        return self._do("viommu_alloc", self.stack.iommufd.viommu_alloc, hwpt, vm)
-
-    @rule(target=ids, viommu=ids, idev=ids, virt=st.integers(0x10, 0x11), fn=st.integers(0, 1))
-    @recorded
-    def vdevice_alloc(self, viommu: Any, idev: Any, virt: int, fn: int) -> Any:
-        return self._do("vdevice_alloc", self.stack.iommufd.vdevice_alloc, viommu, idev, virt,
-                        self.rids[fn % len(self.rids)])
-
-    @rule(obj=ids)
-    @recorded
-    def destroy(self, obj: Any) -> None:
-        self._do("iommu_destroy", self.stack.iommufd.destroy, obj)
-
-    @rule(vm=vms)
-    @recorded
-    def run_vm(self, vm: Any) -> None:
-        self._do("kvm_run", self.stack.kvm.run, vm)
-
-    @rule(vm=vms)
-    @recorded
-    def stop_vm(self, vm: Any) -> None:
-        self._do("kvm_stop", self.stack.kvm.stop, vm)
-
-    @rule(vm=vms)
-    @recorded
-    def destroy_vm(self, vm: Any) -> None:
-        self._do("kvm_destroy", self.stack.kvm.destroy_vm, vm)
+    def plug_function(self, viommu: int, virt: int) -> None:
+        """A second function for a VM that has its vIOMMU: open it, attach it to the vIOMMU's hwpt and add
+        its vdevice there at virtual ID ``virt`` (QEMU's second assignment; a host may reuse an ID)."""
+        vis = self._objs("viommu")
+        rid = next((r for r in self.rids if self._fd_of(r) is None), None)
+        if not vis or rid is None or self._open(rid) is None:
+            return
+        vi = vis[viommu % len(vis)]
+        idev = self._idev_of(rid)
+        self._do("attach", self.stack.iommufd.attach, idev, vi.parent)
+        self._do("vdevice_alloc", self.stack.iommufd.vdevice_alloc, vi.id, idev, virt, rid)
 
     @rule()
     @recorded
+    def create_vm(self) -> None:
+        self._do("create_vm", self.stack.create_vm)
+
+    @precondition(lambda self: any(o.kind.value in ("viommu", "vdevice") for o in self.run._snap.iommufd.objects)
+                  or bool(self.run._snap.iommufd.tombstones))
+    @rule()
+    @recorded
     def close_iommufd(self) -> None:
+        """Close the iommufd (the VMM exits): everything goes, tombstones too. Only once there is
+        something worth closing -- after a close every further step is refused."""
         self._do("iommufd_close", self.stack.iommufd.close)
+
+    # ------------------------------------------------------------------ VFIO device files
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def open_device(self, fn: int) -> None:
+        self._open(self.rids[fn % len(self.rids)])
+
+    @rule(fn=st.integers(0, 1), stale=st.booleans())
+    @recorded
+    def close_device(self, fn: int, stale: bool) -> None:
+        fd = self._fd_of(self.rids[fn % len(self.rids)])
+        if stale or fd is None:
+            fd = self.seen_fds[fn % len(self.seen_fds)] if self.seen_fds else NO_SUCH_ID
+        self._do("vfio_close", self.stack.vfio.close_device, fd)
+
+    # ------------------------------------------------------------------ IOMMUFD objects, one call at a time
+    @rule(vm=PICK)
+    @recorded
+    def ioas_alloc(self, vm: int) -> None:
+        self._do("ioas_alloc", self.stack.iommufd.ioas_alloc, self._vm(vm), frozenset({4, 5}))
+
+    @rule(idev=PICK, ioas=PICK)
+    @recorded
+    def hwpt_alloc(self, idev: int, ioas: int) -> None:
+        self._do("hwpt_alloc", self.stack.iommufd.hwpt_alloc, self._id("idev", idev), self._id("ioas", ioas))
+
+    @rule(idev=PICK, hwpt=PICK)
+    @recorded
+    def attach(self, idev: int, hwpt: int) -> None:
+        self._do("attach", self.stack.iommufd.attach, self._id("idev", idev), self._id("hwpt", hwpt))
+
+    @rule(idev=PICK)
+    @recorded
+    def detach(self, idev: int) -> None:
+        self._do("detach", self.stack.iommufd.detach, self._id("idev", idev))
+
+    @rule(hwpt=PICK, vm=PICK)
+    @recorded
+    def viommu_alloc(self, hwpt: int, vm: int) -> None:
+        self._do("viommu_alloc", self.stack.iommufd.viommu_alloc, self._id("hwpt", hwpt), self._vm(vm))
+
+    @rule(viommu=PICK, idev=PICK, virt=st.integers(0x10, 0x11), own_rid=st.booleans())
+    @recorded
+    def vdevice_alloc(self, viommu: int, idev: int, virt: int, own_rid: bool) -> None:
+        idevs = self._objs("idev")
+        dev = idevs[idev % len(idevs)] if idevs else None
+        rid = dev.rid if dev is not None and own_rid else self.rids[(idev + 1) % len(self.rids)]
+        self._do("vdevice_alloc", self.stack.iommufd.vdevice_alloc, self._id("viommu", viommu),
+                 dev.id if dev is not None else NO_SUCH_ID, virt, rid)
+
+    @rule(kind=st.sampled_from(KINDS), pick=PICK)
+    @recorded
+    def destroy(self, kind: str, pick: int) -> None:
+        self._do(f"iommu_destroy_{kind}", self.stack.iommufd.destroy, self._id(kind, pick))
+
+    # ------------------------------------------------------------------ the same calls with any ID at all
+    @precondition(lambda self: bool(self.seen_ids))
+    @rule(call=st.sampled_from(["destroy", "hwpt_alloc", "attach", "viommu_alloc", "vdevice_alloc"]),
+          a=st.integers(0, 15), b=st.integers(0, 15), vm=PICK)
+    @recorded
+    def misuse(self, call: str, a: int, b: int, vm: int) -> None:
+        """Calls handed IDs of the wrong kind, dead IDs or tombstones: refused, nothing changes."""
+        ida, idb = self.seen_ids[a % len(self.seen_ids)], self.seen_ids[b % len(self.seen_ids)]
+        args: tuple[Any, ...] = {"destroy": (ida,), "hwpt_alloc": (ida, idb), "attach": (ida, idb),
+                                 "viommu_alloc": (ida, self._vm(vm)),
+                                 "vdevice_alloc": (ida, idb, 0x10, self.rids[0])}[call]
+        self._do(f"{call}_any_id", getattr(self.stack.iommufd, call), *args)
+
+    # ------------------------------------------------------------------ KVM
+    @rule(vm=PICK)
+    @recorded
+    def run_vm(self, vm: int) -> None:
+        self._do("kvm_run", self.stack.kvm.run, self._vm(vm))
+
+    @rule(vm=PICK)
+    @recorded
+    def stop_vm(self, vm: int) -> None:
+        self._do("kvm_stop", self.stack.kvm.stop, self._vm(vm))
+
+    @rule(vm=PICK)
+    @recorded
+    def destroy_vm(self, vm: int) -> None:
+        self._do("kvm_destroy", self.stack.kvm.destroy_vm, self._vm(vm))

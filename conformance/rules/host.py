@@ -124,15 +124,40 @@ def flow_tdx_stop_before_unmap(o: Observation) -> str | None:
     return HELD
 
 
+def _stop_rid(req: object, resp: object) -> int | None:
+    """RID of a STOP_INTERFACE the device answered with success, else None."""
+    if isinstance(req, td.StopInterface) and isinstance(resp, td.StopInterfaceResponse):
+        return int(req.interface_id.function_id) & 0xFFFF
+    return None
+
+
 def flow_cca_unmap_before_stop(o: Observation) -> str | None:
+    """RMM's VDEV_UNLOCK is refused while device granules are mapped, so a STOP the device answers must
+    come after the last private mapping of the TDI went away -- in the order the trace shows, not only
+    at the end of the step (an unbind that stops first and unmaps later ends in the same state)."""
     b, a = tdi_states(o.before), tdi_states(o.after)
     unlocked = [rid for rid in a if b.get(rid) in LOCKED and a[rid] is td.TdiState.CONFIG_UNLOCKED]
-    if not unlocked:
-        return None
     for rid in unlocked:
         if any(s.rid == rid for s in private_slots(o.after)):
             return f"TDI {rid:#06x} unlocked while its private MMIO was still mapped"
-    return HELD
+    mapped = {(s.vm, s.rid) for s in private_slots(o.before)}
+    stops = 0
+    for e in o.events:
+        if e.callee == "tsm" and e.operation in ("sept_add", "sept_remove") and e.ok and len(e.arguments) >= 2:
+            key = (e.arguments[0], e.arguments[1])
+            if e.operation == "sept_add":
+                mapped.add(key)
+            else:
+                mapped.discard(key)
+        elif e.callee == "device" and e.operation == "handle_vendor_message":
+            for _, req, resp in tdisp_exchanges([e]):
+                rid = _stop_rid(req, resp)
+                if rid is None:
+                    continue
+                stops += 1
+                if b.get(rid) in LOCKED and any(r == rid for _, r in mapped):
+                    return f"TDI {rid:#06x} was stopped (seq {e.seq}) while its private MMIO was still mapped"
+    return HELD if unlocked or stops else None
 
 
 def _starts(o: Observation) -> list:
@@ -440,15 +465,71 @@ def mmio_revoke_on_close(o: Observation) -> str | None:
     return HELD
 
 
+_TRACKED_ERROR_EVENTS = frozenset({"flr", "config_write", "poison"})
+
+
 def mmio_recover_after_free(o: Observation) -> str | None:
+    """Steps 48-49 (enable MMIO, dmabuf recover) come after 41-47: the TDI stopped, its private MMIO
+    unmapped, its trusted DMA disabled and the TDI freed. The snapshots show the end of the step; the
+    trace shows whether a recover (``kvm.dmabuf_recovered`` / ``vfio.recover_mmio``) ran while the TDI
+    was still locked, privately mapped or trusted for DMA."""
     was = {d.dmabuf: d for d in o.before.vfio.dmabufs if d.revoked}
     now = [d for d in o.after.vfio.dmabufs if d.dmabuf in was and not d.revoked]
-    if not now:
-        return None
     owners = bound_vm(o.after)
     for d in now:
         if owners.get(d.rid) is not None:
             return f"dmabuf {d.dmabuf} recovered while TDI {d.rid:#06x} is still bound to {owners[d.rid]}"
+    recovers = [e for e in o.events if e.ok and ((e.callee, e.operation) in (("kvm", "dmabuf_recovered"),
+                                                                              ("vfio", "recover_mmio")))]
+    if not recovers:
+        return HELD if now else None
+    att_rid = {s.attachment: s.rid for s in o.before.kvm.memslots}
+    for d in o.before.vfio.dmabufs:
+        for att, _ in d.attachments:
+            att_rid.setdefault(att, d.rid)
+    states = dict(tdi_states(o.before))
+    pfs = {f.rid for d in o.before.devices for f in d.functions if f.is_pf}
+    recover_seqs = {e.seq for e in recovers}
+    private = {(s.vm, s.rid) for s in private_slots(o.before)}
+    trusted = {rid for rid, _ in o.before.iommu.trusted}
+    for e in o.events:
+        if not e.ok:
+            continue
+        op = (e.callee, e.operation)
+        if op == ("tsm", "sept_add"):
+            private.add((e.arguments[0], e.arguments[1]))
+        elif op == ("tsm", "sept_remove"):
+            private.discard((e.arguments[0], e.arguments[1]))
+        elif op == ("iommu", "set_trusted"):
+            trusted.add(e.arguments[0])
+        elif op == ("iommu", "clear_trusted"):
+            trusted.discard(e.arguments[0])
+        elif e.callee == "device" and e.operation in _TRACKED_ERROR_EVENTS and e.arguments:
+            hit = e.arguments[0]
+            for rid in states:
+                if (rid == hit or (e.operation == "flr" and hit in pfs and rid >> 8 == hit >> 8)) \
+                        and states[rid] in LOCKED:
+                    states[rid] = td.TdiState.ERROR
+        elif e.callee == "device" and e.operation == "handle_vendor_message":
+            for _, req, resp in tdisp_exchanges([e]):
+                if req is None or isinstance(resp, td.TdispError) or resp is None:
+                    continue
+                rid = int(req.interface_id.function_id) & 0xFFFF
+                if isinstance(resp, td.StopInterfaceResponse):
+                    states[rid] = td.TdiState.CONFIG_UNLOCKED
+                elif isinstance(resp, td.LockInterfaceResponse):
+                    states[rid] = td.TdiState.CONFIG_LOCKED
+                elif isinstance(resp, td.StartInterfaceResponse):
+                    states[rid] = td.TdiState.RUN
+        elif e.seq in recover_seqs:
+            rid = att_rid.get(e.arguments[0]) if e.callee == "kvm" else e.arguments[0]
+            if rid is None:
+                continue
+            why = ("still locked" if states.get(rid) in LOCKED else
+                   "still mapped private" if any(r == rid for _, r in private) else
+                   "still trusted for DMA" if rid in trusted else None)
+            if why:
+                return f"MMIO of {rid:#06x} recovered (seq {e.seq}) while the TDI was {why}: not yet freed"
     return HELD
 
 
@@ -637,13 +718,23 @@ def down_close_converges(o: Observation) -> str | None:
 
 
 def down_disconnect_converges(o: Observation) -> str | None:
+    """pci_tsm_disconnect unbinds (stops) every TDI before it ends the session: a TDI locked before the
+    disconnect is CONFIG_UNLOCKED after it -- not left locked, and not dropped into ERROR by ending the
+    session under it (ERROR would need another session's STOP to leave)."""
     evs = o.ops("tsm", "disconnect", ok=True)
     if not evs:
         return None
     names = {e.arguments[0] for e in evs}
+    was = tdi_states(o.before)
     for d in o.after.devices:
-        if d.name in names and any(f.tdi_state in LOCKED for f in d.functions):
-            return f"after disconnect {d.name} still has a locked TDI"
+        if d.name not in names:
+            continue
+        for f in d.functions:
+            if f.tdi_state in LOCKED:
+                return f"after disconnect {d.name} still has a locked TDI ({f.rid:#06x} {f.tdi_state.name})"
+            if was.get(f.rid) in LOCKED and f.tdi_state is not td.TdiState.CONFIG_UNLOCKED:
+                return (f"disconnect left TDI {f.rid:#06x} of {d.name} in {f.tdi_state.name}: it was "
+                        f"{was[f.rid].name} and must be stopped before the session ends")
     return HELD
 
 
@@ -791,8 +882,8 @@ RULES: list[Rule] = [
        "rules-seed A.13/A.14/F.80", down_vm_destroy_converges),
     _r("DOWN-03", "VFIO close converges: no TDI of the device stays locked", Area.DOWN, M,
        "rules-seed A.13/F.80", down_close_converges, on={"vfio.close_device"}),
-    _r("DOWN-04", "disconnect converges: no TDI of the device stays locked", Area.DOWN, M,
-       "[PCI-TSM] disconnect; rules-seed A.23/F.80", down_disconnect_converges, on={"tsm.disconnect"}),
+    _r("DOWN-04", "disconnect converges: every locked TDI of the device is stopped to CONFIG_UNLOCKED",
+       Area.DOWN, M, "[PCI-TSM] disconnect; rules-seed A.23/F.80", down_disconnect_converges, on={"tsm.disconnect"}),
     _r("ERR-01", "a refused call changes nothing", Area.ERR, M,
        "architecture 'Errors'; h11 'illegal transitions raise an error and nothing happens'; rules-seed F.79",
        err_refusal_changes_nothing),

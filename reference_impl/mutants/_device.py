@@ -254,15 +254,13 @@ class QueryRespWrongPort(Device):
         return resp
 
 
-class DmaOnInsecureStream(Device):
-    """The device sends T=1 DMA even when its IDE stream is not Secure (skips protection)."""
+class DmaT1InTheClear(Device):
+    """The device sends T=1 DMA writes without IDE protection (its DMA engine bypasses the stream)."""
 
     def issue_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> None:
-        tlp = self.make_dma(rid, address, payload, t_bit=t_bit)
-        if t_bit and self.ide.state is not _dev.StreamState.SECURE:
-            self._iommu.dma(tlp)
-            return
-        super().issue_dma(rid, address, payload, t_bit=t_bit)
+        if not t_bit:
+            return super().issue_dma(rid, address, payload, t_bit=t_bit)
+        self._iommu.dma(self.make_dma(rid, address, payload, t_bit=True))
 
 
 class SessionEndKeepsStream(Device):
@@ -274,13 +272,17 @@ class SessionEndKeepsStream(Device):
 
 
 class RefreshBreaksStream(Device):
-    """Switching to the other key set leaves the stream Insecure."""
+    """K_SET_GO to the other key set retires the old key but never activates the new one: the stream
+    falls Insecure on every key refresh."""
 
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        had = dict(self.ide._active)
         resp = super().handle_vendor_message(protocol_id, message, session_id=session_id)
-        if protocol_id == _dev.PROTOCOL_IDE_KM and message[:1] == bytes([km.ObjectId.K_SET_GO]) and len(message) > 4 \
-                and message[4] & 1:
-            self.ide.mark_insecure("refresh mishandled")
+        if protocol_id == _dev.PROTOCOL_IDE_KM and message[:1] == bytes([km.ObjectId.K_SET_GO]) and len(message) > 5:
+            slot = km.KeySubStream.from_byte(message[5])
+            old = had.get((slot.direction, slot.sub_stream))
+            if old is not None and old is not slot.key_set:
+                self.ide._active.pop((slot.direction, slot.sub_stream), None)
         return resp
 
 
@@ -334,8 +336,8 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
           device=IntegrityFailureIgnored),
         m("device-gostop-ack-wrong-echo", "IDE-04", dev, "tdx", GoStopAckWrongEcho.__doc__, device=GoStopAckWrongEcho),
         m("device-query-resp-wrong-port", "IDE-05", dev, "tdx", QueryRespWrongPort.__doc__, device=QueryRespWrongPort),
-        m("device-dma-on-insecure-stream", "IDE-06", "full_stack", "tdx", DmaOnInsecureStream.__doc__,
-          device=DmaOnInsecureStream),
+        m("device-dma-t1-in-the-clear", "IDE-06", "full_stack", "tdx", DmaT1InTheClear.__doc__,
+          device=DmaT1InTheClear),
         m("device-session-end-keeps-stream", "IDE-07", dev, "tdx", SessionEndKeepsStream.__doc__,
           device=SessionEndKeepsStream),
         m("device-refresh-breaks-stream", "IDE-08", "full_stack", "tdx", RefreshBreaksStream.__doc__,

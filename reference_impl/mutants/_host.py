@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reference_impl.errors import Busy, InvalidArgument, InvalidState, NotFound
+from reference_impl.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
 from reference_impl.guest import GuestTsm
 from reference_impl.iommu import Iommu
 from reference_impl.iommufd import GuestRequest, Iommufd, ObjKind
@@ -183,15 +183,20 @@ class TsmHostMayReadReportTdx(Tsm):
 
 
 class IommufdTwoVdevicesPerIdev(Iommufd):
-    """A second vdevice may be allocated on an idev that already has one."""
+    """A second vdevice may be allocated on an idev that already has one (the -EEXIST check is missing)."""
 
     def vdevice_alloc(self, viommu: int, idev: int, virt_id: int, rid: int) -> int:
         vi = self._get(viommu, ObjKind.VIOMMU)
         dev = self._get(idev, ObjKind.IDEV)
+        if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id
+               for o in self._objs.values()):
+            raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
+        if rid != dev.rid:
+            raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
         vi.users += 1
         dev.users += 1
         self._kvm.get_ref(vi.vm)
-        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=dev.rid,
+        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid,
                          device=dev.device).id
 
 
@@ -209,12 +214,20 @@ class IommufdVdeviceNoViommuRef(Iommufd):
 
 
 class IommufdDuplicateVirtId(Iommufd):
-    """Two vdevices on one vIOMMU may share a virtual ID."""
+    """Two vdevices on one vIOMMU may share a virtual ID (the per-vIOMMU uniqueness check is missing)."""
 
     def vdevice_alloc(self, viommu: int, idev: int, virt_id: int, rid: int) -> int:
-        vid = super().vdevice_alloc(viommu, idev, virt_id + 0x1000, rid)
-        self._objs[vid].virt_id = 0x10
-        return vid
+        vi = self._get(viommu, ObjKind.VIOMMU)
+        dev = self._get(idev, ObjKind.IDEV)
+        if any(o.kind is ObjKind.VDEVICE and o.idev == idev for o in self._objs.values()):
+            raise AlreadyExists(f"idev {idev} already has a vdevice")
+        if rid != dev.rid:
+            raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
+        vi.users += 1
+        dev.users += 1
+        self._kvm.get_ref(vi.vm)
+        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid,
+                         device=dev.device).id
 
 
 class IommufdNoTombstone(Iommufd):
@@ -538,13 +551,12 @@ class TsmUnbindNoStop(Tsm):
 
 
 class KvmDestroyKeepsSlots(Kvm):
-    """Destroying a VM leaves its memslots behind."""
+    """Destroying a VM leaves its memslots (and their dmabuf imports) behind."""
 
-    def destroy_vm(self, vm: str) -> None:
-        v = self._vm(vm)
-        if v.refs:
-            raise Busy(f"{vm} is referenced")
+    def _destroy(self, v: Any) -> None:
         v.state = v.state.__class__.DESTROYED
+        v.destroy_pending = False
+        v.memory[:] = bytes(len(v.memory))
 
 
 class IommufdCloseSkipsUnbind(Iommufd):
@@ -553,6 +565,31 @@ class IommufdCloseSkipsUnbind(Iommufd):
     def _destroy_vdevice(self, v: Any) -> None:
         v.bound = False
         super()._destroy_vdevice(v)
+
+
+class VfioCloseTrustsIommufd(Vfio):
+    """VFIO close leaves the TSM unbind to IOMMUFD's vdevice teardown (no unbind of its own)."""
+
+    def close_device(self, fd: int) -> None:
+        real = self._tsm
+        self._tsm = _NoUnbind(real)
+        try:
+            super().close_device(fd)
+        finally:
+            self._tsm = real
+
+
+class _NoUnbind:
+    """The TSM as VFIO's close path sees it in :class:`VfioCloseTrustsIommufd`: unbind does nothing."""
+
+    def __init__(self, tsm: Any) -> None:
+        self._real = tsm
+
+    def unbind(self, rid: int) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 # ------------------------------------------------------------------ ERR
@@ -680,8 +717,9 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
           overrides={"tsm_factory": TsmUnbindNoStop}),
         m("kvm-destroy-keeps-slots", "DOWN-02", full, "tdx", KvmDestroyKeepsSlots.__doc__,
           overrides={"kvm_factory": KvmDestroyKeepsSlots}),
-        m("iommufd-close-skips-unbind", "DOWN-03", full, "sev-tio", IommufdCloseSkipsUnbind.__doc__,
-          overrides={"iommufd_factory": IommufdCloseSkipsUnbind}),
+        m("iommufd-close-skips-unbind", "DOWN-03", full, "sev-tio",
+          f"{IommufdCloseSkipsUnbind.__doc__} {VfioCloseTrustsIommufd.__doc__}",
+          overrides={"iommufd_factory": IommufdCloseSkipsUnbind, "vfio_factory": VfioCloseTrustsIommufd}),
         m("tsm-disconnect-no-stop", "DOWN-04", full, "sev-tio", TsmUnbindNoStop.__doc__,
           overrides={"tsm_factory": TsmUnbindNoStop}),
         m("vfio-revoke-not-atomic", "ERR-01", full, "tdx", VfioRevokeNotAtomic.__doc__,
