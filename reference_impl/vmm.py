@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from reference_impl.errors import Busy, InvalidState, NotFound
+from reference_impl.errors import Busy, InvalidState, NotFound, StackError
 from reference_impl.iommufd import GuestRequest, request_step
 from reference_impl.profiles import Profile, StartSender
 from reference_impl.trace import Actor, Trace, operation, query
@@ -88,14 +88,29 @@ class Vmm(Actor):
             raise Busy(f"function {rid:#06x} of {device} is already assigned to {taken[0].vm}")
         if self._kvm.vm_state(vm).value != "created":
             raise InvalidState(f"{vm} is {self._kvm.vm_state(vm).value}: assign before KVM run (flow corr. 1)")
-        fd = self._vfio.open_device(device, rid)
+        have = self._viommus.get(vm)
+        if have is not None and have[0] not in {o.id for o in self._iommufd.snapshot().objects}:
+            del self._viommus[vm]  # the host destroyed it behind our back: build a new one
+        undo: list[Any] = []  # a refused assign leaves nothing behind
+        try:
+            fd = self._vfio.open_device(device, rid)
+            undo.append(lambda: self._vfio.close_device(fd))
+            idev = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}[fd]
+            dmabuf = self._vfio.create_dmabuf(fd, rid)
+            count = len([a for a in self._assignments.values() if a.vm == vm])
+            bar_gpa = BAR_GPA_BASE + BAR_GPA_STRIDE * count
+            memslot = self._kvm.create_memslot(vm, bar_gpa, dmabuf)
+            undo.append(lambda: self._kvm.destroy_memslot(memslot))
+            fresh = vm not in self._viommus
+            viommu, hwpt, ioas = self._shared_dma(vm, idev)
+            if fresh:
+                undo.append(lambda: self._drop_viommu(vm))
+            vdevice = self._iommufd.vdevice_alloc(viommu, idev, virt_id, rid)
+        except StackError:
+            for step in reversed(undo):
+                step()
+            raise
         self._fds[(device, rid)] = fd
-        idev = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}[fd]
-        dmabuf = self._vfio.create_dmabuf(fd, rid)
-        bar_gpa = BAR_GPA_BASE + BAR_GPA_STRIDE * len([a for a in self._assignments.values() if a.vm == vm])
-        memslot = self._kvm.create_memslot(vm, bar_gpa, dmabuf)
-        viommu, hwpt, ioas = self._shared_dma(vm, idev)
-        vdevice = self._iommufd.vdevice_alloc(viommu, idev, virt_id, rid)
         a = Assignment(vm=vm, device=device, rid=rid, virt_id=virt_id, fd=fd, dmabuf=dmabuf, memslot=memslot,
                        bar_gpa=bar_gpa, ioas=ioas, hwpt=hwpt, viommu=viommu, vdevice=vdevice)
         self._assignments[(vm, virt_id)] = a
@@ -103,6 +118,14 @@ class Vmm(Actor):
         if guest is not None:
             guest.plug(virt_id, bar_gpa, self._devices[device].bar_range(rid)[1])
         return a
+
+    def _drop_viommu(self, vm: str) -> None:
+        viommu, hwpt, ioas = self._viommus.pop(vm)
+        for obj in (viommu, hwpt, ioas):
+            try:
+                self._iommufd.destroy(obj)
+            except StackError:
+                pass
 
     def _shared_dma(self, vm: str, idev: int) -> tuple[int, int, int]:
         """Steps 7-9 (shared DMA: IOAS, hwpt, attach) and 15 (one vIOMMU per VM)."""

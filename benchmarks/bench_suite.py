@@ -1,0 +1,132 @@
+"""The suite's speed: cost per step against the engine's own cost, and time to catch each mutant.
+
+    python -m benchmarks.bench_suite [--examples N] [--seeds K] [--only-steps]
+
+* **Cost per step**: the full-stack machine's steps per second next to a trivial machine of the same
+  shape (same rules and bundles, bodies that do nothing) run in the same process, interleaved, so the
+  ratio is taken in one run on a noisy machine.
+* **Time to catch**: for every mutant, seconds to the first failure (no shrinking) and to the shrunk
+  result, over several derandomization seeds (median, max), with the ``ci``-like settings.
+
+Writes benchmarks/results/suite.json and prints tables. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
+
+from conformance.harness import VERDICTS
+from conformance.machines.full_stack import FullStack, MachineConfig
+from reference_impl.stack import make_sut
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def trivial_machine(machine_cls: type) -> type:
+    """A machine of the same shape -- every rule, argument strategy and bundle of ``machine_cls`` --
+    whose bodies do nothing: what Hypothesis itself costs per step."""
+    from hypothesis.stateful import initialize, rule
+
+    ns: dict[str, Any] = {"steps": 0}
+    for name in dir(machine_cls):
+        fn = getattr(machine_cls, name, None)
+        data = getattr(fn, "hypothesis_stateful_rule", None) or getattr(fn, "hypothesis_stateful_initialize_rule", None)
+        if data is None:
+            continue
+        deco = initialize if getattr(fn, "hypothesis_stateful_initialize_rule", None) else rule
+        kwargs: dict[str, Any] = dict(data.arguments)
+        if data.targets:
+            kwargs["target"] = getattr(machine_cls, data.targets[0])
+
+        def body(self: Any, _name: str = name, _target: bool = bool(data.targets), **kw: Any) -> str | None:
+            TRIVIAL_STEPS[0] += 1
+            return _name if _target else None
+
+        body.__name__ = name
+        ns[name] = deco(**kwargs)(body)
+    for bundle in ("vms", "slots"):
+        if hasattr(machine_cls, bundle):
+            ns[bundle] = getattr(machine_cls, bundle)
+    return type(f"Trivial{machine_cls.__name__}", (RuleBasedStateMachine,), ns)
+
+
+TRIVIAL_STEPS = [0]
+
+
+def steps_per_second(factory: Any, *, examples: int, only: frozenset[str] | None) -> float:
+    if factory is None:
+        machine: type = trivial_machine(FullStack)
+    else:
+        machine = type("M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", only=only)})
+    before = VERDICTS.steps + TRIVIAL_STEPS[0]
+    s = settings(max_examples=examples, stateful_step_count=25, deadline=None, database=None, derandomize=True,
+                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    t0 = time.perf_counter()
+    run_state_machine_as_test(machine, settings=s)
+    return (VERDICTS.steps + TRIVIAL_STEPS[0] - before) / (time.perf_counter() - t0)
+
+
+def cost_per_step(examples: int, rounds: int = 3) -> dict[str, float]:
+    ours, trivial = [], []
+    for _ in range(rounds):  # interleaved, so both see the same machine load
+        ours.append(steps_per_second(make_sut, examples=examples, only=None))
+        trivial.append(steps_per_second(None, examples=examples, only=None))
+    o, t = statistics.median(ours), statistics.median(trivial)
+    return {"stack_steps_per_s": o, "trivial_steps_per_s": t, "cost_ratio": t / o}
+
+
+def time_to_catch(seeds: int) -> list[dict[str, Any]]:
+    from conformance.mutation import catch
+    from reference_impl.mutants import MUTANTS
+
+    rows = []
+    for m in MUTANTS:
+        first, shrunk, steps, caught = [], [], [], True
+        for seed in range(seeds):
+            r1 = catch(m, shrink=False, seed=seed)
+            r2 = catch(m, shrink=True, seed=seed)
+            caught &= r1.caught and r2.caught
+            first.append(r1.seconds)
+            shrunk.append(r2.seconds)
+            steps.append(r2.steps or 0)
+        rows.append({"mutant": m.name, "rule": m.rule_id, "caught": caught,
+                     "first_median_s": statistics.median(first), "first_max_s": max(first),
+                     "shrunk_median_s": statistics.median(shrunk), "shrunk_max_s": max(shrunk),
+                     "shrunk_steps": max(steps)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--examples", type=int, default=60)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--only-steps", action="store_true")
+    args = p.parse_args(argv)
+    out: dict[str, Any] = {"cost": cost_per_step(args.examples)}
+    c = out["cost"]
+    print(f"steps/s: stack {c['stack_steps_per_s']:.0f}, trivial {c['trivial_steps_per_s']:.0f}, "
+          f"cost ratio {c['cost_ratio']:.2f}x (target <= 1.5x)")
+    if not args.only_steps:
+        rows = out["catch"] = time_to_catch(args.seeds)
+        print(f"{'rule':<9} {'mutant':<36} {'first med/max s':>16} {'shrunk med/max s':>17} {'steps':>5}")
+        for r in rows:
+            print(f"{r['rule']:<9} {r['mutant']:<36} {r['first_median_s']:7.2f}/{r['first_max_s']:<7.2f} "
+                  f"{r['shrunk_median_s']:8.2f}/{r['shrunk_max_s']:<7.2f} {r['shrunk_steps']:5}"
+                  f"{'' if r['caught'] else '  NOT CAUGHT'}")
+        firsts = [r["first_median_s"] for r in rows]
+        print(f"median time to first failure {statistics.median(firsts):.2f} s, max {max(firsts):.2f} s")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "suite.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
