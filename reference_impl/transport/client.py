@@ -1,23 +1,29 @@
-"""The requester side of the spdm-emu socket protocol, and a device adapter built on it.
+"""The requester side of the spdm-emu socket protocol, and adapters built on it.
 
-:class:`EmuClient` is one connection: VCA, then vendor-defined round trips. Any failure -- refused
+:class:`EmuClient` is one connection: VCA, then vendor-defined round trips. Every failure -- refused
 connection, timeout, closed socket, garbage frame, SPDM ERROR, wrong protocol in the answer, a dropped
 message -- raises :class:`TransportError`, a ConformanceViolation naming what went wrong, so the suite
-reports a dead, slow or garbage-speaking responder as a failure instead of dying.
+reports a dead, slow or garbage-speaking responder as a failure instead of dying. After a failure that
+may have left the byte stream out of step (timeout, bad frame, closed socket) the client refuses
+further use rather than misread a late answer as the next one.
 
-:class:`RemoteDevice` makes a device in another process look like the in-process device to the device
-machine: every SPDM session is its own connection, the trace records each crossing, and the snapshot
-asks the device for each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state). What a
-socket cannot reach -- config space, FLR, TLPs -- is refused as Unsupported, so those rules are
-NOT EXERCISED rather than failed.
+:class:`RemoteResponder` is a :class:`~reference_impl.transport.VendorResponder` backed by a remote
+server: one connection (one SPDM session) per session ID. :class:`RemoteDevice` goes further and
+looks like the in-process device to the device machine. :func:`spawn` starts a server process.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import os
+import select
 import socket
 import subprocess
-from typing import Any
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
 
 import attrs
 
@@ -26,20 +32,43 @@ from reference_impl.errors import ConformanceViolation, NotFound, StackError, Un
 from reference_impl.trace import Actor, Trace, operation, query
 from reference_impl.transport import framing as fr
 
-__all__ = ["EmuClient", "RemoteDevice", "RemoteDeviceSnapshot", "TransportError", "spawn"]
+__all__ = [
+    "EmuClient",
+    "NoResponse",
+    "RemoteDevice",
+    "RemoteDeviceSnapshot",
+    "RemoteResponder",
+    "TransportError",
+    "spawn",
+]
+
+_PROTOCOL_NAMES = {0: "IDE_KM", 1: "TDISP"}
 
 
 class TransportError(ConformanceViolation):
     """The responder did not answer properly: dead, slow, or speaking garbage."""
 
 
+class NoResponse(TransportError):
+    """The responder answered with an empty frame: it dropped the message (no response)."""
+
+
 class EmuClient:
+    """One connection to an spdm-emu style responder over PCI DOE."""
+
     def __init__(self, sock: socket.socket, where: str) -> None:
         self._sock = sock
+        self._reader = fr.StreamReader(sock)
         self.where = where
+        self._broken: str | None = None
+        self._closed = False
+        self.version: fr.Version | None = None
+        self.capabilities: fr.Capabilities | None = None
+        self.algorithms: fr.Algorithms | None = None
 
     @classmethod
     def connect(cls, host: str, port: int, *, timeout: float = 5.0, vca: bool = True) -> EmuClient:
+        """Connect (every receive then waits at most ``timeout`` seconds) and, by default, run VCA."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -47,83 +76,197 @@ class EmuClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = cls(sock, f"{host}:{port}")
         if vca:
-            client._vca()
+            try:
+                client.vca()
+            except BaseException:
+                client.close()
+                raise
         return client
 
-    def _exchange(self, command: int, payload: bytes) -> tuple[int, bytes]:
+    def __enter__(self) -> EmuClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ frames
+    def _fail(self, why: str) -> TransportError:
+        """Mark the connection unusable (the stream may be out of step) and close it at once."""
+        self._broken = why
+        self.close()
+        return TransportError(why)
+
+    def _recv(self, n: int) -> bytes:
+        data = self._reader.read_exact(n)
+        if data is None:
+            raise self._fail(f"responder at {self.where} closed the connection")
+        return data
+
+    def exchange(self, command: int, payload: bytes = b"") -> tuple[int, bytes]:
+        """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE."""
+        if self._broken is not None:
+            raise TransportError(f"connection to responder at {self.where} is unusable after: {self._broken}")
+        if self._closed:
+            raise TransportError(f"connection to responder at {self.where} is closed")
         try:
             self._sock.sendall(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
             head = self._recv(fr.FRAME_HEADER.size)
-            cmd, _transport, size = fr.decode_frame_header(head)
-            return cmd, self._recv(size) if size else b""
+            cmd, transport, size = fr.decode_frame_header(head)
+            body = self._recv(size) if size else b""
         except TimeoutError:
-            raise TransportError(f"responder at {self.where} did not answer in time") from None
+            raise self._fail(f"responder at {self.where} did not answer in time") from None
         except fr.FramingError as exc:
-            raise TransportError(f"responder at {self.where} sent a bad frame: {exc}") from None
+            raise self._fail(f"responder at {self.where} sent a bad frame: {exc}") from None
         except OSError as exc:
-            raise TransportError(f"connection to responder at {self.where} failed: {exc}") from None
-
-    def _recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            if hasattr(socket, "TCP_QUICKACK"):
-                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            chunk = self._sock.recv(n - len(buf))
-            if not chunk:
-                raise TransportError(f"responder at {self.where} closed the connection")
-            buf += chunk
-        return bytes(buf)
+            raise self._fail(f"connection to responder at {self.where} failed: {exc}") from None
+        if transport != fr.Transport.PCI_DOE:
+            raise self._fail(f"responder at {self.where} answered for transport {transport}, not PCI_DOE (2)")
+        if cmd == fr.Command.UNKNOWN and command != fr.Command.UNKNOWN:
+            raise TransportError(f"responder at {self.where} did not recognise socket command {command:#x}")
+        if cmd != command:
+            raise self._fail(f"responder at {self.where} answered socket command {cmd:#x} to {command:#x}")
+        return cmd, body
 
     def spdm(self, message: bytes) -> bytes:
-        cmd, payload = self._exchange(fr.Command.NORMAL, fr.encode_doe(message))
-        if cmd != fr.Command.NORMAL:
-            raise TransportError(f"responder answered with command {cmd:#x}")
+        """One SPDM round trip in plain DOE: the answer without its dword padding."""
+        _cmd, payload = self.exchange(fr.Command.NORMAL, fr.encode_doe(message))
         if not payload:
-            raise TransportError(f"responder at {self.where} sent no response (message dropped)")
+            raise NoResponse(f"responder at {self.where} sent no response (an empty frame: message dropped)")
         try:
             doe_type, body = fr.decode_doe(payload)
+            if doe_type != fr.DoeType.SPDM:
+                raise fr.FramingError(f"DOE data object type {doe_type}, expected SPDM (1)")
+            return fr.strip_doe_padding(body)
         except fr.FramingError as exc:
-            raise TransportError(f"responder sent a bad DOE object: {exc}") from None
-        if doe_type != fr.DoeType.SPDM:
-            raise TransportError(f"responder answered with DOE type {doe_type}")
-        return body[: fr.spdm_length(body)]
+            raise TransportError(f"responder at {self.where} sent a bad DOE object: {exc}") from None
 
-    def _vca(self) -> None:
-        for req, want in ((fr.get_version(), fr.SpdmCode.VERSION), (fr.get_capabilities(), fr.SpdmCode.CAPABILITIES),
-                          (fr.negotiate_algorithms(), fr.SpdmCode.ALGORITHMS)):
-            answer = self.spdm(req)
-            if len(answer) < 2 or answer[1] != want:
-                raise TransportError(f"VCA: expected {want.name}, got {answer[:4].hex()}")
+    def _expect(self, request: bytes, what: str) -> bytes:
+        answer = self.spdm(request)
+        if len(answer) >= 4 and answer[1] == fr.SpdmCode.ERROR:
+            err = fr.SpdmError.decode(answer)
+            raise TransportError(
+                f"responder at {self.where} answered {what} with SPDM ERROR {err.code:#x} "
+                f"({err.name}, data {err.data:#x})"
+            )
+        return answer
 
-    def send(self, protocol_id: int, message: bytes) -> bytes | None:
-        """One vendor-defined round trip; None when the responder dropped the message (allowed for IDE_KM)."""
-        cmd, payload = self._exchange(fr.Command.NORMAL, fr.encode_doe(fr.encode_vendor(
-            fr.VendorMessage(request=True, protocol_id=protocol_id, message=message))))
-        if not payload:
-            return None
+    # ------------------------------------------------------------------------------------------ SPDM
+    def vca(self) -> fr.Algorithms:
+        """GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS (DSP0274 1.2); SPDM 1.2 is required."""
         try:
-            _doe, body = fr.decode_doe(payload)
-            body = body[: fr.spdm_length(body)]
-            if len(body) >= 2 and body[1] == fr.SpdmCode.ERROR:
-                raise TransportError(f"responder answered SPDM ERROR {body[2]:#x}")
-            vm = fr.decode_vendor(body, request=False)
+            version = fr.Version.decode(self._expect(fr.get_version(), "GET_VERSION"))
+            if fr.SPDM_VERSION not in version.versions:
+                raise TransportError(
+                    f"responder at {self.where} does not offer SPDM 1.2 (offers "
+                    f"{', '.join(f'{v >> 4}.{v & 0xF}' for v in version.versions)})"
+                )
+            caps = fr.Capabilities.decode(self._expect(fr.get_capabilities(), "GET_CAPABILITIES"))
+            algs = fr.Algorithms.decode(self._expect(fr.negotiate_algorithms(), "NEGOTIATE_ALGORITHMS"))
         except fr.FramingError as exc:
-            raise TransportError(f"responder sent garbage: {exc}") from None
+            raise TransportError(f"responder at {self.where} sent a bad VCA answer: {exc}") from None
+        self.version, self.capabilities, self.algorithms = version, caps, algs
+        return algs
+
+    def send(self, protocol_id: int, message: bytes) -> bytes:
+        """One VENDOR_DEFINED round trip; the answer without its protocol-ID byte.
+
+        Raises :class:`NoResponse` (a TransportError) when the responder dropped the message."""
+        name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
+        request = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
+        answer = self._expect(request, f"a {name} message")
+        try:
+            vm = fr.VendorMessage.decode(answer, request=False)
+        except fr.FramingError as exc:
+            raise TransportError(
+                f"responder at {self.where} answered a {name} message with garbage: {exc}"
+            ) from None
         if vm.protocol_id != protocol_id:
-            raise TransportError(f"asked protocol {protocol_id}, answered protocol {vm.protocol_id}")
+            raise TransportError(
+                f"responder at {self.where} answered a {name} message with protocol "
+                f"{vm.protocol_id} ({_PROTOCOL_NAMES.get(vm.protocol_id, 'unknown')})"
+            )
         return vm.message
 
+    def test(self) -> bytes:
+        """spdm-emu's TEST command: a liveness check that needs no SPDM state."""
+        return self.exchange(fr.Command.TEST)[1]
+
     def shutdown_server(self) -> None:
-        self._exchange(fr.Command.SHUTDOWN, b"")
-        self.close()
+        """Ask the server to exit (it echoes SHUTDOWN first), then close."""
+        try:
+            self.exchange(fr.Command.SHUTDOWN)
+        finally:
+            self.close()
 
     def close(self) -> None:
+        """Close, and wait until the server has closed its side too.
+
+        The server ends the connection's session *before* it closes its socket, so once this
+        returns the responder has seen ``end_session``: the next request, on any connection,
+        meets the state after the session ended (no race). A connection already known to be
+        broken is closed at once. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self._sock.close()
-        except OSError:
+            if self._broken is None:
+                self._sock.shutdown(socket.SHUT_WR)
+                while self._sock.recv(4096):  # the server sends nothing more; EOF comes after end_session
+                    pass
+        except OSError:  # including a timeout: the server is gone or stuck; close regardless
             pass
+        finally:
+            self._sock.close()
 
 
+class RemoteResponder:
+    """A VendorResponder whose device runs behind an spdm-emu socket (one connection per session).
+
+    A machine written against the in-process device can drive a remote one: each session ID gets
+    its own connection (opened, with VCA, on its first message; ``None`` shares one), ``end_session``
+    closes it, and a dropped message comes back as None just as the in-process device returns it.
+    Every other failure raises :class:`TransportError`.
+    """
+
+    def __init__(
+        self, host: str, port: int, function_ids: Iterable[int] = (), *, timeout: float = 5.0
+    ) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._function_ids = tuple(function_ids)
+        self._clients: dict[int | None, EmuClient] = {}
+
+    @classmethod
+    def from_ready(cls, info: Mapping[str, Any], *, timeout: float = 5.0) -> RemoteResponder:
+        """From a server's JSON ready line (see :func:`spawn`)."""
+        return cls(str(info["host"]), int(info["port"]), info.get("function_ids", ()), timeout=timeout)
+
+    @property
+    def function_ids(self) -> tuple[int, ...]:
+        return self._function_ids
+
+    def handle_vendor_message(
+        self, protocol_id: int, message: bytes, *, session_id: int | None
+    ) -> bytes | None:
+        client = self._clients.get(session_id)
+        if client is None:
+            client = self._clients[session_id] = EmuClient.connect(self.host, self.port, timeout=self.timeout)
+        try:
+            return client.send(protocol_id, message)
+        except NoResponse:
+            return None
+
+    def end_session(self, session_id: int) -> None:
+        client = self._clients.pop(session_id, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+# --- device adapter
 @attrs.frozen
 class RemoteFunction:
     rid: int
@@ -143,12 +286,26 @@ class RemoteDeviceSnapshot:
 
 
 class RemoteDevice(Actor):
-    """A device in another process, driven over the socket, shaped like the in-process device."""
+    """A device in another process, driven over the socket, shaped like the in-process device.
+
+    Every SPDM session is its own connection, the trace records each crossing, and the snapshot asks
+    the device for each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state). What a
+    socket cannot reach -- config space, FLR, TLPs -- is refused as Unsupported, so those rules are
+    NOT EXERCISED rather than failed.
+    """
 
     actor_name = "device"
 
-    def __init__(self, trace: Trace, host: str, port: int, function_ids: tuple[int, ...], *, name: str = "remote",
-                 timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        host: str,
+        port: int,
+        function_ids: tuple[int, ...],
+        *,
+        name: str = "remote",
+        timeout: float = 2.0,
+    ) -> None:
         super().__init__(trace)
         self.name = name
         self.host, self.port, self.timeout = host, port, timeout
@@ -188,11 +345,16 @@ class RemoteDevice(Actor):
             self.spdm_end(session_id)
 
     @operation()
-    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+    def handle_vendor_message(
+        self, protocol_id: int, message: bytes, *, session_id: int | None
+    ) -> bytes | None:
         client = self._sessions.get(session_id) if session_id is not None else None
         if client is None:
             raise NotFound(f"no live SPDM session {session_id} to the remote device")
-        return client.send(protocol_id, message)
+        try:
+            return client.send(protocol_id, message)
+        except NoResponse:
+            return None  # dropped, as the in-process device reports it
 
     @staticmethod
     def _unsupported(*args: Any, **kwargs: Any) -> None:
@@ -230,18 +392,20 @@ class RemoteDevice(Actor):
         if self._observer is None:
             self._observer = EmuClient.connect(self.host, self.port, timeout=self.timeout)
         client = self._observer
-        if client is not None:
-            for fid in self.function_ids:
-                try:
-                    raw = client.send(1, td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(
-                        function_id=fid))))
-                    resp = td.decode_response(raw) if raw is not None else None
-                except StackError:
-                    continue
-                if isinstance(resp, td.DeviceInterfaceState):
-                    self._states[fid] = td.TdiState(resp.tdi_state)
-        fns = tuple(RemoteFunction(rid=f, function_id=f, is_pf=i == 0, tdi_state=self._states[f])
-                    for i, f in enumerate(self.function_ids))
+        for fid in self.function_ids:
+            try:
+                raw = client.send(
+                    1, td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=fid)))
+                )
+                resp = td.decode_response(raw)
+            except StackError:
+                continue
+            if isinstance(resp, td.DeviceInterfaceState):
+                self._states[fid] = td.TdiState(resp.tdi_state)
+        fns = tuple(
+            RemoteFunction(rid=f, function_id=f, is_pf=i == 0, tdi_state=self._states[f])
+            for i, f in enumerate(self.function_ids)
+        )
         return RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
 
     @operation()
@@ -253,19 +417,69 @@ class RemoteDevice(Actor):
         self._observer = None
 
 
-def spawn(command: list[str], *, timeout: float = 10.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start a server process and read its one-line JSON ready message."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import select
-
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        raise TransportError(f"{command[0]} printed no ready line within {timeout:g} s")
-    line = proc.stdout.readline() if proc.stdout else ""
+# --- processes
+def _drain(stream: IO[bytes], tail: collections.deque[bytes]) -> None:
+    """Keep reading a child's pipe so it never blocks on a full pipe; remember the last few KiB."""
     try:
-        info = json.loads(line)
-    except json.JSONDecodeError:
+        fd = stream.fileno()
+        while chunk := os.read(fd, 4096):
+            tail.append(chunk)
+    except (OSError, ValueError):
+        pass
+
+
+def spawn(command: list[str], *, timeout: float = 10.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a server process and read its one-line JSON ready message (host, port, function_ids).
+
+    The process's later output is drained in the background. On any failure the process is killed
+    and :class:`TransportError` says why, with the tail of its stderr.
+    """
+    try:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        raise TransportError(f"cannot start {command[0] if command else '(empty command)'}: {exc}") from None
+    if proc.stdout is None or proc.stderr is None:  # cannot happen with PIPE; keeps the types honest
         proc.kill()
-        raise TransportError(f"{command[0]} printed {line!r} instead of a JSON ready line") from None
+        raise TransportError(f"{command[0]}: no pipes to read its ready line from")
+    err_tail: collections.deque[bytes] = collections.deque(maxlen=16)
+    threading.Thread(target=_drain, args=(proc.stderr, err_tail), daemon=True).start()
+
+    def fail(why: str) -> TransportError:
+        proc.kill()
+        proc.wait()
+        stderr = b"".join(err_tail).decode(errors="replace").strip()[-2000:]
+        return TransportError(f"{command[0]}: {why}" + (f"; its stderr ends: {stderr}" if stderr else ""))
+
+    fd = proc.stdout.fileno()
+    line = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in line:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise fail(f"printed no ready line within {timeout:g} s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise fail(f"exited (status {proc.wait()}) before printing a ready line")
+        line += chunk
+    first, _, rest = line.partition(b"\n")
+    out_tail: collections.deque[bytes] = collections.deque([rest], maxlen=16)
+    threading.Thread(target=_drain, args=(proc.stdout, out_tail), daemon=True).start()
+    try:
+        info = json.loads(first)
+    except ValueError:
+        raise fail(f"printed {first[:200]!r} instead of a JSON ready line") from None
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("host"), str)
+        or not isinstance(info.get("port"), int)
+        or not all(isinstance(f, int) for f in info.get("function_ids", ()))
+    ):
+        raise fail(
+            f"ready line {first[:200]!r} lacks host (string), port (integer) or function_ids (integers)"
+        )
     return proc, info

@@ -7,6 +7,8 @@ sample responder, the served device enables its stream itself once a K_SET_GO ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reference_impl.device.device import PROTOCOL_IDE_KM, Device, DeviceConfig
 from reference_impl.device.ide import km_codec as km
 from reference_impl.trace import Trace
@@ -22,7 +24,8 @@ class ServedDevice(Device):
         return answer
 
 
-def served_device_factory(config: DeviceConfig | None = None, cls: type[Device] = ServedDevice):
+def served_device_factory(config: DeviceConfig | None = None,
+                          cls: type[Device] = ServedDevice) -> Callable[[], Device]:
     def make() -> Device:
         return cls(Trace(enabled=False), config or DeviceConfig())
 

@@ -1,216 +1,161 @@
 """Serve a TDISP / IDE_KM responder over the spdm-emu socket protocol (``teeio-conformance serve-device``).
 
-One connection at a time, connection after connection, until a SHUTDOWN frame. Each connection that
-completes VCA is one session: its ID is handed to the responder with every message, and the responder
-is told when the connection closes. Bad input never stops the server: a malformed frame, DOE object
-or SPDM message gets an SPDM ERROR answer (or, for an absurd frame size, the connection is closed) and
-the server keeps serving.
+What a connection sees, as spdm-emu's ``spdm_responder_emu`` would show it:
 
-Secure sessions (SPDM KEY_EXCHANGE, secured messages) are the next step: ``_Session.unwrap`` /
-``wrap`` are where decryption and encryption will go; today they pass plaintext through.
+* NORMAL frames carry one PCI DOE object each and get one back (SPDM, or DOE discovery).
+* SHUTDOWN is echoed and the whole server stops; CONTINUE is echoed and that connection closes (its
+  requester is done, the server waits for the next); TEST answers ``"Server Hello!"``; any other
+  command -- or a NORMAL frame for another transport than PCI DOE -- is answered with spdm-emu's
+  UNKNOWN command (0xFFFF) and an empty payload.
+* A frame whose size is over :data:`~.framing.MAX_PAYLOAD` closes that connection (not the server):
+  the stream cannot be resynchronised.
+* Malformed DOE objects and SPDM messages are answered with SPDM ERROR (InvalidRequest, or
+  UnsupportedRequest for what this responder does not implement); requests out of VCA order with
+  UnexpectedRequest; a request in another SPDM version than the one negotiated with VersionMismatch.
+* A message the responder drops (``handle_vendor_message`` returned None) is answered with an
+  **empty NORMAL frame**: no DOE object at all. The client reports that as "no response". (spdm-emu's
+  requester would instead wait and time out; the empty frame keeps the stream in step.)
+
+Sessions: each connection that completes VCA is one session, numbered by the server's counter (or by
+the responder's own ``spdm_connect`` when it has one, see :class:`~reference_impl.transport.SessionOpener`).
+The ID is passed with every vendor message of that connection, and ``end_session`` is called when the
+connection closes or a new GET_VERSION resets it. Connections are served concurrently (a requester
+may hold several sessions); the responder sees one call at a time.
+
+Secure sessions (DSP0277 secured messages, DOE type 2) are the next step: :class:`Channel` is the seam.
+Today :class:`PlaintextChannel` passes SPDM through and refuses secured messages.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import ipaddress
 import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 
 from reference_impl.errors import InvalidArgument
+from reference_impl.transport import PROTOCOL_IDE_KM, PROTOCOL_TDISP, SessionOpener, VendorResponder
 from reference_impl.transport import framing as fr
 
-__all__ = ["ServerHandle", "VendorResponder", "add_arguments", "run", "serve", "start_in_thread"]
+__all__ = [
+    "TEST_REPLY",
+    "Channel",
+    "EmuServer",
+    "PlaintextChannel",
+    "ServerHandle",
+    "VendorResponder",
+    "add_arguments",
+    "responder_capabilities",
+    "run",
+    "select_algorithms",
+    "serve",
+    "start_in_thread",
+]
+
+TEST_REPLY = b"Server Hello!\0"
+"""What spdm-emu's responder answers to a TEST frame."""
+
+RESPONDER_FLAGS = 0
+"""CAPABILITIES flags: none. The server answers VCA and VENDOR_DEFINED only, so it claims no CERT,
+CHAL, MEAS or KEY_EX capability (a requester would otherwise go on to ask for certificates)."""
 
 
-class VendorResponder(Protocol):
-    """What the server wraps. A responder may also offer ``spdm_connect() -> session_id``; the server
-    then calls it when a connection completes VCA and uses that ID for the connection's messages."""
-
-    function_ids: tuple[int, ...]
-
-    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None: ...
-
-    def end_session(self, session_id: int) -> None: ...
+def responder_capabilities() -> fr.Capabilities:
+    """The fixed CAPABILITIES answer: it can receive one full DOE object's worth of SPDM."""
+    size = fr.MAX_PAYLOAD - fr.DOE_HEADER.size
+    return fr.Capabilities(
+        ct_exponent=0, flags=RESPONDER_FLAGS, data_transfer_size=size, max_spdm_msg_size=size
+    )
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        if hasattr(socket, "TCP_QUICKACK"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # no 40 ms delayed-ACK stalls
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+def select_algorithms(req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS) -> fr.Algorithms:
+    """The fixed selection (DSP0274 1.2 ALGORITHMS): SHA-384 and ECDSA P-384 when the capabilities need
+    a hash and a signature (CHAL, MEAS with signature, KEY_EX) and the requester offers them; otherwise
+    nothing, as the spec asks of a responder without such capabilities. One response structure table
+    per requested one, each selecting nothing until secure sessions exist."""
+    signs = bool(flags & (fr.CAP_CHAL | fr.CAP_MEAS_SIG | fr.CAP_KEY_EX))
+    return fr.Algorithms(
+        base_hash_sel=fr.HASH_SHA_384 if signs and req.base_hash_algo & fr.HASH_SHA_384 else 0,
+        base_asym_sel=fr.ASYM_ECDSA_P384 if signs and req.base_asym_algo & fr.ASYM_ECDSA_P384 else 0,
+        alg_structs=tuple(fr.AlgStruct(alg_type=s.alg_type) for s in req.alg_structs),
+    )
+
+
+class Channel(Protocol):
+    """Seam for SPDM secure sessions: how a DOE body becomes an SPDM request and an answer a DOE body.
+
+    ``open`` raises FramingError (with the SPDM error code to answer) for what it cannot accept.
+    """
+
+    def open(self, doe_type: int, body: bytes) -> bytes: ...
+
+    def seal(self, message: bytes) -> tuple[int, bytes]: ...
+
+
+class PlaintextChannel:
+    """No secure session: plain SPDM in DOE type 1; secured messages (type 2) are refused."""
+
+    def open(self, doe_type: int, body: bytes) -> bytes:
+        if doe_type == fr.DoeType.SPDM:
+            return fr.strip_doe_padding(body)
+        if doe_type == fr.DoeType.SECURED_SPDM:
+            raise fr.FramingError(
+                "secured SPDM messages need a secure session; none is supported yet",
+                code=fr.SpdmErrorCode.UNSUPPORTED_REQUEST,
+            )
+        raise fr.FramingError(
+            f"DOE data object type {doe_type} is not SPDM", code=fr.SpdmErrorCode.INVALID_REQUEST
+        )
+
+    def seal(self, message: bytes) -> tuple[int, bytes]:
+        return fr.DoeType.SPDM, message
+
+
+class _Stage(enum.IntEnum):
+    NONE = 0
+    VERSION = 1
+    CAPABILITIES = 2
+    READY = 3
 
 
 @attrs.define
-class _Session:
-    """One connection's SPDM state: VCA progress and the session ID given to the responder."""
+class _ConnState:
+    """One connection's SPDM state: how far VCA got and the session it opened."""
 
-    session_id: int
-    vca: int = 0  # 0 nothing, 1 version, 2 capabilities, 3 algorithms (ready)
+    channel: Channel
+    stage: _Stage = _Stage.NONE
+    session_id: int | None = None
 
-    def unwrap(self, doe_type: int, message: bytes) -> bytes:
-        if doe_type == fr.DoeType.SECURED_SPDM:
-            raise fr.FramingError("secured SPDM messages are not supported yet")
-        return message
-
-    def wrap(self, message: bytes) -> bytes:
-        return message
-
-
-def _answer(session: _Session, responder: VendorResponder, spdm: bytes) -> bytes:
-    if len(spdm) < 4:
-        return fr.spdm_error(fr.SpdmErrorCode.INVALID_REQUEST)
-    code = spdm[1]
-    if code == fr.SpdmCode.GET_VERSION:
-        session.vca = 1
-        return fr.version_response()
-    if code == fr.SpdmCode.GET_CAPABILITIES:
-        if session.vca < 1:
-            return fr.spdm_error(fr.SpdmErrorCode.UNEXPECTED_REQUEST)
-        session.vca = 2
-        return fr.capabilities_response()
-    if code == fr.SpdmCode.NEGOTIATE_ALGORITHMS:
-        if session.vca < 2:
-            return fr.spdm_error(fr.SpdmErrorCode.UNEXPECTED_REQUEST)
-        if session.vca < 3:
-            opener = getattr(responder, "spdm_connect", None)  # a responder with its own sessions opens one
-            if opener is not None:
-                session.session_id = int(opener())
-        session.vca = 3
-        return fr.algorithms_response()
-    if code == fr.SpdmCode.VENDOR_DEFINED_REQUEST:
-        if session.vca < 3:
-            return fr.spdm_error(fr.SpdmErrorCode.UNEXPECTED_REQUEST)
-        try:
-            vm = fr.decode_vendor(spdm, request=True)
-        except fr.FramingError:
-            return fr.spdm_error(fr.SpdmErrorCode.INVALID_REQUEST)
-        if vm.protocol_id not in (0, 1):
-            return fr.spdm_error(fr.SpdmErrorCode.UNSUPPORTED_REQUEST)
-        try:
-            answer = responder.handle_vendor_message(vm.protocol_id, vm.message, session_id=session.session_id)
-        except Exception:  # noqa: BLE001 - a responder bug must not take the server down
-            return fr.spdm_error(fr.SpdmErrorCode.UNSPECIFIED)
-        if answer is None:
-            return b""  # dropped: an empty NORMAL frame tells the requester there is no response
-        return fr.encode_vendor(fr.VendorMessage(request=False, protocol_id=vm.protocol_id, message=answer))
-    return fr.spdm_error(fr.SpdmErrorCode.UNSUPPORTED_REQUEST)
-
-
-def _serve_connection(conn: socket.socket, responder: VendorResponder, session_id: int) -> bool:
-    """Serve one connection; True if the client asked the server to shut down."""
-    session = _Session(session_id=session_id)
-    try:
-        while True:
-            head = _recv_exact(conn, fr.FRAME_HEADER.size)
-            if head is None:
-                return False
-            try:
-                command, transport, size = fr.decode_frame_header(head)
-            except fr.FramingError:
-                return False  # absurd size: drop this connection, keep the server
-            payload = _recv_exact(conn, size) if size else b""
-            if payload is None:
-                return False
-            if command == fr.Command.SHUTDOWN:
-                conn.sendall(fr.encode_frame(fr.Command.SHUTDOWN, transport, b""))
-                return True
-            if command != fr.Command.NORMAL:
-                conn.sendall(fr.encode_frame(command, transport, b""))  # TEST / CONTINUE / unknown: echo
-                continue
-            if transport != fr.Transport.PCI_DOE:
-                conn.sendall(fr.encode_frame(command, transport, b""))
-                continue
-            try:
-                doe_type, message = fr.decode_doe(payload)
-                spdm = session.unwrap(doe_type, message)
-                spdm = spdm[: fr.spdm_length(spdm)]
-                answer = _answer(session, responder, spdm)
-            except fr.FramingError:
-                answer = fr.spdm_error(fr.SpdmErrorCode.INVALID_REQUEST)
-            body = fr.encode_doe(session.wrap(answer)) if answer else b""
-            conn.sendall(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, body))
-    except OSError:
-        return False
-    finally:
-        if session.vca == 3:
-            try:
-                responder.end_session(session_id)
-            except Exception:  # noqa: BLE001, S110 - ending a session must not take the server down
-                pass
-        conn.close()
-
-
-def _check_host(host: str, allow_remote: bool) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise InvalidArgument(f"refusing to listen on non-loopback address {host!r} without --allow-remote")
-
-
-def serve(host: str, port: int, responder_factory: Callable[[], VendorResponder], *, allow_remote: bool = False,
-          on_ready: Callable[[dict[str, Any]], None] | None = None, max_connections: int | None = None,
-          _listener: socket.socket | None = None) -> None:
-    """Serve until SHUTDOWN (or ``max_connections`` connections)."""
-    _check_host(host, allow_remote)
-    srv = _listener or socket.create_server((host, port))
-    responder = _Locked(responder_factory())
-    shutdown = threading.Event()
-
-    def worker(conn: socket.socket, sid: int) -> None:
-        if _serve_connection(conn, responder, sid):
-            shutdown.set()
-            try:
-                srv.shutdown(socket.SHUT_RDWR)  # wake the accept loop
-            except OSError:
-                pass
-
-    try:
-        if on_ready is not None:
-            on_ready({"host": host, "port": srv.getsockname()[1], "function_ids": list(responder.function_ids)})
-        served = 0
-        while not shutdown.is_set() and (max_connections is None or served < max_connections):
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                break
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            served += 1
-            # connections are served concurrently (a requester may hold several sessions); the responder
-            # itself sees one message at a time
-            threading.Thread(target=worker, args=(conn, 1000 + served), daemon=True).start()
-    finally:
-        srv.close()
+    @property
+    def version(self) -> int:
+        return fr.SPDM_VERSION if self.stage >= _Stage.VERSION else fr.SPDM_VERSION_10
 
 
 class _Locked:
-    """Serialises access to the responder across connection threads."""
+    """Serialises every call into the responder across connection threads."""
 
     def __init__(self, inner: VendorResponder) -> None:
         self._inner = inner
         self._lock = threading.Lock()
-        self.function_ids = inner.function_ids
-        if hasattr(inner, "spdm_connect"):
-            self.spdm_connect = self._spdm_connect
+        self.function_ids = tuple(inner.function_ids)
 
-    def _spdm_connect(self) -> int:
+    def open_session(self, fallback: Callable[[], int]) -> int:
         with self._lock:
-            return int(self._inner.spdm_connect())  # type: ignore[attr-defined]
+            if isinstance(self._inner, SessionOpener):
+                return int(self._inner.spdm_connect())
+            return fallback()
 
-    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+    def handle_vendor_message(
+        self, protocol_id: int, message: bytes, *, session_id: int | None
+    ) -> bytes | None:
         with self._lock:
             return self._inner.handle_vendor_message(protocol_id, message, session_id=session_id)
 
@@ -219,41 +164,355 @@ class _Locked:
             self._inner.end_session(session_id)
 
 
-@attrs.define
-class ServerHandle:
-    host: str
-    port: int
-    thread: threading.Thread
+class EmuServer:
+    """A responder behind a listening socket. ``serve_forever`` runs until :meth:`stop` or SHUTDOWN."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        responder: VendorResponder,
+        *,
+        max_connections: int | None = None,
+        channel_factory: Callable[[], Channel] = PlaintextChannel,
+    ) -> None:
+        self._listener = listener
+        self._responder = _Locked(responder)
+        self._max_connections = max_connections
+        self._channel_factory = channel_factory
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._workers: list[threading.Thread] = []
+        self._next_session = 1
+        self.host, self.port = listener.getsockname()[:2]
+        self.function_ids = self._responder.function_ids
+        self.responder_errors = 0  # unexpected exceptions (answered with ERROR Unspecified)
+
+    def ready_info(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "function_ids": list(self.function_ids),
+            "transport": "PCI_DOE",
+            "spdm_version": "1.2",
+        }
+
+    # ---------------------------------------------------------------------------------- lifecycle
+    def serve_forever(self) -> None:
+        accepted = 0
+        self._listener.settimeout(0.5)  # a fallback: stop() also wakes accept() by shutting the listener down
+        try:
+            while not self._stopping.is_set() and (
+                self._max_connections is None or accepted < self._max_connections
+            ):
+                try:
+                    conn, _peer = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self._stopping.is_set():
+                        break
+                    time.sleep(0.05)  # transient (ECONNABORTED, EMFILE): keep serving
+                    continue
+                accepted += 1
+                with self._lock:
+                    if self._stopping.is_set():
+                        conn.close()
+                        break
+                    self._open.add(conn)
+                    self._workers = [t for t in self._workers if t.is_alive()]
+                    worker = threading.Thread(
+                        target=self._serve_connection, args=(conn,), daemon=True, name=f"emu-conn-{accepted}"
+                    )
+                    self._workers.append(worker)
+                worker.start()
+        finally:
+            self._listener.close()
+            with self._lock:
+                workers = list(self._workers)
+            for t in workers:
+                t.join()
 
     def stop(self) -> None:
-        from reference_impl.transport.client import EmuClient
-
-        if self.thread.is_alive():
+        """Stop accepting and close every open connection (each ends its session). Idempotent."""
+        self._stopping.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
             try:
-                EmuClient.connect(self.host, self.port, timeout=2.0, vca=False).shutdown_server()
-            except Exception:  # noqa: BLE001 - already gone
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
+
+    # ---------------------------------------------------------------------------------- one connection
+    def _serve_connection(self, conn: socket.socket) -> None:
+        state = _ConnState(channel=self._channel_factory())
+        reader = fr.StreamReader(conn)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while not self._stopping.is_set():
+                head = reader.read_exact(fr.FRAME_HEADER.size)
+                if head is None:
+                    return
+                try:
+                    command, transport, size = fr.decode_frame_header(head)
+                except fr.FramingError:
+                    return  # absurd size: the stream cannot be trusted; drop this connection only
+                payload = reader.read_exact(size) if size else b""
+                if payload is None:
+                    return
+                if command == fr.Command.SHUTDOWN:
+                    conn.sendall(fr.encode_frame(fr.Command.SHUTDOWN, fr.Transport.PCI_DOE, b""))
+                    self.stop()
+                    return
+                if command == fr.Command.CONTINUE:
+                    conn.sendall(fr.encode_frame(fr.Command.CONTINUE, fr.Transport.PCI_DOE, b""))
+                    return
+                if command == fr.Command.TEST:
+                    conn.sendall(fr.encode_frame(fr.Command.TEST, fr.Transport.PCI_DOE, TEST_REPLY))
+                    continue
+                if command != fr.Command.NORMAL or transport != fr.Transport.PCI_DOE:
+                    conn.sendall(fr.encode_frame(fr.Command.UNKNOWN, fr.Transport.PCI_DOE, b""))
+                    continue
+                try:
+                    answer = self._normal(state, payload)
+                except Exception:  # a bug here must cost one answer, not the connection
+                    self.responder_errors += 1
+                    answer = fr.encode_doe(self._error(state, fr.SpdmErrorCode.UNSPECIFIED))
+                conn.sendall(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, answer))
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._open.discard(conn)
+            self._end(state)
+            conn.close()
+
+    def _normal(self, state: _ConnState, payload: bytes) -> bytes:
+        """The DOE object answering one NORMAL frame, or b"" when the responder dropped the message."""
+        answer: bytes | None
+        try:
+            doe_type, body = fr.decode_doe(payload)
+            if doe_type == fr.DoeType.DISCOVERY:
+                return fr.encode_doe(self._discovery(body), fr.DoeType.DISCOVERY)
+            request = state.channel.open(doe_type, body)
+        except fr.FramingError as exc:
+            answer = self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST)
+        else:
+            answer = self._answer(state, request)
+        if answer is None:
+            return b""
+        doe_type, sealed = state.channel.seal(answer)
+        return fr.encode_doe(sealed, doe_type)
+
+    @staticmethod
+    def _discovery(body: bytes) -> bytes:
+        """DOE discovery (PCIe 6.x §6.30.1.1): index 0 is discovery itself, 1 is SPDM (the last)."""
+        req = fr.DoeDiscoveryRequest.decode(body)
+        if req.index == 0:
+            return fr.DoeDiscoveryResponse(data_object_type=fr.DoeType.DISCOVERY, next_index=1).encode()
+        return fr.DoeDiscoveryResponse(data_object_type=fr.DoeType.SPDM, next_index=0).encode()
+
+    @staticmethod
+    def _error(state: _ConnState, code: int, data: int = 0) -> bytes:
+        return fr.spdm_error(code, state.version, data)
+
+    def _answer(self, state: _ConnState, req: bytes) -> bytes | None:
+        """One SPDM request in, its response out (DSP0274 1.2 §10: VCA order, then vendor-defined)."""
+        if len(req) < 4:
+            return self._error(state, fr.SpdmErrorCode.INVALID_REQUEST)
+        version, code = req[0], req[1]
+        if code == fr.SpdmCode.GET_VERSION:
+            if version != fr.SPDM_VERSION_10:
+                return fr.spdm_error(fr.SpdmErrorCode.VERSION_MISMATCH, fr.SPDM_VERSION_10)
+            try:
+                fr.GetVersion.decode(req)
+            except fr.FramingError:
+                return fr.spdm_error(fr.SpdmErrorCode.INVALID_REQUEST, fr.SPDM_VERSION_10)
+            self._end(state)  # GET_VERSION resets the connection: a session open on it ends
+            state.stage = _Stage.VERSION
+            return fr.Version(entries=(fr.SPDM_VERSION << 8,)).encode()
+        if code not in (
+            fr.SpdmCode.GET_CAPABILITIES,
+            fr.SpdmCode.NEGOTIATE_ALGORITHMS,
+            fr.SpdmCode.VENDOR_DEFINED_REQUEST,
+        ):
+            return self._error(state, fr.SpdmErrorCode.UNSUPPORTED_REQUEST, code)
+        if state.stage is _Stage.NONE:
+            return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+        if version != fr.SPDM_VERSION:
+            return self._error(state, fr.SpdmErrorCode.VERSION_MISMATCH)
+        try:
+            if code == fr.SpdmCode.GET_CAPABILITIES:
+                return self._capabilities(state, req)
+            if code == fr.SpdmCode.NEGOTIATE_ALGORITHMS:
+                return self._algorithms(state, req)
+            return self._vendor(state, req)
+        except fr.FramingError as exc:
+            data = code if exc.code == fr.SpdmErrorCode.UNSUPPORTED_REQUEST else 0
+            return self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST, data)
+
+    def _capabilities(self, state: _ConnState, req: bytes) -> bytes:
+        if state.stage is not _Stage.VERSION:
+            return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+        caps = fr.GetCapabilities.decode(req)
+        if (
+            caps.data_transfer_size < fr.MIN_DATA_TRANSFER_SIZE_12
+            or caps.max_spdm_msg_size < caps.data_transfer_size
+        ):
+            return self._error(state, fr.SpdmErrorCode.INVALID_REQUEST)  # DSP0274 1.2 GET_CAPABILITIES sizes
+        state.stage = _Stage.CAPABILITIES
+        return responder_capabilities().encode()
+
+    def _algorithms(self, state: _ConnState, req: bytes) -> bytes:
+        if state.stage is not _Stage.CAPABILITIES:
+            return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+        answer = select_algorithms(fr.NegotiateAlgorithms.decode(req)).encode()
+        try:
+            state.session_id = self._responder.open_session(self._count_session)
+        except Exception:  # a responder bug must not take the server down
+            self.responder_errors += 1
+            return self._error(state, fr.SpdmErrorCode.UNSPECIFIED)
+        state.stage = _Stage.READY
+        return answer
+
+    def _count_session(self) -> int:
+        with self._lock:
+            sid = self._next_session
+            self._next_session += 1
+        return sid
+
+    def _vendor(self, state: _ConnState, req: bytes) -> bytes | None:
+        if state.stage is not _Stage.READY:
+            return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+        vm = fr.VendorMessage.decode(req, request=True)
+        if vm.protocol_id not in (PROTOCOL_IDE_KM, PROTOCOL_TDISP):
+            return self._error(
+                state, fr.SpdmErrorCode.UNSUPPORTED_REQUEST, fr.SpdmCode.VENDOR_DEFINED_REQUEST
+            )
+        try:
+            answer = self._responder.handle_vendor_message(
+                vm.protocol_id, vm.message, session_id=state.session_id
+            )
+            if answer is None:
+                return None
+            return fr.VendorMessage(request=False, protocol_id=vm.protocol_id, message=bytes(answer)).encode()
+        except Exception:  # a responder bug (or an unencodable answer) must not stop the server
+            self.responder_errors += 1
+            return self._error(state, fr.SpdmErrorCode.UNSPECIFIED)
+
+    def _end(self, state: _ConnState) -> None:
+        """Tell the responder the connection's session is over (close, or a GET_VERSION reset)."""
+        sid, state.session_id, state.stage = state.session_id, None, _Stage.NONE
+        if sid is not None:
+            try:
+                self._responder.end_session(sid)
+            except Exception:  # ending a session must not take the server down
+                self.responder_errors += 1
+
+
+# --- entry points
+def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
+    """A listening socket on ``host``; refuses any non-loopback address unless ``allow_remote``."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidArgument(f"cannot resolve listen address {host!r}: {exc}") from None
+    loopback = bool(host) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+    if not loopback and not allow_remote:
+        raise InvalidArgument(f"refusing to listen on non-loopback address {host!r} without --allow-remote")
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 first: "localhost" may list ::1 first
+    family, _type, _proto, _canon, addr = infos[0]
+    return socket.create_server((addr[0], port), family=family)
+
+
+def serve(
+    host: str,
+    port: int,
+    responder_factory: Callable[[], VendorResponder],
+    *,
+    allow_remote: bool = False,
+    on_ready: Callable[[dict[str, object]], None] | None = None,
+    max_connections: int | None = None,
+) -> None:
+    """Serve one responder until a SHUTDOWN frame (or ``max_connections`` connections have come and gone).
+
+    ``port`` 0 picks a free port; ``on_ready`` gets host, port and function_ids once listening.
+    """
+    listener = _listen(host, port, allow_remote)
+    try:
+        server = EmuServer(listener, responder_factory(), max_connections=max_connections)
+    except BaseException:
+        listener.close()
+        raise
+    if on_ready is not None:
+        on_ready(server.ready_info())
+    server.serve_forever()
+
+
+@attrs.define
+class ServerHandle:
+    """A server running in a daemon thread (tests, benchmarks, per-example servers)."""
+
+    host: str
+    port: int
+    function_ids: tuple[int, ...]
+    thread: threading.Thread
+    server: EmuServer
+
+    def stop(self) -> None:
+        self.server.stop()
         self.thread.join(timeout=5)
 
+    def __enter__(self) -> ServerHandle:
+        return self
 
-def start_in_thread(responder_factory: Callable[[], VendorResponder], host: str = "127.0.0.1") -> ServerHandle:
-    """A server on a free loopback port in a daemon thread (tests, benchmarks, per-worker adapters)."""
-    _check_host(host, False)
-    listener = socket.create_server((host, 0))
-    port = listener.getsockname()[1]
-    t = threading.Thread(target=serve, args=(host, port, responder_factory), kwargs={"_listener": listener},
-                         daemon=True)
-    t.start()
-    return ServerHandle(host=host, port=port, thread=t)
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    responder_factory: Callable[[], VendorResponder],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_connections: int | None = None,
+) -> ServerHandle:
+    """A server on a loopback port (a free one by default), listening before this returns."""
+    listener = _listen(host, port, allow_remote=False)
+    try:
+        server = EmuServer(listener, responder_factory(), max_connections=max_connections)
+    except BaseException:
+        listener.close()
+        raise
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name=f"emu-server-{server.port}")
+    thread.start()
+    return ServerHandle(
+        host=str(server.host),
+        port=int(server.port),
+        function_ids=server.function_ids,
+        thread=thread,
+        server=server,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback unless --allow-remote)")
-    parser.add_argument("--port", type=int, default=2323, help="TCP port (0 picks a free one)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (loopback unless --allow-remote)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=2323, help="TCP port (0 picks a free one; spdm-emu uses 2323)"
+    )
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
 
 
 def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponder]) -> int:
+    """Print one JSON ready line (host, port, function_ids, ...) on stdout, then serve until SHUTDOWN."""
+
     def ready(info: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(info) + "\n")
         sys.stdout.flush()

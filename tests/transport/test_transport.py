@@ -159,6 +159,6 @@ def test_a_served_mutant_is_caught_by_the_same_rule():
         config = config_for(spawned_device_factory(served_device_factory(TDX_DEVICE, cls=cls), (0x3A00, 0x3A01)))
 
     with pytest.raises(RuleViolation) as info:
-        run_state_machine_as_test(Machine, settings=FAST)
+        run_state_machine_as_test(Machine, settings=settings(FAST, max_examples=300))
     assert info.value.rule.id == "TDISP-06"
-    assert len(info.value.teeio_steps) <= 4
+    assert len(info.value.teeio_steps) <= 6  # shrunk: sessions, keys, two LOCKs
