@@ -57,8 +57,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         argv.append(f"--report-dir={args.report_dir}")
     if args.workers:
         argv += ["-n", str(args.workers)]
-    argv += args.pytest_args
-    return int(pytest.main(argv))
+    argv += [a for a in args.pytest_args if a != "--"]
+    status = int(pytest.main(argv))
+    if args.report_dir:
+        from reports import writer
+
+        written = writer.run(argparse.Namespace(report_dir=args.report_dir))
+        if written not in (0, None):
+            return written if status == 0 else status
+    return status
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -85,6 +92,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers")
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     run.set_defaults(func=_cmd_run)
+
+    for name, module, text in (("report", "reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
+                               ("compare", "reports.compare", "which rules changed verdict between two report.json"),
+                               ("replay", "conformance.replay", "re-run a failure's replay file against a SUT")):
+        mod = importlib.import_module(module)
+        sp = sub.add_parser(name, help=text)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.run)
 
     try:
         _server: Any = importlib.import_module("reference_impl.transport.server")

@@ -33,13 +33,16 @@ class Verdicts:
         self.checked: dict[str, int] = {}
         self.exercised: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.by_profile: dict[str, dict[str, dict[str, int]]] = {}
         self.steps = 0
 
     def absorb(self, checker: Checker) -> None:
-        for src, dst in ((checker.checked, self.checked), (checker.exercised, self.exercised),
-                         (checker.failed, self.failed)):
+        per = self.by_profile.setdefault(checker.profile, {"checked": {}, "exercised": {}, "failed": {}})
+        for name, src, dst in (("checked", checker.checked, self.checked), ("exercised", checker.exercised,
+                                self.exercised), ("failed", checker.failed, self.failed)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
+                per[name][k] = per[name].get(k, 0) + v
 
 
 VERDICTS = Verdicts()

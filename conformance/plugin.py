@@ -78,7 +78,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     data = {"checked": VERDICTS.checked, "exercised": VERDICTS.exercised, "failed": VERDICTS.failed,
             "steps": VERDICTS.steps, "sut": session.config.getoption("--sut"),
-            "profiles": selected_profiles(session.config)}
+            "profiles": selected_profiles(session.config), "by_profile": VERDICTS.by_profile,
+            "run": {"settings_profile": hypothesis.settings._current_profile, "hypothesis": hypothesis.__version__,
+                    "seed": "derandomized" if hypothesis.settings.default.derandomize else None}}
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
 
@@ -116,6 +118,8 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     record = {
         "format": "teeio-failure/1", "test": item.nodeid, "machine": getattr(item, "teeio_machine", item.name),
         "profile": profile, "sut": item.config.getoption("--sut"), "rule_id": rule_id, "rule_title": title,
+        "machine_kind": {"test_full_stack_lifecycle": "full_stack", "test_host_object_lifetimes": "host_lifetimes",
+                         "test_device_tdisp_and_ide_km": "device"}.get(getattr(item, "originalname", ""), None),
         "rule_source": source, "message": message, "action": action, "steps": steps, "program": notes,
         "trace": getattr(exc, "teeio_trace", []), "violating_seq": getattr(exc, "teeio_mark", None),
         "hypothesis": hypothesis.__version__, "seed": None,

@@ -9,6 +9,7 @@ device file, hwpt, IOAS and the VM, in that order. A VMM that misorders is what 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -187,7 +188,8 @@ class Vmm(Actor):
                 pass  # tombstoned: its device file was closed under it
         have = self._viommus.pop(vm, None)
         if have is not None:
-            self._iommufd.destroy(have[0])
+            with contextlib.suppress(NotFound):  # the host may have destroyed it already
+                self._iommufd.destroy(have[0])
         for a in mine:
             fd = self._fds.pop((a.device, a.rid), None)
             if fd is not None:
@@ -203,8 +205,9 @@ class Vmm(Actor):
             except NotFound:
                 pass
         if have is not None:
-            self._iommufd.destroy(have[1])
-            self._iommufd.destroy(have[2])
+            for obj in have[1:]:
+                with contextlib.suppress(NotFound):
+                    self._iommufd.destroy(obj)
         for a in mine:
             del self._assignments[(a.vm, a.virt_id)]
         if self._kvm.vm_state(vm).value != "destroyed":  # the host may have dropped it already

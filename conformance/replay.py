@@ -1,0 +1,305 @@
+"""``teeio-conformance replay FILE [--sut module:factory]``: re-run a recorded failure on a fresh machine.
+
+A failure record (``failures/<name>.json``, format ``teeio-failure/1``) holds the shrunk sequence as
+concrete steps: ``{"method": ..., "kwargs": ...}`` in order (``docs/internal/report-formats.md``).
+Replaying builds the recorded machine (full_stack, device or host_lifetimes) around the SUT, calls
+``getattr(machine, method)(**kwargs)`` for each step and ``teardown()`` at the end, with every rule of
+the catalogue checked after every step exactly as in the original run. No Hypothesis is involved, so a
+replay is deterministic and takes milliseconds: an engineer can re-run it after every rebuild.
+
+The SUT is the one recorded in the file unless ``sut`` names another (your build). For records of
+the *device* machine ``sut`` names a device factory ``factory(trace, profile) -> device`` (the device
+machine drives a device alone); by default the reference device.
+
+The whole record is checked before anything runs -- format, machine, every step's method and
+arguments -- so a corrupt or foreign file is a :class:`ReplayError` naming what is wrong, never a
+half-run machine or a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import attrs
+
+from conformance.sut import SutLoadError, load_factory
+from reports.model import Failure, ReportInputError, load_failure
+
+__all__ = [
+    "MACHINES",
+    "REFERENCE_DEVICE",
+    "Prepared",
+    "ReplayError",
+    "ReplayResult",
+    "add_arguments",
+    "execute",
+    "machine_kind",
+    "prepare",
+    "replay",
+    "run",
+]
+
+MACHINES = ("full_stack", "device", "host_lifetimes")
+REFERENCE_DEVICE = "conformance.machines.device:reference_device"
+# How a record names its machine: the plugin writes the machine name, or the pytest item's name.
+_HINTS = (
+    ("host_lifetimes", ("host_lifetimes", "host_object_lifetimes", "hostlifetimes")),
+    ("device", ("test_device", "devicemachine", "device_tdisp")),
+    ("full_stack", ("full_stack", "fullstack")),
+)
+
+_STEP_MARKERS = ("hypothesis_stateful_rule", "hypothesis_stateful_initialize_rule")  # @rule / @initialize
+
+
+class ReplayError(ReportInputError):
+    """The record cannot be replayed: corrupt or foreign file, unknown machine or step, unusable SUT."""
+
+
+@attrs.frozen(kw_only=True)
+class ReplayResult:
+    still_fails: bool
+    rule_id: (
+        str | None
+    )  # the rule (or SUT-HANG / SUT-BROKEN / SUT-ERROR) it fails with now; None if it passes
+    message: str  # one paragraph for a human: what happened, against what
+    steps_run: int  # recorded steps executed (the failing one included)
+    recorded_rule_id: str | None = None
+    sut: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Prepared:
+    """A record checked and bound to a machine class, ready to run."""
+
+    failure: Failure
+    kind: str
+    sut: str
+    machine: type
+    steps: tuple[tuple[str, dict[str, Any]], ...]
+
+
+def machine_kind(failure: Failure) -> str:
+    """Which machine recorded ``failure``: its ``machine`` field, or guessed from the test's name."""
+    if failure.machine in MACHINES:
+        return failure.machine
+    text = f"{failure.machine} {failure.test}".lower()
+    for kind, hints in _HINTS:
+        if any(h in text for h in hints):
+            return kind
+    raise ReplayError(
+        f"{failure.file}: machine {failure.machine!r} (test {failure.test!r}) is not one of "
+        f"{', '.join(MACHINES)}"
+    )
+
+
+def _machine_module(kind: str) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(f"conformance.machines.{kind}")
+
+
+def _machine_class(kind: str, factory: Callable[..., Any] | None, profile: str, timeout: float) -> type:
+    """The recorded machine, configured for ``factory`` (None: the device machine's reference device)."""
+    from conformance.machines.device import DeviceMachine, DeviceMachineConfig
+    from conformance.machines.full_stack import FullStack, MachineConfig
+    from conformance.machines.host_lifetimes import HostLifetimes
+
+    if kind == "device":
+        cfg_d = (
+            DeviceMachineConfig(profile=profile, timeout=timeout)
+            if factory is None
+            else DeviceMachineConfig(device_factory=factory, profile=profile, timeout=timeout)
+        )
+        return type("ReplayDeviceMachine", (DeviceMachine,), {"config": cfg_d})
+    base = HostLifetimes if kind == "host_lifetimes" else FullStack
+    cfg = MachineConfig(factory=factory, profile=profile, timeout=timeout)
+    return type(f"Replay{base.__name__}", (base,), {"config": cfg})
+
+
+def _decode(value: Any, types: dict[str, type], where: str) -> Any:
+    """A recorded argument back to its value: ``{"__slot__": {...}}`` -> ``Slot(...)``."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if isinstance(key, str) and key.startswith("__") and key.endswith("__"):
+            cls = types.get(key[2:-2])
+            if cls is None:
+                raise ReplayError(
+                    f"{where}: {key!r} is not a handle type this machine knows "
+                    f"({', '.join(sorted(types)) or 'none'})"
+                )
+            if not isinstance(inner, dict):
+                raise ReplayError(f"{where}: {key!r} must hold an object of fields, got {inner!r}")
+            try:
+                return cls(**inner)
+            except (TypeError, ValueError) as exc:
+                raise ReplayError(f"{where}: cannot rebuild {cls.__name__}: {exc}") from exc
+    if isinstance(value, str) and value.startswith("data(") and value.endswith(")"):
+        raise ReplayError(
+            f"{where}: the value was drawn interactively during the test (st.data()) and the "
+            f"record holds only its repr {value[:40]!r}; this step cannot be replayed"
+        )
+    return value
+
+
+def prepare(path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0) -> Prepared:
+    """Read and check the record and the SUT; raise :class:`ReplayError` (or its base) on anything wrong."""
+    failure = load_failure(path)
+    kind = machine_kind(failure)
+    profile = failure.profile
+    if not profile:
+        raise ReplayError(f"{path}: field 'profile' is missing; cannot tell which platform profile to replay")
+    factory: Callable[..., Any] | None = None
+    if kind == "device" and sut is None:
+        spec = REFERENCE_DEVICE  # the device machine drives a device alone, not the recorded stack
+    else:
+        spec = sut or failure.sut
+        try:
+            factory = load_factory(spec)
+        except SutLoadError as exc:
+            raise ReplayError(f"{exc}" if sut else f"{path}: recorded SUT unusable here: {exc}") from exc
+    machine = _machine_class(kind, factory, profile, timeout)
+    module = _machine_module(kind)
+    types = {  # handle types a record may encode as {"__slot__": {...}} (recording.encode_value)
+        name.lower(): obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and attrs.has(obj)
+        and obj.__module__ == module.__name__
+        and not name.endswith("Config")
+    }
+    steps = []
+    for i, step in enumerate(failure.steps):
+        method = step["method"]
+        where = f"{path}: steps[{i}] ({method})"
+        fn = getattr(machine, method, None)
+        if not callable(fn) or not any(hasattr(fn, m) for m in _STEP_MARKERS):
+            raise ReplayError(f"{where}: the {kind} machine has no step {method!r}")
+        kwargs = {k: _decode(v, types, f"{where} argument {k!r}") for k, v in dict(step["kwargs"]).items()}
+        try:
+            inspect.signature(fn).bind(None, **kwargs)
+        except TypeError as exc:
+            raise ReplayError(f"{where}: arguments do not fit the {kind} machine's step: {exc}") from exc
+        steps.append((method, kwargs))
+    return Prepared(failure=failure, kind=kind, sut=spec, machine=machine, steps=tuple(steps))
+
+
+@contextlib.contextmanager
+def _own_verdicts() -> Iterator[None]:
+    """A replay must not add its counts to the run-wide verdicts the plugin writes (teardown absorbs them)."""
+    from conformance.harness import VERDICTS
+
+    saved = (dict(VERDICTS.checked), dict(VERDICTS.exercised), dict(VERDICTS.failed), VERDICTS.steps)
+    try:
+        yield
+    finally:
+        VERDICTS.checked, VERDICTS.exercised, VERDICTS.failed, VERDICTS.steps = saved
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """(rule ID, detail) of a step's exception, as the plugin names it in failure records."""
+    from conformance.harness import SutBroken, SutHang
+    from conformance.rules import RuleViolation
+
+    if isinstance(exc, RuleViolation):
+        return exc.rule.id, f"{exc.rule.title}: {exc.detail}"
+    if isinstance(exc, SutHang):
+        return "SUT-HANG", str(exc)
+    if isinstance(exc, SutBroken):
+        return "SUT-BROKEN", str(exc)
+    return "SUT-ERROR", f"{type(exc).__name__}: {exc}"
+
+
+def execute(prepared: Prepared) -> ReplayResult:
+    """Run a prepared record; the machine's own failures are results, not exceptions."""
+    f = prepared.failure
+    base = {"recorded_rule_id": f.rule_id, "sut": prepared.sut}
+    with _own_verdicts():
+        try:
+            machine = prepared.machine()
+        except Exception as exc:
+            raise ReplayError(
+                f"SUT {prepared.sut}: building the {prepared.kind} machine failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        broken: tuple[str, str, int, str] | None = None
+        steps_run = 0
+        for method, kwargs in prepared.steps:
+            steps_run += 1
+            try:
+                getattr(machine, method)(**kwargs)
+            except Exception as exc:
+                rule_id, detail = _classify(exc)
+                broken = (rule_id, detail, steps_run, method)
+                break
+        try:
+            machine.teardown()
+        except Exception as exc:
+            if broken is None:
+                rule_id, detail = _classify(exc)
+                broken = (rule_id, detail, steps_run, "teardown")
+    total = len(prepared.steps)
+    if broken is None:
+        return ReplayResult(
+            still_fails=False,
+            rule_id=None,
+            steps_run=steps_run,
+            **base,
+            message=f"passes now: all {total} recorded steps ran on {prepared.sut} "
+            f"(profile {f.profile}) without breaking a rule (recorded: {f.rule_id})",
+        )
+    rule_id, detail, at, method = broken
+    same = "" if rule_id == f.rule_id else f", not the recorded {f.rule_id}"
+    return ReplayResult(
+        still_fails=True,
+        rule_id=rule_id,
+        steps_run=steps_run,
+        **base,
+        message=f"still fails with {rule_id}{same} at step {at} of {total} ({method}) on "
+        f"{prepared.sut} (profile {f.profile}): {detail}",
+    )
+
+
+def replay(path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0) -> ReplayResult:
+    """Replay the failure recorded in ``path`` on a fresh machine around ``sut`` (default: recorded SUT)."""
+    return execute(prepare(path, sut, timeout=timeout))
+
+
+# ---------------------------------------------------------------------------- CLI: teeio-conformance replay
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", metavar="FILE", help="a failure record, failures/<name>.json of a report directory"
+    )
+    parser.add_argument(
+        "--sut",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="replay on this SUT instead of the one recorded in the file (device records: a device factory)",
+    )
+    parser.add_argument(
+        "--step-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per-step time limit for the SUT (default 5)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """1 if it still fails, 0 if it passes now, 2 for a bad file or --sut (one line on stderr)."""
+    try:
+        result = replay(args.file, args.sut, timeout=args.step_timeout)
+    except ReportInputError as exc:
+        sys.stderr.write(f"teeio-conformance replay: {exc}\n")
+        return 2
+    verdict = "STILL FAILS" if result.still_fails else "PASSES"
+    sys.stdout.write(f"{verdict}: {result.message}\n")
+    return 1 if result.still_fails else 0

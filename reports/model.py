@@ -1,0 +1,707 @@
+"""What a run produced, as frozen values: run info, one verdict per rule and profile, the failures.
+
+The plugin leaves a report directory behind (``docs/internal/report-formats.md``): one
+``verdicts-<worker>.json`` per pytest process (xdist workers each write their own) and one
+``failures/<test>.json`` per shrunk counterexample. :func:`load_report_dir` merges them into one
+:class:`Report`; every writer (JSON, JUnit, text, HTML) renders that same value, so the formats can
+never disagree about a verdict.
+
+Verdict of a rule under a profile (report-formats.md, item 1):
+
+* FAIL -- some check of it failed, or a failure record names it for that profile;
+* PASS -- it was exercised (its check had something to judge) and never failed;
+* NOT_EXERCISED -- it was never exercised (checked, maybe, but the run never reached its situation).
+
+A rule that does not apply to a profile (``Rule.profiles``) has no verdict for it at all.
+
+Input files come from another process, a disk or a colleague's mail, so they are read defensively:
+anything corrupt or foreign is a :class:`ReportInputError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from reference_impl.errors import StackError
+
+__all__ = [
+    "AGGREGATE",
+    "FAILURE_FORMAT",
+    "Failure",
+    "ProfileVerdict",
+    "Report",
+    "ReportInputError",
+    "RuleVerdict",
+    "RunInfo",
+    "Status",
+    "load_failure",
+    "load_report_dir",
+]
+
+FAILURE_FORMAT = "teeio-failure/1"
+RULE_ID = re.compile(r"[A-Z][A-Z0-9]*(-[A-Z0-9]+)+")
+AGGREGATE = "all"
+"""Profile column used when verdict files of a multi-profile run carry no ``by_profile`` counts."""
+
+_NOT_PROGRAM = ("Failing test case", "Highest target score")  # Hypothesis notes around the program
+HARNESS_RULES = {
+    "SUT-HANG": "the SUT returns from every step within the step limit",
+    "SUT-BROKEN": "the SUT's snapshot and trace stay readable",
+    "SUT-ERROR": "the SUT raises only the typed errors of the contract",
+}
+
+
+class ReportInputError(StackError):
+    """A report input (verdicts file, failure record, report.json) is corrupt, foreign or missing.
+
+    The message names the file and what is wrong with it, so a CLI can print it as one line."""
+
+
+class Status(enum.Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    NOT_EXERCISED = "NOT_EXERCISED"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
+# ---------------------------------------------------------------------------- small validators
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"{type(instance).__name__}.{attribute.name} must be a non-negative int, got {value!r}"
+        )
+
+
+def _non_empty_str(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be a non-empty str, got {value!r}")
+
+
+def _strs(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _maps(values: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    return tuple(values)
+
+
+def _opt_str(instance: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be a str or None, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- value types
+
+
+@attrs.frozen(kw_only=True)
+class RunInfo:
+    """Which SUT was run, under which profiles and Hypothesis settings, and when."""
+
+    sut: str = attrs.field(validator=_non_empty_str)
+    profiles: tuple[str, ...] = attrs.field(converter=_strs)
+    hypothesis: str | None = attrs.field(default=None, validator=_opt_str)
+    seed: str | None = attrs.field(default=None, validator=_opt_str)
+    settings_profile: str | None = attrs.field(default=None, validator=_opt_str)
+    started: str | None = attrs.field(default=None, validator=_opt_str)  # ISO 8601, UTC
+    finished: str | None = attrs.field(default=None, validator=_opt_str)
+    steps: int = attrs.field(default=0, validator=_non_negative)  # machine steps over the whole run
+    workers: tuple[str, ...] = attrs.field(default=(), converter=_strs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "product": "teeio-conformance",
+            "sut": self.sut,
+            "profiles": list(self.profiles),
+            "hypothesis": self.hypothesis,
+            "seed": self.seed,
+            "settings_profile": self.settings_profile,
+            "started": self.started,
+            "finished": self.finished,
+            "steps": self.steps,
+            "workers": list(self.workers),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunInfo:
+        return cls(
+            sut=data["sut"],
+            profiles=data["profiles"],
+            hypothesis=data.get("hypothesis"),
+            seed=data.get("seed"),
+            settings_profile=data.get("settings_profile"),
+            started=data.get("started"),
+            finished=data.get("finished"),
+            steps=data.get("steps", 0),
+            workers=data.get("workers", ()),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ProfileVerdict:
+    """A rule's verdict under one profile, with the counts it was decided from."""
+
+    status: Status = attrs.field(validator=attrs.validators.instance_of(Status))
+    checked: int = attrs.field(default=0, validator=_non_negative)  # steps the rule looked at
+    exercised: int = attrs.field(default=0, validator=_non_negative)  # ... and had something to judge
+    failed: int = attrs.field(default=0, validator=_non_negative)  # ... and found broken
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "checked": self.checked,
+            "exercised": self.exercised,
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProfileVerdict:
+        return cls(
+            status=Status(data["status"]),
+            checked=data["checked"],
+            exercised=data["exercised"],
+            failed=data["failed"],
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RuleVerdict:
+    """One rule of the catalogue (or a harness pseudo-rule such as SUT-HANG) and its verdict per profile."""
+
+    rule_id: str = attrs.field(validator=_non_empty_str)
+    title: str
+    area: str  # Area name ("FLOW"), or "HARNESS" / "UNKNOWN"
+    level: str  # MUST | SHOULD | PROFILE, or "" for harness pseudo-rules
+    source: str
+    doc: str = ""
+    validator_cases: tuple[str, ...] = attrs.field(default=(), converter=_strs)
+    by_profile: Mapping[str, ProfileVerdict] = attrs.field(factory=dict)
+
+    @property
+    def status(self) -> Status:
+        """FAIL under any profile beats PASS under any; otherwise NOT_EXERCISED."""
+        statuses = {v.status for v in self.by_profile.values()}
+        for s in (Status.FAIL, Status.PASS):
+            if s in statuses:
+                return s
+        return Status.NOT_EXERCISED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.rule_id,
+            "title": self.title,
+            "area": self.area,
+            "level": self.level,
+            "source": self.source,
+            "doc": self.doc,
+            "validator_cases": list(self.validator_cases),
+            "profiles": {p: v.to_json() for p, v in self.by_profile.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RuleVerdict:
+        return cls(
+            rule_id=data["id"],
+            title=data["title"],
+            area=data["area"],
+            level=data["level"],
+            source=data["source"],
+            doc=data.get("doc", ""),
+            validator_cases=data.get("validator_cases", ()),
+            by_profile={p: ProfileVerdict.from_json(v) for p, v in data["profiles"].items()},
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """One shrunk counterexample, as the plugin recorded it (``failures/<name>.json``)."""
+
+    name: str = attrs.field(validator=_non_empty_str)  # the file's stem: failures/<name>.json
+    test: str
+    machine: str
+    profile: str | None
+    sut: str
+    rule_id: str = attrs.field(validator=_non_empty_str)
+    rule_title: str
+    rule_source: str
+    message: str
+    action: str
+    steps: tuple[Mapping[str, Any], ...] = attrs.field(converter=_maps)
+    program: tuple[str, ...] = attrs.field(converter=_strs)
+    trace: tuple[Mapping[str, Any], ...] = attrs.field(converter=_maps)
+    violating_seq: int | None = None
+    hypothesis: str | None = None
+    seed: str | None = None
+
+    @property
+    def file(self) -> str:
+        """The record's path relative to the report directory."""
+        return f"failures/{self.name}.json"
+
+    def program_lines(self) -> list[str]:
+        """The shrunk program as Hypothesis printed it; rebuilt from the recorded steps if not kept."""
+        lines = [line for line in self.program if line.strip() and not line.startswith(_NOT_PROGRAM)]
+        if lines:
+            return lines
+        out = ["state = Machine()"]
+        for step in self.steps:
+            kwargs = step.get("kwargs") or {}
+            args = ", ".join(f"{k}={_show_value(v)}" for k, v in kwargs.items())
+            out.append(f"state.{step['method']}({args})")
+        out.append("state.teardown()")
+        return out
+
+    def replay_command(self, sut: str | None = None) -> str:
+        return f"teeio-conformance replay {self.file} --sut {sut or self.sut}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record in its on-disk format (``teeio-failure/1``)."""
+        return {
+            "format": FAILURE_FORMAT,
+            "test": self.test,
+            "machine": self.machine,
+            "profile": self.profile,
+            "sut": self.sut,
+            "rule_id": self.rule_id,
+            "rule_title": self.rule_title,
+            "rule_source": self.rule_source,
+            "message": self.message,
+            "action": self.action,
+            "steps": [dict(s) for s in self.steps],
+            "program": list(self.program),
+            "trace": [dict(e) for e in self.trace],
+            "violating_seq": self.violating_seq,
+            "hypothesis": self.hypothesis,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, name: str, origin: str) -> Failure:
+        """Check a decoded record field by field; ``origin`` (the file) is named in every error."""
+        if not isinstance(data, dict):
+            raise ReportInputError(
+                f"{origin}: a failure record must be a JSON object, got {type(data).__name__}"
+            )
+        fmt = data.get("format")
+        if fmt != FAILURE_FORMAT:
+            raise ReportInputError(
+                f"{origin}: not a teeio-conformance failure record "
+                f"(format {fmt!r}, expected {FAILURE_FORMAT!r})"
+            )
+
+        def field(key: str, kinds: type | tuple[type, ...], *, optional: bool = False) -> Any:
+            if key not in data:
+                if optional:
+                    return None
+                raise ReportInputError(f"{origin}: field {key!r} is missing")
+            value = data[key]
+            if value is None and optional:
+                return None
+            if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
+                want = kinds.__name__ if isinstance(kinds, type) else " or ".join(k.__name__ for k in kinds)
+                raise ReportInputError(
+                    f"{origin}: field {key!r} must be {want}, got {type(value).__name__} {_short(value)}"
+                )
+            return value
+
+        steps = field("steps", list)
+        for i, step in enumerate(steps):
+            if not (
+                isinstance(step, dict)
+                and isinstance(step.get("method"), str)
+                and step["method"]
+                and isinstance(step.get("kwargs", {}), dict)
+            ):
+                raise ReportInputError(
+                    f"{origin}: steps[{i}] must be an object "
+                    f"{{'method': str, 'kwargs': object}}, got {_short(step)}"
+                )
+        program = field("program", list, optional=True) or []
+        trace = field("trace", list, optional=True) or []
+        if not all(isinstance(p, str) for p in program):
+            raise ReportInputError(f"{origin}: field 'program' must be a list of str")
+        for i, e in enumerate(trace):
+            if not isinstance(e, dict):
+                raise ReportInputError(f"{origin}: trace[{i}] must be an event object, got {_short(e)}")
+            for key, kind in (
+                ("seq", int),
+                ("caller", str),
+                ("callee", str),
+                ("operation", str),
+                ("outcome", str),
+            ):
+                if not isinstance(e.get(key), kind) or isinstance(e.get(key), bool):
+                    raise ReportInputError(
+                        f"{origin}: trace[{i}].{key} must be {kind.__name__}, got {_short(e.get(key))}"
+                    )
+        rule_id = field("rule_id", str)
+        if not RULE_ID.fullmatch(rule_id):
+            raise ReportInputError(
+                f"{origin}: field 'rule_id' must look like 'FLOW-05' or 'SUT-HANG', got {_short(rule_id)}"
+            )
+        test = field("test", str)
+        return cls(
+            name=name,
+            test=test,
+            machine=field("machine", str, optional=True) or test,
+            profile=field("profile", str, optional=True),
+            sut=field("sut", str),
+            rule_id=rule_id,
+            rule_title=field("rule_title", str, optional=True) or "",
+            rule_source=field("rule_source", str, optional=True) or "",
+            message=field("message", str, optional=True) or "",
+            action=field("action", str, optional=True) or "",
+            steps=[{"method": s["method"], "kwargs": s.get("kwargs", {})} for s in steps],
+            program=program,
+            trace=trace,
+            violating_seq=field("violating_seq", int, optional=True),
+            hypothesis=field("hypothesis", str, optional=True),
+            seed=_str_or_none(field("seed", (str, int), optional=True)),
+        )
+
+
+def _verdicts(values: Iterable[RuleVerdict]) -> tuple[RuleVerdict, ...]:
+    return tuple(values)
+
+
+def _failures(values: Iterable[Failure]) -> tuple[Failure, ...]:
+    return tuple(values)
+
+
+@attrs.frozen(kw_only=True)
+class Report:
+    """Everything the writers render: the run, one verdict per rule, and the failures."""
+
+    run: RunInfo
+    verdicts: tuple[RuleVerdict, ...] = attrs.field(converter=_verdicts)
+    failures: tuple[Failure, ...] = attrs.field(converter=_failures)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The profile columns of the summary grid: the run's profiles that have verdicts, in run order
+        (or ``all`` alone when the verdict files did not split counts by profile)."""
+        present = {p for v in self.verdicts for p in v.by_profile}
+        ordered = [p for p in self.run.profiles if p in present]
+        return (*ordered, *sorted(present - set(ordered)))
+
+    def counts(self) -> dict[Status, int]:
+        """How many (rule, profile) verdicts have each status -- the summary line's numbers."""
+        out = dict.fromkeys(Status, 0)
+        for v in self.verdicts:
+            for pv in v.by_profile.values():
+                out[pv.status] += 1
+        return out
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        return f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+
+    def failures_for(self, rule_id: str, profile: str | None = None) -> list[Failure]:
+        return [
+            f
+            for f in self.failures
+            if f.rule_id == rule_id
+            and (profile is None or _failure_column(f, self.columns) == profile or f.profile is None)
+        ]
+
+    def explain(self, verdict: RuleVerdict, column: str) -> str:
+        """One line on why ``verdict`` has its status under ``column`` (the subtest / testcase message)."""
+        pv = verdict.by_profile[column]
+        if pv.status is Status.FAIL:
+            found = self.failures_for(verdict.rule_id, column)
+            if found:
+                return "; ".join(f"{f.message} (broken by step {f.action!r}; replay {f.file})" for f in found)
+            return (
+                f"failed {pv.failed} of {pv.exercised} exercised checks (no failure record in the directory)"
+            )
+        if pv.status is Status.PASS:
+            return f"held in {pv.exercised} exercised checks ({pv.checked} checked)"
+        if pv.checked:
+            return f"not exercised: checked {pv.checked} times, never in a situation it judges"
+        return "not exercised: no step touched what it is about"
+
+    def verdict(self, rule_id: str) -> RuleVerdict | None:
+        return next((v for v in self.verdicts if v.rule_id == rule_id), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """Only the teeio-specific part; :mod:`reports.writer` wraps it in the wptreport shape."""
+        return {
+            "rules": [v.to_json() for v in self.verdicts],
+            "failures": [{"name": f.name, **f.to_json()} for f in self.failures],
+        }
+
+    @classmethod
+    def from_json(cls, run_info: Mapping[str, Any], teeio: Mapping[str, Any]) -> Report:
+        failures = [
+            Failure.from_json(f, name=f["name"], origin=f"report.json failure {f.get('name')!r}")
+            for f in teeio["failures"]
+        ]
+        return cls(
+            run=RunInfo.from_json(run_info),
+            verdicts=[RuleVerdict.from_json(r) for r in teeio["rules"]],
+            failures=failures,
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_value(value: Any) -> str:
+    """A recorded argument as the program shows it (a Slot handle as ``Slot(vm=..., rid=...)``)."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if isinstance(key, str) and key.startswith("__") and key.endswith("__") and isinstance(inner, dict):
+            fields = ", ".join(f"{k}={v!r}" for k, v in inner.items())
+            return f"{key[2:-2].capitalize()}({fields})"
+    return repr(value)
+
+
+def _failure_column(f: Failure, columns: Sequence[str]) -> str | None:
+    if f.profile in columns:
+        return f.profile
+    return AGGREGATE if AGGREGATE in columns else None
+
+
+# ---------------------------------------------------------------------------- reading a report directory
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportInputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ReportInputError(f"{path}: not UTF-8 text (byte {exc.start}): not a JSON file") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportInputError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from exc
+
+
+def load_failure(path: str | os.PathLike[str]) -> Failure:
+    """Read one failure record (``failures/<name>.json``), checking its format and fields."""
+    p = Path(path)
+    name = p.name[:-5] if p.name.endswith(".json") else p.name
+    return Failure.from_json(_read_json(p), name=name or "failure", origin=str(p))
+
+
+_COUNT_KEYS = ("checked", "exercised", "failed")
+
+
+@attrs.define
+class _Counts:
+    """Mutable accumulator while merging workers' files."""
+
+    by_profile: dict[str, dict[str, dict[str, int]]] = attrs.field(
+        factory=dict
+    )  # profile -> key -> rule -> n
+
+    def add(self, profile: str, key: str, counts: Mapping[str, int]) -> None:
+        dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS})[key]
+        for rule_id, n in counts.items():
+            dst[rule_id] = dst.get(rule_id, 0) + n
+
+    def get(self, profile: str, key: str, rule_id: str) -> int:
+        return self.by_profile.get(profile, {}).get(key, {}).get(rule_id, 0)
+
+    def rule_ids(self) -> set[str]:
+        return {r for keys in self.by_profile.values() for counts in keys.values() for r in counts}
+
+
+def _count_map(data: Mapping[str, Any], key: str, origin: str) -> dict[str, int]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ReportInputError(f"{origin}: {key!r} must be an object {{rule_id: count}}, got {_short(value)}")
+    for rule_id, n in value.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ReportInputError(
+                f"{origin}: {key}[{rule_id!r}] must be a non-negative integer, got {_short(n)}"
+            )
+    return value
+
+
+def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
+    """Add one worker's counts to ``counts``; return its run metadata."""
+    origin = str(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ReportInputError(f"{origin}: a verdicts file must be a JSON object, got {type(data).__name__}")
+    if not any(k in data for k in (*_COUNT_KEYS, "by_profile")):
+        raise ReportInputError(
+            f"{origin}: not a teeio-conformance verdicts file "
+            f"(none of 'checked', 'exercised', 'failed', 'by_profile' present)"
+        )
+    sut = data.get("sut")
+    if not isinstance(sut, str) or not sut:
+        raise ReportInputError(f"{origin}: field 'sut' must be a non-empty str, got {_short(sut)}")
+    profiles = data.get("profiles", [])
+    if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
+        raise ReportInputError(
+            f"{origin}: field 'profiles' must be a list of profile names, got {_short(profiles)}"
+        )
+    steps = data.get("steps", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ReportInputError(f"{origin}: field 'steps' must be a non-negative integer, got {_short(steps)}")
+    run = data.get("run", {}) or {}
+    if not isinstance(run, dict):
+        raise ReportInputError(f"{origin}: field 'run' must be an object, got {_short(run)}")
+    by_profile = data.get("by_profile")
+    if by_profile is not None:
+        if not isinstance(by_profile, dict):
+            raise ReportInputError(f"{origin}: field 'by_profile' must be an object {{profile: counts}}")
+        for profile, pc in by_profile.items():
+            if not isinstance(pc, dict):
+                raise ReportInputError(f"{origin}: by_profile[{profile!r}] must be an object of counts")
+            for key in _COUNT_KEYS:
+                counts.add(profile, key, _count_map(pc, key, f"{origin}: by_profile[{profile!r}]"))
+    else:
+        column = profiles[0] if len(profiles) == 1 else AGGREGATE
+        for key in _COUNT_KEYS:
+            counts.add(column, key, _count_map(data, key, origin))
+    mtime = path.stat().st_mtime
+    return {"sut": sut, "profiles": profiles, "steps": steps, "run": run, "mtime": mtime}
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat(timespec="seconds")
+
+
+def _rule_meta(rule_id: str, failures: Iterable[Failure]) -> tuple[dict[str, Any], frozenset[str] | None]:
+    """Title, area, level, source of a rule ID, and the profiles it applies to (None: all)."""
+    from conformance.rules import BY_ID
+
+    rule = BY_ID.get(rule_id)
+    if rule is not None:
+        return (
+            {
+                "title": rule.title,
+                "area": rule.area.name,
+                "level": rule.level.value,
+                "source": rule.source,
+                "doc": rule.doc.strip(),
+                "validator_cases": rule.validator_cases,
+            },
+            rule.profiles,
+        )
+    rec = next((f for f in failures if f.rule_id == rule_id), None)
+    if rule_id in HARNESS_RULES:
+        title = HARNESS_RULES[rule_id]
+        return (
+            {
+                "title": title,
+                "area": "HARNESS",
+                "level": "MUST",
+                "source": "docs/sut-contract.md (harness)",
+                "doc": rec.rule_title if rec else "",
+                "validator_cases": (),
+            },
+            None,
+        )
+    return (
+        {
+            "title": (rec.rule_title if rec else "") or "(not in this suite's rule catalogue)",
+            "area": "UNKNOWN",
+            "level": "",
+            "source": (rec.rule_source if rec else "") or "unknown",
+            "doc": "",
+            "validator_cases": (),
+        },
+        None,
+    )
+
+
+def load_report_dir(path: str | os.PathLike[str]) -> Report:
+    """Merge all ``verdicts-*.json`` (counts summed over workers) and ``failures/*.json`` in ``path``."""
+    from conformance.rules import CATALOGUE
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ReportInputError(f"{root}: no such report directory")
+    counts = _Counts()
+    metas: list[tuple[str, dict[str, Any]]] = []
+    for vf in sorted(root.glob("verdicts-*.json")):
+        metas.append((vf.name[len("verdicts-") : -len(".json")], _read_verdicts(vf, counts)))
+    failures = [load_failure(ff) for ff in sorted((root / "failures").glob("*.json"))]
+    if not metas and not failures:
+        raise ReportInputError(
+            f"{root}: no verdicts-*.json and no failures/*.json; was the suite run with --report-dir {root}?"
+        )
+
+    suts = {m["sut"] for _, m in metas} or {f.sut for f in failures}
+    if len(suts) > 1:
+        detail = ", ".join(f"verdicts-{w}.json: {m['sut']}" for w, m in metas)
+        raise ReportInputError(
+            f"{root}: verdict files are for different SUTs ({detail}); one directory per run"
+        )
+    profiles: dict[str, None] = {}
+    for _, m in metas:
+        profiles.update(dict.fromkeys(m["profiles"]))
+    for f in failures:
+        if f.profile and not metas:
+            profiles.setdefault(f.profile, None)
+    run_meta: dict[str, Any] = {}
+    for _, m in metas:
+        for k, v in m["run"].items():
+            if v is not None:
+                run_meta.setdefault(k, v)
+    hyp = run_meta.get("hypothesis") or next((f.hypothesis for f in failures if f.hypothesis), None)
+    mtimes = [m["mtime"] for _, m in metas]
+    run = RunInfo(
+        sut=next(iter(sorted(suts))),
+        profiles=tuple(profiles),
+        hypothesis=_str_or_none(hyp),
+        seed=_str_or_none(run_meta.get("seed")),
+        settings_profile=_str_or_none(run_meta.get("profile")),
+        started=_str_or_none(run_meta.get("started")),
+        finished=_str_or_none(run_meta.get("finished")) or (_iso(max(mtimes)) if mtimes else None),
+        steps=sum(m["steps"] for _, m in metas),
+        workers=tuple(w for w, _ in metas),
+    )
+
+    columns = list(counts.by_profile) or list(run.profiles) or [AGGREGATE]
+    for p in run.profiles:
+        if p not in columns and AGGREGATE not in columns:
+            columns.append(p)
+    failed_cells = {(f.rule_id, _failure_column(f, columns)) for f in failures}
+
+    ids = [r.id for r in CATALOGUE]
+    extra = sorted((counts.rule_ids() | {f.rule_id for f in failures}) - set(ids))
+    verdicts = []
+    for rule_id in [*ids, *extra]:
+        meta, applies = _rule_meta(rule_id, failures)
+        by_profile: dict[str, ProfileVerdict] = {}
+        for col in columns:
+            if applies is not None and col != AGGREGATE and col not in applies:
+                continue  # the rule does not apply to this platform: no verdict
+            if applies is not None and col == AGGREGATE and not any(p in applies for p in run.profiles):
+                continue
+            c, e, x = (counts.get(col, k, rule_id) for k in _COUNT_KEYS)
+            named = (rule_id, col) in failed_cells or (rule_id, None) in failed_cells
+            if rule_id in extra and not (c or e or x or named):
+                continue
+            status = Status.FAIL if x or named else Status.PASS if e else Status.NOT_EXERCISED
+            by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x)
+        if by_profile:
+            verdicts.append(RuleVerdict(rule_id=rule_id, by_profile=by_profile, **meta))
+    return Report(run=run, verdicts=verdicts, failures=failures)

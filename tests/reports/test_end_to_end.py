@@ -1,0 +1,139 @@
+"""End to end, for real: the suite catches a mutant, the plugin records it, the report shows it, replay
+reproduces it.
+
+A mutant IOMMUFD whose guest unbind also destroys the vdevice (tests/reports/__init__.py) is run by the
+full-stack machine under Hypothesis in a child pytest with ``--report-dir``; then ``report`` writes every
+format, ``replay`` re-runs the shrunk sequence (still FLOW-05 on the mutant, passing on the reference),
+and the generated ``failures/<name>.test.py`` is run by pytest and as a script. Skipped until the
+reference stack runs its lifecycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conformance import replay as rp
+from reports import writer
+from reports.model import load_report_dir
+
+from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
+
+pytestmark = pytest.mark.skipif(not stack_works(), reason=STACK_REASON)
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = """
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from conformance.machines.full_stack import FullStack, MachineConfig
+
+
+def test_full_stack_lifecycle(sut_factory, tdisp_profile, step_timeout):
+    class Machine(FullStack):
+        config = MachineConfig(factory=sut_factory, profile=tdisp_profile, timeout=step_timeout,
+                               only=frozenset({"FLOW-05"}))  # aim at the mutant's rule, as the mutant tests
+
+    run_state_machine_as_test(Machine, settings=settings(
+        max_examples=300, stateful_step_count=10, derandomize=True, database=None, deadline=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck)))
+"""
+
+
+def _pytest(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    environ.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *argv],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def caught(tmp_path_factory):
+    """Run the suite against the mutant with --report-dir; return the report directory."""
+    work = tmp_path_factory.mktemp("suite")
+    (work / "test_mutant_suite.py").write_text(SUITE, encoding="utf-8")
+    report_dir = work / "report"
+    proc = _pytest(
+        work,
+        "test_mutant_suite.py",
+        f"--sut={MUTANT_SUT}",
+        "--tdisp-profile=tdx",
+        f"--report-dir={report_dir}",
+        "--rootdir",
+        str(work),
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Violation_FLOW_05" in proc.stdout
+    return report_dir
+
+
+def test_the_plugin_records_the_shrunk_failure(caught):
+    records = sorted((caught / "failures").glob("*.json"))
+    assert len(records) == 1 and (caught / "verdicts-main.json").exists()
+    record = json.loads(records[0].read_text())
+    assert record["rule_id"] == "FLOW-05" and record["profile"] == "tdx" and record["sut"] == MUTANT_SUT
+    assert [s["method"] for s in record["steps"]] == ["first_vm", "assign", "guest"]  # shrunk to 3 steps
+
+
+def test_report_replay_and_the_generated_pytest_file(caught):
+    """The whole path an implementer takes, from the report directory to a reproducer on their build."""
+    parser = argparse.ArgumentParser()
+    writer.add_arguments(parser)
+    assert writer.run(parser.parse_args(["--report-dir", str(caught)])) == 0
+
+    report = load_report_dir(caught)
+    flow05 = report.verdict("FLOW-05")
+    assert flow05 is not None and flow05.by_profile["tdx"].status.value == "FAIL"
+    data = writer.read_report_json(caught / "report.json")
+    sub = next(s for s in data["results"][0]["subtests"] if s["name"] == "FLOW-05")
+    assert sub["status"] == "FAIL"
+    case = next(
+        c for c in ET.parse(caught / "junit.xml").iter("testcase") if c.attrib["name"].startswith("FLOW-05 ")
+    )
+    assert case.find("failure") is not None
+    page = (caught / "report.html").read_text(encoding="utf-8")
+    assert 'class="swimlane"' in page and "vdevice_tsm_unbind" in page
+    assert "state.guest(s=slots_0, verb=&#39;unbind&#39;)" in page  # Hypothesis' shrunk program
+
+    failure = report.failures[0]
+    record = caught / failure.file
+    parser = argparse.ArgumentParser()
+    rp.add_arguments(parser)
+    assert rp.run(parser.parse_args([str(record)])) == 1
+    fixed = rp.replay(record, sut=REFERENCE_SUT)
+    assert not fixed.still_fails and fixed.steps_run == 3
+    again = rp.replay(record)
+    assert again.still_fails and again.rule_id == "FLOW-05" and again.steps_run == 3
+
+    snippet = f"failures/{failure.name}.test.py"
+    assert (
+        _pytest(caught, "--import-mode=importlib", snippet).returncode == 0
+    )  # it still fails: the test passes
+    on_reference = _pytest(caught, "--import-mode=importlib", snippet, env={"TEEIO_SUT": REFERENCE_SUT})
+    assert on_reference.returncode == 1 and "no longer fails" in on_reference.stdout
+    script = subprocess.run(
+        [sys.executable, snippet],
+        cwd=caught,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert script.returncode == 1 and script.stdout.startswith("still fails with FLOW-05")
