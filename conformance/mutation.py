@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import get_state_machine_test
 
 from conformance.harness import SutBroken, SutHang
 from conformance.machines.device import DeviceMachine, DeviceMachineConfig
@@ -46,15 +46,33 @@ def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
 
 def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool = True,
           timeout: float = 2.0, all_rules: bool = False) -> CatchResult:
+    """Run ``mutant``'s machine until it fails (or ``max_examples`` pass) and say by what.
+
+    Only the mutant's own rule is checked (all rules with ``all_rules``). A ``SUT-HANG`` mutant is
+    judged by the harness alone -- no rule is checked -- under the mutant's own short step limit
+    (``mutant.timeout``), so each hang costs a fraction of a second. The search is derandomized from
+    ``seed`` and independent of the settings profile loaded around it (pytest's, the CLI's, CI's), so
+    a verdict is the same wherever it is computed.
+    """
     expected = mutant.rule_id
-    only = None if all_rules or expected.startswith("SUT-") else frozenset({expected})
-    machine = _machine(mutant, only, timeout)
+    if all_rules:
+        only: frozenset[str] | None = None
+    elif expected.startswith("SUT-"):
+        only = frozenset()
+    else:
+        only = frozenset({expected})
+    step_limit = getattr(mutant, "timeout", None) or timeout
+    machine = _machine(mutant, only, step_limit)
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
-    s = settings(max_examples=max_examples, stateful_step_count=20, deadline=None, database=None,
-                 derandomize=True, phases=phases, suppress_health_check=list(HealthCheck), print_blob=False)
+    s = settings(settings.get_profile("default"), max_examples=max_examples, stateful_step_count=20, deadline=None,
+                 database=None, derandomize=not seed, phases=phases, suppress_health_check=list(HealthCheck),
+                 print_blob=False)
     t0 = time.perf_counter()
     try:
-        run_state_machine_as_test(machine, settings=s)
+        test = get_state_machine_test(machine, settings=s)
+        if seed:
+            test._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
+        test()
     except RuleViolation as exc:
         steps = len(getattr(exc, "teeio_steps", []) or [])
         return CatchResult(mutant.name, expected, exc.rule.id == expected, exc.rule.id, steps,

@@ -80,7 +80,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "steps": VERDICTS.steps, "sut": session.config.getoption("--sut"),
             "profiles": selected_profiles(session.config), "by_profile": VERDICTS.by_profile,
             "run": {"settings_profile": hypothesis.settings._current_profile, "hypothesis": hypothesis.__version__,
-                    "seed": "derandomized" if hypothesis.settings.default.derandomize else None}}
+                    "seed": "derandomized" if getattr(hypothesis.settings.default, "derandomize", False) else None}}
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
 
@@ -119,7 +119,7 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
         "format": "teeio-failure/1", "test": item.nodeid, "machine": getattr(item, "teeio_machine", item.name),
         "profile": profile, "sut": item.config.getoption("--sut"), "rule_id": rule_id, "rule_title": title,
         "machine_kind": {"test_full_stack_lifecycle": "full_stack", "test_host_object_lifetimes": "host_lifetimes",
-                         "test_device_tdisp_and_ide_km": "device"}.get(getattr(item, "originalname", ""), None),
+                         "test_device_tdisp_and_ide_km": "device"}.get(getattr(item, "originalname", "")),
         "rule_source": source, "message": message, "action": action, "steps": steps, "program": notes,
         "trace": getattr(exc, "teeio_trace", []), "violating_seq": getattr(exc, "teeio_mark", None),
         "hypothesis": hypothesis.__version__, "seed": None,

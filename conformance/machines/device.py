@@ -18,7 +18,7 @@ from conformance.harness import StepRunner
 from conformance.machines.recording import note, recorded, score
 from conformance.rules import CATALOGUE
 from reference_impl.device.ide import km_codec as km
-from reference_impl.device.ide.stream import Tlp
+from reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
 from reference_impl.device.tdisp import codec as td
 from reference_impl.errors import StackError
 from reference_impl.trace import Trace
@@ -28,6 +28,18 @@ __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"
 
 DEVICE_RULES = frozenset(r.id for r in CATALOGUE if r.area.name in ("TDISP", "IDE", "ERR")) - {"IDE-06", "IDE-08"}
 IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
+FAULTS = ("poison", "config_write_command", "config_write_bar0", "config_write_msix_control", "ide_failure")
+
+
+def _acked(raw: bytes | None) -> bool:
+    """Did the device accept a KEY_PROG (KP_ACK with status SUCCESS)?"""
+    if raw is None:
+        return False
+    try:
+        ack = km.decode(raw)
+    except StackError:
+        return False
+    return isinstance(ack, km.KpAck) and ack.status == km.KpAckStatus.SUCCESS
 
 
 @attrs.frozen
@@ -78,6 +90,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self.rids = list(self.device.rids())
         self.nonces: dict[int, bytes] = {}
         self._key_counter = 0
+        self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
 
     def teardown(self) -> None:
         self.run.finish()
@@ -95,6 +108,28 @@ class DeviceMachine(RuleBasedStateMachine):
             return td.decode_response(raw) if raw is not None else None
         except StackError:
             return None
+
+    # ------------------------------------------------------------------ the TSM polling its TDIs
+    @rule()
+    @recorded
+    def poll(self) -> None:
+        """GET_DEVICE_INTERFACE_STATE and GET_TDISP_VERSION to every TDI over the newest live session, and
+        the whole interface report of every TDI that says it is locked.
+
+        Queries change nothing and must tell the truth, so polling is always safe -- which is why it is
+        this machine's first rule (Hypothesis favours the first rule in its order: no target, fewest
+        arguments)."""
+        live = [s for d in self.run._snap.devices for s in d.sessions]
+        if not live:
+            return
+        for rid in self.rids:
+            iid = td.InterfaceId(function_id=rid)
+            state = self._tdisp("tdisp_state", max(live), td.GetDeviceInterfaceState(interface_id=iid))
+            self._tdisp("tdisp_version", max(live), td.GetTdispVersion(interface_id=iid))
+            if isinstance(state, td.DeviceInterfaceState) and state.tdi_state in (td.TdiState.CONFIG_LOCKED,
+                                                                                   td.TdiState.RUN):
+                self._tdisp("tdisp_report_whole", max(live),
+                            td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400))
 
     # ------------------------------------------------------------------ sessions and keys
     @rule(target=sessions)
@@ -127,7 +162,11 @@ class DeviceMachine(RuleBasedStateMachine):
         self._program_keys(sid, key_set)
 
     def _program_keys(self, sid: int, key_set: int) -> None:
-        """QUERY, KEY_PROG x6, K_SET_GO x6 and stream enable, as one TSM step."""
+        """QUERY, KEY_PROG x6, K_SET_GO x6 and stream enable, as one TSM step.
+
+        The machine keeps the root port's side of the stream (``self.link``): every key the device
+        acknowledges is programmed there for the opposite direction, so the machine can send the device
+        IDE-protected TLPs -- and tampered ones."""
         def go() -> None:
             send = self.device.handle_vendor_message
             send(0, km.encode(km.Query(port_index=0)), session_id=sid)
@@ -136,12 +175,21 @@ class DeviceMachine(RuleBasedStateMachine):
             for slot in slots:
                 self._key_counter += 1
                 key = self._key_counter.to_bytes(4, "little") * 8
-                send(0, km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key,
-                                             iv=IV)), session_id=sid)
+                raw = send(0, km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0,
+                                                   key=key, iv=IV)), session_id=sid)
+                if _acked(raw):
+                    mirror = km.KeySubStream(key_set=slot.key_set, direction=km.Direction(1 - slot.direction),
+                                             sub_stream=slot.sub_stream)
+                    self.link.program_key(mirror, key, IV)
             for slot in slots:
-                send(0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)),
-                     session_id=sid)
+                raw = send(0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)),
+                           session_id=sid)
+                mirror = km.KeySubStream(key_set=slot.key_set, direction=km.Direction(1 - slot.direction),
+                                         sub_stream=slot.sub_stream)
+                if raw is not None and self.link.is_programmed(mirror):
+                    self.link.go(mirror)
             self.device.ide_enable(True)
+            self.link.enable()
 
         self._do("program_ide_keys", go)
 
@@ -179,7 +227,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=rid)))
 
     @rule(sid=sessions, fn=st.integers(0, 1),
-          kind=st.sampled_from(["state", "version", "caps", "report", "report_bad_offset"]))
+          kind=st.sampled_from(["state", "version", "caps", "report", "report_whole", "report_bad_offset"]))
     @recorded
     def query(self, sid: int, fn: int, kind: str) -> None:
         iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
@@ -188,6 +236,7 @@ class DeviceMachine(RuleBasedStateMachine):
             "version": td.GetTdispVersion(interface_id=iid),
             "caps": td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
             "report": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
+            "report_whole": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
             "report_bad_offset": td.GetDeviceInterfaceReport(interface_id=iid, offset=0xFFFF, length=1),
         }[kind]
         self._tdisp(f"tdisp_{kind}", sid, msg)
@@ -208,23 +257,39 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(fn=st.integers(0, 1))
     @recorded
     def flr(self, fn: int) -> None:
+        """Function-level reset (of the PF: every VF's TDI is reset with it)."""
         self._do("flr", self.device.flr, self.rids[fn % len(self.rids)])
 
-    @rule(fn=st.integers(0, 1), register=st.sampled_from(["command", "bar0", "msix_control"]))
+    @rule(kind=st.sampled_from(FAULTS), fn=st.integers(0, 1))
     @recorded
-    def config_write(self, fn: int, register: str) -> None:
-        value = {"command": 0x6, "bar0": 0xF000_0000}.get(register, 0)
-        self._do(f"config_write_{register}", self.device.config_write, self.rids[fn % len(self.rids)], register, value)
+    def fault(self, kind: str, fn: int) -> None:
+        """A tracked event on one function (poisoned TLP, config write) or an IDE failure."""
+        rid = self.rids[fn % len(self.rids)]
+        if kind == "ide_failure":
+            self._do("ide_failure", self.device.ide_failure, "injected")
+        elif kind.startswith("config_write_"):
+            register = kind.removeprefix("config_write_")
+            value = {"command": 0x6, "bar0": 0xF000_0000}.get(register, 0)
+            self._do(kind, self.device.config_write, rid, register, value)
+        else:
+            self._do(kind, getattr(self.device, kind), rid)
 
-    @rule(fn=st.integers(0, 1))
+    @rule(fn=st.integers(0, 1), tamper=st.booleans())
     @recorded
-    def poison(self, fn: int) -> None:
-        self._do("poison", self.device.poison, self.rids[fn % len(self.rids)])
-
-    @rule()
-    @recorded
-    def ide_failure(self) -> None:
-        self._do("ide_failure", self.device.ide_failure, "injected")
+    def protected_tlp(self, fn: int, tamper: bool) -> None:
+        """A T=1 MMIO read sent IDE-protected over the machine's end of the stream -- intact, or with one
+        ciphertext bit flipped on the way (the device must fail its integrity check and go Insecure)."""
+        if self.link.state is not StreamState.SECURE:
+            return
+        rid = self.rids[fn % len(self.rids)]
+        base, _ = self.device.bar_range(rid)
+        tlp = Tlp(kind="MRd", requester_id=rid, address=base + 4096, t_bit=True, payload=(8).to_bytes(4, "little"),
+                  stream_id=0)
+        packet = self.link.protect(tlp)
+        if tamper:
+            flipped = bytes([packet.ciphertext[0] ^ 0x01]) + packet.ciphertext[1:]
+            packet = attrs.evolve(packet, ciphertext=flipped)
+        self._do(f"protected_mmio_read{'_tampered' if tamper else ''}", self.device.receive, packet)
 
     @rule(fn=st.integers(0, 1), t_bit=st.booleans())
     @recorded

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
 
 from conformance.harness import StepRunner
 from conformance.machines.recording import note, recorded, score
@@ -24,7 +24,10 @@ VIRT_BASE = 0x10
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
 HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
-STAGES = ("running", "bound", "attested", "accepted", "started")
+STAGES = ("running", "bound", "attested", "accepted", "started", "used")
+GUEST_VERBS = ("bind", "attest", "accept", "start", "unbind")
+FAULTS = ("poison", "config_write_command", "config_write_bar0", "config_write_msix_control",
+          "config_write_bus_number", "flr", "vfio_close")
 
 
 @attrs.frozen
@@ -52,7 +55,10 @@ def _vm(target: str | Slot) -> str:
 class FullStack(RuleBasedStateMachine):
     config: MachineConfig  # set by the test that runs it (see conformance/test_full_stack.py)
 
-    vms = Bundle("vms")
+    # Hypothesis orders rules by (target bundle names, argument count, name) and favours the first and the
+    # last: ``advance`` comes first, and naming this bundle so it sorts before "slots" makes ``bring_up``
+    # the last -- the two steps that carry examples deep into the lifecycle.
+    vms = Bundle("bare_vms")
     slots = Bundle("slots")
     any_vm = st.one_of(vms, slots)  # a bare VM or the VM a slot lives in (bring_up's VMs have no other handle)
 
@@ -97,32 +103,69 @@ class FullStack(RuleBasedStateMachine):
 
     @rule()
     @recorded
-    def connect(self) -> None:
-        """The well-behaved host (re)establishes the link when it is down or broken; otherwise waits.
+    def advance(self) -> None:
+        """The well-behaved host and guest take the next lifecycle step on the newest live assignment.
 
-        (Hypothesis favours the first rule in its order -- no target, fewest arguments -- so that
-        place goes to a step that never tears anything down.)"""
+        The host (re)connects a broken link first; then the VM runs, or its guest binds, attests,
+        accepts, starts, and finally uses the device (private MMIO read, private DMA from the device).
+        A guest whose device was unbound under it (reset, disconnect, close) unbinds to resynchronise.
+        (Hypothesis favours the first rule in its order -- no target, fewest arguments -- so that place
+        goes to a step that moves every example deeper into the lifecycle and never tears down.)"""
         self._heal_link()
+        snap = self.run._snap
+        states = {v.name: v.state.value for v in snap.kvm.vms}
+        live = [a for a in snap.vmm.assignments if states.get(a.vm) in ("created", "running")]
+        if not live:
+            return
+        a = live[-1]
+        if states[a.vm] == "created":
+            self._do("kvm_run", self.stack.vmm.run, a.vm)
+            return
+        guest = self.stack.guests.get(a.vm)
+        view = next((g for g in snap.guests if g.vm == a.vm), None)
+        vdev = next((v for v in view.vdevs if v.virt_id == a.virt_id), None) if view is not None else None
+        if guest is None or vdev is None:
+            return
+        tdi = next((t for t in snap.tsm.tdis if t.rid == a.rid), None)
+        if vdev.bound and (tdi is None or tdi.vm != a.vm):
+            self._do("guest_unbind", guest.disconnect, a.virt_id)
+            return
+        for flag, name, call in (("bound", "guest_bind", guest.connect), ("attested", "guest_attest", guest.attest),
+                                 ("accepted", "guest_accept", guest.accept), ("running", "guest_start", guest.start)):
+            if not getattr(vdev, flag):
+                self._do(name, call, a.virt_id)
+                return
+        self._do("guest_read_private_mmio", guest.read_private_mmio, a.virt_id)
+        self._do("device_dma_t1_private", self.device.issue_dma, a.rid, PRIVATE_GPA, b"device->guest private data",
+                 t_bit=True)
 
     @rule(target=slots, vm=vms, fn=st.integers(0, 3))
     @recorded
-    def assign(self, vm: str, fn: int) -> Slot:
+    def assign(self, vm: str, fn: int) -> Any:
         rid = self.rids[fn % len(self.rids)]
         slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + fn % len(self.rids))
-        self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
+        if self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id) is None:
+            return multiple()  # refused: no slot to act on
         return slot
 
     @rule(target=slots, fn=st.integers(0, 3), stage=st.sampled_from(STAGES))
     @recorded
-    def bring_up(self, fn: int, stage: str) -> Slot:
-        """A fresh VM with a well-behaved VMM and guest, up to ``stage``, as one step (each crossing checked)."""
-        taken = {a.rid for a in self.run._snap.vmm.assignments}
-        free = [r for r in self.rids if r not in taken] or self.rids
-        rid = free[fn % len(free)]
+    def bring_up(self, fn: int, stage: str) -> Any:
+        """A fresh VM with a well-behaved VMM and guest, up to ``stage``, as one step (each crossing checked).
+
+        The host first makes room: it reconnects a broken link, and when every function is assigned it
+        stops the VM holding the chosen one (the VMM hands a function to a new VM only after the old
+        VM let go of it)."""
+        taken = {a.rid: a.vm for a in self.run._snap.vmm.assignments}
+        free = [r for r in self.rids if r not in taken]
+        rid = free[fn % len(free)] if free else self.rids[fn % len(self.rids)]
+        if rid in taken:
+            self._do("vm_stop", self.stack.vmm.stop_vm, taken[rid])
         vm = str(self._do("create_vm", self.stack.create_vm))
         slot = Slot(vm=vm, rid=rid, virt_id=VIRT_BASE + self.rids.index(rid))
         self._heal_link()
-        self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id)
+        if self._do("assign", self.stack.vmm.assign, vm, self.device_name, rid, slot.virt_id) is None:
+            return multiple()
         self._do("kvm_run", self.stack.vmm.run, vm)
         guest = self.stack.guests.get(vm)
         if guest is None:
@@ -131,6 +174,10 @@ class FullStack(RuleBasedStateMachine):
                  ("guest_start", guest.start)]
         for name, fn_ in steps[: STAGES.index(stage)]:
             self._do(name, fn_, slot.virt_id)
+        if stage == "used":  # step 35: private MMIO from the guest, private DMA from the device
+            self._do("guest_read_private_mmio", guest.read_private_mmio, slot.virt_id)
+            self._do("device_dma_t1_private", self.device.issue_dma, rid, PRIVATE_GPA, b"device->guest private data",
+                     t_bit=True)
         return slot
 
     def _heal_link(self) -> None:
@@ -151,51 +198,35 @@ class FullStack(RuleBasedStateMachine):
     def run_vm(self, vm: str | Slot) -> None:
         self._do("kvm_run", self.stack.vmm.run, _vm(vm))
 
-    # ------------------------------------------------------------------ the guest, in order
-    @rule(s=slots)
+    # ------------------------------------------------------------------ the guest, in order or not
+    @rule(s=slots, verb=st.sampled_from(GUEST_VERBS))
     @recorded
-    def guest_enumerate(self, s: Slot) -> None:
-        self._do("guest_enumerate", self._guest(s.vm).enumerate, s.virt_id)
+    def guest(self, s: Slot, verb: str) -> None:
+        """One lifecycle verb of the guest on a slot, whatever the slot's stage (in order or not)."""
+        guest = self._guest(s.vm)
+        call = {"bind": guest.connect, "attest": guest.attest, "accept": guest.accept, "start": guest.start,
+                "unbind": guest.disconnect}[verb]
+        self._do(f"guest_{verb}", call, s.virt_id)
+        if verb == "start":
+            note(f"TDI state after start: {self._state(s.rid)}")
 
-    @rule(s=slots)
+    @rule(s=slots, private=st.booleans())
     @recorded
-    def guest_connect(self, s: Slot) -> None:
-        self._do("guest_bind", self._guest(s.vm).connect, s.virt_id)
+    def guest_use(self, s: Slot, private: bool) -> None:
+        """The guest touches the device: a private MMIO read of its TEE memory, or a T=0 enumerate."""
+        guest = self._guest(s.vm)
+        if private:
+            self._do("guest_read_private_mmio", guest.read_private_mmio, s.virt_id)
+        else:
+            self._do("guest_enumerate", guest.enumerate, s.virt_id)
 
-    @rule(s=slots)
-    @recorded
-    def guest_attest(self, s: Slot) -> None:
-        self._do("guest_attest", self._guest(s.vm).attest, s.virt_id)
-
-    @rule(s=slots)
-    @recorded
-    def guest_accept(self, s: Slot) -> None:
-        self._do("guest_accept", self._guest(s.vm).accept, s.virt_id)
-
-    @rule(s=slots)
-    @recorded
-    def guest_start(self, s: Slot) -> None:
-        self._do("guest_start", self._guest(s.vm).start, s.virt_id)
-        note(f"TDI state after start: {self._state(s.rid)}")
-
-    @rule(s=slots)
-    @recorded
-    def guest_read_private(self, s: Slot) -> None:
-        self._do("guest_read_private_mmio", self._guest(s.vm).read_private_mmio, s.virt_id)
-
-    @rule(s=slots)
-    @recorded
-    def guest_unbind(self, s: Slot) -> None:
-        self._do("guest_unbind", self._guest(s.vm).disconnect, s.virt_id)
-
-    # ------------------------------------------------------------------ the guest TSM, too early
     @rule(s=slots, kind=st.sampled_from(["start", "accept"]))
     @recorded
     def guest_tsm_early(self, s: Slot, kind: str) -> None:
+        """The guest TSM sends accept/start before the guest kernel asks for it."""
         gtsm = self.stack.guest_tsms.get(s.vm)
-        if gtsm is None:
-            return
-        self._do(f"guest_tsm_{kind}_early", getattr(gtsm, kind), s.virt_id)
+        if gtsm is not None:
+            self._do(f"guest_tsm_{kind}_early", getattr(gtsm, kind), s.virt_id)
 
     # ------------------------------------------------------------------ the device
     @rule(s=slots, t_bit=st.booleans(), private=st.booleans())
@@ -227,13 +258,20 @@ class FullStack(RuleBasedStateMachine):
     def host_unmap_private(self, s: Slot) -> None:
         self._do("host_unmap_private_mmio", self.stack.kvm.unmap_private_mmio, s.vm, s.rid)
 
-    @rule(vm=any_vm)
+    @rule(vm=any_vm, vdevices_first=st.booleans())
     @recorded
-    def host_destroy_viommu(self, vm: str | Slot) -> None:
-        for o in self.run._snap.iommufd.objects:
-            if o.kind.value == "viommu" and o.vm == _vm(vm):
-                self._do("host_destroy_viommu", self.stack.iommufd.destroy, o.id)
-                return
+    def host_destroy_viommu(self, vm: str | Slot, vdevices_first: bool) -> None:
+        """IOMMU_DESTROY of the VM's vIOMMU -- as it stands, or after destroying its vdevices first (what
+        a host tearing the vIOMMU down under a running guest would do)."""
+        objs = self.run._snap.iommufd.objects
+        vi = next((o for o in objs if o.kind.value == "viommu" and o.vm == _vm(vm)), None)
+        if vi is None:
+            return
+        if vdevices_first:
+            for o in objs:
+                if o.kind.value == "vdevice" and o.parent == vi.id:
+                    self._do("host_destroy_vdevice", self.stack.iommufd.destroy, o.id)
+        self._do("host_destroy_viommu", self.stack.iommufd.destroy, vi.id)
 
     @rule(s=slots)
     @recorded
@@ -259,23 +297,24 @@ class FullStack(RuleBasedStateMachine):
 
     @rule(s=slots)
     @recorded
-    def host_remap_ioas(self, s: Slot) -> None:
-        """The host moves the function onto an IOAS that maps *all* guest RAM, private pages included
-        (a VMM may map any pages it likes; only the platform keeps T=0 DMA out of private memory)."""
+    def host_dma_attack(self, s: Slot) -> None:
+        """The host moves the function onto an IOAS that maps *all* guest RAM, private pages included (a
+        VMM may map any pages it likes), then has the device DMA with T=0 into private memory: only the
+        platform keeps such a write out (TDX / SEV-SNP memory ownership checks)."""
         idev = next((i for _, name, rid, i in self.run._snap.vfio.open_fds
                      if name == self.device_name and rid == s.rid), None)
-        vm = next((v for v in self.run._snap.kvm.vms if v.name == s.vm), None)
+        vm = next((v for v in self.run._snap.kvm.vms if v.name == s.vm and v.state.value != "destroyed"), None)
         if idev is None or vm is None:
-            return
-        pages = len(vm.shared_memory) // 4096 + vm.private_pages
-        if any(o.id == idev and o.kind.value == "idev" for o in self.run._snap.iommufd.objects):
-            self._do("host_detach", self.stack.iommufd.detach, idev)
-        ioas = self._do("host_ioas_all_ram", self.stack.iommufd.ioas_alloc, s.vm, frozenset(range(pages)))
-        if ioas is None:
-            return
-        hwpt = self._do("host_hwpt_alloc", self.stack.iommufd.hwpt_alloc, idev, ioas)
-        if hwpt is not None:
-            self._do("host_attach", self.stack.iommufd.attach, idev, hwpt)
+            return  # a destroyed VM's memory is gone: nothing of it left to map
+        pages = frozenset(range(len(vm.shared_memory) // 4096 + vm.private_pages))
+        if not any(r == s.rid and set(g) >= pages for r, _, g in self.run._snap.iommu.shared):
+            if any(r == s.rid for r, _, _ in self.run._snap.iommu.shared):
+                self._do("host_detach", self.stack.iommufd.detach, idev)
+            ioas = self._do("host_ioas_all_ram", self.stack.iommufd.ioas_alloc, s.vm, pages)
+            hwpt = self._do("host_hwpt_alloc", self.stack.iommufd.hwpt_alloc, idev, ioas) if ioas else None
+            if hwpt is not None:
+                self._do("host_attach", self.stack.iommufd.attach, idev, hwpt)
+        self._do("host_dma_t0_private", self.device.issue_dma, s.rid, PRIVATE_GPA, b"host-driven DMA", t_bit=False)
 
     @rule(s=slots, other=vms)
     @recorded
@@ -305,23 +344,21 @@ class FullStack(RuleBasedStateMachine):
             self._do(f"tsm_{call}", getattr(self.stack.tsm, call), self.device_name)
 
     # ------------------------------------------------------------------ faults
-    @rule(s=slots)
+    @rule(s=slots, kind=st.sampled_from(FAULTS))
     @recorded
-    def fault_flr(self, s: Slot) -> None:
-        fd = self._fd(s.rid)
-        if fd is not None:
-            self._do("vfio_reset", self.stack.vfio.reset, fd, s.rid)
-
-    @rule(s=slots, register=st.sampled_from(["command", "bar0", "msix_control", "bus_number"]))
-    @recorded
-    def fault_config_write(self, s: Slot, register: str) -> None:
-        value = {"command": 0x4, "bar0": 0xF000_0000 + (s.rid & 0xFF) * 0x10000}.get(register, 0)
-        self._do(f"config_write_{register}", self.device.config_write, s.rid, register, value)
-
-    @rule(s=slots)
-    @recorded
-    def fault_poison(self, s: Slot) -> None:
-        self._do("poisoned_tlp", self.device.poison, s.rid)
+    def fault(self, s: Slot, kind: str) -> None:
+        """A fault on one function: poisoned TLP, config-space write, FLR through VFIO, VFIO close."""
+        if kind == "poison":
+            self._do("poisoned_tlp", self.device.poison, s.rid)
+        elif kind.startswith("config_write_"):
+            register = kind.removeprefix("config_write_")
+            value = {"command": 0x4, "bar0": 0xF000_0000 + (s.rid & 0xFF) * 0x10000}.get(register, 0)
+            self._do(kind, self.device.config_write, s.rid, register, value)
+        elif (fd := self._fd(s.rid)) is not None:
+            if kind == "flr":
+                self._do("vfio_reset", self.stack.vfio.reset, fd, s.rid)
+            else:
+                self._do("vfio_close", self.stack.vfio.close_device, fd)
 
     @rule(kind=st.sampled_from(["ide", "session_end"]))
     @recorded
@@ -333,13 +370,6 @@ class FullStack(RuleBasedStateMachine):
         for d in self.run._snap.devices:
             if d.name == self.device_name and d.sessions:
                 self._do("spdm_session_end", self.device.spdm_end, d.sessions[0])
-
-    @rule(s=slots)
-    @recorded
-    def fault_vfio_close(self, s: Slot) -> None:
-        fd = self._fd(s.rid)
-        if fd is not None:
-            self._do("vfio_close", self.stack.vfio.close_device, fd)
 
     @rule(vm=any_vm)
     @recorded
@@ -361,5 +391,3 @@ class FullStack(RuleBasedStateMachine):
                 return int(fd)
         return None
 
-
-del precondition

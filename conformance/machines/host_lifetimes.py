@@ -81,7 +81,7 @@ class HostLifetimes(RuleBasedStateMachine):
             idev = self._idev_of(rid)
             if idev is not None:
                 self.seen_ids.append(idev)
-        return fd  # type: ignore[no-any-return]
+        return fd
 
     @initialize()
     @recorded

@@ -302,13 +302,13 @@ def _replay(o: Observation) -> _Replay:
     cached = o.memo.get("replay")
     if cached is None:
         cached = o.memo["replay"] = _Replay(o)
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def _final_mismatch(o: Observation) -> dict[str, str]:
     """Compare the model's end states with the snapshot; blame the rule for the last thing done."""
     if "mismatch" in o.memo:
-        return o.memo["mismatch"]  # type: ignore[no-any-return]
+        return o.memo["mismatch"]
     r = _replay(o)
     after = tdi_states(o.after)
     was = tdi_states(o.before)
@@ -418,6 +418,8 @@ def ide_gostop_ack(o: Observation) -> str | None:
             req, ack = km.decode(raw), km.decode(bytes(e.result))
         except StackError:
             continue
+        if not isinstance(req, km.KSetGo | km.KSetStop):
+            continue
         if isinstance(ack, km.KGoStopAck) and (req.stream_id, req.key_sub_stream, req.port_index) != \
                 (ack.stream_id, ack.key_sub_stream, ack.port_index):
             return "K_GOSTOP_ACK does not echo stream, key/sub-stream and port"
@@ -503,9 +505,9 @@ def ide_refresh_keeps_secure(o: Observation) -> str | None:
     return HELD
 
 
-def _r(id: str, title: str, area: Area, level: Level, source: str, check, *, cases=(), profiles=None,
-       on=None) -> Rule:
-    kw = {} if profiles is None else {"profiles": frozenset(profiles)}
+def _r(id: str, title: str, area: Area, level: Level, source: str, check: Any, *, cases: Any = (),
+       profiles: Any = None, on: Any = None) -> Rule:
+    kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
     return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
                 on=frozenset(on) if on else None, validator_cases=tuple(cases), **kw)
 

@@ -8,6 +8,8 @@ the Nth maintainer correction in flow.md (Jason Gunthorpe, 2025-05-15,
 
 from __future__ import annotations
 
+from typing import Any
+
 from reference_impl.device.tdisp import codec as td
 from reference_impl.errors import AccessFault, CallerError, StackError
 
@@ -151,7 +153,7 @@ def flow_cca_unmap_before_stop(o: Observation) -> str | None:
                 mapped.discard(key)
         elif e.callee == "device" and e.operation == "handle_vendor_message":
             for _, req, resp in tdisp_exchanges([e]):
-                rid = _stop_rid(req, resp)
+                rid = _stop_rid(req, resp)  # type: ignore[assignment]
                 if rid is None:
                     continue
                 stops += 1
@@ -271,7 +273,7 @@ def life_tombstones(o: Observation) -> str | None:
     if lost and not o.after.iommufd.closed:
         return f"tombstone(s) {sorted(lost)} vanished before the iommufd closed"
     before_vd = {v.id: v for v in objects(o.before, "vdevice")}
-    for e in closes:
+    if closes:
         for v in before_vd.values():
             if v.id not in live and v.id not in tomb and not o.after.iommufd.closed and v.device is not None \
                     and not any(d.operation == "destroy" and d.arguments == (v.id,) for d in o.events):
@@ -291,7 +293,8 @@ def life_kvm_refcount(o: Observation) -> str | None:
         return None
     for v in o.after.kvm.vms:
         if v.refs != refs.get(v.name, 0):
-            return f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice/TDI binding(s) use it"
+            return (f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice/TDI "
+                    "binding(s) use it")
         if v.state.value == "destroyed" and refs.get(v.name):
             return f"{v.name} was destroyed while vIOMMU/vdevice objects still referenced it"
     return HELD
@@ -522,7 +525,7 @@ def mmio_recover_after_free(o: Observation) -> str | None:
                 elif isinstance(resp, td.StartInterfaceResponse):
                     states[rid] = td.TdiState.RUN
         elif e.seq in recover_seqs:
-            rid = att_rid.get(e.arguments[0]) if e.callee == "kvm" else e.arguments[0]
+            rid = att_rid.get(e.arguments[0]) if e.callee == "kvm" else e.arguments[0]  # type: ignore[assignment]
             if rid is None:
                 continue
             why = ("still locked" if states.get(rid) in LOCKED else
@@ -590,7 +593,8 @@ def dma_faults_recorded(o: Observation) -> str | None:
     if not refused:
         return None
     if len(o.after.iommu.faults) < len(o.before.iommu.faults) + len(refused):
-        return f"{len(refused)} refused DMA(s) but {len(o.after.iommu.faults) - len(o.before.iommu.faults)} fault record(s)"
+        new = len(o.after.iommu.faults) - len(o.before.iommu.faults)
+        return f"{len(refused)} refused DMA(s) but {new} fault record(s)"
     return HELD
 
 
@@ -769,9 +773,9 @@ def err_access_faults_typed(o: Observation) -> str | None:
     return HELD
 
 
-def _r(id: str, title: str, area: Area, level: Level, source: str, check, *, profiles=None, on=None,
-       cases=(), doc: str = "") -> Rule:
-    kw = {} if profiles is None else {"profiles": frozenset(profiles)}
+def _r(id: str, title: str, area: Area, level: Level, source: str, check: Any, *, profiles: Any = None,
+       on: Any = None, cases: Any = (), doc: str = "") -> Rule:
+    kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
     return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
                 on=frozenset(on) if on else None, validator_cases=tuple(cases), doc=doc or (check.__doc__ or ""), **kw)
 

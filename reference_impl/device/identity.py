@@ -1,18 +1,29 @@
-"""Device identity and evidence: a P-384 certificate chain, measurements, signed interface reports.
+"""Device identity and evidence: a P-384 certificate chain, measurements, a signed interface report.
 
-What the guest verifies before it accepts a TDI (PCIe §11 TVM acceptance; rules-seed C.56): the
-leaf certificate chains to the root it trusts, the evidence is signed by the leaf's key, the
-measurements are the device's, and the signature covers *the guest's own fresh nonce* -- so a report
-from an earlier lock cannot be replayed.
+What a guest checks before it accepts a TDI (PCIe §11.3.11/§11.4 TVM acceptance; SPDM DSP0274
+GET_CERTIFICATE / GET_MEASUREMENTS with a requester nonce; rules-seed D and A.5):
 
-Keys are derived from a seed so runs are reproducible; generating them is cached per seed.
+1. the certificate chain starts at the root the guest trusts and each certificate is signed by the one
+   before it (root CA -> device leaf);
+2. the evidence -- interface report, nonce and measurements digest -- is signed by the leaf's key;
+3. the signature covers *the caller's own fresh nonce*, so evidence from an earlier lock or an earlier
+   request cannot be replayed (ARM RMM regenerates its nonce at lock and at each report: rules-seed 64);
+4. optionally, the measurements are the expected (reference) ones.
+
+:func:`verify_evidence` raises :class:`EvidenceError` whose ``reason`` names the first check that failed.
+
+Keys are derived from a seed (``ec.derive_private_key``) and certificates and evidence are signed with
+deterministic ECDSA (RFC 6979) where the installed ``cryptography`` offers it, so the same seed gives the
+same bytes in every run; building a chain is cached per seed because tests create many devices.
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 import functools
 import hashlib
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -21,52 +32,169 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from reference_impl.errors import ConformanceViolation
+from reference_impl.errors import ConformanceViolation, InvalidArgument
 
-__all__ = ["DeviceIdentity", "EvidenceError", "SignedEvidence", "make_evidence", "verify_evidence"]
+__all__ = [
+    "NONCE_LEN",
+    "DeviceIdentity",
+    "EvidenceError",
+    "EvidenceFailure",
+    "SignedEvidence",
+    "make_evidence",
+    "verify_evidence",
+]
 
-_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-_NOT_AFTER = datetime.datetime(2045, 1, 1, tzinfo=datetime.UTC)
+NONCE_LEN = 32  # SPDM / TDISP nonces are 32 bytes
+DIGEST_LEN = 48  # SHA-384
+_P384_ORDER = int(
+    "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
+)
+_NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)  # RFC 5280: no expiry
+_EVIDENCE_TAG = b"teeio-evidence-v1"
+_DEFAULT_FIRMWARE = (b"firmware v1.0", b"config v1")
+
+
+class EvidenceFailure(enum.Enum):
+    """Which check of :func:`verify_evidence` failed."""
+
+    MALFORMED = "malformed"  # a certificate does not parse / the chain is too short
+    WRONG_ROOT = "wrong_root"  # the chain does not start at the trusted root
+    BAD_CHAIN = "bad_chain"  # a certificate is not issued / signed by the one before it, or not valid now
+    BAD_SIGNATURE = "bad_signature"  # the evidence signature does not verify under the leaf key
+    STALE_NONCE = "stale_nonce"  # the evidence answers another challenge (freshness)
+    WRONG_MEASUREMENTS = "wrong_measurements"  # the measurements are not the expected ones
 
 
 class EvidenceError(ConformanceViolation):
-    """Evidence that does not verify: bad chain, bad signature, stale nonce, foreign measurements."""
+    """Evidence that does not verify; ``reason`` says which check failed."""
+
+    def __init__(self, message: str, *, reason: EvidenceFailure) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
 
 
-def _key(seed: int, role: int) -> ec.EllipticCurvePrivateKey:
-    secret = int.from_bytes(hashlib.sha384(f"teeio-identity/{seed}/{role}".encode()).digest(), "big")
-    return ec.derive_private_key(secret % (2**383) + 1, ec.SECP384R1())
+# ------------------------------------------------------------------------------------------ key material
+def _private_key(seed: int, role: str) -> ec.EllipticCurvePrivateKey:
+    """A P-384 key from the seed: SHA-384 of a labelled seed, reduced into [1, n-1]."""
+    digest = hashlib.sha384(f"teeio-identity/{seed}/{role}".encode()).digest()
+    return ec.derive_private_key(int.from_bytes(digest, "big") % (_P384_ORDER - 1) + 1, ec.SECP384R1())
 
 
-def _cert(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey,
-          *, ca: bool, serial: int) -> x509.Certificate:
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-         .public_key(key.public_key()).serial_number(serial)
-         .not_valid_before(_NOT_BEFORE).not_valid_after(_NOT_AFTER)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    return b.sign(signer, hashes.SHA384())
+def _ecdsa() -> ec.ECDSA:
+    try:
+        return ec.ECDSA(hashes.SHA384(), deterministic_signing=True)  # type: ignore[call-arg,unused-ignore]
+    except TypeError:  # cryptography < 44: randomised ECDSA, still correct
+        return ec.ECDSA(hashes.SHA384())
 
 
-@functools.lru_cache(maxsize=16)
+def _sign_certificate(
+    builder: x509.CertificateBuilder, signer: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    try:  # ecdsa_deterministic: cryptography >= 44
+        return builder.sign(
+            signer,
+            hashes.SHA384(),
+            ecdsa_deterministic=True,  # type: ignore[call-arg,unused-ignore]
+        )
+    except TypeError:
+        return builder.sign(signer, hashes.SHA384())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "teeio-conformance reference"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _certificate(
+    *,
+    subject: str,
+    issuer: str,
+    key: ec.EllipticCurvePrivateKey,
+    signer: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    serial: int,
+) -> x509.Certificate:
+    usage = dict.fromkeys(
+        (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
+    usage.update(key_cert_sign=ca, crl_sign=ca, digital_signature=not ca)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.KeyUsage(**usage), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+    )
+    return _sign_certificate(builder, signer)
+
+
+@functools.lru_cache(maxsize=64)
 def _material(seed: int) -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
-    root_key, leaf_key = _key(seed, 0), _key(seed, 1)
-    root = _cert(f"teeio reference root CA {seed}", f"teeio reference root CA {seed}", root_key, root_key,
-                 ca=True, serial=1)
-    leaf = _cert(f"teeio reference device {seed}", f"teeio reference root CA {seed}", leaf_key, root_key,
-                 ca=False, serial=2)
-    enc = serialization.Encoding.DER
-    return leaf_key, root.public_bytes(enc), leaf.public_bytes(enc)
+    """(leaf private key, root DER, leaf DER) for a seed; cached (key derivation + 2 signatures)."""
+    root_key, leaf_key = _private_key(seed, "root"), _private_key(seed, "leaf")
+    root_cn, leaf_cn = f"teeio root CA {seed}", f"teeio device {seed}"
+    serial = int.from_bytes(hashlib.sha256(f"serial/{seed}".encode()).digest()[:16], "big") >> 1 | 1
+    root = _certificate(
+        subject=root_cn, issuer=root_cn, key=root_key, signer=root_key, ca=True, serial=serial
+    )
+    leaf = _certificate(
+        subject=leaf_cn, issuer=root_cn, key=leaf_key, signer=root_key, ca=False, serial=serial + 1
+    )
+    der = serialization.Encoding.DER
+    return leaf_key, root.public_bytes(der), leaf.public_bytes(der)
+
+
+def _digest_measurements(measurements: dict[int, bytes]) -> bytes:
+    h = hashlib.sha384()
+    for index in sorted(measurements):
+        h.update(index.to_bytes(1, "little") + measurements[index])
+    return h.digest()
 
 
 class DeviceIdentity:
-    def __init__(self, *, seed: int, firmware: tuple[bytes, ...] = (b"firmware v1.0", b"config v1")) -> None:
+    """The device's SPDM identity: a root CA -> device leaf chain (P-384) and measurement digests."""
+
+    def __init__(self, *, seed: int, firmware: tuple[bytes, ...] = _DEFAULT_FIRMWARE) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidArgument(f"DeviceIdentity seed: expected an int, got {seed!r}")
+        if not 1 <= len(firmware) <= 0xFE or not all(isinstance(b, bytes) for b in firmware):
+            raise InvalidArgument(
+                f"DeviceIdentity firmware: expected 1..254 byte blobs, got {firmware!r:.80}"
+            )
         self.seed = seed
         self._leaf_key, self._root, self._leaf = _material(seed)
+        # SPDM measurement indices start at 1 (index 0 means "none", 0xFF "all")
         self._measurements = {i: hashlib.sha384(blob).digest() for i, blob in enumerate(firmware, start=1)}
 
+    def __repr__(self) -> str:
+        return f"DeviceIdentity(seed={self.seed})"
+
     def certificate_chain(self) -> tuple[bytes, ...]:
+        """DER certificates, root first (the SPDM certificate-chain order)."""
         return (self._root, self._leaf)
 
     def root_certificate(self) -> bytes:
@@ -76,53 +204,133 @@ class DeviceIdentity:
         return dict(self._measurements)
 
     def measurements_digest(self) -> bytes:
-        h = hashlib.sha384()
-        for i in sorted(self._measurements):
-            h.update(i.to_bytes(1, "little") + self._measurements[i])
-        return h.digest()
+        """SHA-384 over (index, digest) pairs in index order: what evidence commits to."""
+        return _digest_measurements(self._measurements)
 
     def sign(self, data: bytes) -> bytes:
-        return self._leaf_key.sign(data, ec.ECDSA(hashes.SHA384()))
+        """ECDSA P-384 / SHA-384 with the leaf key; DER-encoded signature."""
+        if not isinstance(data, bytes):
+            raise InvalidArgument(f"DeviceIdentity.sign data: expected bytes, got {type(data).__name__}")
+        return self._leaf_key.sign(data, _ecdsa())
+
+
+# ------------------------------------------------------------------------------------------ evidence
+def _exact(n: int | None) -> Any:
+    def check(inst: Any, a: attrs.Attribute[Any], v: Any) -> None:
+        if not isinstance(v, bytes) or (n is not None and len(v) != n):
+            want = "bytes" if n is None else f"{n} bytes"
+            got = f"{len(v)} bytes" if isinstance(v, bytes) else type(v).__name__
+            raise InvalidArgument(f"SignedEvidence.{a.name}: expected {want}, got {got}")
+
+    return check
 
 
 @attrs.frozen(kw_only=True)
 class SignedEvidence:
-    report: bytes
-    nonce: bytes
-    measurements_digest: bytes
-    signature: bytes
+    """A DEVICE_INTERFACE_REPORT bound to a caller's nonce and the device's measurements, signed."""
+
+    report: bytes = attrs.field(validator=_exact(None), repr=False)
+    nonce: bytes = attrs.field(validator=_exact(NONCE_LEN))
+    measurements_digest: bytes = attrs.field(validator=_exact(DIGEST_LEN), repr=False)
+    signature: bytes = attrs.field(validator=_exact(None), repr=False)
 
     def signed_bytes(self) -> bytes:
-        return b"teeio-evidence-v1" + self.nonce + self.measurements_digest + hashlib.sha384(self.report).digest()
+        """What the signature covers: a domain tag, the nonce, the measurements and the report's hash."""
+        return _EVIDENCE_TAG + self.nonce + self.measurements_digest + hashlib.sha384(self.report).digest()
 
 
 def make_evidence(identity: DeviceIdentity, report: bytes, nonce: bytes) -> SignedEvidence:
-    unsigned = SignedEvidence(report=report, nonce=nonce, measurements_digest=identity.measurements_digest(),
-                              signature=b"")
+    """Sign ``report`` for the caller's ``nonce`` (32 bytes) with the device's leaf key."""
+    unsigned = SignedEvidence(
+        report=report, nonce=nonce, measurements_digest=identity.measurements_digest(), signature=b""
+    )
     return attrs.evolve(unsigned, signature=identity.sign(unsigned.signed_bytes()))
 
 
-def verify_evidence(evidence: SignedEvidence, *, trusted_root: bytes, chain: tuple[bytes, ...],
-                    expected_nonce: bytes) -> None:
-    """Raise :class:`EvidenceError` naming the first check that fails."""
-    if len(chain) != 2 or chain[0] != trusted_root:
-        raise EvidenceError("certificate chain does not start at the trusted root")
+def _parse(chain: tuple[bytes, ...]) -> list[x509.Certificate]:
     try:
-        root = x509.load_der_x509_certificate(chain[0])
-        leaf = x509.load_der_x509_certificate(chain[1])
-    except ValueError as exc:
-        raise EvidenceError(f"certificate does not parse: {exc}") from None
-    root_pub = root.public_key()
-    leaf_pub = leaf.public_key()
-    if not isinstance(root_pub, ec.EllipticCurvePublicKey) or not isinstance(leaf_pub, ec.EllipticCurvePublicKey):
-        raise EvidenceError("certificates must carry ECDSA P-384 keys")
+        return [x509.load_der_x509_certificate(der) for der in chain]
+    except (ValueError, TypeError) as exc:
+        raise EvidenceError(
+            f"a certificate does not parse: {exc}", reason=EvidenceFailure.MALFORMED
+        ) from None
+
+
+def _check_link(issuer: x509.Certificate, cert: x509.Certificate, depth: int, at: datetime.datetime) -> None:
+    """``cert`` (at ``depth`` in the chain) is issued and signed by ``issuer``, which is a CA."""
+
+    def bad(why: str) -> EvidenceError:
+        return EvidenceError(f"certificate {depth}: {why}", reason=EvidenceFailure.BAD_CHAIN)
+
     try:
-        root_pub.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
+        is_ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise bad("its issuer is not a CA certificate")
+    if cert.issuer != issuer.subject:
+        raise bad(f"issuer {cert.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}")
+    key = issuer.public_key()
+    algorithm = cert.signature_hash_algorithm
+    if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
+        raise bad("its issuer does not hold an ECDSA key")
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
     except InvalidSignature:
-        raise EvidenceError("device certificate is not signed by the trusted root") from None
+        raise bad("not signed by the certificate before it (swapped or forged)") from None
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise bad(f"not valid at {at.isoformat()}")
+
+
+def verify_evidence(
+    evidence: SignedEvidence,
+    *,
+    trusted_root: bytes,
+    chain: tuple[bytes, ...],
+    expected_nonce: bytes,
+    expected_measurements_digest: bytes | None = None,
+    at: datetime.datetime | None = None,
+) -> None:
+    """Raise :class:`EvidenceError` naming the first failed check; return None if the evidence holds.
+
+    Order: chain shape, trusted root, each issuer -> subject link, evidence signature under the leaf key,
+    freshness (the nonce is the caller's), then the measurements if a reference digest is given.
+    """
+    if len(chain) < 2:
+        raise EvidenceError(
+            f"the chain needs the root and a device certificate, got {len(chain)} certificate(s)",
+            reason=EvidenceFailure.MALFORMED,
+        )
+    if chain[0] != trusted_root:
+        raise EvidenceError(
+            "the chain does not start at the trusted root (foreign root)", reason=EvidenceFailure.WRONG_ROOT
+        )
+    certs = _parse(chain)
+    now = at or datetime.datetime.now(datetime.UTC)
+    for depth in range(1, len(certs)):
+        _check_link(certs[depth - 1], certs[depth], depth, now)
+    leaf_key = certs[-1].public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(leaf_key.curve, ec.SECP384R1):
+        raise EvidenceError(
+            "the device certificate does not hold a P-384 key", reason=EvidenceFailure.BAD_CHAIN
+        )
+    try:
+        leaf_key.verify(evidence.signature, evidence.signed_bytes(), ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise EvidenceError(
+            "the signature does not verify under the device key (report, nonce or "
+            "measurements altered, or another device signed)",
+            reason=EvidenceFailure.BAD_SIGNATURE,
+        ) from None
     if evidence.nonce != expected_nonce:
-        raise EvidenceError("evidence is not for this request's nonce (stale or replayed)")
-    try:
-        leaf_pub.verify(evidence.signature, evidence.signed_bytes(), ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise EvidenceError("evidence signature does not verify (report or measurements altered)") from None
+        raise EvidenceError(
+            "the evidence answers another nonce (stale: from an earlier lock or request)",
+            reason=EvidenceFailure.STALE_NONCE,
+        )
+    if (
+        expected_measurements_digest is not None
+        and evidence.measurements_digest != expected_measurements_digest
+    ):
+        raise EvidenceError(
+            "the measurements are not the expected ones", reason=EvidenceFailure.WRONG_MEASUREMENTS
+        )

@@ -28,6 +28,7 @@ class Mutant:
     overrides: dict[str, Callable[..., Any]] = attrs.field(factory=dict)  # build_stack factory overrides
     device: Callable[..., Any] | None = None  # device class (device machine and stacks alike)
     num_devices: int = 1
+    timeout: float | None = None  # per-step time limit to run it under (hang mutants: short, to stay fast)
 
     def factory(self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1,
                 trace: bool = True) -> Any:

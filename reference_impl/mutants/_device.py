@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from reference_impl.device import device as _dev
 from reference_impl.device.device import Device
 from reference_impl.device.ide import km_codec as km
 from reference_impl.device.tdisp import codec as td
+from reference_impl.mutants._host import HANG_SECONDS
 
 
 class IllegalLockRelocks(Device):
@@ -21,7 +23,8 @@ class IllegalLockRelocks(Device):
             return super()._tdisp(message, session_id)
         fn = self._by_function_id(req.interface_id.function_id)
         if isinstance(req, td.LockInterface) and fn is not None and fn.tdi.state is td.TdiState.CONFIG_LOCKED:
-            return td.LockInterfaceResponse(interface_id=req.interface_id, start_interface_nonce=fn.tdi.nonce or b"\1" * 32)
+            return td.LockInterfaceResponse(interface_id=req.interface_id,
+                                            start_interface_nonce=fn.tdi.nonce or b"\1" * 32)
         return super()._tdisp(message, session_id)
 
 
@@ -306,6 +309,26 @@ class CrashOnMalformed(Device):
         return super().handle_vendor_message(protocol_id, message, session_id=session_id)
 
 
+class HangsOnIdeQuery(Device):
+    """The device's IDE_KM responder never answers QUERY (firmware stuck): the caller waits forever."""
+
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        if protocol_id == _dev.PROTOCOL_IDE_KM and message[:1] == bytes([km.ObjectId.QUERY]):
+            time.sleep(HANG_SECONDS)
+        return super().handle_vendor_message(protocol_id, message, session_id=session_id)
+
+
+class GarbageLockResponse(Device):
+    """LOCK_INTERFACE is answered with a truncated message (a success-coded header and nothing else)."""
+
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        resp = super().handle_vendor_message(protocol_id, message, session_id=session_id)
+        if protocol_id == _dev.PROTOCOL_TDISP and len(message) > 1 and message[1] == td.RequestCode.LOCK_INTERFACE \
+                and resp is not None:
+            return resp[:6]
+        return resp
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     dev = "device"
     return [
@@ -345,4 +368,8 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
         m("device-private-mmio-in-locked", "DMA-05", "full_stack", "tdx", PrivateMmioInLocked.__doc__,
           device=PrivateMmioInLocked),
         m("device-crashes-on-malformed", "ERR-02", dev, "tdx", CrashOnMalformed.__doc__, device=CrashOnMalformed),
+        m("device-garbage-lock-response", "TDISP-12", "full_stack", "tdx", GarbageLockResponse.__doc__,
+          device=GarbageLockResponse),
+        m("device-hangs-on-ide-query", "SUT-HANG", dev, "tdx", HangsOnIdeQuery.__doc__, device=HangsOnIdeQuery,
+          timeout=0.5),
     ]

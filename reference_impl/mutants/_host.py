@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -592,6 +593,32 @@ class _NoUnbind:
         return getattr(self._real, name)
 
 
+# ------------------------------------------------------------------ SUT-HANG
+
+HANG_SECONDS = 10.0
+"""How long a hanging mutant blocks: far past the short step limit its tests use, yet bounded, so a
+harness that failed to time it out would still finish."""
+
+
+class KvmDestroyWaitsForRefs(Kvm):
+    """Destroying a referenced VM blocks until the references go (they never do while it waits),
+    instead of deferring the destroy to the last put."""
+
+    def destroy_vm(self, vm: str) -> None:
+        if self._vm(vm).refs:
+            time.sleep(HANG_SECONDS)
+        super().destroy_vm(vm)
+
+
+class IommufdCloseWaitsForDevices(Iommufd):
+    """Closing the iommufd blocks while VFIO still has devices bound to it, instead of tearing down."""
+
+    def close(self) -> None:
+        if any(o.kind is ObjKind.IDEV for o in self._objs.values()):
+            time.sleep(HANG_SECONDS)
+        super().close()
+
+
 # ------------------------------------------------------------------ ERR
 
 
@@ -628,7 +655,8 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     host = "host_lifetimes"
     return [
-        m("vmm-lazy-vdevice", "FLOW-01", full, "tdx", VmmLazyVdevice.__doc__, overrides={"vmm_factory": VmmLazyVdevice}),
+        m("vmm-lazy-vdevice", "FLOW-01", full, "tdx", VmmLazyVdevice.__doc__,
+          overrides={"vmm_factory": VmmLazyVdevice}),
         m("iommufd-bind-creates-vdevice", "FLOW-02", full, "tdx", IommufdBindCreatesVdevice.__doc__,
           overrides={"iommufd_factory": IommufdBindCreatesVdevice}),
         m("vmm-binds-tsm-directly", "FLOW-03", full, "tdx", VmmBindsTsmDirectly.__doc__,
@@ -728,6 +756,10 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
           overrides={"iommufd_factory": IommufdCrashesOnUnknownId}),
         m("kvm-keyerror-on-revoked-mmio", "ERR-03", full, "tdx", KvmGuestMmioKeyError.__doc__,
           overrides={"kvm_factory": KvmGuestMmioKeyError}),
+        m("kvm-destroy-waits-for-refs", "SUT-HANG", full, "tdx", KvmDestroyWaitsForRefs.__doc__,
+          overrides={"kvm_factory": KvmDestroyWaitsForRefs}, timeout=0.5),
+        m("iommufd-close-waits-for-devices", "SUT-HANG", host, "tdx", IommufdCloseWaitsForDevices.__doc__,
+          overrides={"iommufd_factory": IommufdCloseWaitsForDevices}, timeout=0.5),
     ]
 
 

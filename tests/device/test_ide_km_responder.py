@@ -493,7 +493,9 @@ def test_session_end_marks_only_the_streams_that_session_keyed(bench):
 def test_after_a_session_end_the_stream_needs_fresh_keys(bench):
     bench.stream(km.KeySet.K0)
     bench.responder.session_ended(X)
-    bench.go(km.KeySet.K0, session=Y)  # the old keys again: not enough
+    assert bench.ep.snapshot().programmed == ()  # keys never outlive their session
+    for _, raw in bench.go(km.KeySet.K0, session=Y):  # the old keys again: gone, so GO is dropped
+        assert raw is None
     bench.enable()
     assert bench.ep.state is StreamState.INSECURE
 
@@ -665,3 +667,15 @@ def test_refused_messages_never_change_the_responder(raw, session):
         event("refused by dropping")
     assert bench.responder.snapshot() == before
     assert bench.secure()
+
+
+def test_a_codec_error_outside_the_decoder_contract_is_still_answered_safely(bench, monkeypatch):
+    """Whatever the decoder raises, the responder answers (never SUCCESS) or drops; it never raises."""
+
+    def broken(data):
+        raise CodecError("a field a message type refused", code=km.KpAckStatus.UNSUPPORTED_VALUE)
+
+    monkeypatch.setattr(km, "decode", broken)
+    raw = bench.send(bytes([km.ObjectId.KEY_PROG]) + bytes(46))
+    assert raw is not None and raw[0] == km.ObjectId.KP_ACK and raw[4] == km.KpAckStatus.UNSUPPORTED_VALUE
+    assert bench.send(bytes([km.ObjectId.K_SET_GO]) + bytes(6)) is None

@@ -433,3 +433,17 @@ def test_a_link_needs_both_ends_on_one_stream():
     b = IdeStreamEndpoint(stream_id=1, rid_base=0, rid_limit=1)
     with pytest.raises(InvalidArgument):
         IdeLink(root_port=a, endpoint=b)
+
+
+@pytest.mark.parametrize("operation", ["program_key", "go", "stop", "is_programmed"])
+def test_slot_operations_refuse_a_non_slot(operation):
+    ep = IdeStreamEndpoint(stream_id=0, rid_base=0, rid_limit=1)
+    args = {"program_key": (0x02, b"k" * 32, b"i" * 8)}.get(operation, (0x02,))
+    with pytest.raises(InvalidArgument, match="KeySubStream"):
+        getattr(ep, operation)(*args)
+
+
+@pytest.mark.parametrize("ranges", [[(1,)], [("a", "b")], [(0, 2**64)], 5])
+def test_bad_address_ranges_are_refused(ranges):
+    with pytest.raises(InvalidArgument, match="addr_ranges"):
+        IdeStreamEndpoint(stream_id=0, rid_base=0, rid_limit=1, addr_ranges=ranges)

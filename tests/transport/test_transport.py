@@ -23,7 +23,8 @@ from reference_impl.transport.server import start_in_thread
 
 def test_frame_and_doe_bytes():
     """u32 BE command, u32 BE transport, u32 BE size; DOE: u16 vendor, u8 type, u8 rsvd, u32 dwords."""
-    assert fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, b"ab").hex() == "00000001" "00000002" "00000002" "6162"
+    frame = fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, b"ab")
+    assert frame.hex() == "00000001" "00000002" "00000002" "6162"
     assert fr.encode_doe(b"\x12\x84\x00").hex() == "0100" "01" "00" "03000000" "12840000"
     vm = fr.VendorMessage(request=True, protocol_id=1, message=b"\x10\x81")
     # SPDM version, 0xFE, param1, param2, standard ID 3, vendor-ID length 2, vendor 0x0001, length 3, protocol 1
