@@ -25,11 +25,12 @@ Answers, and the choices made where the spec leaves room:
 
   - K_SET_GO on a slot with no key is **dropped** (no response, nothing changes): acknowledging it would
     claim a key set is live when none is, and a requester (the TSM) learns of the refusal at once
-    rather than from a later Insecure stream. spdm-emu likewise returns no response when the device
-    library refuses a GO.
+    rather than from a later Insecure stream. spdm-emu's responder likewise sends no K_GOSTOP_ACK when
+    its device library refuses a GO (the handler returns an error status instead).
   - K_SET_STOP on an empty or inactive slot is acknowledged: the requested end state (that slot not in
     use) already holds, so the ACK is truthful and STOP stays idempotent, as teardown paths expect.
-  - Malformed GO/STOP (wrong length, unknown port or stream, bad sub-stream) is dropped, as spdm-emu does.
+  - Malformed GO/STOP (wrong length, unknown port or stream, bad sub-stream) is dropped; spdm-emu
+    sends no K_GOSTOP_ACK for these either.
 
 * QUERY for a port beyond MaxPortIndex is dropped (no object can say "no such port"; answering would
   break the QUERY_RESP invariant MaxPortIndex >= PortIndex that the validator's Query cases check).
