@@ -8,6 +8,9 @@ stay NOT EXERCISED instead of failing.
 
 from __future__ import annotations
 
+import atexit
+import os
+import threading
 from typing import Any
 
 import attrs
@@ -17,7 +20,7 @@ from conformance.machines.device import DeviceMachine, DeviceMachineConfig
 from conformance.machines.recording import recorded
 from reference_impl.transport.client import RemoteDevice
 
-__all__ = ["REMOTE_RULES", "RemoteDeviceMachine", "remote_device_factory"]
+__all__ = ["REMOTE_RULES", "RemoteDeviceMachine", "config_for", "remote_device_factory", "spawned_device_factory"]
 
 REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP-06", "TDISP-07", "TDISP-11",
                           "TDISP-12", "TDISP-13", "TDISP-14", "TDISP-15", "TDISP-16", "IDE-02", "IDE-04", "IDE-05",
@@ -33,14 +36,33 @@ def remote_device_factory(host: str, port: int, function_ids: tuple[int, ...]) -
 
 
 def spawned_device_factory(responder_factory: Any, function_ids: tuple[int, ...]) -> Any:
-    """A fresh server (in a thread, on a free loopback port) for every example: no state leaks across."""
-    from reference_impl.transport.server import start_in_thread
+    """One in-thread server per process, reset to a fresh responder before every example.
+
+    Starting a server for every example (listener, accept thread, then tearing both down) cost about
+    as much as the example itself. A reset keeps the listener and swaps in a power-on responder; it
+    also drops any connection an earlier example left open, and each connection stays bound to the
+    responder it was accepted under, so nothing -- not even a late session end -- leaks across examples.
+    A fresh responder per *connection* would not do: one example holds several sessions on one device.
+    """
+    from reference_impl.transport.server import ServerHandle, start_in_thread
+
+    lock = threading.Lock()
+    held: list[tuple[int, ServerHandle]] = []  # (pid, server): at most one, started on first use
+
+    def server() -> ServerHandle:
+        with lock:
+            if held and held[0][0] == os.getpid() and held[0][1].alive:
+                handle = held[0][1]
+                handle.reset()
+                return handle
+            handle = start_in_thread(responder_factory)  # a new server's responder is already fresh
+            atexit.register(handle.stop)
+            held[:] = [(os.getpid(), handle)]
+            return handle
 
     def make(trace: Any, profile: str) -> RemoteDevice:
-        handle = start_in_thread(responder_factory)
-        dev = RemoteDevice(trace, handle.host, handle.port, function_ids)
-        dev.on_close = handle.stop  # type: ignore[attr-defined]
-        return dev
+        handle = server()
+        return RemoteDevice(trace, handle.host, handle.port, function_ids)
 
     return make
 
@@ -51,9 +73,6 @@ class RemoteDeviceMachine(DeviceMachine):
     def teardown(self) -> None:
         super().teardown()
         self.device.close()
-        stop = getattr(self.device, "on_close", None)
-        if stop is not None:
-            stop()
 
     @rule(sid=consumes(DeviceMachine.sessions))
     @recorded

@@ -264,10 +264,27 @@ class DeviceMachine(RuleBasedStateMachine):
     @recorded
     def fault(self, kind: str, fn: int) -> None:
         """A tracked event on one function (poisoned TLP, config write) or an IDE failure."""
-        rid = self.rids[fn % len(self.rids)]
         if kind == "ide_failure":
             self._do("ide_failure", self.device.ide_failure, "injected")
-        elif kind.startswith("config_write_"):
+        else:
+            self._tracked_event(kind, self.rids[fn % len(self.rids)])
+
+    @rule(kind=st.sampled_from(FAULTS[:-1]))
+    @recorded
+    def fault_on_locked(self, kind: str) -> None:
+        """The same tracked events, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
+
+        Random sequences seldom keep a TDI locked long enough for ``fault`` to pick it (re-keying, a stop,
+        a T=0 TLP all move it on), yet a tracked change to a locked TDI is the case TDISP-09 is about."""
+        locked = [f.rid for d in self.run._snap.devices for f in d.functions
+                  if f.tdi_state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN)]
+        if not locked:
+            return
+        note("tracked event on a locked TDI")
+        self._tracked_event(kind, locked[0])
+
+    def _tracked_event(self, kind: str, rid: int) -> None:
+        if kind.startswith("config_write_"):
             register = kind.removeprefix("config_write_")
             value = {"command": 0x6, "bar0": 0xF000_0000}.get(register, 0)
             self._do(kind, self.device.config_write, rid, register, value)

@@ -22,6 +22,11 @@ The ID is passed with every vendor message of that connection, and ``end_session
 connection closes or a new GET_VERSION resets it. Connections are served concurrently (a requester
 may hold several sessions); the responder sees one call at a time.
 
+Reset (:meth:`EmuServer.reset`, in-process only): the server drops every open connection and serves
+a fresh responder from then on. Each connection stays bound to the responder it was accepted under,
+so a late frame or session end from before the reset can never reach the fresh device. This is how
+the suite reuses one server per worker and still starts every example on a power-on device.
+
 Secure sessions (DSP0277 secured messages, DOE type 2) are the next step: :class:`Channel` is the seam.
 Today :class:`PlaintextChannel` passes SPDM through and refuses secured messages.
 """
@@ -128,9 +133,10 @@ class _Stage(enum.IntEnum):
 
 @attrs.define
 class _ConnState:
-    """One connection's SPDM state: how far VCA got and the session it opened."""
+    """One connection's SPDM state: the responder it is bound to, how far VCA got, the session it opened."""
 
     channel: Channel
+    responder: _Locked
     stage: _Stage = _Stage.NONE
     session_id: int | None = None
 
@@ -140,18 +146,22 @@ class _ConnState:
 
 
 class _Locked:
-    """Serialises every call into the responder across connection threads."""
+    """One responder (one reset generation): serialises every call into it across connection threads,
+    and numbers its sessions when it does not number them itself (so a fresh responder starts at 1)."""
 
     def __init__(self, inner: VendorResponder) -> None:
         self._inner = inner
         self._lock = threading.Lock()
+        self._next_session = 1
         self.function_ids = tuple(inner.function_ids)
 
-    def open_session(self, fallback: Callable[[], int]) -> int:
+    def open_session(self) -> int:
         with self._lock:
             if isinstance(self._inner, SessionOpener):
                 return int(self._inner.spdm_connect())
-            return fallback()
+            sid = self._next_session
+            self._next_session += 1
+            return sid
 
     def handle_vendor_message(
         self, protocol_id: int, message: bytes, *, session_id: int | None
@@ -181,9 +191,8 @@ class EmuServer:
         self._channel_factory = channel_factory
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        self._open: dict[socket.socket, threading.Thread] = {}
         self._workers: list[threading.Thread] = []
-        self._next_session = 1
         self.host, self.port = listener.getsockname()[:2]
         self.function_ids = self._responder.function_ids
         self.responder_errors = 0  # unexpected exceptions (answered with ERROR Unspecified)
@@ -219,11 +228,14 @@ class EmuServer:
                     if self._stopping.is_set():
                         conn.close()
                         break
-                    self._open.add(conn)
                     self._workers = [t for t in self._workers if t.is_alive()]
                     worker = threading.Thread(
-                        target=self._serve_connection, args=(conn,), daemon=True, name=f"emu-conn-{accepted}"
+                        target=self._serve_connection,
+                        args=(conn, self._responder),
+                        daemon=True,
+                        name=f"emu-conn-{accepted}",
                     )
+                    self._open[conn] = worker
                     self._workers.append(worker)
                 worker.start()
         finally:
@@ -242,6 +254,27 @@ class EmuServer:
             pass
         with self._lock:
             conns = list(self._open)
+        self._drop(conns)
+
+    def reset(self, responder: VendorResponder, *, timeout: float = 5.0) -> None:
+        """Serve ``responder`` from now on and drop every connection open before the call.
+
+        Dropped connections end their sessions on the responder they were accepted under, never on the
+        new one, so no state crosses a reset even when a requester left a connection half-used. Returns
+        once those connections are closed (at most ``timeout`` seconds for a stuck responder call)."""
+        fresh = _Locked(responder)
+        with self._lock:
+            self._responder = fresh
+            self.function_ids = fresh.function_ids
+            old = dict(self._open)
+        self._drop(list(old))
+        deadline = time.monotonic() + timeout
+        for worker in old.values():
+            if worker is not threading.current_thread():
+                worker.join(max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _drop(conns: list[socket.socket]) -> None:
         for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
@@ -249,8 +282,8 @@ class EmuServer:
                 pass
 
     # ---------------------------------------------------------------------------------- one connection
-    def _serve_connection(self, conn: socket.socket) -> None:
-        state = _ConnState(channel=self._channel_factory())
+    def _serve_connection(self, conn: socket.socket, responder: _Locked) -> None:
+        state = _ConnState(channel=self._channel_factory(), responder=responder)
         reader = fr.StreamReader(conn)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -288,7 +321,7 @@ class EmuServer:
             return
         finally:
             with self._lock:
-                self._open.discard(conn)
+                self._open.pop(conn, None)
             self._end(state)
             conn.close()
 
@@ -373,18 +406,12 @@ class EmuServer:
             return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
         answer = select_algorithms(fr.NegotiateAlgorithms.decode(req)).encode()
         try:
-            state.session_id = self._responder.open_session(self._count_session)
+            state.session_id = state.responder.open_session()
         except Exception:  # a responder bug must not take the server down
             self.responder_errors += 1
             return self._error(state, fr.SpdmErrorCode.UNSPECIFIED)
         state.stage = _Stage.READY
         return answer
-
-    def _count_session(self) -> int:
-        with self._lock:
-            sid = self._next_session
-            self._next_session += 1
-        return sid
 
     def _vendor(self, state: _ConnState, req: bytes) -> bytes | None:
         if state.stage is not _Stage.READY:
@@ -395,7 +422,7 @@ class EmuServer:
                 state, fr.SpdmErrorCode.UNSUPPORTED_REQUEST, fr.SpdmCode.VENDOR_DEFINED_REQUEST
             )
         try:
-            answer = self._responder.handle_vendor_message(
+            answer = state.responder.handle_vendor_message(
                 vm.protocol_id, vm.message, session_id=state.session_id
             )
             if answer is None:
@@ -410,7 +437,7 @@ class EmuServer:
         sid, state.session_id, state.stage = state.session_id, None, _Stage.NONE
         if sid is not None:
             try:
-                self._responder.end_session(sid)
+                state.responder.end_session(sid)
             except Exception:  # ending a session must not take the server down
                 self.responder_errors += 1
 
@@ -463,6 +490,19 @@ class ServerHandle:
     function_ids: tuple[int, ...]
     thread: threading.Thread
     server: EmuServer
+    responder_factory: Callable[[], VendorResponder] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Still serving (not stopped, not shut down by a SHUTDOWN frame)."""
+        return self.thread.is_alive()
+
+    def reset(self) -> None:
+        """A fresh responder from the factory the server was started with; see :meth:`EmuServer.reset`."""
+        if self.responder_factory is None:
+            raise InvalidArgument("this server was started without a responder factory to reset from")
+        self.server.reset(self.responder_factory())
+        self.function_ids = self.server.function_ids
 
     def stop(self) -> None:
         self.server.stop()
@@ -497,6 +537,7 @@ def start_in_thread(
         function_ids=server.function_ids,
         thread=thread,
         server=server,
+        responder_factory=responder_factory,
     )
 
 
