@@ -754,7 +754,7 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
           overrides={"vfio_factory": VfioRevokeNotAtomic}),
         m("iommufd-keyerror-on-unknown-id", "ERR-02", host, "tdx", IommufdCrashesOnUnknownId.__doc__,
           overrides={"iommufd_factory": IommufdCrashesOnUnknownId}),
-        m("kvm-keyerror-on-revoked-mmio", "ERR-03", full, "tdx", KvmGuestMmioKeyError.__doc__,
+        m("kvm-keyerror-on-revoked-mmio", "ERR-03", full, "sev-tio", KvmGuestMmioKeyError.__doc__,
           overrides={"kvm_factory": KvmGuestMmioKeyError}),
         m("kvm-destroy-waits-for-refs", "SUT-HANG", full, "tdx", KvmDestroyWaitsForRefs.__doc__,
           overrides={"kvm_factory": KvmDestroyWaitsForRefs}, timeout=0.5),

@@ -15,12 +15,7 @@ from reference_impl.mutants import MUTANTS
 RESULTS: list = []
 
 # Open gaps, said in the closing note: a mutant listed here that is caught simply passes.
-KNOWN_UNCAUGHT = {
-    "device-config-write-untracked": "TDISP-09: the device machine's config writes stopped reaching a locked TDI "
-                                     "after the last machine changes (caught in 4 steps before); open in issue 5",
-    "kvm-keyerror-on-revoked-mmio": "ERR-03: caught locally, missed once in a clean CI run (search-budget "
-                                    "sensitive); open in issue 5",
-}
+KNOWN_UNCAUGHT: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
