@@ -23,7 +23,6 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from conformance.harness import VERDICTS
 from conformance.machines.full_stack import FullStack, MachineConfig
 from reference_impl.stack import make_sut
 
@@ -33,8 +32,9 @@ RESULTS = Path(__file__).with_name("results")
 def trivial_machine(machine_cls: type) -> type:
     """A machine of the same shape -- every rule, argument strategy and bundle of ``machine_cls`` --
     whose bodies do nothing: what Hypothesis itself costs per step."""
-    from hypothesis.stateful import initialize, rule
+    from hypothesis.stateful import Bundle, initialize, rule
 
+    bundles = {v.name: v for v in vars(machine_cls).values() if isinstance(v, Bundle)}
     ns: dict[str, Any] = {"steps": 0}
     for name in dir(machine_cls):
         fn = getattr(machine_cls, name, None)
@@ -44,7 +44,7 @@ def trivial_machine(machine_cls: type) -> type:
         deco = initialize if getattr(fn, "hypothesis_stateful_initialize_rule", None) else rule
         kwargs: dict[str, Any] = dict(data.arguments)
         if data.targets:
-            kwargs["target"] = getattr(machine_cls, data.targets[0])
+            kwargs["target"] = bundles[data.targets[0]]
 
         def body(self: Any, _name: str = name, _target: bool = bool(data.targets), **kw: Any) -> str | None:
             TRIVIAL_STEPS[0] += 1
@@ -52,9 +52,7 @@ def trivial_machine(machine_cls: type) -> type:
 
         body.__name__ = name
         ns[name] = deco(**kwargs)(body)
-    for bundle in ("vms", "slots"):
-        if hasattr(machine_cls, bundle):
-            ns[bundle] = getattr(machine_cls, bundle)
+    ns.update({k: v for k, v in vars(machine_cls).items() if isinstance(v, Bundle)})
     return type(f"Trivial{machine_cls.__name__}", (RuleBasedStateMachine,), ns)
 
 
@@ -62,16 +60,22 @@ TRIVIAL_STEPS = [0]
 
 
 def steps_per_second(factory: Any, *, examples: int, only: frozenset[str] | None) -> float:
+    """Machine steps (rule calls, not SUT calls: a ``bring_up`` is one step) per second."""
     if factory is None:
         machine: type = trivial_machine(FullStack)
     else:
-        machine = type("M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", only=only)})
-    before = VERDICTS.steps + TRIVIAL_STEPS[0]
+        def teardown(self: Any) -> None:
+            TRIVIAL_STEPS[0] += len(getattr(self, "replay_log", ()))
+            FullStack.teardown(self)
+
+        machine = type("M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", only=only),
+                                           "teardown": teardown})
+    before = TRIVIAL_STEPS[0]
     s = settings(max_examples=examples, stateful_step_count=25, deadline=None, database=None, derandomize=True,
                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     t0 = time.perf_counter()
     run_state_machine_as_test(machine, settings=s)
-    return (VERDICTS.steps + TRIVIAL_STEPS[0] - before) / (time.perf_counter() - t0)
+    return (TRIVIAL_STEPS[0] - before) / (time.perf_counter() - t0)
 
 
 def cost_per_step(examples: int, rounds: int = 3) -> dict[str, float]:

@@ -100,12 +100,12 @@ class StepRunner:
         after = self._snapshot(action)
         self._snap = after
         try:
-            history = trace.since(0)[:mark] if mark else []
-            events = trace.since(mark)
+            everything = trace.since(0)
+            history, events = everything[:mark], everything[mark:]
         except Exception as exc:
             raise SutBroken(f"the SUT's trace could not be read after {action!r}: {exc}") from exc
         obs = Observation(profile=self.profile, action=action, events=events, history=history, before=before,
-                          after=after, error=error)
+                          after=after, error=error, carry=self.checker.carry)
         broken = self.checker.check(obs)
         if broken:
             rule, message = broken[0]

@@ -75,6 +75,7 @@ class Stack:
         self.tsm = tsm_factory(self.trace, self.profile)
         self.vmm = vmm_factory(self.trace, self.profile)
         self.guests: dict[str, Guest] = {}
+        self._snapshots: dict[int, Any] = {}  # id(actor) -> its last snapshot (see snapshot())
         self.guest_tsms: dict[str, GuestTsm] = {}
         by_rid = {rid: d for d in self.devices.values() for rid in d.rids()}
         for d in self.devices.values():
@@ -99,16 +100,28 @@ class Stack:
         return vm
 
     def snapshot(self) -> StackSnapshot:
+        """The whole stack's state. Incremental: an actor not entered since the last snapshot (the trace
+        says which were) gives its previous snapshot object again, so a step costs what it touched and
+        an unchanged part is the *same* object before and after (rules may skip it by identity)."""
+        touched = self.trace.take_touched()
+        cache = self._snapshots
+
+        def snap(actor: Any) -> Any:
+            key = id(actor)
+            if touched is None or key in touched or key not in cache:
+                cache[key] = actor.snapshot()
+            return cache[key]
+
         return StackSnapshot(
             profile=self.profile.name,
-            devices=tuple(d.snapshot() for d in self.devices.values()),
-            iommu=self.iommu.snapshot(),
-            kvm=self.kvm.snapshot(),
-            vfio=self.vfio.snapshot(),
-            iommufd=self.iommufd.snapshot(),
-            tsm=self.tsm.snapshot(),
-            vmm=self.vmm.snapshot(),
-            guests=tuple(g.snapshot() for g in self.guests.values()),
+            devices=tuple(snap(d) for d in self.devices.values()),
+            iommu=snap(self.iommu),
+            kvm=snap(self.kvm),
+            vfio=snap(self.vfio),
+            iommufd=snap(self.iommufd),
+            tsm=snap(self.tsm),
+            vmm=snap(self.vmm),
+            guests=tuple(snap(g) for g in self.guests.values()),
         )
 
 

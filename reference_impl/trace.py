@@ -108,6 +108,7 @@ class Trace:
         self._stack: list[str] = []
         self._ops: list[tuple[int, str]] = []  # (actor id, operation) of the calls in progress
         self._listeners: list[Callable[[Event], None]] = []
+        self._touched: set[int] = set()  # id() of the actors called since the last take_touched()
 
     # -- recording ----------------------------------------------------------------------------
     def caller(self) -> str:
@@ -122,6 +123,7 @@ class Trace:
         if not self.enabled:
             return fn(actor, *args, **kwargs)
         callee = actor.actor_name
+        self._touched.add(id(actor))
         if self._ops and self._ops[-1] == (id(actor), op):
             return fn(actor, *args, **kwargs)  # an override calling super(): one crossing, not two
         if callable(step):
@@ -150,6 +152,16 @@ class Trace:
         self._events[seq] = ev
         for listener in self._listeners:
             listener(ev)
+
+    def take_touched(self) -> set[int] | None:
+        """The actors (by id) entered since the last call, then forget them; ``None`` when not recording.
+
+        Every change of an actor's state happens inside one of its operations, so an actor that was not
+        entered has the state it had: its last snapshot still holds (what makes snapshots incremental)."""
+        if not self.enabled:
+            return None
+        touched, self._touched = self._touched, set()
+        return touched
 
     # -- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:

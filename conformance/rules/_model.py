@@ -21,7 +21,8 @@ import attrs
 
 from reference_impl.trace import Event
 
-__all__ = ["HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation", "violation_type"]
+__all__ = ["HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation", "fold_history",
+           "violation_type"]
 
 HELD = ""
 """Returned by a check that was exercised and held."""
@@ -60,6 +61,7 @@ class Observation:
     after: Any  # StackSnapshot after the step
     error: BaseException | None  # what the step raised, if anything
     memo: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)  # shared work between rules
+    carry: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)  # kept across one run's steps
 
     def ops(self, callee: str, operation: str, *, ok: bool | None = None) -> list[Event]:
         return [e for e in self.events if e.callee == callee and e.operation == operation
@@ -82,6 +84,22 @@ class Observation:
 
 
 Check = Callable[[Observation], "str | None"]
+
+
+def fold_history(o: Observation, key: str, init: Callable[[], Any], step: Callable[[Any, Event], Any]) -> Any:
+    """``step`` folded over ``o.history``, resumed where the previous step of the same run left off.
+
+    A rule that needs a fact about the whole past (the last LOCK's nonce, which session owns the keys)
+    would otherwise rescan the history at every step -- quadratic in the run's length. The checker
+    keeps the fold's position and value in ``o.carry``; an observation without one folds from scratch.
+    The value returned is shared with later steps: callers copy before they change it."""
+    n = len(o.history)
+    kept = o.carry.get(key)
+    pos, acc = kept if kept is not None and kept[0] <= n else (0, init())
+    for e in o.history[pos:]:
+        acc = step(acc, e)
+    o.carry[key] = (n, acc)
+    return acc
 
 
 @attrs.frozen(kw_only=True)
@@ -146,6 +164,7 @@ class Checker:
         self.checked: Counter[str] = Counter()
         self.exercised: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
+        self.carry: dict[str, Any] = {}  # the rules' history folds (fold_history), kept across steps
 
     def relevant(self, events: Sequence[Event]) -> list[Rule]:
         seen: dict[str, Rule] = {r.id: r for r in self._always}

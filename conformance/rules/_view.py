@@ -97,22 +97,46 @@ def host_visible_values(events: list[Event] | Any) -> Iterator[Any]:
             yield e.message
 
 
-def contains(value: Any, needle: bytes, depth: int = 0) -> bool:
-    """Does ``needle`` appear anywhere inside ``value`` (bytes, containers, attrs objects, text)?"""
-    if depth > 6 or value is None:
-        return False
+def _flatten(value: Any, blobs: list[bytes], texts: list[str], depth: int = 0) -> None:
+    if depth > 6 or value is None or isinstance(value, int | float | bool):
+        return
     if isinstance(value, bytes | bytearray | memoryview):
-        return needle in bytes(value)
-    if isinstance(value, str):
-        return needle.hex() in value
-    if isinstance(value, int | float | bool):
-        return False
-    if isinstance(value, dict):
-        return any(contains(v, needle, depth + 1) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(contains(v, needle, depth + 1) for v in value)
-    fields = getattr(type(value), "__attrs_attrs__", None)
-    if fields is not None:
-        return any(contains(getattr(value, f.name), needle, depth + 1) for f in fields
-                   if f.repr is not False)
-    return False
+        blobs.append(bytes(value))
+    elif isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _flatten(v, blobs, texts, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for v in value:
+            _flatten(v, blobs, texts, depth + 1)
+    else:
+        fields = getattr(type(value), "__attrs_attrs__", None)
+        for f in fields or ():
+            if f.repr is not False:
+                _flatten(getattr(value, f.name), blobs, texts, depth + 1)
+
+
+class HostView:
+    """Every byte string and text the host could observe in one step's crossings, flattened once per
+    step (a step is searched for several secrets and keys; the walk over the events is done once)."""
+
+    def __init__(self, events: Any) -> None:
+        self.blobs: list[bytes] = []
+        self.texts: list[str] = []
+        for value in host_visible_values(events):
+            _flatten(value, self.blobs, self.texts)
+
+    def sees(self, needle: bytes) -> bool:
+        if any(needle in b for b in self.blobs):
+            return True
+        hexed = needle.hex()
+        return any(hexed in t for t in self.texts)
+
+
+def host_view(o: Any) -> HostView:
+    """The step's :class:`HostView`, shared by the rules checking the same observation."""
+    view = o.memo.get("host_view")
+    if view is None:
+        view = o.memo["host_view"] = HostView(o.events)
+    return view

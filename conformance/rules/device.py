@@ -19,7 +19,7 @@ from reference_impl.device.tdisp import codec as td
 from reference_impl.device.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 from reference_impl.errors import StackError
 
-from ._model import HELD, Area, Level, Observation, Rule
+from ._model import HELD, Area, Level, Observation, Rule, fold_history
 from ._view import LOCKED, session_of, tdi_states, tdisp_exchanges
 
 M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
@@ -31,13 +31,32 @@ def _err(resp: Any) -> int | None:
     return resp.error_code if isinstance(resp, td.TdispError) else None
 
 
-def _lock_nonces(history: Any) -> dict[int, tuple[bytes, int | None]]:
-    """rid -> (nonce, session) of the last successful LOCK in the history."""
-    out: dict[int, tuple[bytes, int | None]] = {}
-    for e, req, resp in tdisp_exchanges(history):
-        if isinstance(resp, td.LockInterfaceResponse) and req is not None:
-            out[req.interface_id.function_id] = (resp.start_interface_nonce, session_of(e))
-    return out
+def _lock_nonces(o: Observation) -> dict[int, tuple[bytes, int | None]]:
+    """rid -> (nonce, session) of the last successful LOCK in the history (a fresh dict: callers change it)."""
+    def add(out: dict[int, tuple[bytes, int | None]], e: Any) -> dict[int, tuple[bytes, int | None]]:
+        for ev, req, resp in tdisp_exchanges((e,)):
+            if isinstance(resp, td.LockInterfaceResponse) and req is not None:
+                out[req.interface_id.function_id] = (resp.start_interface_nonce, session_of(ev))
+        return out
+
+    return dict(fold_history(o, "device.lock_nonces", dict, add))
+
+
+def _track_key_owner(owner: int | None, e: Any) -> int | None:
+    """The session that owns IDE key programming after ``e``: the first to get a successful KP_ACK, until
+    that session ends."""
+    if e.callee != "device" or not e.ok:
+        return owner
+    if e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result:
+        try:
+            m = km.decode(bytes(e.result))
+        except (StackError, TypeError):
+            return owner
+        if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and owner is None:
+            return session_of(e)
+    elif e.operation == "spdm_end" and e.arguments[0] == owner:
+        return None
+    return owner
 
 
 class _Replay:
@@ -70,7 +89,7 @@ class _Replay:
         self.last_kind[rid] = kind
 
     def _run(self) -> None:
-        nonces = _lock_nonces(self.o.history)
+        nonces = _lock_nonces(self.o)
         seen_nonces = {n for n, _ in nonces.values()}
         for e in self.o.events:
             if e.callee != "device":
@@ -216,19 +235,9 @@ class _Replay:
             self.flag("TDISP-03", f"a valid LOCK of {rid:#06x} answered {type(resp).__name__} {_err(resp)}")
 
     def _key_owner(self, device: str) -> int | None:
-        owner = None
-        for e in [*self.o.history, *self.o.events]:
-            if e.callee != "device" or not e.ok:
-                continue
-            if e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result:
-                try:
-                    m = km.decode(bytes(e.result))
-                except (StackError, TypeError):
-                    continue
-                if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and owner is None:
-                    owner = session_of(e)
-            elif e.operation == "spdm_end" and e.arguments[0] == owner:
-                owner = None
+        owner = fold_history(self.o, "device.key_owner", lambda: None, _track_key_owner)
+        for e in self.o.events:
+            owner = _track_key_owner(owner, e)
         return owner
 
     def _start(self, rid: int, req: Any, resp: Any, sid: int | None, nonces: dict) -> None:

@@ -8,17 +8,17 @@ the Nth maintainer correction in flow.md (Jason Gunthorpe, 2025-05-15,
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from reference_impl.device.tdisp import codec as td
 from reference_impl.errors import AccessFault, CallerError, StackError
 
-from ._model import HELD, Area, Level, Observation, Rule
+from ._model import HELD, Area, Level, Observation, Rule, fold_history
 from ._view import (
     LOCKED,
     bound_vm,
-    contains,
-    host_visible_values,
+    host_view,
     objects,
     private_slots,
     tdi_states,
@@ -31,11 +31,17 @@ M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
 SEED = "Jason Gunthorpe 2025-05-15 <20250515192127.GA580805@nvidia.com>"
 
 
-def _viommu_vm(history: list, events: list) -> dict[int, str]:
-    out = {}
-    for e in [*history, *events]:
-        if e.callee == "iommufd" and e.operation == "viommu_alloc" and e.ok:
-            out[e.result] = e.arguments[1]
+def _note_viommu(out: dict[int, str], e: Any) -> dict[int, str]:
+    if e.callee == "iommufd" and e.operation == "viommu_alloc" and e.ok:
+        out[e.result] = e.arguments[1]
+    return out
+
+
+def _viommu_vm(o: Observation) -> dict[int, str]:
+    """viommu id -> the VM it was allocated for, over the history and this step."""
+    out = dict(fold_history(o, "host.viommu_vm", dict, _note_viommu))
+    for e in o.events:
+        _note_viommu(out, e)
     return out
 
 
@@ -44,7 +50,7 @@ def flow_viommu_before_run(o: Observation) -> str | None:
     allocs = o.ops("iommufd", "viommu_alloc", ok=True) + o.ops("iommufd", "vdevice_alloc", ok=True)
     if not allocs:
         return None
-    vms = _viommu_vm(list(o.history), list(o.events))
+    vms = _viommu_vm(o)
     for e in allocs:
         vm = e.arguments[1] if e.operation == "viommu_alloc" else vms.get(e.arguments[0])
         if vm is not None and vm_state(o.before, vm) == "running":
@@ -632,14 +638,15 @@ def conf_guest_secret(o: Observation) -> str | None:
     secrets = [s for v in o.after.kvm.vms for s in v.secrets if v.state.value != "destroyed"]
     if not secrets:
         return None
-    for v in o.after.kvm.vms:
-        for s in secrets:
-            if s in v.shared_memory:
-                return f"a guest secret sits in {v.name}'s shared memory"
+    if o.after.kvm is not o.before.kvm:  # the same snapshot object: KVM was not entered, memory unchanged
+        for v in o.after.kvm.vms:
+            for s in secrets:
+                if s in v.shared_memory:
+                    return f"a guest secret sits in {v.name}'s shared memory"
+    host = host_view(o)
     for s in secrets:
-        for val in host_visible_values(o.events):
-            if contains(val, s):
-                return "a guest secret crossed into host software (trace)"
+        if host.sees(s):
+            return "a guest secret crossed into host software (trace)"
         if any(s in r for r in o.after.vfio.host_reads):
             return "a guest secret was read by the host"
     return HELD
@@ -649,15 +656,15 @@ def conf_device_secret(o: Observation) -> str | None:
     secrets = [s for d in o.after.devices for s in d.secrets]
     if not secrets:
         return None
+    unchanged = o.after.kvm is o.before.kvm and all(map(operator.is_, o.after.devices, o.before.devices))
     for s in secrets:
         if any(s in r for r in o.after.vfio.host_reads):
             return "the host read a device's private MMIO data"
-        for v in o.after.kvm.vms:
+        for v in () if unchanged else o.after.kvm.vms:
             if s in v.shared_memory:
                 return f"device private data sits in {v.name}'s shared memory"
-        for val in host_visible_values(o.events):
-            if contains(val, s):
-                return "device private data crossed into host software (trace)"
+        if host_view(o).sees(s):
+            return "device private data crossed into host software (trace)"
     return HELD
 
 
@@ -667,9 +674,8 @@ def conf_keys_not_host_visible(o: Observation) -> str | None:
         return None
     keys = [bytes(e.arguments[2]) for e in progs]
     for k in keys:
-        for val in host_visible_values(o.events):
-            if contains(val, k):
-                return "an IDE key crossed into host software"
+        if host_view(o).sees(k):
+            return "an IDE key crossed into host software"
     return HELD
 
 
