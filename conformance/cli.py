@@ -95,7 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     for name, module, text in (("report", "reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
                                ("compare", "reports.compare", "which rules changed verdict between two report.json"),
-                               ("replay", "conformance.replay", "re-run a failure's replay file against a SUT")):
+                               ("replay", "conformance.replay", "re-run a failure's replay file against a SUT"),
+                               ("explore", "conformance.explore", "every step sequence to --depth K, breadth-first")):
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=text)
         mod.add_arguments(sp)
