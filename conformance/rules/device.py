@@ -20,7 +20,7 @@ from reference_impl.device.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 from reference_impl.errors import StackError
 
 from ._model import HELD, Area, Level, Observation, Rule, fold_history
-from ._view import LOCKED, session_of, tdi_states, tdisp_exchanges
+from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges
 
 M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
 PCIE = "PCIe Base r6.2 §11"
@@ -475,11 +475,15 @@ def ide_t1_needs_secure(o: Observation) -> str | None:
     for e in sent:
         if not _protected(e.arguments[0]):
             return f"a T=1 DMA from {e.arguments[0].requester_id:#06x} went out without IDE protection"
-    for _ in [*dmas, *sent]:
-        if not all(d.stream_state == "SECURE" for d in o.before.devices):
-            return "a T=1 DMA went out while the device's IDE stream was not Secure"
+    rids = [e.arguments[0] for e in dmas] + [e.arguments[0].requester_id for e in sent]
+    for rid in rids:
+        # the issuing device's stream, Secure before the step or after it (a step may connect IDE and then
+        # DMA, as a bring-up does); other devices' streams are none of this DMA's business
+        ends = [device_of(snap, rid) for snap in (o.before, o.after)]
+        if not any(d is not None and d.stream_state == "SECURE" for d in ends):
+            return f"a T=1 DMA from {rid:#06x} went out while its device's IDE stream was not Secure"
     for _ in mmios:
-        if "SECURE" not in o.before.iommu.rp_stream_state:
+        if "SECURE" not in o.before.iommu.rp_stream_state.split(","):
             return "a T=1 MMIO went out while the root port's stream was not Secure"
     return HELD
 

@@ -62,3 +62,13 @@ def by_name(name: str) -> Mutant:
         if m.name == name:
             return m
     raise KeyError(f"no mutant {name!r}; known: {', '.join(m.name for m in MUTANTS)}")
+
+
+def __getattr__(attr: str) -> Callable[..., Any]:
+    """Each mutant as a SUT factory by name, so any ``--sut`` option takes it:
+    ``reference_impl.mutants:vmm_lazy_vdevice`` (dashes become underscores). A device mutant gives its
+    device factory -- what the device machine and ``replay --sut`` of a device record expect."""
+    for m in MUTANTS:
+        if m.name.replace("-", "_") == attr:
+            return m.device_factory if m.machine == "device" else m.factory
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
