@@ -58,6 +58,7 @@ __all__ = [
     "explore",
     "machine_class",
     "mutant_machine_class",
+    "rerun",
     "run",
     "run_steps",
 ]
@@ -613,7 +614,16 @@ def run_steps(machine_cls: type, steps: Sequence[dict[str, Any]]) -> tuple[str, 
 
     Bundle arguments are passed by value, as :mod:`conformance.replay` does; the returned handles are not
     needed because every argument is concrete."""
-    from conformance.replay import _classify, _own_verdicts
+    from conformance.replay import _classify
+
+    exc = rerun(machine_cls, steps)
+    return None if exc is None else _classify(exc)
+
+
+def rerun(machine_cls: type, steps: Sequence[dict[str, Any]]) -> Exception | None:
+    """Run a recorded step list on a fresh machine; the exception it ends with (carrying the recorded
+    steps and trace, as in a Hypothesis run) or None when every step and the teardown passed."""
+    from conformance.replay import _own_verdicts
 
     with _own_verdicts():
         machine = machine_cls()
@@ -622,7 +632,7 @@ def run_steps(machine_cls: type, steps: Sequence[dict[str, Any]]) -> tuple[str, 
                 getattr(machine, step["method"])(**_decode_kwargs(machine_cls, dict(step.get("kwargs", {}))))
             machine.teardown()
         except Exception as exc:
-            return _classify(exc)
+            return exc
     return None
 
 

@@ -29,9 +29,11 @@ class CatchResult:
     rule_id: str
     caught: bool
     caught_by: str | None
-    steps: int | None  # machine steps in the shrunk sequence
+    steps: int | None  # machine steps in the reported sequence (after ``minimize``, if it found a shorter one)
     seconds: float
     message: str
+    shrunk_steps: int | None = None  # machine steps in Hypothesis' shrunk sequence
+    sequence: tuple[dict[str, Any], ...] = ()  # the reported sequence, as the recorded step list
 
 
 def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
@@ -44,8 +46,27 @@ def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
     return type(f"Mutant{base.__name__}", (base,), {"config": cfg})
 
 
+def minimize(machine: type, rule_id: str, steps: list[dict[str, Any]], *, max_seconds: float) -> list[dict[str, Any]]:
+    """A shorter sequence breaking ``rule_id`` than ``steps``, if the breadth-first explorer finds one within
+    ``max_seconds``; else ``steps``.
+
+    Hypothesis shrinks by local moves on its choice sequence, so it can stop at a local minimum -- say a
+    shallow ``bring_up`` followed by ``advance`` steps where one deeper ``bring_up`` would do. The explorer
+    tries every sequence shorter than the one found, shortest first, so what it returns is the shortest
+    within the machine's argument domains (:mod:`conformance.explore`)."""
+    from conformance.explore import explore
+
+    inits = sum(1 for s in steps if getattr(getattr(machine, s["method"], None),
+                                            "hypothesis_stateful_initialize_rule", None) is not None)
+    depth = len(steps) - inits - 1
+    if depth < 1 or max_seconds <= 0:
+        return steps
+    found = explore(machine, depth=depth, stop_on={rule_id}, max_seconds=max_seconds).finding(rule_id)
+    return list(found.steps) if found is not None and found.length < len(steps) else steps
+
+
 def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool = True,
-          timeout: float = 2.0, all_rules: bool = False) -> CatchResult:
+          timeout: float = 2.0, all_rules: bool = False, minimize_seconds: float = 0.0) -> CatchResult:
     """Run ``mutant``'s machine until it fails (or ``max_examples`` pass) and say by what.
 
     Only the mutant's own rule is checked (all rules with ``all_rules``). A ``SUT-HANG`` mutant is
@@ -73,12 +94,15 @@ def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool =
         if seed:
             test._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
         test()
-    except RuleViolation as exc:
-        steps = len(getattr(exc, "teeio_steps", []) or [])
-        return CatchResult(mutant.name, expected, exc.rule.id == expected, exc.rule.id, steps,
-                           time.perf_counter() - t0, exc.detail)
-    except (SutHang, SutBroken) as exc:
-        rid = "SUT-HANG" if isinstance(exc, SutHang) else "SUT-BROKEN"
-        steps = len(getattr(exc, "teeio_steps", []) or [])
-        return CatchResult(mutant.name, expected, rid == expected, rid, steps, time.perf_counter() - t0, str(exc))
+    except (RuleViolation, SutHang, SutBroken) as exc:
+        if isinstance(exc, RuleViolation):
+            rid, detail = exc.rule.id, exc.detail
+        else:
+            rid, detail = ("SUT-HANG" if isinstance(exc, SutHang) else "SUT-BROKEN"), str(exc)
+        shrunk = list(getattr(exc, "teeio_steps", []) or [])
+        final = shrunk
+        if rid == expected and minimize_seconds > 0:
+            final = minimize(machine, rid, shrunk, max_seconds=minimize_seconds)
+        return CatchResult(mutant.name, expected, rid == expected, rid, len(final), time.perf_counter() - t0, detail,
+                           shrunk_steps=len(shrunk), sequence=tuple(final))
     return CatchResult(mutant.name, expected, False, None, None, time.perf_counter() - t0, "not caught")

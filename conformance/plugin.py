@@ -9,6 +9,7 @@ Options:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
@@ -27,10 +28,12 @@ PROFILE_NAMES = ("tdx", "sev-tio", "cca")
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("teeio-conformance")
     g.addoption("--sut", default=DEFAULT_SUT, help="module:factory of the system under test")
-    g.addoption("--tdisp-profile", default="all", choices=[*PROFILE_NAMES, "all"],
-                help="platform profile(s) to test")
+    g.addoption("--tdisp-profile", default="all", choices=[*PROFILE_NAMES, "all"], help="platform profile(s) to test")
     g.addoption("--report-dir", default=None, help="directory for verdict reports")
     g.addoption("--step-timeout", type=float, default=5.0, help="per-step time limit for the SUT, seconds")
+    g.addoption("--minimize-seconds", type=float, default=20.0,
+                help="after Hypothesis shrinks a failure, search this long for a shorter one breadth-first "
+                     "(conformance.explore) before writing its record; 0 turns it off")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,10 +44,31 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from exc
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One report directory per run: the controller (or a run without xdist) removes an earlier run's
+    verdict and failure files first. They would otherwise be merged into this run's report -- e.g. a
+    serial run's ``verdicts-main.json`` next to a later ``-n 2`` run's ``verdicts-gw*.json`` double counts."""
+    report_dir = session.config.getoption("--report-dir")
+    if not report_dir or hasattr(session.config, "workerinput"):  # xdist workers start after the controller
+        return
+    stale = [
+        *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
+        *glob.glob(os.path.join(report_dir, "failures", "*.json")),
+    ]
+    for path in stale:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"teeio-conformance: SUT {config.getoption('--sut')}, TDISP profile(s) "
-            f"{config.getoption('--tdisp-profile')}, hypothesis {hypothesis.__version__} "
-            f"(settings profile {hypothesis.settings._current_profile})"]
+    return [
+        f"teeio-conformance: SUT {config.getoption('--sut')}, TDISP profile(s) "
+        f"{config.getoption('--tdisp-profile')}, hypothesis {hypothesis.__version__} "
+        f"(settings profile {hypothesis.settings._current_profile})"
+    ]
 
 
 def selected_profiles(config: pytest.Config) -> list[str]:
@@ -76,13 +100,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     os.makedirs(report_dir, exist_ok=True)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    data = {"checked": VERDICTS.checked, "exercised": VERDICTS.exercised, "failed": VERDICTS.failed,
-            "steps": VERDICTS.steps, "sut": session.config.getoption("--sut"),
-            "profiles": selected_profiles(session.config), "by_profile": VERDICTS.by_profile,
-            "run": {"settings_profile": hypothesis.settings._current_profile, "hypothesis": hypothesis.__version__,
-                    "seed": "derandomized" if getattr(hypothesis.settings.default, "derandomize", False) else None}}
+    data = {
+        "checked": VERDICTS.checked,
+        "exercised": VERDICTS.exercised,
+        "failed": VERDICTS.failed,
+        "steps": VERDICTS.steps,
+        "sut": session.config.getoption("--sut"),
+        "profiles": selected_profiles(session.config),
+        "by_profile": VERDICTS.by_profile,
+        "run": {
+            "settings_profile": hypothesis.settings._current_profile,
+            "hypothesis": hypothesis.__version__,
+            "seed": _seed(session.config),
+        },
+    }
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
+
+
+def _seed(config: pytest.Config) -> str | None:
+    """What makes this run repeatable: "derandomized" (e.g. profile ``ci``; Hypothesis then ignores any
+    seed), else ``--hypothesis-seed``, else nothing (a random run)."""
+    if getattr(hypothesis.settings.default, "derandomize", False):
+        return "derandomized"
+    seed = config.getoption("hypothesis_seed", None)
+    return None if seed is None else str(seed)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -106,25 +148,80 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     if steps is None:
         return
     report_dir = item.config.getoption("--report-dir")
+    kind = {
+        "test_full_stack_lifecycle": "full_stack",
+        "test_host_object_lifetimes": "host_lifetimes",
+        "test_device_tdisp_and_ide_km": "device",
+    }.get(getattr(item, "originalname", ""))
+    callspec = getattr(item, "callspec", None)
+    profile = callspec.params.get("tdisp_profile") if callspec else None
+    shrunk_steps = len(steps)
+    shorter = _minimize(item, exc, kind, profile)
+    if shorter is not None:
+        exc = shorter
+        steps = exc.teeio_steps  # type: ignore[attr-defined]
     if isinstance(exc, RuleViolation):
-        rule_id, title, source, message, action = (exc.rule.id, exc.rule.title, exc.rule.source, exc.detail,
-                                                   exc.action)
+        rule_id, title, source, message, action = (exc.rule.id, exc.rule.title, exc.rule.source, exc.detail, exc.action)
     else:
         rule_id = {"SutHang": "SUT-HANG", "SutBroken": "SUT-BROKEN"}.get(type(exc).__name__, "SUT-ERROR")
         title, source, message, action = type(exc).__name__, "harness", str(exc), steps[-1]["method"] if steps else ""
     notes = [n for n in getattr(exc, "__notes__", []) if "invariant" not in n]
-    callspec = getattr(item, "callspec", None)
-    profile = callspec.params.get("tdisp_profile") if callspec else None
+    if shorter is not None:  # Hypothesis' program is of the longer sequence: show the one recorded
+        notes = [f"state.{st['method']}({', '.join(f'{k}={v!r}' for k, v in st['kwargs'].items())})" for st in steps]
     record = {
-        "format": "teeio-failure/1", "test": item.nodeid, "machine": getattr(item, "teeio_machine", item.name),
-        "profile": profile, "sut": item.config.getoption("--sut"), "rule_id": rule_id, "rule_title": title,
-        "machine_kind": {"test_full_stack_lifecycle": "full_stack", "test_host_object_lifetimes": "host_lifetimes",
-                         "test_device_tdisp_and_ide_km": "device"}.get(getattr(item, "originalname", "")),
-        "rule_source": source, "message": message, "action": action, "steps": steps, "program": notes,
-        "trace": getattr(exc, "teeio_trace", []), "violating_seq": getattr(exc, "teeio_mark", None),
-        "hypothesis": hypothesis.__version__, "seed": None,
+        "format": "teeio-failure/1",
+        "test": item.nodeid,
+        "machine": getattr(item, "teeio_machine", item.name),
+        "profile": profile,
+        "sut": item.config.getoption("--sut"),
+        "rule_id": rule_id,
+        "rule_title": title,
+        "machine_kind": kind,
+        "shrunk_by": "hypothesis+explore" if shorter is not None else "hypothesis",
+        "hypothesis_steps": shrunk_steps,
+        "rule_source": source,
+        "message": message,
+        "action": action,
+        "steps": steps,
+        "program": notes,
+        "trace": getattr(exc, "teeio_trace", []),
+        "violating_seq": getattr(exc, "teeio_mark", None),
+        "hypothesis": hypothesis.__version__,
+        "seed": None,
     }
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-110:] + (f"-{n}" if n else "")
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
     with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)
+
+
+def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: str | None) -> Exception | None:
+    """A shorter failure by the same rule than Hypothesis shrank to, re-run so it carries its own steps and
+    trace; None when none is found within ``--minimize-seconds`` (or the machine is not the suite's own).
+
+    Hypothesis shrinks by local moves and can stop at a local minimum (a shallow bring-up plus ``advance``
+    steps where one deeper bring-up would do); the breadth-first explorer tries every shorter sequence,
+    shortest first, so the record an implementer gets is as short as the search could make it."""
+    from conformance.explore import machine_class, rerun
+    from conformance.mutation import minimize
+    from conformance.replay import _classify
+    from conformance.sut import load_factory
+
+    budget = item.config.getoption("--minimize-seconds")
+    steps = getattr(exc, "teeio_steps", None)
+    if not budget or budget <= 0 or kind is None or profile is None or not steps:
+        return None
+    try:
+        rule_id = _classify(exc)[0]
+        factory = None if kind == "device" else load_factory(item.config.getoption("--sut"))
+        machine = machine_class(kind, factory=factory, profile=profile,
+                                timeout=item.config.getoption("--step-timeout"))
+        found = minimize(machine, rule_id, list(steps), max_seconds=budget)
+        if len(found) >= len(steps):
+            return None
+        again = rerun(machine, found)
+    except Exception:  # the search is a nicety: the record of Hypothesis' shrunk failure is written anyway
+        return None
+    if again is None or _classify(again)[0] != rule_id or not hasattr(again, "teeio_steps"):
+        return None
+    return again

@@ -672,7 +672,7 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
         profiles=tuple(profiles),
         hypothesis=_str_or_none(hyp),
         seed=_str_or_none(run_meta.get("seed")),
-        settings_profile=_str_or_none(run_meta.get("profile")),
+        settings_profile=_str_or_none(run_meta.get("settings_profile") or run_meta.get("profile")),
         started=_str_or_none(run_meta.get("started")),
         finished=_str_or_none(run_meta.get("finished")) or (_iso(max(mtimes)) if mtimes else None),
         steps=sum(m["steps"] for _, m in metas),

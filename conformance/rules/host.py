@@ -762,7 +762,7 @@ def err_refusal_changes_nothing(o: Observation) -> str | None:
         return None
     if o.before != o.after:
         diff = [f for f in ("devices", "iommu", "kvm", "vfio", "iommufd", "tsm", "vmm", "guests")
-                if getattr(o.before, f) != getattr(o.after, f)]
+                if getattr(o.before, f, None) != getattr(o.after, f, None)]
         return f"a refused {o.action} ({type(o.error).__name__}: {o.error}) changed {', '.join(diff)}"
     return HELD
 

@@ -67,8 +67,11 @@ class EmuClient:
         self.algorithms: fr.Algorithms | None = None
 
     @classmethod
-    def connect(cls, host: str, port: int, *, timeout: float = 5.0, vca: bool = True) -> EmuClient:
-        """Connect (every receive then waits at most ``timeout`` seconds) and, by default, run VCA."""
+    def connect(
+        cls, host: str, port: int, *, timeout: float = 5.0, vca: bool = True, pipelined: bool = False
+    ) -> EmuClient:
+        """Connect (every receive then waits at most ``timeout`` seconds) and, by default, run VCA
+        (``pipelined``: see :meth:`vca`)."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -77,7 +80,7 @@ class EmuClient:
         client = cls(sock, f"{host}:{port}")
         if vca:
             try:
-                client.vca()
+                client.vca(pipelined=pipelined)
             except BaseException:
                 client.close()
                 raise
@@ -164,7 +167,10 @@ class EmuClient:
 
     def _not_error(self, answer: bytes, what: str) -> bytes:
         if len(answer) >= 4 and answer[1] == fr.SpdmCode.ERROR:
-            err = fr.SpdmError.decode(answer)
+            try:
+                err = fr.SpdmError.decode(answer)
+            except fr.FramingError as exc:
+                raise TransportError(f"responder at {self.where} answered {what} with a bad ERROR: {exc}") from None
             raise TransportError(
                 f"responder at {self.where} answered {what} with SPDM ERROR {err.code:#x} "
                 f"({err.name}, data {err.data:#x})"
@@ -172,21 +178,37 @@ class EmuClient:
         return answer
 
     # ------------------------------------------------------------------------------------------ SPDM
-    def vca(self) -> fr.Algorithms:
-        """GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS (DSP0274 1.2); SPDM 1.2 is required."""
+    def vca(self, *, pipelined: bool = False) -> fr.Algorithms:
+        """GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS (DSP0274 1.2); SPDM 1.2 is required.
+
+        ``pipelined`` writes all three at once and then reads the answers (see :meth:`send_many`), one
+        round trip instead of three; the answers are judged in order either way."""
+        requests = (fr.get_version(), fr.get_capabilities(), fr.negotiate_algorithms())
+        names = ("GET_VERSION", "GET_CAPABILITIES", "NEGOTIATE_ALGORITHMS")
+        payloads = iter(self._pipeline([fr.encode_doe(r) for r in requests]) if pipelined else ())
+
+        def answer(i: int) -> bytes:
+            payload = next(payloads) if pipelined else self.exchange(fr.Command.NORMAL, fr.encode_doe(requests[i]))[1]
+            return self._not_error(self._spdm_body(payload), names[i])
+
         try:
-            version = fr.Version.decode(self._expect(fr.get_version(), "GET_VERSION"))
+            version = fr.Version.decode(answer(0))
             if fr.SPDM_VERSION not in version.versions:
                 raise TransportError(
                     f"responder at {self.where} does not offer SPDM 1.2 (offers "
                     f"{', '.join(f'{v >> 4}.{v & 0xF}' for v in version.versions)})"
                 )
-            caps = fr.Capabilities.decode(self._expect(fr.get_capabilities(), "GET_CAPABILITIES"))
-            algs = fr.Algorithms.decode(self._expect(fr.negotiate_algorithms(), "NEGOTIATE_ALGORITHMS"))
+            caps = fr.Capabilities.decode(answer(1))
+            algs = fr.Algorithms.decode(answer(2))
         except fr.FramingError as exc:
             raise TransportError(f"responder at {self.where} sent a bad VCA answer: {exc}") from None
         self.version, self.capabilities, self.algorithms = version, caps, algs
         return algs
+
+    def _pipeline(self, payloads: list[bytes]) -> list[bytes]:
+        """NORMAL frames written at once, then every answer's payload, in order (before judging any)."""
+        self._write(b"".join(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, p) for p in payloads))
+        return [self._read(fr.Command.NORMAL)[1] for _ in payloads]
 
     def send(self, protocol_id: int, message: bytes) -> bytes:
         """One VENDOR_DEFINED round trip; the answer without its protocol-ID byte.
@@ -199,14 +221,17 @@ class EmuClient:
     def send_many(self, protocol_id: int, messages: Iterable[bytes]) -> list[bytes | TransportError]:
         """Several VENDOR_DEFINED requests written at once, then their answers in order.
 
-        The server answers one connection's frames in order, so pipelining is safe, and it costs one
-        round trip instead of one per message (a snapshot asks every TDI). Each item is the answer or
-        the TransportError that request alone met; a broken stream raises, as :meth:`send` does."""
+        One round trip instead of one per message. Only for a responder known to answer a connection's
+        frames one after another, as :mod:`.server` does: SPDM itself allows one outstanding request.
+        Each item is the answer or the TransportError that request alone met; a broken stream raises,
+        as :meth:`send` does."""
         name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
-        reqs = [fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode() for m in messages]
-        self._write(b"".join(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, fr.encode_doe(r))
-                             for r in reqs))
-        payloads = [self._read(fr.Command.NORMAL)[1] for _ in reqs]  # every answer, before judging any
+        payloads = self._pipeline(
+            [
+                fr.encode_doe(fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode())
+                for m in messages
+            ]
+        )
         out: list[bytes | TransportError] = []
         for payload in payloads:
             try:
@@ -221,9 +246,7 @@ class EmuClient:
         try:
             vm = fr.VendorMessage.decode(answer, request=False)
         except fr.FramingError as exc:
-            raise TransportError(
-                f"responder at {self.where} answered a {name} message with garbage: {exc}"
-            ) from None
+            raise TransportError(f"responder at {self.where} answered a {name} message with garbage: {exc}") from None
         if vm.protocol_id != protocol_id:
             raise TransportError(
                 f"responder at {self.where} answered a {name} message with protocol "
@@ -242,18 +265,19 @@ class EmuClient:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Close, and wait until the server has closed its side too.
 
         The server ends the connection's session *before* it closes its socket, so once this
         returns the responder has seen ``end_session``: the next request, on any connection,
         meets the state after the session ended (no race). A connection already known to be
-        broken is closed at once. Idempotent."""
+        broken is closed at once, and so is any with ``wait=False`` (nobody will ask this responder
+        anything again, e.g. a server reset follows). Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._broken is None:
+            if self._broken is None and wait:
                 self._sock.shutdown(socket.SHUT_WR)
                 while self._sock.recv(4096):  # the server sends nothing more; EOF comes after end_session
                     pass
@@ -272,9 +296,7 @@ class RemoteResponder:
     Every other failure raises :class:`TransportError`.
     """
 
-    def __init__(
-        self, host: str, port: int, function_ids: Iterable[int] = (), *, timeout: float = 5.0
-    ) -> None:
+    def __init__(self, host: str, port: int, function_ids: Iterable[int] = (), *, timeout: float = 5.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._function_ids = tuple(function_ids)
         self._clients: dict[int | None, EmuClient] = {}
@@ -288,9 +310,7 @@ class RemoteResponder:
     def function_ids(self) -> tuple[int, ...]:
         return self._function_ids
 
-    def handle_vendor_message(
-        self, protocol_id: int, message: bytes, *, session_id: int | None
-    ) -> bytes | None:
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         client = self._clients.get(session_id)
         if client is None:
             client = self._clients[session_id] = EmuClient.connect(self.host, self.port, timeout=self.timeout)
@@ -349,16 +369,25 @@ class RemoteDevice(Actor):
         *,
         name: str = "remote",
         timeout: float = 2.0,
+        own_server: bool = False,
     ) -> None:
         super().__init__(trace)
         self.name = name
         self.host, self.port, self.timeout = host, port, timeout
+        # Our own server (:mod:`.server`) answers a connection's frames in order, so requests may be
+        # pipelined, and it is reset before the next example, so closing need not wait for session
+        # ends. An unknown responder gets one request at a time and a close that waits.
+        self.pipelined = self._reset_follows = own_server
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
         self._sessions: dict[int, EmuClient] = {}
         self._next = 1
         self._states: dict[int, td.TdiState] = {f: td.TdiState.CONFIG_UNLOCKED for f in self.function_ids}
         self._observer: EmuClient | None = None  # its own session, used only for state queries
+        self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
+        self._queries = [
+            td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
+        ]
 
     @query
     def rids(self) -> tuple[int, ...]:
@@ -370,7 +399,8 @@ class RemoteDevice(Actor):
 
     @operation()
     def spdm_connect(self) -> int:
-        client = EmuClient.connect(self.host, self.port, timeout=self.timeout)
+        self._snap = None  # the device may change state from here on
+        client = self._connect()
         sid = self._next
         self._next += 1
         self._sessions[sid] = client
@@ -378,6 +408,7 @@ class RemoteDevice(Actor):
 
     @operation()
     def spdm_end(self, session_id: int) -> None:
+        self._snap = None  # the device may change state from here on
         client = self._sessions.pop(session_id, None)
         if client is None:
             raise NotFound(f"no SPDM session {session_id}")
@@ -389,9 +420,8 @@ class RemoteDevice(Actor):
             self.spdm_end(session_id)
 
     @operation()
-    def handle_vendor_message(
-        self, protocol_id: int, message: bytes, *, session_id: int | None
-    ) -> bytes | None:
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        self._snap = None  # the device may change state from here on
         client = self._sessions.get(session_id) if session_id is not None else None
         if client is None:
             raise NotFound(f"no live SPDM session {session_id} to the remote device")
@@ -430,33 +460,63 @@ class RemoteDevice(Actor):
         self._unsupported()
         return b""
 
+    def _connect(self) -> EmuClient:
+        return EmuClient.connect(self.host, self.port, timeout=self.timeout, pipelined=self.pipelined)
+
+    def _ask(self, client: EmuClient, messages: list[bytes]) -> list[bytes | TransportError]:
+        """TDISP questions, pipelined when the responder allows it; a failure stands in for its answer."""
+        if self.pipelined:
+            try:
+                return client.send_many(1, messages)
+            except TransportError as exc:
+                return [exc] * len(messages)
+        out: list[bytes | TransportError] = []
+        for m in messages:
+            try:
+                out.append(client.send(1, m))
+            except TransportError as exc:
+                out.append(exc)
+        return out
+
     @query
     def snapshot(self) -> RemoteDeviceSnapshot:
-        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on a live session (a query)."""
+        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on a live session (a query).
+
+        The questions go out pipelined when allowed (one round trip for all TDIs); the answer is kept until
+        this adapter next sends the device anything: a step the socket cannot carry (config space,
+        FLR, TLPs) reaches nobody, so the device's state is what it was. Not kept if a query failed."""
+        if self._snap is not None:
+            return self._snap
         if self._observer is None:
-            self._observer = EmuClient.connect(self.host, self.port, timeout=self.timeout)
-        client = self._observer
-        for fid in self.function_ids:
+            self._observer = self._connect()
+        complete = True
+        answers = self._ask(self._observer, self._queries)
+        for fid, raw in zip(self.function_ids, answers, strict=True):
             try:
-                raw = client.send(
-                    1, td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=fid)))
-                )
+                if isinstance(raw, TransportError):
+                    raise raw
                 resp = td.decode_response(raw)
             except StackError:
+                complete = False
                 continue
             if isinstance(resp, td.DeviceInterfaceState):
                 self._states[fid] = td.TdiState(resp.tdi_state)
+            else:
+                complete = False
         fns = tuple(
             RemoteFunction(rid=f, function_id=f, is_pf=i == 0, tdi_state=self._states[f])
             for i, f in enumerate(self.function_ids)
         )
-        return RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
+        snap = RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
+        self._snap = snap if complete else None
+        return snap
 
     @operation()
     def close(self) -> None:
         """Close every connection (end of an example)."""
+        self._snap = None
         for client in [*self._sessions.values(), *([self._observer] if self._observer else [])]:
-            client.close()
+            client.close(wait=not self._reset_follows)
         self._sessions.clear()
         self._observer = None
 
@@ -479,9 +539,7 @@ def spawn(command: list[str], *, timeout: float = 10.0) -> tuple[subprocess.Pope
     and :class:`TransportError` says why, with the tail of its stderr.
     """
     try:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         raise TransportError(f"cannot start {command[0] if command else '(empty command)'}: {exc}") from None
     if proc.stdout is None or proc.stderr is None:  # cannot happen with PIPE; keeps the types honest
@@ -523,7 +581,5 @@ def spawn(command: list[str], *, timeout: float = 10.0) -> tuple[subprocess.Pope
         or not isinstance(info.get("port"), int)
         or not all(isinstance(f, int) for f in info.get("function_ids", ()))
     ):
-        raise fail(
-            f"ready line {first[:200]!r} lacks host (string), port (integer) or function_ids (integers)"
-        )
+        raise fail(f"ready line {first[:200]!r} lacks host (string), port (integer) or function_ids (integers)")
     return proc, info

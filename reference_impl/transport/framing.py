@@ -190,9 +190,7 @@ def _uints(bits: int, max_count: int) -> Callable[[Any, attrs.Attribute[Any], An
 def _blob(max_len: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, bytes) or len(value) > max_len:
-            got = (
-                f"{len(value)} bytes" if isinstance(value, bytes | bytearray) else repr(type(value).__name__)
-            )
+            got = f"{len(value)} bytes" if isinstance(value, bytes | bytearray) else repr(type(value).__name__)
             raise InvalidArgument(
                 f"{type(inst).__name__}.{attribute.name} must be bytes of at most {max_len} bytes, got {got}"
             )
@@ -274,6 +272,13 @@ class StreamReader:
         del self._buf[:n]
         return out
 
+    def frame_waiting(self) -> bool:
+        """Is a whole frame already buffered (the peer pipelined it), so reading it will not block?"""
+        if len(self._buf) < FRAME_HEADER.size:
+            return False
+        size = FRAME_HEADER.unpack_from(self._buf)[2]
+        return len(self._buf) >= FRAME_HEADER.size + size
+
 
 # --- PCI DOE
 def encode_doe(message: bytes, doe_type: int = DoeType.SPDM) -> bytes:
@@ -297,9 +302,7 @@ def decode_doe(data: bytes) -> tuple[int, bytes]:
     vendor, doe_type, _reserved, length = DOE_HEADER.unpack_from(data)
     dwords = (length & (DOE_MAX_DWORDS - 1)) or DOE_MAX_DWORDS  # bits 31:18 reserved; 0 means 2^18
     if vendor != DOE_VENDOR_PCI_SIG:
-        raise FramingError(
-            f"DOE vendor ID {vendor:#06x} is not PCI-SIG (0x0001)", code=SpdmErrorCode.INVALID_REQUEST
-        )
+        raise FramingError(f"DOE vendor ID {vendor:#06x} is not PCI-SIG (0x0001)", code=SpdmErrorCode.INVALID_REQUEST)
     if dwords * 4 != len(data):
         raise FramingError(
             f"DOE length field says {dwords} dwords, the object is {len(data)} bytes",
@@ -489,9 +492,7 @@ def _decode_alg_structs(data: bytes, offset: int, count: int, end: int) -> tuple
             )
         (supported,) = struct.unpack_from("<H", data, offset + 2)
         out.append(
-            AlgStruct(
-                alg_type=alg_type, supported=supported, ext=struct.unpack_from(f"<{ext}I", data, offset + 4)
-            )
+            AlgStruct(alg_type=alg_type, supported=supported, ext=struct.unpack_from(f"<{ext}I", data, offset + 4))
         )
         offset += size
     if offset != end:
@@ -572,9 +573,7 @@ class NegotiateAlgorithms:
         )
 
 
-_ALG = struct.Struct(
-    "<HBBIII12xBBH"
-)  # Length, MeasSpecSel, OtherSel, MeasHash, AsymSel, HashSel, rsvd, counts
+_ALG = struct.Struct("<HBBIII12xBBH")  # Length, MeasSpecSel, OtherSel, MeasHash, AsymSel, HashSel, rsvd, counts
 
 
 @attrs.frozen(kw_only=True)
@@ -662,8 +661,7 @@ class SpdmError:
         want = _ERROR_EXTENDED.get(self.code, 0)
         if want is not None and len(self.extended) != want:
             raise InvalidArgument(
-                f"SpdmError.extended must be {want} bytes for error code {self.code:#04x}, "
-                f"got {len(self.extended)}"
+                f"SpdmError.extended must be {want} bytes for error code {self.code:#04x}, got {len(self.extended)}"
             )
 
     def encode(self) -> bytes:
@@ -733,9 +731,7 @@ class VendorMessage:
                 code=SpdmErrorCode.INVALID_REQUEST,
             )
         start = 4 + VENDOR_HEADER.size
-        return cls(
-            request=request, protocol_id=data[start], message=bytes(data[start + 1 :]), version=version
-        )
+        return cls(request=request, protocol_id=data[start], message=bytes(data[start + 1 :]), version=version)
 
 
 def encode_vendor(vm: VendorMessage) -> bytes:
@@ -748,14 +744,7 @@ def decode_vendor(data: bytes, *, request: bool) -> VendorMessage:
 
 # --- dispatch
 SpdmMessage: TypeAlias = (
-    GetVersion
-    | Version
-    | GetCapabilities
-    | Capabilities
-    | NegotiateAlgorithms
-    | Algorithms
-    | SpdmError
-    | VendorMessage
+    GetVersion | Version | GetCapabilities | Capabilities | NegotiateAlgorithms | Algorithms | SpdmError | VendorMessage
 )
 
 _DECODERS: dict[int, Callable[[bytes], SpdmMessage]] = {
@@ -774,14 +763,10 @@ _DECODERS: dict[int, Callable[[bytes], SpdmMessage]] = {
 def decode_spdm(data: bytes) -> SpdmMessage:
     """Any SPDM message this transport knows; an unknown code is UnsupportedRequest."""
     if len(data) < 4:
-        raise FramingError(
-            f"an SPDM message is at least 4 bytes, got {len(data)}", code=SpdmErrorCode.INVALID_REQUEST
-        )
+        raise FramingError(f"an SPDM message is at least 4 bytes, got {len(data)}", code=SpdmErrorCode.INVALID_REQUEST)
     decoder = _DECODERS.get(data[1])
     if decoder is None:
-        raise FramingError(
-            f"SPDM request code {data[1]:#04x} is not supported", code=SpdmErrorCode.UNSUPPORTED_REQUEST
-        )
+        raise FramingError(f"SPDM request code {data[1]:#04x} is not supported", code=SpdmErrorCode.UNSUPPORTED_REQUEST)
     return decoder(data)
 
 
@@ -817,8 +802,7 @@ def strip_doe_padding(body: bytes) -> bytes:
     n = spdm_length(body)
     if n < len(body) - 3:
         raise FramingError(
-            f"DOE object carries {len(body) - n} bytes after its {n}-byte SPDM message "
-            "(padding is at most 3)",
+            f"DOE object carries {len(body) - n} bytes after its {n}-byte SPDM message (padding is at most 3)",
             code=SpdmErrorCode.INVALID_REQUEST,
         )
     return body[:n]

@@ -24,8 +24,7 @@ class ServedDevice(Device):
         return answer
 
 
-def served_device_factory(config: DeviceConfig | None = None,
-                          cls: type[Device] = ServedDevice) -> Callable[[], Device]:
+def served_device_factory(config: DeviceConfig | None = None, cls: type[Device] = ServedDevice) -> Callable[[], Device]:
     def make() -> Device:
         return cls(Trace(enabled=False), config or DeviceConfig())
 

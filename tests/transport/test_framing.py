@@ -59,9 +59,7 @@ def h(*parts: str) -> bytes:
         ),
         # Length, MeasSpec, OtherParams, BaseAsym, BaseHash, 12 reserved, A', E', 2 reserved
         (
-            fr.NegotiateAlgorithms(
-                measurement_specification=1, base_asym_algo=0x80, base_hash_algo=0x02
-            ).encode(),
+            fr.NegotiateAlgorithms(measurement_specification=1, base_asym_algo=0x80, base_hash_algo=0x02).encode(),
             h("12 e3 00 00 2000 01 00 80000000 02000000", "00" * 12, "00 00 0000"),
         ),
         # ... plus one structure table: AlgType DHE (2), AlgCount 0x20 (2 fixed bytes, no ext), AlgSupported
@@ -96,9 +94,7 @@ def test_byte_exact_layouts(encoded, expected):
 
 
 def test_hand_laid_bytes_decode_to_the_expected_values():
-    assert fr.Frame.decode(h("00000001 00000002 00000002 6162")) == fr.Frame(
-        command=1, transport=2, payload=b"ab"
-    )
+    assert fr.Frame.decode(h("00000001 00000002 00000002 6162")) == fr.Frame(command=1, transport=2, payload=b"ab")
     assert fr.decode_doe(h("0100 01 00 03000000 10840000")) == (1, h("10840000"))
     assert fr.decode_spdm(h("10 04 00 00 00 02 0011 0012")) == fr.Version(entries=(0x1100, 0x1200))
     assert fr.decode_spdm(h("10 04 00 00 00 02 0011 0012")).versions == (0x11, 0x12)  # type: ignore[union-attr]
@@ -154,9 +150,7 @@ spdm_messages = st.one_of(
         max_spdm_msg_size=u32,
         version=u8,
     ),
-    st.builds(
-        fr.Capabilities, ct_exponent=u8, flags=u32, data_transfer_size=u32, max_spdm_msg_size=u32, version=u8
-    ),
+    st.builds(fr.Capabilities, ct_exponent=u8, flags=u32, data_transfer_size=u32, max_spdm_msg_size=u32, version=u8),
     st.builds(
         fr.NegotiateAlgorithms,
         measurement_specification=u8,
@@ -195,9 +189,7 @@ spdm_messages = st.one_of(
             else st.just(b""),
         )
     ),
-    st.builds(
-        fr.VendorMessage, request=st.booleans(), protocol_id=u8, message=st.binary(max_size=64), version=u8
-    ),
+    st.builds(fr.VendorMessage, request=st.booleans(), protocol_id=u8, message=st.binary(max_size=64), version=u8),
 )
 
 

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -42,9 +43,7 @@ class FakeResponder:
         self.seen: list[tuple[int, bytes, int | None]] = []
         self.ended: list[int] = []
 
-    def handle_vendor_message(
-        self, protocol_id: int, message: bytes, *, session_id: int | None
-    ) -> bytes | None:
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         self.seen.append((protocol_id, message, session_id))
         if message == b"drop":
             return None
@@ -294,10 +293,7 @@ def test_doe_discovery_and_malformed_doe_objects(served):
         )
         doe_type, body = fr.decode_doe(payload)
         got = fr.DoeDiscoveryResponse.decode(body)
-        assert (
-            doe_type == fr.DoeType.DISCOVERY
-            and (got.vendor_id, got.data_object_type, got.next_index) == listed
-        )
+        assert doe_type == fr.DoeType.DISCOVERY and (got.vendor_id, got.data_object_type, got.next_index) == listed
     doe = fr.encode_doe(fr.get_version())
     for payload, want in [
         (
@@ -357,9 +353,7 @@ def _well_formed_answer(answer) -> None:
         else:
             assert doe_type == fr.DoeType.SPDM
             msg = fr.decode_spdm(fr.strip_doe_padding(body))
-            assert isinstance(
-                msg, fr.Version | fr.Capabilities | fr.Algorithms | fr.SpdmError | fr.VendorMessage
-            )
+            assert isinstance(msg, fr.Version | fr.Capabilities | fr.Algorithms | fr.SpdmError | fr.VendorMessage)
 
 
 def test_the_server_survives_10000_malformed_frames_and_still_answers():
@@ -434,9 +428,7 @@ def test_the_server_survives_10000_malformed_frames_and_still_answers():
 _property_server: list[srv.ServerHandle] = []
 
 
-@given(
-    st.binary(max_size=64), st.sampled_from([fr.DoeType.SPDM, fr.DoeType.DISCOVERY, fr.DoeType.SECURED_SPDM])
-)
+@given(st.binary(max_size=64), st.sampled_from([fr.DoeType.SPDM, fr.DoeType.DISCOVERY, fr.DoeType.SECURED_SPDM]))
 def test_any_doe_payload_gets_one_well_formed_answer(body, doe_type):
     if not _property_server:
         _property_server.append(srv.start_in_thread(FakeResponder))
@@ -695,3 +687,99 @@ def test_remote_responder_over_a_thread_server(served):
     assert responder.ended == [2]
     remote.close()
     assert responder.ended == [2, 1]
+
+
+# --- reset, pipelining
+def test_reset_serves_a_fresh_responder_and_drops_every_older_connection():
+    """After reset() new connections meet the new responder with session numbering from 1; a connection
+    from before is closed and its session ends on the old responder, never reaching the new one."""
+    responders = [FakeResponder(), FakeResponder()]
+    handle = srv.start_in_thread(lambda: responders.pop(0))
+    old = cast(FakeResponder, handle.server._responder._inner)
+    try:
+        before = EmuClient.connect(handle.host, handle.port)
+        EmuClient.connect(handle.host, handle.port).close()
+        assert before.send(1, b"hi") == b"echo:hi"
+        handle.reset()
+        new = cast(FakeResponder, handle.server._responder._inner)
+        assert new is not old and not responders
+        with pytest.raises(TransportError):
+            before.send(1, b"late")
+        assert old.ended == [2, 1]  # the closed one first, then the one the reset dropped
+        after = EmuClient.connect(handle.host, handle.port)
+        assert after.send(1, b"fresh") == b"echo:fresh"
+        after.close()
+        assert new.seen == [(1, b"fresh", 1)] and new.ended == [1]
+        assert [m for _p, m, _s in old.seen] == [b"hi"]
+    finally:
+        handle.stop()
+
+
+def test_reset_without_a_factory_is_refused():
+    server = srv.start_in_thread(FakeResponder)
+    try:
+        bare = srv.ServerHandle(
+            host=server.host,
+            port=server.port,
+            function_ids=server.function_ids,
+            thread=server.thread,
+            server=server.server,
+        )
+        with pytest.raises(InvalidArgument, match="factory"):
+            bare.reset()
+    finally:
+        server.stop()
+
+
+def test_pipelined_vca_and_requests_answer_in_order(served):
+    handle, responder = served
+    client = EmuClient.connect(handle.host, handle.port, pipelined=True)
+    assert client.algorithms is not None and client.version is not None
+    answers = client.send_many(1, [b"a", GET_TDISP_VERSION, b"drop", b"boom", b"b"])
+    assert answers[0] == b"echo:a" and answers[1] == TDISP_ERROR and answers[4] == b"echo:b"
+    assert isinstance(answers[2], NoResponse)
+    assert isinstance(answers[3], TransportError) and "ERROR" in str(answers[3])
+    assert client.send(1, b"after") == b"echo:after"  # the stream is still in step
+    client.close()
+    assert [m for _p, m, _s in responder.seen] == [b"a", GET_TDISP_VERSION, b"drop", b"boom", b"b", b"after"]
+
+
+def test_pipelined_vca_reports_the_first_failure_in_order():
+    """A responder without SPDM 1.2: the pipelined VCA still names GET_VERSION's answer as the problem."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def old_spdm() -> None:
+        conn, _ = listener.accept()
+        reader = fr.StreamReader(conn)
+        for _ in range(3):
+            head = reader.read_exact(fr.FRAME_HEADER.size)
+            assert head is not None
+            reader.read_exact(fr.decode_frame_header(head)[2])
+        version = fr.Version(entries=(0x11 << 8,)).encode()
+        err = fr.spdm_error(fr.SpdmErrorCode.VERSION_MISMATCH, fr.SPDM_VERSION_10)
+        conn.sendall(
+            b"".join(
+                fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, fr.encode_doe(m)) for m in (version, err, err)
+            )
+        )
+        conn.close()
+
+    threading.Thread(target=old_spdm, daemon=True).start()
+    with pytest.raises(TransportError, match=r"does not offer SPDM 1\.2"):
+        EmuClient.connect("127.0.0.1", listener.getsockname()[1], timeout=2, pipelined=True)
+    listener.close()
+
+
+def test_connection_workers_are_reused(served):
+    """One connection after another is served by the same pooled worker (no new thread per connection);
+    concurrent connections get workers of their own."""
+    handle, _responder = served
+    for n in range(20):
+        with EmuClient.connect(handle.host, handle.port) as client:
+            assert client.send(1, b"%d" % n) == b"echo:%d" % n
+    assert len(handle.server._workers) == 1
+    clients = [EmuClient.connect(handle.host, handle.port) for _ in range(3)]
+    assert [c.send(1, b"x") for c in clients] == [b"echo:x"] * 3
+    for c in clients:
+        c.close()
+    assert len(handle.server._workers) == 3
