@@ -25,7 +25,7 @@ import attrs
 
 from reference_impl.device.ide.km_codec import KeySubStream
 from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
-from reference_impl.errors import AccessFault, InvalidArgument, NotFound
+from reference_impl.errors import AccessFault, CallerError, InvalidArgument, NotFound
 from reference_impl.profiles import Profile
 from reference_impl.trace import Actor, Trace, operation, query
 
@@ -167,6 +167,9 @@ class Iommu(Actor):
         except AccessFault as exc:
             self._fault(tlp.requester_id, tlp.address, tlp.t_bit, str(exc))
             raise
+        except CallerError as exc:  # the translation names a VM that is gone: hardware sees a fault, no errno
+            self._fault(tlp.requester_id, tlp.address, tlp.t_bit, f"target VM gone: {exc}")
+            raise AccessFault(f"DMA from {tlp.requester_id:#06x}: {exc}") from exc
 
     def _fault(self, rid: int, address: int, t_bit: bool, reason: str) -> None:
         self._faults.append(Fault(rid, address, t_bit, reason))
