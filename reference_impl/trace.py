@@ -178,6 +178,8 @@ class Trace:
 
     def since(self, seq: int) -> list[Event]:
         """Completed events with sequence number >= ``seq``."""
+        if not self._stack:  # no call in progress, so nothing is pending: a plain slice (every step does this)
+            return self._events[seq:]
         return [e for e in self._events[seq:] if e is not _PENDING]
 
     def to_json(self) -> list[dict[str, Any]]:

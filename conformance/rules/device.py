@@ -89,11 +89,12 @@ class _Replay:
         self.last_kind[rid] = kind
 
     def _run(self) -> None:
+        events = [e for e in self.o.events if e.callee == "device"]
+        if not events:  # most host steps: no message or event reached a device, so the model stands still
+            return
         nonces = _lock_nonces(self.o)
         seen_nonces = {n for n, _ in nonces.values()}
-        for e in self.o.events:
-            if e.callee != "device":
-                continue
+        for e in events:
             if e.operation in ("flr", "config_write", "poison") and e.ok:
                 rid = e.arguments[0]
                 hit = [rid] + ([r for r, pf in self.pf.items() if not pf and r >> 8 == rid >> 8]

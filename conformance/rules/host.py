@@ -8,7 +8,6 @@ the Nth maintainer correction in flow.md (Jason Gunthorpe, 2025-05-15,
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 from reference_impl.device.tdisp import codec as td
@@ -637,20 +636,38 @@ def dma_sev_fence(o: Observation) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- CONF
-def _secrets(snap: object) -> list[bytes]:
-    out = [s for v in snap.kvm.vms for s in v.secrets]  # type: ignore[attr-defined]
-    return out
+def _live_guest_secrets(snap: Any) -> list[bytes]:
+    return [s for v in snap.kvm.vms for s in v.secrets if v.state.value != "destroyed"]
+
+
+def _in_shared_memory(o: Observation, now: list[bytes], before: list[bytes]) -> str | None:
+    """The VM whose shared memory holds one of ``now``, searching only what can have changed.
+
+    This rule held after the previous step, so a secret it already knew cannot sit in memory that has
+    not changed since: old secrets are searched for in VMs whose shared memory changed (or is new), new
+    secrets everywhere. Comparing a VM's memory with its previous copy costs far less than searching it
+    for every secret, and most steps write no guest memory at all."""
+    if not now:
+        return None
+    known = set(before)
+    fresh = [s for s in now if s not in known]
+    prev = {v.name: v for v in o.before.kvm.vms}
+    for v in o.after.kvm.vms:
+        b = prev.get(v.name)
+        changed = b is None or (b.shared_memory is not v.shared_memory and b.shared_memory != v.shared_memory)
+        for secret in now if changed else fresh:
+            if secret in v.shared_memory:
+                return str(v.name)
+    return None
 
 
 def conf_guest_secret(o: Observation) -> str | None:
-    secrets = [s for v in o.after.kvm.vms for s in v.secrets if v.state.value != "destroyed"]
+    secrets = _live_guest_secrets(o.after)
     if not secrets:
         return None
-    if o.after.kvm is not o.before.kvm:  # the same snapshot object: KVM was not entered, memory unchanged
-        for v in o.after.kvm.vms:
-            for s in secrets:
-                if s in v.shared_memory:
-                    return f"a guest secret sits in {v.name}'s shared memory"
+    vm = _in_shared_memory(o, secrets, _live_guest_secrets(o.before))
+    if vm is not None:
+        return f"a guest secret sits in {vm}'s shared memory"
     host = host_view(o)
     for s in secrets:
         if host.sees(s):
@@ -664,14 +681,14 @@ def conf_device_secret(o: Observation) -> str | None:
     secrets = [s for d in o.after.devices for s in d.secrets]
     if not secrets:
         return None
-    unchanged = o.after.kvm is o.before.kvm and all(map(operator.is_, o.after.devices, o.before.devices))
+    vm = _in_shared_memory(o, secrets, [s for d in o.before.devices for s in d.secrets])
+    if vm is not None:
+        return f"device private data sits in {vm}'s shared memory"
+    host = host_view(o)
     for s in secrets:
         if any(s in r for r in o.after.vfio.host_reads):
             return "the host read a device's private MMIO data"
-        for v in () if unchanged else o.after.kvm.vms:
-            if s in v.shared_memory:
-                return f"device private data sits in {v.name}'s shared memory"
-        if host_view(o).sees(s):
+        if host.sees(s):
             return "device private data crossed into host software (trace)"
     return HELD
 
