@@ -30,8 +30,20 @@ from reference_impl.stack import make_sut
 
 
 def suite_wall(workers: int) -> float:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "conformance",
-           "--hypothesis-profile=ci", "--tdisp-profile=all", "-n", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--pyargs",
+        "conformance",
+        "--hypothesis-profile=ci",
+        "--tdisp-profile=all",
+        "-n",
+        str(workers),
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
@@ -50,17 +62,31 @@ def stack_rate(*, devices: int, vfs: int, steps: int, examples: int) -> dict[str
         FullStack.teardown(self)
 
     factory = functools.partial(make_sut, num_devices=devices)
-    machine = type("M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", num_vfs=vfs),
-                                       "teardown": teardown})
-    s = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None, derandomize=True,
-                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    machine = type(
+        "M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", num_vfs=vfs), "teardown": teardown}
+    )
+    s = settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     t0 = time.perf_counter()
     run_state_machine_as_test(machine, settings=s)
     seconds = time.perf_counter() - t0
     n = max(counts["examples"], 1)
-    return {"devices": devices, "vfs": vfs, "steps_per_example": steps, "examples": counts["examples"],
-            "examples_per_s": counts["examples"] / seconds, "steps_per_s": counts["steps"] / seconds,
-            "live_vms_at_end": counts["vms"] / n}
+    return {
+        "devices": devices,
+        "vfs": vfs,
+        "steps_per_example": steps,
+        "examples": counts["examples"],
+        "examples_per_s": counts["examples"] / seconds,
+        "steps_per_s": counts["steps"] / seconds,
+        "live_vms_at_end": counts["vms"] / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     out["stack"] = rows
     print(f"{'devices':>7} {'VFs':>4} {'steps/ex':>8} {'examples/s':>10} {'steps/s':>8} {'live VMs':>8}")
     for r in rows:
-        print(f"{r['devices']:>7} {r['vfs']:>4} {r['steps_per_example']:>8} {r['examples_per_s']:>10.1f} "
-              f"{r['steps_per_s']:>8.0f} {r['live_vms_at_end']:>8.1f}")
+        print(
+            f"{r['devices']:>7} {r['vfs']:>4} {r['steps_per_example']:>8} {r['examples_per_s']:>10.1f} "
+            f"{r['steps_per_s']:>8.0f} {r['live_vms_at_end']:>8.1f}"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(out, indent=1))
     return 0

@@ -68,8 +68,15 @@ def measure(mutant: Any, *, depth: int, max_seconds: float, minimize_seconds: fl
         # what a failure record gets: the plugin's minimization pass runs the same breadth-first search
         # (depth shrunk - 1, shortest first) for --minimize-seconds, so it finds this minimum when the
         # explorer here found it within that time
-        "final": (minimal if shrunk is not None and found is not None and minimal is not None and minimal < shrunk
-                  and found.seconds <= minimize_seconds else shrunk),
+        "final": (
+            minimal
+            if shrunk is not None
+            and found is not None
+            and minimal is not None
+            and minimal < shrunk
+            and found.seconds <= minimize_seconds
+            else shrunk
+        ),
     }
 
 
@@ -84,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=4, help="explorer bound in rule steps (default 4)")
     p.add_argument("--mutants", default=None, help="comma-separated substrings of mutant names to run")
     p.add_argument("--max-seconds", type=float, default=30.0, help="explorer time limit per mutant (default 30)")
-    p.add_argument("--minimize-seconds", type=float, default=20.0,
-                   help="the plugin's --minimize-seconds, for the 'final' column (default 20)")
+    p.add_argument(
+        "--minimize-seconds",
+        type=float,
+        default=20.0,
+        help="the plugin's --minimize-seconds, for the 'final' column (default 20)",
+    )
     p.add_argument("--out", default=str(RESULTS / "shrink.json"), help="where to write the JSON")
     args = p.parse_args(argv)
     wanted = [w.strip() for w in args.mutants.split(",")] if args.mutants else None

@@ -64,15 +64,26 @@ def steps_per_second(factory: Any, *, examples: int, only: frozenset[str] | None
     if factory is None:
         machine: type = trivial_machine(FullStack)
     else:
+
         def teardown(self: Any) -> None:
             TRIVIAL_STEPS[0] += len(getattr(self, "replay_log", ()))
             FullStack.teardown(self)
 
-        machine = type("M", (FullStack,), {"config": MachineConfig(factory=factory, profile="tdx", only=only),
-                                           "teardown": teardown})
+        machine = type(
+            "M",
+            (FullStack,),
+            {"config": MachineConfig(factory=factory, profile="tdx", only=only), "teardown": teardown},
+        )
     before = TRIVIAL_STEPS[0]
-    s = settings(max_examples=examples, stateful_step_count=25, deadline=None, database=None, derandomize=True,
-                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    s = settings(
+        max_examples=examples,
+        stateful_step_count=25,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     t0 = time.perf_counter()
     run_state_machine_as_test(machine, settings=s)
     return (TRIVIAL_STEPS[0] - before) / (time.perf_counter() - t0)
@@ -101,10 +112,18 @@ def time_to_catch(seeds: int) -> list[dict[str, Any]]:
             first.append(r1.seconds)
             shrunk.append(r2.seconds)
             steps.append(r2.steps or 0)
-        rows.append({"mutant": m.name, "rule": m.rule_id, "caught": caught,
-                     "first_median_s": statistics.median(first), "first_max_s": max(first),
-                     "shrunk_median_s": statistics.median(shrunk), "shrunk_max_s": max(shrunk),
-                     "shrunk_steps": max(steps)})
+        rows.append(
+            {
+                "mutant": m.name,
+                "rule": m.rule_id,
+                "caught": caught,
+                "first_median_s": statistics.median(first),
+                "first_max_s": max(first),
+                "shrunk_median_s": statistics.median(shrunk),
+                "shrunk_max_s": max(shrunk),
+                "shrunk_steps": max(steps),
+            }
+        )
     return rows
 
 
@@ -116,15 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out: dict[str, Any] = {"cost": cost_per_step(args.examples)}
     c = out["cost"]
-    print(f"steps/s: stack {c['stack_steps_per_s']:.0f}, trivial {c['trivial_steps_per_s']:.0f}, "
-          f"cost ratio {c['cost_ratio']:.2f}x (target <= 1.5x)")
+    print(
+        f"steps/s: stack {c['stack_steps_per_s']:.0f}, trivial {c['trivial_steps_per_s']:.0f}, "
+        f"cost ratio {c['cost_ratio']:.2f}x (target <= 1.5x)"
+    )
     if not args.only_steps:
         rows = out["catch"] = time_to_catch(args.seeds)
         print(f"{'rule':<9} {'mutant':<36} {'first med/max s':>16} {'shrunk med/max s':>17} {'steps':>5}")
         for r in rows:
-            print(f"{r['rule']:<9} {r['mutant']:<36} {r['first_median_s']:7.2f}/{r['first_max_s']:<7.2f} "
-                  f"{r['shrunk_median_s']:8.2f}/{r['shrunk_max_s']:<7.2f} {r['shrunk_steps']:5}"
-                  f"{'' if r['caught'] else '  NOT CAUGHT'}")
+            print(
+                f"{r['rule']:<9} {r['mutant']:<36} {r['first_median_s']:7.2f}/{r['first_max_s']:<7.2f} "
+                f"{r['shrunk_median_s']:8.2f}/{r['shrunk_max_s']:<7.2f} {r['shrunk_steps']:5}"
+                f"{'' if r['caught'] else '  NOT CAUGHT'}"
+            )
         firsts = [r["first_median_s"] for r in rows]
         print(f"median time to first failure {statistics.median(firsts):.2f} s, max {max(firsts):.2f} s")
     RESULTS.mkdir(exist_ok=True)

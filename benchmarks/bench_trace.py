@@ -38,14 +38,21 @@ def main(argv: list[str] | None = None) -> int:
         on.append(t)
         off.append(one(False)[0])
     med_on, med_off = statistics.median(on), statistics.median(off)
-    result = {"rounds": args.rounds, "events_per_flow": events, "median_on_ms": med_on * 1e3,
-              "median_off_ms": med_off * 1e3, "ratio_on_off": med_on / med_off,
-              "per_event_overhead_us": (med_on - med_off) / max(events, 1) * 1e6}
+    result = {
+        "rounds": args.rounds,
+        "events_per_flow": events,
+        "median_on_ms": med_on * 1e3,
+        "median_off_ms": med_off * 1e3,
+        "ratio_on_off": med_on / med_off,
+        "per_event_overhead_us": (med_on - med_off) / max(events, 1) * 1e6,
+    }
     print(f"{'variant':<10} {'median ms/flow':>15}")
     print(f"{'trace on':<10} {med_on * 1e3:15.3f}")
     print(f"{'trace off':<10} {med_off * 1e3:15.3f}")
-    print(f"ratio on/off {result['ratio_on_off']:.2f}; {events} events/flow; "
-          f"{result['per_event_overhead_us']:.2f} us per recorded event")
+    print(
+        f"ratio on/off {result['ratio_on_off']:.2f}; {events} events/flow; "
+        f"{result['per_event_overhead_us']:.2f} us per recorded event"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "trace.json").write_text(json.dumps(result, indent=1))
     return 0

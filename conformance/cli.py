@@ -48,9 +48,17 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
-    argv = ["--pyargs", "conformance", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-            f"--hypothesis-profile={args.hypothesis_profile}",
-            f"--tdisp-profile={args.tdisp_profile}", "-q"]
+    argv = [
+        "--pyargs",
+        "conformance",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        f"--hypothesis-profile={args.hypothesis_profile}",
+        f"--tdisp-profile={args.tdisp_profile}",
+        "-q",
+    ]
     if args.sut:
         argv.append(f"--sut={args.sut}")
     if args.report_dir:
@@ -93,10 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     run.set_defaults(func=_cmd_run)
 
-    for name, module, text in (("report", "reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
-                               ("compare", "reports.compare", "which rules changed verdict between two report.json"),
-                               ("replay", "conformance.replay", "re-run a failure's replay file against a SUT"),
-                               ("explore", "conformance.explore", "every step sequence to --depth K, breadth-first")):
+    for name, module, text in (
+        ("report", "reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
+        ("compare", "reports.compare", "which rules changed verdict between two report.json"),
+        ("replay", "conformance.replay", "re-run a failure's replay file against a SUT"),
+        ("explore", "conformance.explore", "every step sequence to --depth K, breadth-first"),
+    ):
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=text)
         mod.add_arguments(sp)

@@ -100,8 +100,9 @@ def check_corrected_flow(events: Sequence[Event], profile: str) -> list[str]:
             if not accept or accept[0].seq > start.seq:
                 problems.append("TDX: START before the guest accepted MMIO (accept precedes start)")
         if profile == "sev-tio":
-            attest = [e for e in _all(events, "tsm", "guest_request")
-                      if getattr(e.arguments[2], "kind", "") == "report"]
+            attest = [
+                e for e in _all(events, "tsm", "guest_request") if getattr(e.arguments[2], "kind", "") == "report"
+            ]
             if not attest or not _within(events, start, attest[0]):
                 problems.append("SEV-TIO: START was not sent at attest")
         if profile == "cca":

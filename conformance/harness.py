@@ -38,8 +38,11 @@ class Verdicts:
 
     def absorb(self, checker: Checker) -> None:
         per = self.by_profile.setdefault(checker.profile, {"checked": {}, "exercised": {}, "failed": {}})
-        for name, src, dst in (("checked", checker.checked, self.checked), ("exercised", checker.exercised,
-                                self.exercised), ("failed", checker.failed, self.failed)):
+        for name, src, dst in (
+            ("checked", checker.checked, self.checked),
+            ("exercised", checker.exercised, self.exercised),
+            ("failed", checker.failed, self.failed),
+        ):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
                 per[name][k] = per[name].get(k, 0) + v
@@ -67,8 +70,15 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
 class StepRunner:
     """Runs steps against one stack and checks the catalogue after each."""
 
-    def __init__(self, stack: Any, profile: str, *, rules: tuple[Rule, ...] | None = None,
-                 only: frozenset[str] | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        stack: Any,
+        profile: str,
+        *,
+        rules: tuple[Rule, ...] | None = None,
+        only: frozenset[str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self.stack = stack
         self.profile = profile
         self.checker = Checker(rules if rules is not None else tuple(BY_ID.values()), profile, only=only)
@@ -104,8 +114,16 @@ class StepRunner:
             history, events = everything[:mark], everything[mark:]
         except Exception as exc:
             raise SutBroken(f"the SUT's trace could not be read after {action!r}: {exc}") from exc
-        obs = Observation(profile=self.profile, action=action, events=events, history=history, before=before,
-                          after=after, error=error, carry=self.checker.carry)
+        obs = Observation(
+            profile=self.profile,
+            action=action,
+            events=events,
+            history=history,
+            before=before,
+            after=after,
+            error=error,
+            carry=self.checker.carry,
+        )
         broken = self.checker.check(obs)
         if broken:
             rule, message = broken[0]

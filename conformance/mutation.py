@@ -38,8 +38,9 @@ class CatchResult:
 
 def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
     if mutant.machine == "device":
-        cfg_d = DeviceMachineConfig(device_factory=mutant.device_factory, profile=mutant.profile, only=only,
-                                    timeout=timeout)
+        cfg_d = DeviceMachineConfig(
+            device_factory=mutant.device_factory, profile=mutant.profile, only=only, timeout=timeout
+        )
         return type("MutantDeviceMachine", (DeviceMachine,), {"config": cfg_d})
     base = HostLifetimes if mutant.machine == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=mutant.factory, profile=mutant.profile, only=only, timeout=timeout)
@@ -56,8 +57,11 @@ def minimize(machine: type, rule_id: str, steps: list[dict[str, Any]], *, max_se
     within the machine's argument domains (:mod:`conformance.explore`)."""
     from conformance.explore import explore
 
-    inits = sum(1 for s in steps if getattr(getattr(machine, s["method"], None),
-                                            "hypothesis_stateful_initialize_rule", None) is not None)
+    inits = sum(
+        1
+        for s in steps
+        if getattr(getattr(machine, s["method"], None), "hypothesis_stateful_initialize_rule", None) is not None
+    )
     depth = len(steps) - inits - 1
     if depth < 1 or max_seconds <= 0:
         return steps
@@ -65,8 +69,16 @@ def minimize(machine: type, rule_id: str, steps: list[dict[str, Any]], *, max_se
     return list(found.steps) if found is not None and found.length < len(steps) else steps
 
 
-def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool = True,
-          timeout: float = 2.0, all_rules: bool = False, minimize_seconds: float = 0.0) -> CatchResult:
+def catch(
+    mutant: Any,
+    *,
+    max_examples: int = 300,
+    seed: int = 0,
+    shrink: bool = True,
+    timeout: float = 2.0,
+    all_rules: bool = False,
+    minimize_seconds: float = 0.0,
+) -> CatchResult:
     """Run ``mutant``'s machine until it fails (or ``max_examples`` pass) and say by what.
 
     Only the mutant's own rule is checked (all rules with ``all_rules``). A ``SUT-HANG`` mutant is
@@ -85,9 +97,17 @@ def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool =
     step_limit = getattr(mutant, "timeout", None) or timeout
     machine = _machine(mutant, only, step_limit)
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
-    s = settings(settings.get_profile("default"), max_examples=max_examples, stateful_step_count=20, deadline=None,
-                 database=None, derandomize=not seed, phases=phases, suppress_health_check=list(HealthCheck),
-                 print_blob=False)
+    s = settings(
+        settings.get_profile("default"),
+        max_examples=max_examples,
+        stateful_step_count=20,
+        deadline=None,
+        database=None,
+        derandomize=not seed,
+        phases=phases,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
     t0 = time.perf_counter()
     try:
         test = get_state_machine_test(machine, settings=s)
@@ -103,6 +123,15 @@ def catch(mutant: Any, *, max_examples: int = 300, seed: int = 0, shrink: bool =
         final = shrunk
         if rid == expected and minimize_seconds > 0:
             final = minimize(machine, rid, shrunk, max_seconds=minimize_seconds)
-        return CatchResult(mutant.name, expected, rid == expected, rid, len(final), time.perf_counter() - t0, detail,
-                           shrunk_steps=len(shrunk), sequence=tuple(final))
+        return CatchResult(
+            mutant.name,
+            expected,
+            rid == expected,
+            rid,
+            len(final),
+            time.perf_counter() - t0,
+            detail,
+            shrunk_steps=len(shrunk),
+            sequence=tuple(final),
+        )
     return CatchResult(mutant.name, expected, False, None, None, time.perf_counter() - t0, "not caught")

@@ -31,9 +31,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--tdisp-profile", default="all", choices=[*PROFILE_NAMES, "all"], help="platform profile(s) to test")
     g.addoption("--report-dir", default=None, help="directory for verdict reports")
     g.addoption("--step-timeout", type=float, default=5.0, help="per-step time limit for the SUT, seconds")
-    g.addoption("--minimize-seconds", type=float, default=20.0,
-                help="after Hypothesis shrinks a failure, search this long for a shorter one breadth-first "
-                     "(conformance.explore) before writing its record; 0 turns it off")
+    g.addoption(
+        "--minimize-seconds",
+        type=float,
+        default=20.0,
+        help="after Hypothesis shrinks a failure, search this long for a shorter one breadth-first "
+        "(conformance.explore) before writing its record; 0 turns it off",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -214,8 +218,7 @@ def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: 
     try:
         rule_id = _classify(exc)[0]
         factory = None if kind == "device" else load_factory(item.config.getoption("--sut"))
-        machine = machine_class(kind, factory=factory, profile=profile,
-                                timeout=item.config.getoption("--step-timeout"))
+        machine = machine_class(kind, factory=factory, profile=profile, timeout=item.config.getoption("--step-timeout"))
         found = minimize(machine, rule_id, list(steps), max_seconds=budget)
         if len(found) >= len(steps):
             return None

@@ -65,9 +65,7 @@ class ReplayError(ReportInputError):
 @attrs.frozen(kw_only=True)
 class ReplayResult:
     still_fails: bool
-    rule_id: (
-        str | None
-    )  # the rule (or SUT-HANG / SUT-BROKEN / SUT-ERROR) it fails with now; None if it passes
+    rule_id: str | None  # the rule (or SUT-HANG / SUT-BROKEN / SUT-ERROR) it fails with now; None if it passes
     message: str  # one paragraph for a human: what happened, against what
     steps_run: int  # recorded steps executed (the failing one included)
     recorded_rule_id: str | None = None
@@ -94,8 +92,7 @@ def machine_kind(failure: Failure) -> str:
         if any(h in text for h in hints):
             return kind
     raise ReplayError(
-        f"{failure.file}: machine {failure.machine!r} (test {failure.test!r}) is not one of "
-        f"{', '.join(MACHINES)}"
+        f"{failure.file}: machine {failure.machine!r} (test {failure.test!r}) is not one of {', '.join(MACHINES)}"
     )
 
 
@@ -131,8 +128,7 @@ def _decode(value: Any, types: dict[str, type], where: str) -> Any:
             cls = types.get(key[2:-2])
             if cls is None:
                 raise ReplayError(
-                    f"{where}: {key!r} is not a handle type this machine knows "
-                    f"({', '.join(sorted(types)) or 'none'})"
+                    f"{where}: {key!r} is not a handle type this machine knows ({', '.join(sorted(types)) or 'none'})"
                 )
             if not isinstance(inner, dict):
                 raise ReplayError(f"{where}: {key!r} must hold an object of fields, got {inner!r}")
@@ -225,8 +221,7 @@ def execute(prepared: Prepared) -> ReplayResult:
             machine = prepared.machine()
         except Exception as exc:
             raise ReplayError(
-                f"SUT {prepared.sut}: building the {prepared.kind} machine failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"SUT {prepared.sut}: building the {prepared.kind} machine failed: {type(exc).__name__}: {exc}"
             ) from exc
         broken: tuple[str, str, int, str] | None = None
         steps_run = 0
@@ -275,9 +270,7 @@ def replay(path: str | os.PathLike[str], sut: str | None = None, *, timeout: flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file", metavar="FILE", help="a failure record, failures/<name>.json of a report directory"
-    )
+    parser.add_argument("file", metavar="FILE", help="a failure record, failures/<name>.json of a report directory")
     parser.add_argument(
         "--sut",
         default=None,

@@ -20,12 +20,24 @@ __all__ = ["PROFILES", "register"]
 _QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
 
 PROFILES = {
-    "ci": settings(derandomize=True, database=None, deadline=None, max_examples=60, stateful_step_count=25,
-                   phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-                   suppress_health_check=_QUIET, print_blob=False),
+    "ci": settings(
+        derandomize=True,
+        database=None,
+        deadline=None,
+        max_examples=60,
+        stateful_step_count=25,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        suppress_health_check=_QUIET,
+        print_blob=False,
+    ),
     "dev": settings(deadline=None, max_examples=100, stateful_step_count=30, suppress_health_check=_QUIET),
-    "thorough": settings(deadline=None, max_examples=2000, stateful_step_count=60, suppress_health_check=_QUIET,
-                         verbosity=Verbosity.normal),
+    "thorough": settings(
+        deadline=None,
+        max_examples=2000,
+        stateful_step_count=60,
+        suppress_health_check=_QUIET,
+        verbosity=Verbosity.normal,
+    ),
 }
 
 _registered = False

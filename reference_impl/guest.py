@@ -90,8 +90,10 @@ class GuestTsm(Actor):
         for r in report.mmio_ranges:
             end = r.first_page + r.number_of_pages * PAGE
             if r.first_page < bar_gpa or end > bar_gpa + bar_size:
-                raise InvalidState(f"report range {r.first_page:#x}..{end:#x} is not inside the vBAR at "
-                                   f"{bar_gpa:#x} (+{bar_size:#x}): refusing to accept")
+                raise InvalidState(
+                    f"report range {r.first_page:#x}..{end:#x} is not inside the vBAR at "
+                    f"{bar_gpa:#x} (+{bar_size:#x}): refusing to accept"
+                )
         if not private:
             raise InvalidState("report lists no TEE memory range")
         return bytes(ev.signed.report)
@@ -196,8 +198,17 @@ class Guest(Actor):
     def snapshot(self) -> GuestSnapshot:
         return GuestSnapshot(
             vm=self.vm,
-            vdevs=tuple(VdevView(virt_id=v.virt_id, bar_gpa=v.bar_gpa, bar_size=v.bar_size, bound=v.bound,
-                                 attested=v.attested, accepted=v.accepted, running=v.running)
-                        for v in self._vdevs.values()),
+            vdevs=tuple(
+                VdevView(
+                    virt_id=v.virt_id,
+                    bar_gpa=v.bar_gpa,
+                    bar_size=v.bar_size,
+                    bound=v.bound,
+                    attested=v.attested,
+                    accepted=v.accepted,
+                    running=v.running,
+                )
+                for v in self._vdevs.values()
+            ),
             private_reads=tuple(self._private_reads[-4:]),
         )

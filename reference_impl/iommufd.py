@@ -200,16 +200,16 @@ class Iommufd(Actor):
         dev = self._get(idev, ObjKind.IDEV)
         if any(o.kind is ObjKind.VDEVICE and o.idev == idev for o in self._objs.values()):
             raise AlreadyExists(f"idev {idev} already has a vdevice")
-        if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id
-               for o in self._objs.values()):
+        if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id for o in self._objs.values()):
             raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
         if rid != dev.rid:
             raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
         vi.users += 1
         dev.users += 1
         self._kvm.get_ref(vi.vm)
-        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid,
-                         device=dev.device).id
+        return self._new(
+            ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid, device=dev.device
+        ).id
 
     def _destroy_vdevice(self, v: _Obj) -> None:
         if v.bound:
@@ -304,8 +304,18 @@ class Iommufd(Actor):
     @query
     def snapshot(self) -> IommufdSnapshot:
         objs = tuple(
-            ObjSnapshot(id=o.id, kind=o.kind, users=o.users, device=o.device, vm=o.vm, parent=o.parent,
-                        idev=o.idev, virt_id=o.virt_id, rid=o.rid, bound=o.bound)
+            ObjSnapshot(
+                id=o.id,
+                kind=o.kind,
+                users=o.users,
+                device=o.device,
+                vm=o.vm,
+                parent=o.parent,
+                idev=o.idev,
+                virt_id=o.virt_id,
+                rid=o.rid,
+                bound=o.bound,
+            )
             for o in self._objs.values()
         )
         return IommufdSnapshot(objects=objs, tombstones=tuple(sorted(self._tombstones)), closed=self._closed)

@@ -206,8 +206,16 @@ class Kvm(Actor):
             if s.vm == vm and s.gpa < gpa + pages * PAGE and gpa < s.gpa + s.pages * PAGE:
                 raise Busy(f"memslot at {gpa:#x} overlaps slot {s.slot}")
         att = self._import(dmabuf, vm)
-        slot = _Memslot(slot=self._next_slot, vm=vm, gpa=gpa, pages=pages, dmabuf=dmabuf, attachment=att,
-                        rid=info.rid, host_base=info.base)
+        slot = _Memslot(
+            slot=self._next_slot,
+            vm=vm,
+            gpa=gpa,
+            pages=pages,
+            dmabuf=dmabuf,
+            attachment=att,
+            rid=info.rid,
+            host_base=info.base,
+        )
         self._next_slot += 1
         self._slots[slot.slot] = slot
         self._map_shared(slot)
@@ -259,8 +267,7 @@ class Kvm(Actor):
 
     @operation(step="44")
     def unmap_private_mmio(self, vm: str, rid: int) -> int:
-        slots = [s for s in self._slots.values() if s.vm == vm and s.rid == rid
-                 and s.mapping is SlotMapping.PRIVATE]
+        slots = [s for s in self._slots.values() if s.vm == vm and s.rid == rid and s.mapping is SlotMapping.PRIVATE]
         if not slots:
             return 0
         self._tsm.sept_remove(vm, rid)  # TDX refuses while the TDI is LOCKED/RUN (stop first)
@@ -291,14 +298,14 @@ class Kvm(Actor):
         v = self._running(vm)
         if gpa < 0 or length <= 0 or gpa + length > len(v.memory):
             raise AccessFault(f"guest read at {gpa:#x} is outside guest RAM")
-        return bytes(v.memory[gpa:gpa + length])
+        return bytes(v.memory[gpa : gpa + length])
 
     @operation()
     def guest_write(self, vm: str, gpa: int, data: bytes) -> None:
         v = self._running(vm)
         if gpa < 0 or gpa + len(data) > len(v.memory):
             raise AccessFault(f"guest write to {gpa:#x} is outside guest RAM")
-        v.memory[gpa:gpa + len(data)] = data
+        v.memory[gpa : gpa + len(data)] = data
 
     @operation()
     def guest_mmio_read(self, vm: str, gpa: int, length: int) -> bytes:
@@ -313,9 +320,14 @@ class Kvm(Actor):
                     raise AccessFault(f"{vm}: MMIO at {gpa:#x} hits a revoked memslot (EPT violation)")
                 addr = s.host_base + (gpa - s.gpa)
                 payload = data if data is not None else length.to_bytes(4, "little")
-                tlp = Tlp(kind="MWr" if data is not None else "MRd", requester_id=s.rid, address=addr,
-                          t_bit=s.mapping is SlotMapping.PRIVATE, payload=payload,
-                          stream_id=0 if s.mapping is SlotMapping.PRIVATE else None)
+                tlp = Tlp(
+                    kind="MWr" if data is not None else "MRd",
+                    requester_id=s.rid,
+                    address=addr,
+                    t_bit=s.mapping is SlotMapping.PRIVATE,
+                    payload=payload,
+                    stream_id=0 if s.mapping is SlotMapping.PRIVATE else None,
+                )
                 result: bytes = self._iommu.mmio(vm, tlp)
                 return result
         raise AccessFault(f"{vm}: no memory or memslot at {gpa:#x}")
@@ -341,29 +353,44 @@ class Kvm(Actor):
         is_private = last < v.private_pages
         is_shared = first >= v.private_pages
         if (private and not is_private) or (not private and not is_shared):
-            raise AccessFault(f"DMA to {gpa:#x}: T={int(private)} may not write {'shared' if private else 'private'} "
-                              "memory")
-        v.memory[gpa:gpa + len(data)] = data
+            raise AccessFault(
+                f"DMA to {gpa:#x}: T={int(private)} may not write {'shared' if private else 'private'} memory"
+            )
+        v.memory[gpa : gpa + len(data)] = data
 
     @query
     def host_read_shared(self, vm: str, gpa: int, length: int) -> bytes:
         """What the host (VMM) can read of guest memory: shared pages only."""
         v = self._vm(vm)
         start = max(gpa, v.private_pages * PAGE)
-        return bytes(v.memory[start:gpa + length]) if start < gpa + length else b""
+        return bytes(v.memory[start : gpa + length]) if start < gpa + length else b""
 
     @query
     def snapshot(self) -> KvmSnapshot:
         vms = tuple(
-            VmSnapshot(name=v.name, state=v.state, refs=v.refs, private_pages=v.private_pages,
-                       shared_memory=bytes(v.memory[v.private_pages * PAGE:]),
-                       private_digest=hash(bytes(v.memory[:v.private_pages * PAGE])),
-                       secrets=tuple(v.secrets))
+            VmSnapshot(
+                name=v.name,
+                state=v.state,
+                refs=v.refs,
+                private_pages=v.private_pages,
+                shared_memory=bytes(v.memory[v.private_pages * PAGE :]),
+                private_digest=hash(bytes(v.memory[: v.private_pages * PAGE])),
+                secrets=tuple(v.secrets),
+            )
             for v in self._vms.values()
         )
         slots = tuple(
-            MemslotSnapshot(slot=s.slot, vm=s.vm, gpa=s.gpa, pages=s.pages, dmabuf=s.dmabuf,
-                            attachment=s.attachment, rid=s.rid, mapping=s.mapping, host_base=s.host_base)
+            MemslotSnapshot(
+                slot=s.slot,
+                vm=s.vm,
+                gpa=s.gpa,
+                pages=s.pages,
+                dmabuf=s.dmabuf,
+                attachment=s.attachment,
+                rid=s.rid,
+                mapping=s.mapping,
+                host_base=s.host_base,
+            )
             for s in self._slots.values()
         )
         return KvmSnapshot(vms=vms, memslots=slots)

@@ -11,8 +11,7 @@ import enum
 
 import attrs
 
-__all__ = ["CCA", "PROFILES", "SEV_TIO", "TDX", "Profile", "StartSender", "StopInUnlocked", "UnmapOrder",
-           "get_profile"]
+__all__ = ["CCA", "PROFILES", "SEV_TIO", "TDX", "Profile", "StartSender", "StopInUnlocked", "UnmapOrder", "get_profile"]
 
 
 class StartSender(enum.Enum):
@@ -56,8 +55,17 @@ class Profile:
     """SEV-TIO: an IOMMU fault on a bound TDI fences the guest (writes dropped, reads all-ones)."""
 
 
-_ALL = frozenset({"GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES", "LOCK_INTERFACE", "GET_DEVICE_INTERFACE_REPORT",
-                  "GET_DEVICE_INTERFACE_STATE", "START_INTERFACE", "STOP_INTERFACE"})
+_ALL = frozenset(
+    {
+        "GET_TDISP_VERSION",
+        "GET_TDISP_CAPABILITIES",
+        "LOCK_INTERFACE",
+        "GET_DEVICE_INTERFACE_REPORT",
+        "GET_DEVICE_INTERFACE_STATE",
+        "START_INTERFACE",
+        "STOP_INTERFACE",
+    }
+)
 
 TDX = Profile(
     name="tdx",
@@ -65,10 +73,16 @@ TDX = Profile(
     start_sender=StartSender.GUEST,
     unmap_order=UnmapOrder.STOP_FIRST,
     stop_in_unlocked=StopInUnlocked.IDEMPOTENT,
-    host_tdisp_requests=frozenset({"GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES", "LOCK_INTERFACE",
-                                   "GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE"}),
-    guest_tdisp_requests=frozenset({"GET_DEVICE_INTERFACE_REPORT", "GET_DEVICE_INTERFACE_STATE",
-                                    "START_INTERFACE"}),
+    host_tdisp_requests=frozenset(
+        {
+            "GET_TDISP_VERSION",
+            "GET_TDISP_CAPABILITIES",
+            "LOCK_INTERFACE",
+            "GET_DEVICE_INTERFACE_STATE",
+            "STOP_INTERFACE",
+        }
+    ),
+    guest_tdisp_requests=frozenset({"GET_DEVICE_INTERFACE_REPORT", "GET_DEVICE_INTERFACE_STATE", "START_INTERFACE"}),
     max_outstanding_per_tdi=1,
     dma_blocked_until_guest_enables=False,
     fence_on_fault=False,

@@ -54,19 +54,31 @@ class StackSnapshot:
 class Stack:
     """The wired actors. Attribute names are the SUT contract (see docs/sut-contract.md)."""
 
-    def __init__(self, config: StackConfig, *, device_factory: Callable[..., Device] = Device,
-                 tsm_factory: Callable[..., Tsm] = Tsm, vmm_factory: Callable[..., Vmm] = Vmm,
-                 kvm_factory: Callable[..., Kvm] = Kvm, vfio_factory: Callable[..., Vfio] = Vfio,
-                 iommufd_factory: Callable[..., Iommufd] = Iommufd,
-                 iommu_factory: Callable[..., Iommu] = Iommu) -> None:
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        device_factory: Callable[..., Device] = Device,
+        tsm_factory: Callable[..., Tsm] = Tsm,
+        vmm_factory: Callable[..., Vmm] = Vmm,
+        kvm_factory: Callable[..., Kvm] = Kvm,
+        vfio_factory: Callable[..., Vfio] = Vfio,
+        iommufd_factory: Callable[..., Iommufd] = Iommufd,
+        iommu_factory: Callable[..., Iommu] = Iommu,
+    ) -> None:
         self.config = config
         self.profile: Profile = get_profile(config.profile)
         self.trace = Trace(enabled=config.trace)
         idempotent = self.profile.stop_in_unlocked is StopInUnlocked.IDEMPOTENT
         self.devices: dict[str, Device] = {}
         for i, dc in enumerate(config.devices):
-            dc = attrs.evolve(dc, stop_in_unlocked_idempotent=idempotent, bus=dc.bus + i,
-                              bar_base=dc.bar_base + i * 0x100_0000, name=dc.name if i == 0 else f"dev{i}")
+            dc = attrs.evolve(
+                dc,
+                stop_in_unlocked_idempotent=idempotent,
+                bus=dc.bus + i,
+                bar_base=dc.bar_base + i * 0x100_0000,
+                name=dc.name if i == 0 else f"dev{i}",
+            )
             self.devices[dc.name] = device_factory(self.trace, dc)
         self.iommu = iommu_factory(self.trace, self.profile)
         self.kvm = kvm_factory(self.trace, guest_pages=config.guest_pages, private_pages=config.private_pages)

@@ -118,8 +118,15 @@ class Trace:
         """Call ``listener`` with each event as it completes (rules index events this way)."""
         self._listeners.append(listener)
 
-    def call(self, actor: Actor, op: str, step: str | Callable[..., str | None] | None, fn: Callable[..., R],
-             args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    def call(
+        self,
+        actor: Actor,
+        op: str,
+        step: str | Callable[..., str | None] | None,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
         if not self.enabled:
             return fn(actor, *args, **kwargs)
         callee = actor.actor_name
@@ -138,8 +145,7 @@ class Trace:
         try:
             result = fn(actor, *args, **kwargs)
         except Exception as exc:
-            ev = Event(seq, caller, callee, op, args, kw, "error", None, type(exc).__name__, str(exc),
-                       depth, step)
+            ev = Event(seq, caller, callee, op, args, kw, "error", None, type(exc).__name__, str(exc), depth, step)
             self._finish(seq, ev)
             raise
         finally:

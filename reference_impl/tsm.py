@@ -123,8 +123,11 @@ class Tsm(Actor):
     def _expect(self, rid: int, request: td.Request, want: type) -> Any:
         resp = self._tdisp(rid, request)
         if isinstance(resp, td.TdispError):
-            code = td.ErrorCode(resp.error_code).name if resp.error_code in td.ErrorCode._value2member_map_ \
+            code = (
+                td.ErrorCode(resp.error_code).name
+                if resp.error_code in td.ErrorCode._value2member_map_
                 else hex(resp.error_code)
+            )
             raise InvalidState(f"device refused {type(request).__name__}: TDISP_ERROR {code}")
         if not isinstance(resp, want):
             raise ConformanceViolation(f"device answered {type(request).__name__} with {type(resp).__name__}")
@@ -176,8 +179,11 @@ class Tsm(Actor):
             for sub in km.SubStream:
                 slot = km.KeySubStream(key_set=key_set, direction=direction, sub_stream=sub)
                 key = self._fresh_key()
-                ack = self._ide_km(dev, sid, km.KeyProg(stream_id=stream, key_sub_stream=slot.to_byte(),
-                                                        port_index=0, key=key, iv=IDE_IV))
+                ack = self._ide_km(
+                    dev,
+                    sid,
+                    km.KeyProg(stream_id=stream, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IDE_IV),
+                )
                 if not isinstance(ack, km.KpAck) or ack.status != km.KpAckStatus.SUCCESS:
                     raise InvalidState(f"device refused KEY_PROG {slot}: {ack}")
                 # the root port's opposite direction gets the same key: EP Rx == RP Tx
@@ -186,8 +192,7 @@ class Tsm(Actor):
         for direction in (km.Direction.RX, km.Direction.TX):  # Rx first, then Tx (rules-seed E.66)
             for sub in km.SubStream:
                 slot = km.KeySubStream(key_set=key_set, direction=direction, sub_stream=sub)
-                ack = self._ide_km(dev, sid, km.KSetGo(stream_id=stream, key_sub_stream=slot.to_byte(),
-                                                       port_index=0))
+                ack = self._ide_km(dev, sid, km.KSetGo(stream_id=stream, key_sub_stream=slot.to_byte(), port_index=0))
                 if not isinstance(ack, km.KGoStopAck):
                     raise InvalidState(f"device refused K_SET_GO {slot}: {ack}")
                 rp_slot = km.KeySubStream(key_set=key_set, direction=km.Direction(1 - direction), sub_stream=sub)
@@ -260,9 +265,13 @@ class Tsm(Actor):
 
     def _lock(self, rid: int, offset: int) -> Any:
         dev = self._devices[self._ctx(rid).device]
-        req = td.LockInterface(interface_id=self._iid(rid), flags=int(td.LockFlags.NO_FW_UPDATE),
-                               default_stream_id=dev.config.default_stream_id, mmio_reporting_offset=offset,
-                               bind_p2p_address_mask=0)
+        req = td.LockInterface(
+            interface_id=self._iid(rid),
+            flags=int(td.LockFlags.NO_FW_UPDATE),
+            default_stream_id=dev.config.default_stream_id,
+            mmio_reporting_offset=offset,
+            bind_p2p_address_mask=0,
+        )
         return self._expect(rid, req, td.LockInterfaceResponse)
 
     def _check_host_may(self, request: str) -> None:
@@ -283,8 +292,9 @@ class Tsm(Actor):
         return handler(ctx, request)
 
     def _guest_state(self, ctx: _TdiCtx, request: GuestRequest) -> td.TdiState:
-        resp = self._expect(ctx.rid, td.GetDeviceInterfaceState(interface_id=self._iid(ctx.rid)),
-                            td.DeviceInterfaceState)
+        resp = self._expect(
+            ctx.rid, td.GetDeviceInterfaceState(interface_id=self._iid(ctx.rid)), td.DeviceInterfaceState
+        )
         return td.TdiState(resp.tdi_state)
 
     def _guest_report(self, ctx: _TdiCtx, request: GuestRequest) -> Evidence:
@@ -293,8 +303,11 @@ class Tsm(Actor):
             raise InvalidArgument(f"attest needs a 32-byte nonce, got {len(request.nonce)} bytes")
         offset, remainder = 0, 1
         while remainder:
-            part = self._expect(ctx.rid, td.GetDeviceInterfaceReport(interface_id=self._iid(ctx.rid), offset=offset,
-                                                                     length=0x400), td.DeviceInterfaceReport)
+            part = self._expect(
+                ctx.rid,
+                td.GetDeviceInterfaceReport(interface_id=self._iid(ctx.rid), offset=offset, length=0x400),
+                td.DeviceInterfaceReport,
+            )
             offset += len(part.portion)
             remainder = part.remainder_length
             if not part.portion and remainder:
@@ -324,8 +337,11 @@ class Tsm(Actor):
     def _start(self, ctx: _TdiCtx) -> None:
         if ctx.nonce is None:
             raise InvalidState(f"TDI {ctx.rid:#06x} has no START nonce (not locked, or already started)")
-        self._expect(ctx.rid, td.StartInterface(interface_id=self._iid(ctx.rid), start_interface_nonce=ctx.nonce),
-                     td.StartInterfaceResponse)
+        self._expect(
+            ctx.rid,
+            td.StartInterface(interface_id=self._iid(ctx.rid), start_interface_nonce=ctx.nonce),
+            td.StartInterfaceResponse,
+        )
         ctx.nonce, ctx.started = None, True
 
     @operation(step="34")
@@ -395,8 +411,9 @@ class Tsm(Actor):
         """TDX refuses to unmap private MMIO until STOP was issued (rules-seed B.33)."""
         ctx = self._ctx(rid)
         if self.profile.unmap_order is UnmapOrder.STOP_FIRST and not ctx.stopped:
-            raise InvalidState(f"{self.profile.title}: private MMIO of {rid:#06x} cannot be unmapped "
-                               "before the TDI is stopped")
+            raise InvalidState(
+                f"{self.profile.title}: private MMIO of {rid:#06x} cannot be unmapped before the TDI is stopped"
+            )
         ctx.private_mapped = False
 
     # ------------------------------------------------------------------ host-originated TDISP (the
@@ -418,7 +435,17 @@ class Tsm(Actor):
     def snapshot(self) -> TsmSnapshot:
         return TsmSnapshot(
             connected=tuple(sorted(self._sessions.items())),
-            tdis=tuple(TdiRecord(rid=c.rid, device=c.device, vm=c.vm, virt_id=c.virt_id, stopped=c.stopped,
-                                 private_mapped=c.private_mapped, trusted_dma=c.trusted_dma, started=c.started)
-                       for c in self._tdis.values()),
+            tdis=tuple(
+                TdiRecord(
+                    rid=c.rid,
+                    device=c.device,
+                    vm=c.vm,
+                    virt_id=c.virt_id,
+                    stopped=c.stopped,
+                    private_mapped=c.private_mapped,
+                    trusted_dma=c.trusted_dma,
+                    started=c.started,
+                )
+                for c in self._tdis.values()
+            ),
         )

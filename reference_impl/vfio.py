@@ -174,8 +174,14 @@ class Vfio(Actor):
         base, size = f.device.bar_range(rid)
         if offset < 0 or length <= 0 or offset + length > size:
             raise InvalidArgument(f"offset {offset:#x}+{length} is outside the BAR ({size:#x} bytes)")
-        tlp = Tlp(kind="MRd", requester_id=rid, address=base + offset, t_bit=False,
-                  payload=length.to_bytes(4, "little"), stream_id=None)
+        tlp = Tlp(
+            kind="MRd",
+            requester_id=rid,
+            address=base + offset,
+            t_bit=False,
+            payload=length.to_bytes(4, "little"),
+            stream_id=None,
+        )
         data: bytes = self._iommu.mmio(None, tlp)
         self._host_reads.append(data)
         return data
@@ -288,9 +294,16 @@ class Vfio(Actor):
     def snapshot(self) -> VfioSnapshot:
         return VfioSnapshot(
             open_fds=tuple((f.fd, f.device.name, f.rid, f.idev) for f in self._fds.values()),
-            dmabufs=tuple(DmabufSnapshot(dmabuf=d.dmabuf, fd=d.fd, rid=d.rid, revoked=d.revoked,
-                                         attachments=tuple(sorted(d.attachments.items())))
-                          for d in self._dmabufs.values()),
+            dmabufs=tuple(
+                DmabufSnapshot(
+                    dmabuf=d.dmabuf,
+                    fd=d.fd,
+                    rid=d.rid,
+                    revoked=d.revoked,
+                    attachments=tuple(sorted(d.attachments.items())),
+                )
+                for d in self._dmabufs.values()
+            ),
             private_rids=tuple(sorted(self._private)),
             host_mmaps=tuple(sorted(self._mmaps)),
             host_reads=tuple(self._host_reads[-8:]),

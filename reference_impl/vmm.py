@@ -67,8 +67,9 @@ class Vmm(Actor):
         self._guest_pages = 8
         self._private_pages = 4
 
-    def _wire(self, kvm: Any, vfio: Any, iommufd: Any, tsm: Any, devices: dict[str, Any],
-              guests: dict[str, Any]) -> None:
+    def _wire(
+        self, kvm: Any, vfio: Any, iommufd: Any, tsm: Any, devices: dict[str, Any], guests: dict[str, Any]
+    ) -> None:
         self._kvm, self._vfio, self._iommufd, self._tsm = kvm, vfio, iommufd, tsm
         self._devices, self._guests = devices, guests
 
@@ -112,8 +113,20 @@ class Vmm(Actor):
                 step()
             raise
         self._fds[(device, rid)] = fd
-        a = Assignment(vm=vm, device=device, rid=rid, virt_id=virt_id, fd=fd, dmabuf=dmabuf, memslot=memslot,
-                       bar_gpa=bar_gpa, ioas=ioas, hwpt=hwpt, viommu=viommu, vdevice=vdevice)
+        a = Assignment(
+            vm=vm,
+            device=device,
+            rid=rid,
+            virt_id=virt_id,
+            fd=fd,
+            dmabuf=dmabuf,
+            memslot=memslot,
+            bar_gpa=bar_gpa,
+            ioas=ioas,
+            hwpt=hwpt,
+            viommu=viommu,
+            vdevice=vdevice,
+        )
         self._assignments[(vm, virt_id)] = a
         guest = self._guests.get(vm)
         if guest is not None:

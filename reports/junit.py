@@ -64,9 +64,7 @@ def render(report: Report) -> str:
     n_fail = n_err = 0
     hostname = socket.gethostname()
     for column in report.columns:
-        suite = ET.SubElement(
-            root, "testsuite", {"name": f"teeio.{column}", "hostname": _x(hostname), "time": "0"}
-        )
+        suite = ET.SubElement(root, "testsuite", {"name": f"teeio.{column}", "hostname": _x(hostname), "time": "0"})
         if report.run.finished:
             suite.set("timestamp", report.run.finished)
         props = ET.SubElement(suite, "properties")
@@ -98,9 +96,7 @@ def render(report: Report) -> str:
                 body = "\n\n".join(failure_text(f, source=v.source) for f in records) or (
                     f"[{v.rule_id}] {v.title}\nsource: {v.source}\n{message}"
                 )
-                el = ET.SubElement(
-                    case, "error" if harness else "failure", {"message": message, "type": v.rule_id}
-                )
+                el = ET.SubElement(case, "error" if harness else "failure", {"message": message, "type": v.rule_id})
                 el.text = _x(body)
             elif pv.status is Status.NOT_EXERCISED:
                 skipped += 1

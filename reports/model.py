@@ -81,9 +81,7 @@ class Status(enum.Enum):
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name} must be a non-negative int, got {value!r}"
-        )
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be a non-negative int, got {value!r}")
 
 
 def _non_empty_str(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -292,14 +290,11 @@ class Failure:
     def from_json(cls, data: Any, *, name: str, origin: str) -> Failure:
         """Check a decoded record field by field; ``origin`` (the file) is named in every error."""
         if not isinstance(data, dict):
-            raise ReportInputError(
-                f"{origin}: a failure record must be a JSON object, got {type(data).__name__}"
-            )
+            raise ReportInputError(f"{origin}: a failure record must be a JSON object, got {type(data).__name__}")
         fmt = data.get("format")
         if fmt != FAILURE_FORMAT:
             raise ReportInputError(
-                f"{origin}: not a teeio-conformance failure record "
-                f"(format {fmt!r}, expected {FAILURE_FORMAT!r})"
+                f"{origin}: not a teeio-conformance failure record (format {fmt!r}, expected {FAILURE_FORMAT!r})"
             )
 
         def field(key: str, kinds: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -326,8 +321,7 @@ class Failure:
                 and isinstance(step.get("kwargs", {}), dict)
             ):
                 raise ReportInputError(
-                    f"{origin}: steps[{i}] must be an object "
-                    f"{{'method': str, 'kwargs': object}}, got {_short(step)}"
+                    f"{origin}: steps[{i}] must be an object {{'method': str, 'kwargs': object}}, got {_short(step)}"
                 )
         program = field("program", list, optional=True) or []
         trace = field("trace", list, optional=True) or []
@@ -424,9 +418,7 @@ class Report:
             found = self.failures_for(verdict.rule_id, column)
             if found:
                 return "; ".join(f"{f.message} (broken by step {f.action!r}; replay {f.file})" for f in found)
-            return (
-                f"failed {pv.failed} of {pv.exercised} exercised checks (no failure record in the directory)"
-            )
+            return f"failed {pv.failed} of {pv.exercised} exercised checks (no failure record in the directory)"
         if pv.status is Status.PASS:
             return f"held in {pv.exercised} exercised checks ({pv.checked} checked)"
         if pv.checked:
@@ -494,9 +486,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ReportInputError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
+        raise ReportInputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
 
 
 def load_failure(path: str | os.PathLike[str]) -> Failure:
@@ -513,9 +503,7 @@ _COUNT_KEYS = ("checked", "exercised", "failed")
 class _Counts:
     """Mutable accumulator while merging workers' files."""
 
-    by_profile: dict[str, dict[str, dict[str, int]]] = attrs.field(
-        factory=dict
-    )  # profile -> key -> rule -> n
+    by_profile: dict[str, dict[str, dict[str, int]]] = attrs.field(factory=dict)  # profile -> key -> rule -> n
 
     def add(self, profile: str, key: str, counts: Mapping[str, int]) -> None:
         dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS})[key]
@@ -535,9 +523,7 @@ def _count_map(data: Mapping[str, Any], key: str, origin: str) -> dict[str, int]
         raise ReportInputError(f"{origin}: {key!r} must be an object {{rule_id: count}}, got {_short(value)}")
     for rule_id, n in value.items():
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ReportInputError(
-                f"{origin}: {key}[{rule_id!r}] must be a non-negative integer, got {_short(n)}"
-            )
+            raise ReportInputError(f"{origin}: {key}[{rule_id!r}] must be a non-negative integer, got {_short(n)}")
     return value
 
 
@@ -557,9 +543,7 @@ def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
         raise ReportInputError(f"{origin}: field 'sut' must be a non-empty str, got {_short(sut)}")
     profiles = data.get("profiles", [])
     if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
-        raise ReportInputError(
-            f"{origin}: field 'profiles' must be a list of profile names, got {_short(profiles)}"
-        )
+        raise ReportInputError(f"{origin}: field 'profiles' must be a list of profile names, got {_short(profiles)}")
     steps = data.get("steps", 0)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ReportInputError(f"{origin}: field 'steps' must be a non-negative integer, got {_short(steps)}")
@@ -651,9 +635,7 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
     suts = {m["sut"] for _, m in metas} or {f.sut for f in failures}
     if len(suts) > 1:
         detail = ", ".join(f"verdicts-{w}.json: {m['sut']}" for w, m in metas)
-        raise ReportInputError(
-            f"{root}: verdict files are for different SUTs ({detail}); one directory per run"
-        )
+        raise ReportInputError(f"{root}: verdict files are for different SUTs ({detail}); one directory per run")
     profiles: dict[str, None] = {}
     for _, m in metas:
         profiles.update(dict.fromkeys(m["profiles"]))

@@ -19,8 +19,15 @@ __all__ = ["LANES", "LANE_TITLES", "render_text", "rows"]
 
 LANES: tuple[str, ...] = ("guest", "guest_tsm", "vmm", "vfio", "iommufd", "tsm", "kvm", "device", "iommu")
 LANE_TITLES: dict[str, str] = {
-    "guest": "Guest", "guest_tsm": "Guest TSM", "vmm": "QEMU", "vfio": "VFIO", "iommufd": "IOMMUFD",
-    "tsm": "host TSM", "kvm": "KVM", "device": "Device", "iommu": "IOMMU",
+    "guest": "Guest",
+    "guest_tsm": "Guest TSM",
+    "vmm": "QEMU",
+    "vfio": "VFIO",
+    "iommufd": "IOMMUFD",
+    "tsm": "host TSM",
+    "kvm": "KVM",
+    "device": "Device",
+    "iommu": "IOMMU",
 }
 WIDTH = 17
 
@@ -32,9 +39,19 @@ def _lane(name: str) -> int:
         return -1  # the harness, or an actor of a SUT outside the thread's columns
 
 
-_TDISP_NAMES = {0x81: "GET_VERSION", 0x82: "GET_CAPS", 0x83: "LOCK", 0x84: "GET_REPORT", 0x85: "GET_STATE",
-                0x86: "START", 0x87: "STOP", 0x88: "BIND_P2P", 0x89: "UNBIND_P2P", 0x8A: "SET_MMIO_ATTR",
-                0x8B: "VDM"}
+_TDISP_NAMES = {
+    0x81: "GET_VERSION",
+    0x82: "GET_CAPS",
+    0x83: "LOCK",
+    0x84: "GET_REPORT",
+    0x85: "GET_STATE",
+    0x86: "START",
+    0x87: "STOP",
+    0x88: "BIND_P2P",
+    0x89: "UNBIND_P2P",
+    0x8A: "SET_MMIO_ATTR",
+    0x8B: "VDM",
+}
 _IDE_KM_NAMES = {0: "QUERY", 2: "KEY_PROG", 4: "K_SET_GO", 5: "K_SET_STOP"}
 
 
@@ -90,8 +107,13 @@ def _cell_row(r: dict[str, Any]) -> list[str]:
     return cells
 
 
-def render_text(events: Sequence[Event | dict[str, Any]], *, title: str = "", mark_seq: int | None = None,
-                max_depth: int | None = None) -> str:
+def render_text(
+    events: Sequence[Event | dict[str, Any]],
+    *,
+    title: str = "",
+    mark_seq: int | None = None,
+    max_depth: int | None = None,
+) -> str:
     """The chart as monospace text (the golden file's format)."""
     header = f"{'#':>4} {'step':>4} │" + "│".join(LANE_TITLES[n].center(WIDTH) for n in LANES) + "│"
     lines = []

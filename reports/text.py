@@ -56,8 +56,7 @@ def render(report: Report) -> str:
         if f.trace:
             chart = render_text(
                 [dict(e) for e in f.trace],
-                title=f"swimlane of the failing example ('!' marks seq "
-                f"{f.violating_seq}, the violating step)",
+                title=f"swimlane of the failing example ('!' marks seq {f.violating_seq}, the violating step)",
                 mark_seq=f.violating_seq,
             )
             out += ["", *("  " + line if line else "" for line in chart.rstrip("\n").split("\n"))]

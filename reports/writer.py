@@ -84,9 +84,7 @@ def read_report_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ReportInputError(f"{p}: not UTF-8 text: not a report.json") from exc
     except json.JSONDecodeError as exc:
-        raise ReportInputError(
-            f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
+        raise ReportInputError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     validate_report_json(data, origin=str(p))
     result: dict[str, Any] = data
     return result

@@ -91,9 +91,7 @@ def tdisp_requests(
         st.builds(td.GetDeviceInterfaceState, interface_id=i, version=v),
         st.builds(td.StartInterface, interface_id=i, version=v, start_interface_nonce=_NONCE),
         st.builds(td.StopInterface, interface_id=i, version=v),
-        st.builds(
-            td.BindP2PStream, interface_id=i, version=v, p2p_stream_id=u8, stream_config=st.none() | u8
-        ),
+        st.builds(td.BindP2PStream, interface_id=i, version=v, p2p_stream_id=u8, stream_config=st.none() | u8),
         st.builds(td.UnbindP2PStream, interface_id=i, version=v, p2p_stream_id=u8),
         st.builds(td.SetMmioAttribute, interface_id=i, version=v, mmio_range=mmio_ranges()),
         st.builds(
@@ -194,9 +192,7 @@ def _raw_tdisp_requests(fids: st.SearchStrategy[int]) -> st.SearchStrategy[bytes
         for code, n in _FIXED_BODY.items()
     ]
     options.append(
-        st.builds(
-            functools.partial(_frame, td.RequestCode.BIND_P2P_STREAM), fids, st.binary(min_size=1, max_size=2)
-        )
+        st.builds(functools.partial(_frame, td.RequestCode.BIND_P2P_STREAM), fids, st.binary(min_size=1, max_size=2))
     )
     vdm = st.builds(_vdm_body, u8, st.binary(max_size=4), st.binary(max_size=8))
     options.append(st.builds(functools.partial(_frame, td.RequestCode.VDM), fids, vdm))
@@ -223,13 +219,7 @@ def _with_function_id(raw: bytes, function_id: int) -> bytes:
 
 
 def _with_reserved(raw: bytes, header_reserved: int, iid_reserved: int) -> bytes:
-    return (
-        raw[:2]
-        + header_reserved.to_bytes(2, "little")
-        + raw[4:8]
-        + iid_reserved.to_bytes(8, "little")
-        + raw[16:]
-    )
+    return raw[:2] + header_reserved.to_bytes(2, "little") + raw[4:8] + iid_reserved.to_bytes(8, "little") + raw[16:]
 
 
 def _report_request(function_id: int, offset: int, length: int) -> bytes:
@@ -258,9 +248,7 @@ def _malformed_tdisp(valid: tuple[int, ...]) -> st.SearchStrategy[bytes]:
         st.builds(functools.partial(_set_byte, offset=0), base, value=st.sampled_from(_BAD_VERSIONS)),
         st.builds(_truncate, base, st.integers(0, 255)),
         st.builds(bytes.__add__, base, st.binary(min_size=1, max_size=8)),
-        st.builds(
-            functools.partial(_set_byte, offset=1), base, value=st.sampled_from(_UNKNOWN_REQUEST_CODES)
-        ),
+        st.builds(functools.partial(_set_byte, offset=1), base, value=st.sampled_from(_UNKNOWN_REQUEST_CODES)),
         st.builds(_with_function_id, base, foreign),
         st.builds(lambda f, ol: _report_request(f, *ol), fids, bad_offsets),
         st.builds(_report_request, fids, u16, u16),
@@ -342,9 +330,7 @@ _BAD_IFVS = tuple(km.ifv_to_wire(v) for v in (0, *range(2, 0x100), 1 << 32, 2**6
 _TRUNCATED_KEY_PROG = tuple(range(7, km.KEY_PROG_LEN, 4))  # KeyProg case 2.2 lengths, protocol byte excluded
 
 
-def _key_prog(
-    stream_id: int, kss: int, port: int, key: bytes = bytes(range(32)), iv: bytes = _GOOD_IFV
-) -> bytes:
+def _key_prog(stream_id: int, kss: int, port: int, key: bytes = bytes(range(32)), iv: bytes = _GOOD_IFV) -> bytes:
     return _STREAM_HEAD.pack(km.ObjectId.KEY_PROG, stream_id, 0, kss, port) + key + iv
 
 
@@ -370,17 +356,13 @@ def _malformed_ide_km(max_port_index: int, valid_streams: tuple[int, ...]) -> st
         st.builds(bytes.__add__, good, st.binary(min_size=1, max_size=8)),
         st.builds(_key_prog, streams, kss, bad_ports),
         st.builds(_key_prog, streams, bad_kss, ports),
-        st.builds(
-            lambda s, k, p, iv: _key_prog(s, k, p, iv=iv), streams, kss, ports, st.sampled_from(_BAD_IFVS)
-        ),
+        st.builds(lambda s, k, p, iv: _key_prog(s, k, p, iv=iv), streams, kss, ports, st.sampled_from(_BAD_IFVS)),
         st.builds(_key_prog, bad_streams, kss, ports),
         st.builds(_short, go_stop, streams, bad_kss, ports),
         st.builds(_short, go_stop, bad_streams, kss, ports),
         st.builds(_short, go_stop, streams, kss, bad_ports),
         st.builds(_truncate, st.builds(_short, go_stop, streams, kss, ports), st.integers(0, 255)),
-        st.builds(
-            bytes.__add__, st.builds(_short, go_stop, streams, kss, ports), st.binary(min_size=1, max_size=4)
-        ),
+        st.builds(bytes.__add__, st.builds(_short, go_stop, streams, kss, ports), st.binary(min_size=1, max_size=4)),
         st.builds(
             lambda port, tail: bytes([km.ObjectId.QUERY, 0, port]) + tail,
             u8,

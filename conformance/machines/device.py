@@ -126,10 +126,15 @@ class DeviceMachine(RuleBasedStateMachine):
             iid = td.InterfaceId(function_id=rid)
             state = self._tdisp("tdisp_state", max(live), td.GetDeviceInterfaceState(interface_id=iid))
             self._tdisp("tdisp_version", max(live), td.GetTdispVersion(interface_id=iid))
-            if isinstance(state, td.DeviceInterfaceState) and state.tdi_state in (td.TdiState.CONFIG_LOCKED,
-                                                                                   td.TdiState.RUN):
-                self._tdisp("tdisp_report_whole", max(live),
-                            td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400))
+            if isinstance(state, td.DeviceInterfaceState) and state.tdi_state in (
+                td.TdiState.CONFIG_LOCKED,
+                td.TdiState.RUN,
+            ):
+                self._tdisp(
+                    "tdisp_report_whole",
+                    max(live),
+                    td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
+                )
 
     # ------------------------------------------------------------------ sessions and keys
     @rule(target=sessions)
@@ -169,25 +174,35 @@ class DeviceMachine(RuleBasedStateMachine):
         The machine keeps the root port's side of the stream (``self.link``): every key the device
         acknowledges is programmed there for the opposite direction, so the machine can send the device
         IDE-protected TLPs -- and tampered ones."""
+
         def go() -> None:
             send = self.device.handle_vendor_message
             send(0, km.encode(km.Query(port_index=0)), session_id=sid)
-            slots = [km.KeySubStream(key_set=km.KeySet(key_set), direction=d, sub_stream=s)
-                     for d in km.Direction for s in km.SubStream]
+            slots = [
+                km.KeySubStream(key_set=km.KeySet(key_set), direction=d, sub_stream=s)
+                for d in km.Direction
+                for s in km.SubStream
+            ]
             for slot in slots:
                 self._key_counter += 1
                 key = self._key_counter.to_bytes(4, "little") * 8
-                raw = send(0, km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0,
-                                                   key=key, iv=IV)), session_id=sid)
+                raw = send(
+                    0,
+                    km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV)),
+                    session_id=sid,
+                )
                 if _acked(raw):
-                    mirror = km.KeySubStream(key_set=slot.key_set, direction=km.Direction(1 - slot.direction),
-                                             sub_stream=slot.sub_stream)
+                    mirror = km.KeySubStream(
+                        key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
+                    )
                     self.link.program_key(mirror, key, IV)
             for slot in slots:
-                raw = send(0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)),
-                           session_id=sid)
-                mirror = km.KeySubStream(key_set=slot.key_set, direction=km.Direction(1 - slot.direction),
-                                         sub_stream=slot.sub_stream)
+                raw = send(
+                    0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)), session_id=sid
+                )
+                mirror = km.KeySubStream(
+                    key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
+                )
                 if raw is not None and self.link.is_programmed(mirror):
                     self.link.go(mirror)
             try:
@@ -206,9 +221,17 @@ class DeviceMachine(RuleBasedStateMachine):
 
     def _lock(self, sid: int, fn: int) -> None:
         rid = self.rids[fn % len(self.rids)]
-        resp = self._tdisp("LOCK_INTERFACE", sid, td.LockInterface(
-            interface_id=td.InterfaceId(function_id=rid), flags=0, default_stream_id=0, mmio_reporting_offset=0,
-            bind_p2p_address_mask=0))
+        resp = self._tdisp(
+            "LOCK_INTERFACE",
+            sid,
+            td.LockInterface(
+                interface_id=td.InterfaceId(function_id=rid),
+                flags=0,
+                default_stream_id=0,
+                mmio_reporting_offset=0,
+                bind_p2p_address_mask=0,
+            ),
+        )
         if isinstance(resp, td.LockInterfaceResponse):
             self.nonces[rid] = resp.start_interface_nonce
 
@@ -222,8 +245,11 @@ class DeviceMachine(RuleBasedStateMachine):
         nonce = self.nonces.get(rid, bytes(32))
         if not good:
             nonce = bytes(b ^ 0xFF for b in nonce)  # every bit inverted (validator StartInterface.2)
-        self._tdisp("START_INTERFACE", sid, td.StartInterface(interface_id=td.InterfaceId(function_id=rid),
-                                                              start_interface_nonce=nonce))
+        self._tdisp(
+            "START_INTERFACE",
+            sid,
+            td.StartInterface(interface_id=td.InterfaceId(function_id=rid), start_interface_nonce=nonce),
+        )
 
     @rule(sid=sessions, fn=st.integers(0, 1))
     @recorded
@@ -231,8 +257,11 @@ class DeviceMachine(RuleBasedStateMachine):
         rid = self.rids[fn % len(self.rids)]
         self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=rid)))
 
-    @rule(sid=sessions, fn=st.integers(0, 1),
-          kind=st.sampled_from(["state", "version", "caps", "report", "report_whole", "report_bad_offset"]))
+    @rule(
+        sid=sessions,
+        fn=st.integers(0, 1),
+        kind=st.sampled_from(["state", "version", "caps", "report", "report_whole", "report_bad_offset"]),
+    )
     @recorded
     def query(self, sid: int, fn: int, kind: str) -> None:
         iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
@@ -281,8 +310,12 @@ class DeviceMachine(RuleBasedStateMachine):
 
         Random sequences seldom keep a TDI locked long enough for ``fault`` to pick it (re-keying, a stop,
         a T=0 TLP all move it on), yet a tracked change to a locked TDI is the case TDISP-09 is about."""
-        locked = [f.rid for d in self.run._snap.devices for f in d.functions
-                  if f.tdi_state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN)]
+        locked = [
+            f.rid
+            for d in self.run._snap.devices
+            for f in d.functions
+            if f.tdi_state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN)
+        ]
         if not locked:
             return
         note("tracked event on a locked TDI")
@@ -305,8 +338,14 @@ class DeviceMachine(RuleBasedStateMachine):
             return
         rid = self.rids[fn % len(self.rids)]
         base, _ = self.device.bar_range(rid)
-        tlp = Tlp(kind="MRd", requester_id=rid, address=base + 4096, t_bit=True, payload=(8).to_bytes(4, "little"),
-                  stream_id=0)
+        tlp = Tlp(
+            kind="MRd",
+            requester_id=rid,
+            address=base + 4096,
+            t_bit=True,
+            payload=(8).to_bytes(4, "little"),
+            stream_id=0,
+        )
         packet = self.link.protect(tlp)
         if tamper:
             flipped = bytes([packet.ciphertext[0] ^ 0x01]) + packet.ciphertext[1:]
@@ -318,6 +357,12 @@ class DeviceMachine(RuleBasedStateMachine):
     def tlp(self, fn: int, t_bit: bool) -> None:
         rid = self.rids[fn % len(self.rids)]
         base, _ = self.device.bar_range(rid)
-        tlp = Tlp(kind="MRd", requester_id=rid, address=base + 4096, t_bit=t_bit, payload=(8).to_bytes(4, "little"),
-                  stream_id=0 if t_bit else None)
+        tlp = Tlp(
+            kind="MRd",
+            requester_id=rid,
+            address=base + 4096,
+            t_bit=t_bit,
+            payload=(8).to_bytes(4, "little"),
+            stream_id=0 if t_bit else None,
+        )
         self._do(f"mmio_read_t{int(t_bit)}", self.device.receive, tlp)

@@ -26,8 +26,15 @@ SHARED_GPA = 0x5000
 HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
 STAGES = ("running", "bound", "attested", "accepted", "started", "used")
 GUEST_VERBS = ("bind", "attest", "accept", "start", "unbind")
-FAULTS = ("poison", "config_write_command", "config_write_bar0", "config_write_msix_control",
-          "config_write_bus_number", "flr", "vfio_close")
+FAULTS = (
+    "poison",
+    "config_write_command",
+    "config_write_bar0",
+    "config_write_msix_control",
+    "config_write_bus_number",
+    "flr",
+    "vfio_close",
+)
 
 
 @attrs.frozen
@@ -130,14 +137,24 @@ class FullStack(RuleBasedStateMachine):
         if vdev.bound and (tdi is None or tdi.vm != a.vm):
             self._do("guest_unbind", guest.disconnect, a.virt_id)
             return
-        for flag, name, call in (("bound", "guest_bind", guest.connect), ("attested", "guest_attest", guest.attest),
-                                 ("accepted", "guest_accept", guest.accept), ("running", "guest_start", guest.start)):
+        for flag, name, call in (
+            ("bound", "guest_bind", guest.connect),
+            ("attested", "guest_attest", guest.attest),
+            ("accepted", "guest_accept", guest.accept),
+            ("running", "guest_start", guest.start),
+        ):
             if not getattr(vdev, flag):
                 self._do(name, call, a.virt_id)
                 return
         self._do("guest_read_private_mmio", guest.read_private_mmio, a.virt_id)
-        self._do("device_dma_t1_private", self.device.issue_dma, a.rid, PRIVATE_GPA, b"device->guest private data",
-                 t_bit=True)
+        self._do(
+            "device_dma_t1_private",
+            self.device.issue_dma,
+            a.rid,
+            PRIVATE_GPA,
+            b"device->guest private data",
+            t_bit=True,
+        )
 
     @rule(target=slots, vm=vms, fn=st.integers(0, 3))
     @recorded
@@ -174,14 +191,24 @@ class FullStack(RuleBasedStateMachine):
         guest = self.stack.guests.get(vm)
         if guest is None:
             return slot
-        steps = [("guest_bind", guest.connect), ("guest_attest", guest.attest), ("guest_accept", guest.accept),
-                 ("guest_start", guest.start)]
+        steps = [
+            ("guest_bind", guest.connect),
+            ("guest_attest", guest.attest),
+            ("guest_accept", guest.accept),
+            ("guest_start", guest.start),
+        ]
         for name, fn_ in steps[: STAGES.index(stage)]:
             self._do(name, fn_, slot.virt_id)
         if stage == "used":  # step 35: private MMIO from the guest, private DMA from the device
             self._do("guest_read_private_mmio", guest.read_private_mmio, slot.virt_id)
-            self._do("device_dma_t1_private", self.device.issue_dma, rid, PRIVATE_GPA, b"device->guest private data",
-                     t_bit=True)
+            self._do(
+                "device_dma_t1_private",
+                self.device.issue_dma,
+                rid,
+                PRIVATE_GPA,
+                b"device->guest private data",
+                t_bit=True,
+            )
         return slot
 
     def _heal_link(self) -> None:
@@ -208,8 +235,13 @@ class FullStack(RuleBasedStateMachine):
     def guest(self, s: Slot, verb: str) -> None:
         """One lifecycle verb of the guest on a slot, whatever the slot's stage (in order or not)."""
         guest = self._guest(s.vm)
-        call = {"bind": guest.connect, "attest": guest.attest, "accept": guest.accept, "start": guest.start,
-                "unbind": guest.disconnect}[verb]
+        call = {
+            "bind": guest.connect,
+            "attest": guest.attest,
+            "accept": guest.accept,
+            "start": guest.start,
+            "unbind": guest.disconnect,
+        }[verb]
         self._do(f"guest_{verb}", call, s.virt_id)
         if verb == "start":
             note(f"TDI state after start: {self._state(s.rid)}")
@@ -237,8 +269,14 @@ class FullStack(RuleBasedStateMachine):
     @recorded
     def device_dma(self, s: Slot, t_bit: bool, private: bool) -> None:
         gpa = PRIVATE_GPA if private else SHARED_GPA
-        self._do(f"device_dma_t{int(t_bit)}_{'private' if private else 'shared'}", self.device.issue_dma, s.rid, gpa,
-                 b"dma payload", t_bit=t_bit)
+        self._do(
+            f"device_dma_t{int(t_bit)}_{'private' if private else 'shared'}",
+            self.device.issue_dma,
+            s.rid,
+            gpa,
+            b"dma payload",
+            t_bit=t_bit,
+        )
 
     # ------------------------------------------------------------------ the host, out of order or malicious
     @rule(s=slots)
@@ -305,8 +343,9 @@ class FullStack(RuleBasedStateMachine):
         """The host moves the function onto an IOAS that maps *all* guest RAM, private pages included (a
         VMM may map any pages it likes), then has the device DMA with T=0 into private memory: only the
         platform keeps such a write out (TDX / SEV-SNP memory ownership checks)."""
-        idev = next((i for _, name, rid, i in self.run._snap.vfio.open_fds
-                     if name == self.device_name and rid == s.rid), None)
+        idev = next(
+            (i for _, name, rid, i in self.run._snap.vfio.open_fds if name == self.device_name and rid == s.rid), None
+        )
         vm = next((v for v in self.run._snap.kvm.vms if v.name == s.vm and v.state.value != "destroyed"), None)
         if idev is None or vm is None:
             return  # a destroyed VM's memory is gone: nothing of it left to map
@@ -325,8 +364,12 @@ class FullStack(RuleBasedStateMachine):
     def host_bind_directly(self, s: Slot, other: str) -> None:
         self._do("host_tsm_bind", self.stack.tsm.bind, s.rid, other)
 
-    @rule(s=slots, request=st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "GET_DEVICE_INTERFACE_REPORT",
-                                            "START_INTERFACE", "GET_TDISP_VERSION"]))
+    @rule(
+        s=slots,
+        request=st.sampled_from(
+            ["GET_DEVICE_INTERFACE_STATE", "GET_DEVICE_INTERFACE_REPORT", "START_INTERFACE", "GET_TDISP_VERSION"]
+        ),
+    )
     @recorded
     def host_tdisp(self, s: Slot, request: str) -> None:
         self._do(f"host_tdisp_{request.lower()}", self.stack.tsm.host_tdisp, s.rid, request)
@@ -394,4 +437,3 @@ class FullStack(RuleBasedStateMachine):
             if name == self.device_name and frid == rid:
                 return int(fd)
         return None
-

@@ -49,8 +49,11 @@ class HostLifetimes(RuleBasedStateMachine):
     def _do(self, action: str, fn: Any, *args: Any) -> Any:
         result, error = self.run.step(action, fn, *args)
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
-        if error is None and isinstance(result, int) and action in ("ioas_alloc", "hwpt_alloc", "viommu_alloc",
-                                                                  "vdevice_alloc"):
+        if (
+            error is None
+            and isinstance(result, int)
+            and action in ("ioas_alloc", "hwpt_alloc", "viommu_alloc", "vdevice_alloc")
+        ):
             self.seen_ids.append(result)
         return None if error else result
 
@@ -67,12 +70,14 @@ class HostLifetimes(RuleBasedStateMachine):
         return vms[pick % len(vms)]
 
     def _fd_of(self, rid: int) -> int | None:
-        return next((int(f) for f, name, r, _ in self.run._snap.vfio.open_fds
-                     if name == self.device_name and r == rid), None)
+        return next(
+            (int(f) for f, name, r, _ in self.run._snap.vfio.open_fds if name == self.device_name and r == rid), None
+        )
 
     def _idev_of(self, rid: int) -> int | None:
-        return next((int(i) for _, name, r, i in self.run._snap.vfio.open_fds
-                     if name == self.device_name and r == rid), None)
+        return next(
+            (int(i) for _, name, r, i in self.run._snap.vfio.open_fds if name == self.device_name and r == rid), None
+        )
 
     def _open(self, rid: int) -> int | None:
         fd = self._do("vfio_open", self.stack.vfio.open_device, self.device_name, rid)
@@ -127,8 +132,12 @@ class HostLifetimes(RuleBasedStateMachine):
     def create_vm(self) -> None:
         self._do("create_vm", self.stack.create_vm)
 
-    @precondition(lambda self: any(o.kind.value in ("viommu", "vdevice") for o in self.run._snap.iommufd.objects)
-                  or bool(self.run._snap.iommufd.tombstones))
+    @precondition(
+        lambda self: (
+            any(o.kind.value in ("viommu", "vdevice") for o in self.run._snap.iommufd.objects)
+            or bool(self.run._snap.iommufd.tombstones)
+        )
+    )
     @rule()
     @recorded
     def close_iommufd(self) -> None:
@@ -182,8 +191,14 @@ class HostLifetimes(RuleBasedStateMachine):
         idevs = self._objs("idev")
         dev = idevs[idev % len(idevs)] if idevs else None
         rid = dev.rid if dev is not None and own_rid else self.rids[(idev + 1) % len(self.rids)]
-        self._do("vdevice_alloc", self.stack.iommufd.vdevice_alloc, self._id("viommu", viommu),
-                 dev.id if dev is not None else NO_SUCH_ID, virt, rid)
+        self._do(
+            "vdevice_alloc",
+            self.stack.iommufd.vdevice_alloc,
+            self._id("viommu", viommu),
+            dev.id if dev is not None else NO_SUCH_ID,
+            virt,
+            rid,
+        )
 
     @rule(kind=st.sampled_from(KINDS), pick=PICK)
     @recorded
@@ -192,15 +207,23 @@ class HostLifetimes(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ the same calls with any ID at all
     @precondition(lambda self: bool(self.seen_ids))
-    @rule(call=st.sampled_from(["destroy", "hwpt_alloc", "attach", "viommu_alloc", "vdevice_alloc"]),
-          a=st.integers(0, 15), b=st.integers(0, 15), vm=PICK)
+    @rule(
+        call=st.sampled_from(["destroy", "hwpt_alloc", "attach", "viommu_alloc", "vdevice_alloc"]),
+        a=st.integers(0, 15),
+        b=st.integers(0, 15),
+        vm=PICK,
+    )
     @recorded
     def misuse(self, call: str, a: int, b: int, vm: int) -> None:
         """Calls handed IDs of the wrong kind, dead IDs or tombstones: refused, nothing changes."""
         ida, idb = self.seen_ids[a % len(self.seen_ids)], self.seen_ids[b % len(self.seen_ids)]
-        args: tuple[Any, ...] = {"destroy": (ida,), "hwpt_alloc": (ida, idb), "attach": (ida, idb),
-                                 "viommu_alloc": (ida, self._vm(vm)),
-                                 "vdevice_alloc": (ida, idb, 0x10, self.rids[0])}[call]
+        args: tuple[Any, ...] = {
+            "destroy": (ida,),
+            "hwpt_alloc": (ida, idb),
+            "attach": (ida, idb),
+            "viommu_alloc": (ida, self._vm(vm)),
+            "vdevice_alloc": (ida, idb, 0x10, self.rids[0]),
+        }[call]
         self._do(f"{call}_any_id", getattr(self.stack.iommufd, call), *args)
 
     # ------------------------------------------------------------------ KVM

@@ -43,7 +43,7 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any, types: dict[str, type]) -> Any:
     if isinstance(value, dict) and len(value) == 1:
-        (key, inner), = value.items()
+        ((key, inner),) = value.items()
         if key.startswith("__") and key.endswith("__") and key[2:-2] in types:
             return types[key[2:-2]](**inner)
     return value

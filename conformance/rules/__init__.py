@@ -9,8 +9,18 @@ from __future__ import annotations
 from . import device, host
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, violation_type
 
-__all__ = ["BY_ID", "CATALOGUE", "HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation",
-           "violation_type"]
+__all__ = [
+    "BY_ID",
+    "CATALOGUE",
+    "HELD",
+    "Area",
+    "Checker",
+    "Level",
+    "Observation",
+    "Rule",
+    "RuleViolation",
+    "violation_type",
+]
 
 CATALOGUE: tuple[Rule, ...] = tuple(sorted([*host.RULES, *device.RULES], key=lambda r: (r.area.name, r.id)))
 BY_ID: dict[str, Rule] = {r.id: r for r in CATALOGUE}

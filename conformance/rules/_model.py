@@ -21,8 +21,7 @@ import attrs
 
 from reference_impl.trace import Event
 
-__all__ = ["HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation", "fold_history",
-           "violation_type"]
+__all__ = ["HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation", "fold_history", "violation_type"]
 
 HELD = ""
 """Returned by a check that was exercised and held."""
@@ -64,8 +63,9 @@ class Observation:
     carry: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)  # kept across one run's steps
 
     def ops(self, callee: str, operation: str, *, ok: bool | None = None) -> list[Event]:
-        return [e for e in self.events if e.callee == callee and e.operation == operation
-                and (ok is None or e.ok == ok)]
+        return [
+            e for e in self.events if e.callee == callee and e.operation == operation and (ok is None or e.ok == ok)
+        ]
 
     def parent(self, ev: Event) -> Event | None:
         """The crossing ``ev`` happened inside (its caller's operation), if it is in this step."""
@@ -119,10 +119,17 @@ class Rule:
         return profile in self.profiles
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "area": self.area.name, "level": self.level.value,
-                "profiles": sorted(self.profiles), "source": self.source,
-                "validator_cases": list(self.validator_cases), "on": sorted(self.on) if self.on else None,
-                "doc": self.doc}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "area": self.area.name,
+            "level": self.level.value,
+            "profiles": sorted(self.profiles),
+            "source": self.source,
+            "validator_cases": list(self.validator_cases),
+            "on": sorted(self.on) if self.on else None,
+            "doc": self.doc,
+        }
 
 
 class RuleViolation(AssertionError):

@@ -33,6 +33,7 @@ def _err(resp: Any) -> int | None:
 
 def _lock_nonces(o: Observation) -> dict[int, tuple[bytes, int | None]]:
     """rid -> (nonce, session) of the last successful LOCK in the history (a fresh dict: callers change it)."""
+
     def add(out: dict[int, tuple[bytes, int | None]], e: Any) -> dict[int, tuple[bytes, int | None]]:
         for ev, req, resp in tdisp_exchanges((e,)):
             if isinstance(resp, td.LockInterfaceResponse) and req is not None:
@@ -70,8 +71,9 @@ class _Replay:
         self.last_kind: dict[int, str] = {}
         self.idempotent_stop = o.profile == "tdx"
         self.pf = {f.rid: f.is_pf for d in o.before.devices for f in d.functions}
-        self.lock_session: dict[int, int | None] = {f.rid: f.locked_session for d in o.before.devices
-                                                    for f in d.functions}
+        self.lock_session: dict[int, int | None] = {
+            f.rid: f.locked_session for d in o.before.devices for f in d.functions
+        }
         self.stream_ok = {d.name: d.stream_state == "SECURE" for d in o.before.devices}
         self.live_sessions: set[int] = {s for d in o.before.devices for s in d.sessions}
         self._run()
@@ -97,8 +99,11 @@ class _Replay:
         for e in events:
             if e.operation in ("flr", "config_write", "poison") and e.ok:
                 rid = e.arguments[0]
-                hit = [rid] + ([r for r, pf in self.pf.items() if not pf and r >> 8 == rid >> 8]
-                               if self.pf.get(rid) and e.operation == "flr" else [])
+                hit = [rid] + (
+                    [r for r, pf in self.pf.items() if not pf and r >> 8 == rid >> 8]
+                    if self.pf.get(rid) and e.operation == "flr"
+                    else []
+                )
                 for r in hit:
                     self._error_event(r, "event-pf" if r != rid else "event")
             elif e.operation == "spdm_connect" and e.ok and isinstance(e.result, int):
@@ -108,8 +113,9 @@ class _Replay:
                 for r, s in self.lock_session.items():
                     if s == e.arguments[0]:
                         self._error_event(r, "session")
-            elif (e.operation == "ide_failure" and e.ok) or (e.operation == "receive" and not e.ok
-                                                             and "IDE" in e.message):
+            elif (e.operation == "ide_failure" and e.ok) or (
+                e.operation == "receive" and not e.ok and "IDE" in e.message
+            ):
                 for r in self.states:
                     self._error_event(r, "ide")
             elif e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 1:
@@ -134,8 +140,11 @@ class _Replay:
         rid = fid & 0xFFFF
         if fid >> 16 or rid not in self.states:
             if _err(resp) != E.INVALID_INTERFACE:
-                self.flag("TDISP-12", f"request for unknown INTERFACE_ID {fid:#x} got {type(resp).__name__} "
-                          f"{_err(resp)}, not INVALID_INTERFACE")
+                self.flag(
+                    "TDISP-12",
+                    f"request for unknown INTERFACE_ID {fid:#x} got {type(resp).__name__} "
+                    f"{_err(resp)}, not INVALID_INTERFACE",
+                )
             else:
                 self.ok("TDISP-12")
             return
@@ -154,16 +163,22 @@ class _Replay:
                 self.ok("TDISP-12")
             self.last_kind[rid] = "illegal"
             return
-        legal = LEGAL_IN[code] | ({td.TdiState.CONFIG_UNLOCKED} if code is td.RequestCode.STOP_INTERFACE
-                                  and self.idempotent_stop else frozenset())
+        legal = LEGAL_IN[code] | (
+            {td.TdiState.CONFIG_UNLOCKED}
+            if code is td.RequestCode.STOP_INTERFACE and self.idempotent_stop
+            else frozenset()
+        )
         self.last_kind[rid] = "query" if code in QUERIES else code.name
         if state not in legal:
             if code is td.RequestCode.GET_DEVICE_INTERFACE_REPORT and not isinstance(resp, td.TdispError):
                 # reports exist only for a locked TDI (PCIe §11.3.10): serving one is TDISP-11's promise too
                 self.flag("TDISP-11", f"a report was served for TDI {rid:#06x} in {state.name}")
             if _err(resp) != E.INVALID_INTERFACE_STATE:
-                self.flag("TDISP-01", f"{code.name} in {state.name} answered {type(resp).__name__}"
-                          f"{'' if _err(resp) is None else ' ' + hex(_err(resp) or 0)}, not INVALID_INTERFACE_STATE")
+                self.flag(
+                    "TDISP-01",
+                    f"{code.name} in {state.name} answered {type(resp).__name__}"
+                    f"{'' if _err(resp) is None else ' ' + hex(_err(resp) or 0)}, not INVALID_INTERFACE_STATE",
+                )
             else:
                 self.ok("TDISP-01")
             self.last_kind[rid] = "illegal"
@@ -191,8 +206,9 @@ class _Replay:
                 self.ok("TDISP-14")
         elif code is td.RequestCode.GET_DEVICE_INTERFACE_STATE:
             if not isinstance(resp, td.DeviceInterfaceState) or resp.tdi_state != state:
-                self.flag("TDISP-02", f"GET_DEVICE_INTERFACE_STATE said {getattr(resp, 'tdi_state', resp)} in "
-                          f"{state.name}")
+                self.flag(
+                    "TDISP-02", f"GET_DEVICE_INTERFACE_STATE said {getattr(resp, 'tdi_state', resp)} in {state.name}"
+                )
             else:
                 self.ok("TDISP-02")
 
@@ -200,8 +216,11 @@ class _Replay:
         want = exc.code
         if not isinstance(resp, td.TdispError):
             self.flag("TDISP-12", f"malformed request ({exc}) answered {type(resp).__name__}, not TDISP_ERROR")
-        elif want is not None and resp.error_code != want and resp.error_code not in (E.INVALID_REQUEST,
-                                                                                     E.INVALID_INTERFACE):
+        elif (
+            want is not None
+            and resp.error_code != want
+            and resp.error_code not in (E.INVALID_REQUEST, E.INVALID_INTERFACE)
+        ):
             self.flag("TDISP-12", f"malformed request ({exc}) answered error {resp.error_code:#x}, expected {want:#x}")
         else:
             self.ok("TDISP-12")
@@ -213,8 +232,9 @@ class _Replay:
             owner_ok = isinstance(resp, td.LockInterfaceResponse)  # either outcome is possible
         if isinstance(resp, td.LockInterfaceResponse):
             if not owner_ok:
-                self.flag("TDISP-04", f"LOCK of {rid:#06x} succeeded without a Secure default stream keyed over "
-                          "this session")
+                self.flag(
+                    "TDISP-04", f"LOCK of {rid:#06x} succeeded without a Secure default stream keyed over this session"
+                )
                 return
             nonce = resp.start_interface_nonce
             if len(nonce) != 32 or nonce in seen or nonce == bytes(32):
@@ -233,8 +253,13 @@ class _Replay:
                 self.flag("TDISP-04", f"LOCK without keys answered {_err(resp)}, not INVALID_REQUEST")
             else:
                 self.ok("TDISP-04")
-        elif _err(resp) not in (E.UNSUPPORTED_REQUEST, E.INVALID_DEVICE_CONFIGURATION, E.INVALID_REQUEST,
-                                E.INSUFFICIENT_ENTROPY, E.BUSY):
+        elif _err(resp) not in (
+            E.UNSUPPORTED_REQUEST,
+            E.INVALID_DEVICE_CONFIGURATION,
+            E.INVALID_REQUEST,
+            E.INSUFFICIENT_ENTROPY,
+            E.BUSY,
+        ):
             self.flag("TDISP-03", f"a valid LOCK of {rid:#06x} answered {type(resp).__name__} {_err(resp)}")
 
     def _key_owner(self, device: str) -> int | None:
@@ -302,10 +327,17 @@ class _Replay:
             self.flag("TDISP-14", f"GET_TDISP_CAPABILITIES answered {type(resp).__name__}")
             return
         bits = int.from_bytes(resp.req_msgs_supported[:2], "little")
-        if bits & 0xFE != 0xFE or resp.num_req_this == 0 or resp.num_req_all == 0 \
-                or resp.lock_interface_flags_supported >> 5:
-            self.flag("TDISP-14", f"capabilities miss mandatory requests or limits: REQ_MSGS {bits:#06x}, "
-                      f"NUM_REQ {resp.num_req_this}/{resp.num_req_all}")
+        if (
+            bits & 0xFE != 0xFE
+            or resp.num_req_this == 0
+            or resp.num_req_all == 0
+            or resp.lock_interface_flags_supported >> 5
+        ):
+            self.flag(
+                "TDISP-14",
+                f"capabilities miss mandatory requests or limits: REQ_MSGS {bits:#06x}, "
+                f"NUM_REQ {resp.num_req_this}/{resp.num_req_all}",
+            )
         else:
             self.ok("TDISP-14")
 
@@ -333,14 +365,28 @@ def _final_mismatch(o: Observation) -> dict[str, str]:
         if was.get(rid) is td.TdiState.ERROR and want is td.TdiState.ERROR:
             # the model kept ERROR (no STOP was answered) but the TDI left it: ERROR is not sticky,
             # whatever message or event the step carried (PCIe §11.2)
-            out.setdefault("TDISP-08", f"TDI {rid:#06x} left ERROR for {got.name} without a STOP"
-                           f" (last: {kind or 'no TDISP message or tracked event'})")
+            out.setdefault(
+                "TDISP-08",
+                f"TDI {rid:#06x} left ERROR for {got.name} without a STOP"
+                f" (last: {kind or 'no TDISP message or tracked event'})",
+            )
             continue
-        rule = {"query": "TDISP-02", "illegal": "TDISP-01", "LOCK_INTERFACE": "TDISP-03",
-                "START_INTERFACE": "TDISP-05", "STOP_INTERFACE": "TDISP-07", "event": "TDISP-09",
-                "session": "TDISP-09", "ide": "IDE-03", "event-pf": "TDISP-10"}.get(kind or "", "TDISP-08")
-        out.setdefault(rule, f"TDI {rid:#06x} is {got.name}; the state table says {want.name}"
-                       f" (last: {kind or 'no TDISP message or tracked event'})")
+        rule = {
+            "query": "TDISP-02",
+            "illegal": "TDISP-01",
+            "LOCK_INTERFACE": "TDISP-03",
+            "START_INTERFACE": "TDISP-05",
+            "STOP_INTERFACE": "TDISP-07",
+            "event": "TDISP-09",
+            "session": "TDISP-09",
+            "ide": "IDE-03",
+            "event-pf": "TDISP-10",
+        }.get(kind or "", "TDISP-08")
+        out.setdefault(
+            rule,
+            f"TDI {rid:#06x} is {got.name}; the state table says {want.name}"
+            f" (last: {kind or 'no TDISP message or tracked event'})",
+        )
     o.memo["mismatch"] = out
     return out
 
@@ -358,8 +404,11 @@ def _rule_check(rule_id: str):  # type: ignore[no-untyped-def]
         if rule_id == "TDISP-08":
             return HELD if any(s is td.TdiState.ERROR for s in tdi_states(o.before).values()) else None
         if rule_id in ("TDISP-09", "TDISP-10"):
-            touched = {k for k, v in r.last_kind.items() if v in (("event", "session") if rule_id == "TDISP-09"
-                                                                 else ("event-pf",))}
+            touched = {
+                k
+                for k, v in r.last_kind.items()
+                if v in (("event", "session") if rule_id == "TDISP-09" else ("event-pf",))
+            }
             return HELD if touched and any(tdi_states(o.before).get(x) in LOCKED for x in touched) else None
         return None
 
@@ -413,8 +462,11 @@ def ide_kp_ack_status(o: Observation) -> str | None:
             if ack.status == km.KpAckStatus.SUCCESS:
                 return f"malformed KEY_PROG ({exc}) acknowledged with SUCCESS"
             continue
-        if isinstance(req, km.KeyProg) and (req.port_index, req.stream_id, req.key_sub_stream) != \
-                (ack.port_index, ack.stream_id, ack.key_sub_stream):
+        if isinstance(req, km.KeyProg) and (req.port_index, req.stream_id, req.key_sub_stream) != (
+            ack.port_index,
+            ack.stream_id,
+            ack.key_sub_stream,
+        ):
             return "KP_ACK does not echo port index, stream ID and key/sub-stream"
     return HELD if hit else None
 
@@ -432,8 +484,11 @@ def ide_gostop_ack(o: Observation) -> str | None:
             continue
         if not isinstance(req, km.KSetGo | km.KSetStop):
             continue
-        if isinstance(ack, km.KGoStopAck) and (req.stream_id, req.key_sub_stream, req.port_index) != \
-                (ack.stream_id, ack.key_sub_stream, ack.port_index):
+        if isinstance(ack, km.KGoStopAck) and (req.stream_id, req.key_sub_stream, req.port_index) != (
+            ack.stream_id,
+            ack.key_sub_stream,
+            ack.port_index,
+        ):
             return "K_GOSTOP_ACK does not echo stream, key/sub-stream and port"
         if not isinstance(ack, km.KGoStopAck | km.KpAck):
             return f"K_SET_GO/K_SET_STOP answered {type(ack).__name__}"
@@ -467,10 +522,16 @@ def ide_t1_needs_secure(o: Observation) -> str | None:
     device hands to the root complex (``iommu.dma`` called by the device) counts as sent, even when
     the root complex then refuses it."""
     dmas = [e for e in o.ops("device", "issue_dma", ok=True) if dict(e.keywords).get("t_bit")]
-    sent = [e for e in o.ops("iommu", "dma") if e.caller == "device" and e.arguments
-            and getattr(e.arguments[0], "t_bit", False)]
-    mmios = [e for e in o.ops("iommu", "mmio", ok=True) if getattr(e.arguments[1], "t_bit", False)
-             and e.arguments[0] not in o.before.iommu.fenced_vms]
+    sent = [
+        e
+        for e in o.ops("iommu", "dma")
+        if e.caller == "device" and e.arguments and getattr(e.arguments[0], "t_bit", False)
+    ]
+    mmios = [
+        e
+        for e in o.ops("iommu", "mmio", ok=True)
+        if getattr(e.arguments[1], "t_bit", False) and e.arguments[0] not in o.before.iommu.fenced_vms
+    ]
     if not dmas and not mmios and not sent:
         return None
     for e in sent:
@@ -521,79 +582,272 @@ def ide_refresh_keeps_secure(o: Observation) -> str | None:
     return HELD
 
 
-def _r(id: str, title: str, area: Area, level: Level, source: str, check: Any, *, cases: Any = (),
-       profiles: Any = None, on: Any = None) -> Rule:
+def _r(
+    id: str,
+    title: str,
+    area: Area,
+    level: Level,
+    source: str,
+    check: Any,
+    *,
+    cases: Any = (),
+    profiles: Any = None,
+    on: Any = None,
+) -> Rule:
     kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
-    return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
-                on=frozenset(on) if on else None, validator_cases=tuple(cases), **kw)
+    return Rule(
+        id=id,
+        title=title,
+        area=area,
+        level=level,
+        source=source,
+        check=check,
+        on=frozenset(on) if on else None,
+        validator_cases=tuple(cases),
+        **kw,
+    )
 
 
-_DEV = {"device.handle_vendor_message", "device.flr", "device.config_write", "device.poison", "device.spdm_end",
-        "device.ide_failure", "device.receive"}
+_DEV = {
+    "device.handle_vendor_message",
+    "device.flr",
+    "device.config_write",
+    "device.poison",
+    "device.spdm_end",
+    "device.ide_failure",
+    "device.receive",
+}
 
 RULES: list[Rule] = [
-    _r("TDISP-01", "a request not legal in the TDI's state gets INVALID_INTERFACE_STATE and changes nothing",
-       Area.TDISP, M, f"{PCIE}.3 per-request state; rules-seed C.40/F.79", _rule_check("TDISP-01"), on=_DEV,
-       cases=("LockInterface.3", "LockInterface.4", "StartInterface.3", "StartInterface.4", "DeviceReport.4")),
-    _r("TDISP-02", "queries never change TDI state and report it truthfully", Area.TDISP, M,
-       f"{PCIE}.3.6-§11.3.13; h11 Rule 2", _rule_check("TDISP-02"), on=_DEV,
-       cases=("DeviceState.1", "DeviceState.2", "DeviceState.3", "DeviceState.4")),
-    _r("TDISP-03", "LOCK from CONFIG_UNLOCKED with keys in place moves the TDI to CONFIG_LOCKED", Area.TDISP, M,
-       f"{PCIE}.2, §11.3.9", _rule_check("TDISP-03"), on=_DEV, cases=("LockInterface.1",)),
-    _r("TDISP-04", "LOCK is refused (INVALID_REQUEST) until the default stream is keyed and Secure over the "
-       "locking session", Area.TDISP, M, f"{PCIE}.4.5; rules-seed C.50", _rule_check("TDISP-04"), on=_DEV,
-       cases=("LockInterface.2",)),
-    _r("TDISP-05", "START with the LOCK's nonce moves CONFIG_LOCKED to RUN; any other nonce gets INVALID_NONCE",
-       Area.TDISP, M, f"{PCIE}.3.14; rules-seed C.48", _rule_check("TDISP-05"), on=_DEV,
-       cases=("StartInterface.1", "StartInterface.2")),
-    _r("TDISP-06", "every LOCK returns a fresh 32-byte START nonce", Area.TDISP, M,
-       f"{PCIE}.3.9; rules-seed C.48", _rule_check("TDISP-06"), on=_DEV),
-    _r("TDISP-07", "STOP returns LOCKED, RUN and ERROR to CONFIG_UNLOCKED (and CONFIG_UNLOCKED per profile)",
-       Area.TDISP, M, f"{PCIE}.3.16; rules-seed Q1 (validator expects success in UNLOCKED; spec table does not)",
-       _rule_check("TDISP-07"), on=_DEV, cases=("StopInterface.1", "StopInterface.2", "StopInterface.3")),
-    _r("TDISP-08", "ERROR is sticky: only STOP leaves it", Area.TDISP, M, f"{PCIE}.2; rules-seed C.41",
-       _rule_check("TDISP-08"), on=None),
-    _r("TDISP-09", "tracked changes (config write, FLR, poison, session end) move LOCKED/RUN to ERROR",
-       Area.TDISP, M, f"{PCIE}.2, §11.4.6, §11.4.9; rules-seed C.42/C.44", _rule_check("TDISP-09"), on=_DEV),
-    _r("TDISP-10", "a PF FLR moves every VF's locked TDI to ERROR", Area.TDISP, M,
-       f"{PCIE}.4.9; rules-seed C.42", _rule_check("TDISP-10"), on=_DEV),
-    _r("TDISP-11", "reports are served in LOCKED/RUN in portions; a bad offset or length gets INVALID_REQUEST",
-       Area.TDISP, M, f"{PCIE}.3.10-§11.3.11", _rule_check("TDISP-11"), on=_DEV,
-       cases=("DeviceReport.1", "DeviceReport.2", "DeviceReport.3")),
-    _r("TDISP-12", "malformed or misaddressed requests get a TDISP_ERROR with the spec's code, never silence",
-       Area.TDISP, M, f"{PCIE}.3 Table 11-27 (VERSION_MISMATCH, UNSUPPORTED_REQUEST, INVALID_INTERFACE)",
-       _rule_check("TDISP-12"), on=_DEV),
-    _r("TDISP-13", "responses echo the INTERFACE_ID and carry TDISP version 1.0", Area.TDISP, M,
-       f"{PCIE}.3.1 header", _rule_check("TDISP-13"), on=_DEV,
-       cases=("LockInterface.1", "DeviceReport.1", "DeviceState.1", "StartInterface.1", "StopInterface.1")),
-    _r("TDISP-14", "version and capabilities: version 1.0 only, the mandatory requests, non-zero limits",
-       Area.TDISP, S, f"{PCIE}.3.6-§11.3.7 (bit = code - 80h)", _rule_check("TDISP-14"), on=_DEV,
-       cases=("Version.1", "Capabilities.1")),
-    _r("TDISP-15", "the START nonce is bound to the SPDM session that locked", Area.TDISP, M,
-       f"{PCIE}.6.3; rules-seed C.49", _rule_check("TDISP-15"), on=_DEV),
-    _r("TDISP-16", "the interface report is well formed (length, reserved bits, ranges in order)", Area.TDISP, M,
-       f"{PCIE}.3.11; {PCIE}.6.3 (range order)", _rule_check("TDISP-16"), on=_DEV, cases=("DeviceReport.5",)),
-    _r("IDE-01", "IDE_KM from a second SPDM session is dropped while the first owns the keys", Area.IDE, M,
-       f"{PCIE}.4.5; rules-seed E.70", ide_second_session_dropped, on={"device.handle_vendor_message"},
-       cases=("SpdmSession.1", "SpdmSession.2")),
-    _r("IDE-02", "KEY_PROG is answered with KP_ACK carrying the right status and echoing its fields", Area.IDE, M,
-       "[LIBSPDM-IDEKM] KP_ACK status", ide_kp_ack_status, on={"device.handle_vendor_message"},
-       cases=("KeyProg.1", "KeyProg.2", "KeyProg.3", "KeyProg.4", "KeyProg.5", "KeyProg.6")),
-    _r("IDE-03", "an IDE integrity failure makes the stream Insecure and its locked TDIs ERROR", Area.IDE, M,
-       f"PCIe §6.33 (IDE); {PCIE}.2; rules-seed C.42", ide_integrity_failure,
-       on={"device.receive", "iommu.dma", "device.ide_failure"}),
-    _r("IDE-04", "K_SET_GO / K_SET_STOP are acknowledged echoing stream, key set, direction and sub-stream",
-       Area.IDE, M, "[LIBSPDM-IDEKM] K_GOSTOP_ACK", ide_gostop_ack, on={"device.handle_vendor_message"},
-       cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3",
-              "KSetStop.4")),
-    _r("IDE-05", "QUERY_RESP echoes the port index and reports a max port index covering it", Area.IDE, M,
-       "[LIBSPDM-IDEKM] QUERY_RESP", ide_query_resp, on={"device.handle_vendor_message"},
-       cases=("Query.1", "Query.2")),
-    _r("IDE-06", "T=1 traffic goes out only on a Secure stream", Area.IDE, M, f"{PCIE}.2.1; [TDXC-ARCH] §3.3",
-       ide_t1_needs_secure, on={"device.issue_dma", "iommu.dma", "iommu.mmio"}),
-    _r("IDE-07", "ending the SPDM session makes its IDE streams Insecure", Area.IDE, M,
-       f"{PCIE}.4.5; rules-seed C.44", ide_session_end_insecure, on={"device.spdm_end"}),
-    _r("IDE-08", "a key refresh over the same session keeps the stream Secure", Area.IDE, M,
-       f"{PCIE}.4.5; rules-seed E.72", ide_refresh_keeps_secure, on={"tsm.refresh_keys"},
-       cases=("KSetGo.3", "KSetGo.4", "KSetStop.3", "KSetStop.4", "Test.KeyRefresh", "Test.KeyRefreshKs1")),
+    _r(
+        "TDISP-01",
+        "a request not legal in the TDI's state gets INVALID_INTERFACE_STATE and changes nothing",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3 per-request state; rules-seed C.40/F.79",
+        _rule_check("TDISP-01"),
+        on=_DEV,
+        cases=("LockInterface.3", "LockInterface.4", "StartInterface.3", "StartInterface.4", "DeviceReport.4"),
+    ),
+    _r(
+        "TDISP-02",
+        "queries never change TDI state and report it truthfully",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.6-§11.3.13; h11 Rule 2",
+        _rule_check("TDISP-02"),
+        on=_DEV,
+        cases=("DeviceState.1", "DeviceState.2", "DeviceState.3", "DeviceState.4"),
+    ),
+    _r(
+        "TDISP-03",
+        "LOCK from CONFIG_UNLOCKED with keys in place moves the TDI to CONFIG_LOCKED",
+        Area.TDISP,
+        M,
+        f"{PCIE}.2, §11.3.9",
+        _rule_check("TDISP-03"),
+        on=_DEV,
+        cases=("LockInterface.1",),
+    ),
+    _r(
+        "TDISP-04",
+        "LOCK is refused (INVALID_REQUEST) until the default stream is keyed and Secure over the locking session",
+        Area.TDISP,
+        M,
+        f"{PCIE}.4.5; rules-seed C.50",
+        _rule_check("TDISP-04"),
+        on=_DEV,
+        cases=("LockInterface.2",),
+    ),
+    _r(
+        "TDISP-05",
+        "START with the LOCK's nonce moves CONFIG_LOCKED to RUN; any other nonce gets INVALID_NONCE",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.14; rules-seed C.48",
+        _rule_check("TDISP-05"),
+        on=_DEV,
+        cases=("StartInterface.1", "StartInterface.2"),
+    ),
+    _r(
+        "TDISP-06",
+        "every LOCK returns a fresh 32-byte START nonce",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.9; rules-seed C.48",
+        _rule_check("TDISP-06"),
+        on=_DEV,
+    ),
+    _r(
+        "TDISP-07",
+        "STOP returns LOCKED, RUN and ERROR to CONFIG_UNLOCKED (and CONFIG_UNLOCKED per profile)",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.16; rules-seed Q1 (validator expects success in UNLOCKED; spec table does not)",
+        _rule_check("TDISP-07"),
+        on=_DEV,
+        cases=("StopInterface.1", "StopInterface.2", "StopInterface.3"),
+    ),
+    _r(
+        "TDISP-08",
+        "ERROR is sticky: only STOP leaves it",
+        Area.TDISP,
+        M,
+        f"{PCIE}.2; rules-seed C.41",
+        _rule_check("TDISP-08"),
+        on=None,
+    ),
+    _r(
+        "TDISP-09",
+        "tracked changes (config write, FLR, poison, session end) move LOCKED/RUN to ERROR",
+        Area.TDISP,
+        M,
+        f"{PCIE}.2, §11.4.6, §11.4.9; rules-seed C.42/C.44",
+        _rule_check("TDISP-09"),
+        on=_DEV,
+    ),
+    _r(
+        "TDISP-10",
+        "a PF FLR moves every VF's locked TDI to ERROR",
+        Area.TDISP,
+        M,
+        f"{PCIE}.4.9; rules-seed C.42",
+        _rule_check("TDISP-10"),
+        on=_DEV,
+    ),
+    _r(
+        "TDISP-11",
+        "reports are served in LOCKED/RUN in portions; a bad offset or length gets INVALID_REQUEST",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.10-§11.3.11",
+        _rule_check("TDISP-11"),
+        on=_DEV,
+        cases=("DeviceReport.1", "DeviceReport.2", "DeviceReport.3"),
+    ),
+    _r(
+        "TDISP-12",
+        "malformed or misaddressed requests get a TDISP_ERROR with the spec's code, never silence",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3 Table 11-27 (VERSION_MISMATCH, UNSUPPORTED_REQUEST, INVALID_INTERFACE)",
+        _rule_check("TDISP-12"),
+        on=_DEV,
+    ),
+    _r(
+        "TDISP-13",
+        "responses echo the INTERFACE_ID and carry TDISP version 1.0",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.1 header",
+        _rule_check("TDISP-13"),
+        on=_DEV,
+        cases=("LockInterface.1", "DeviceReport.1", "DeviceState.1", "StartInterface.1", "StopInterface.1"),
+    ),
+    _r(
+        "TDISP-14",
+        "version and capabilities: version 1.0 only, the mandatory requests, non-zero limits",
+        Area.TDISP,
+        S,
+        f"{PCIE}.3.6-§11.3.7 (bit = code - 80h)",
+        _rule_check("TDISP-14"),
+        on=_DEV,
+        cases=("Version.1", "Capabilities.1"),
+    ),
+    _r(
+        "TDISP-15",
+        "the START nonce is bound to the SPDM session that locked",
+        Area.TDISP,
+        M,
+        f"{PCIE}.6.3; rules-seed C.49",
+        _rule_check("TDISP-15"),
+        on=_DEV,
+    ),
+    _r(
+        "TDISP-16",
+        "the interface report is well formed (length, reserved bits, ranges in order)",
+        Area.TDISP,
+        M,
+        f"{PCIE}.3.11; {PCIE}.6.3 (range order)",
+        _rule_check("TDISP-16"),
+        on=_DEV,
+        cases=("DeviceReport.5",),
+    ),
+    _r(
+        "IDE-01",
+        "IDE_KM from a second SPDM session is dropped while the first owns the keys",
+        Area.IDE,
+        M,
+        f"{PCIE}.4.5; rules-seed E.70",
+        ide_second_session_dropped,
+        on={"device.handle_vendor_message"},
+        cases=("SpdmSession.1", "SpdmSession.2"),
+    ),
+    _r(
+        "IDE-02",
+        "KEY_PROG is answered with KP_ACK carrying the right status and echoing its fields",
+        Area.IDE,
+        M,
+        "[LIBSPDM-IDEKM] KP_ACK status",
+        ide_kp_ack_status,
+        on={"device.handle_vendor_message"},
+        cases=("KeyProg.1", "KeyProg.2", "KeyProg.3", "KeyProg.4", "KeyProg.5", "KeyProg.6"),
+    ),
+    _r(
+        "IDE-03",
+        "an IDE integrity failure makes the stream Insecure and its locked TDIs ERROR",
+        Area.IDE,
+        M,
+        f"PCIe §6.33 (IDE); {PCIE}.2; rules-seed C.42",
+        ide_integrity_failure,
+        on={"device.receive", "iommu.dma", "device.ide_failure"},
+    ),
+    _r(
+        "IDE-04",
+        "K_SET_GO / K_SET_STOP are acknowledged echoing stream, key set, direction and sub-stream",
+        Area.IDE,
+        M,
+        "[LIBSPDM-IDEKM] K_GOSTOP_ACK",
+        ide_gostop_ack,
+        on={"device.handle_vendor_message"},
+        cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3", "KSetStop.4"),
+    ),
+    _r(
+        "IDE-05",
+        "QUERY_RESP echoes the port index and reports a max port index covering it",
+        Area.IDE,
+        M,
+        "[LIBSPDM-IDEKM] QUERY_RESP",
+        ide_query_resp,
+        on={"device.handle_vendor_message"},
+        cases=("Query.1", "Query.2"),
+    ),
+    _r(
+        "IDE-06",
+        "T=1 traffic goes out only on a Secure stream",
+        Area.IDE,
+        M,
+        f"{PCIE}.2.1; [TDXC-ARCH] §3.3",
+        ide_t1_needs_secure,
+        on={"device.issue_dma", "iommu.dma", "iommu.mmio"},
+    ),
+    _r(
+        "IDE-07",
+        "ending the SPDM session makes its IDE streams Insecure",
+        Area.IDE,
+        M,
+        f"{PCIE}.4.5; rules-seed C.44",
+        ide_session_end_insecure,
+        on={"device.spdm_end"},
+    ),
+    _r(
+        "IDE-08",
+        "a key refresh over the same session keeps the stream Secure",
+        Area.IDE,
+        M,
+        f"{PCIE}.4.5; rules-seed E.72",
+        ide_refresh_keeps_secure,
+        on={"tsm.refresh_keys"},
+        cases=("KSetGo.3", "KSetGo.4", "KSetStop.3", "KSetStop.4", "Test.KeyRefresh", "Test.KeyRefreshKs1"),
+    ),
 ]

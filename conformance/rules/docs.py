@@ -26,12 +26,18 @@ def render_markdown() -> str:
         rules = [r for r in CATALOGUE if r.area is area]
         if not rules:
             continue
-        lines += [f"## {area.name}: {area.value}", "", "| ID | Level | Profiles | Rule | Source | Validator cases |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {area.name}: {area.value}",
+            "",
+            "| ID | Level | Profiles | Rule | Source | Validator cases |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in rules:
             cases = ", ".join(r.validator_cases) or "-"
-            lines.append(f"| {r.id} | {r.level.value} | {', '.join(sorted(r.profiles))} | {r.title} | "
-                         f"{r.source.replace('|', '/')} | {cases} |")
+            lines.append(
+                f"| {r.id} | {r.level.value} | {', '.join(sorted(r.profiles))} | {r.title} | "
+                f"{r.source.replace('|', '/')} | {cases} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

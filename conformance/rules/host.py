@@ -48,8 +48,11 @@ def _viommu_vm(o: Observation) -> dict[int, str]:
 def flow_viommu_before_run(o: Observation) -> str | None:
     """An ordering duty of the VMM: allocations the suite itself makes as a raw host (caller ``harness``,
     as in the host-lifetimes machine) probe the kernel, which cannot know the order and may accept them."""
-    allocs = [e for e in o.ops("iommufd", "viommu_alloc", ok=True) + o.ops("iommufd", "vdevice_alloc", ok=True)
-              if e.caller != "harness"]
+    allocs = [
+        e
+        for e in o.ops("iommufd", "viommu_alloc", ok=True) + o.ops("iommufd", "vdevice_alloc", ok=True)
+        if e.caller != "harness"
+    ]
     if not allocs:
         return None
     vms = _viommu_vm(o)
@@ -115,11 +118,22 @@ def flow_no_viommu_teardown_while_running(o: Observation) -> str | None:
     for v in gone.values():
         if vm_state(o.before, v.vm) != "running":
             continue
-        destroy = next((e for e in o.events if e.callee == "iommufd" and e.operation in ("destroy", "close")
-                        and e.ok and (e.operation == "close" or e.arguments[:1] == (v.id,))), None)
+        destroy = next(
+            (
+                e
+                for e in o.events
+                if e.callee == "iommufd"
+                and e.operation in ("destroy", "close")
+                and e.ok
+                and (e.operation == "close" or e.arguments[:1] == (v.id,))
+            ),
+            None,
+        )
         when = destroy.seq if destroy is not None else o.events[-1].seq
-        stopped = any(e.callee == "kvm" and e.operation == "stop" and e.ok and e.arguments[:1] == (v.vm,)
-                      and e.seq < when for e in o.events)
+        stopped = any(
+            e.callee == "kvm" and e.operation == "stop" and e.ok and e.arguments[:1] == (v.vm,) and e.seq < when
+            for e in o.events
+        )
         if not stopped:
             return f"viommu {v.id} went away while {v.vm} was running"
     return HELD
@@ -176,8 +190,11 @@ def flow_cca_unmap_before_stop(o: Observation) -> str | None:
 
 
 def _starts(o: Observation) -> list:
-    return [e for e, req, resp in tdisp_exchanges(o.events)
-            if isinstance(req, td.StartInterface) and isinstance(resp, td.StartInterfaceResponse)]
+    return [
+        e
+        for e, req, resp in tdisp_exchanges(o.events)
+        if isinstance(req, td.StartInterface) and isinstance(resp, td.StartInterfaceResponse)
+    ]
 
 
 def flow_tdx_guest_sends_start(o: Observation) -> str | None:
@@ -196,7 +213,7 @@ def flow_tdx_accept_before_start(o: Observation) -> str | None:
     if not starts:
         return None
     for e in starts:
-        fn = (e.arguments[1][4:8])
+        fn = e.arguments[1][4:8]
         rid = int.from_bytes(fn, "little") & 0xFFFF
         t = tsm_tdi(o.before, rid)
         mapped = any(s.rid == rid for s in private_slots(o.before))
@@ -233,8 +250,15 @@ def flow_host_tdisp_whitelist(o: Observation) -> str | None:
     evs = o.ops("tsm", "host_tdisp", ok=True)
     if not evs:
         return None
-    allowed = {"tdx": {"GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES", "LOCK_INTERFACE",
-                       "GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE"}}.get(o.profile)
+    allowed = {
+        "tdx": {
+            "GET_TDISP_VERSION",
+            "GET_TDISP_CAPABILITIES",
+            "LOCK_INTERFACE",
+            "GET_DEVICE_INTERFACE_STATE",
+            "STOP_INTERFACE",
+        }
+    }.get(o.profile)
     for e in evs:
         if allowed is not None and e.arguments[1] not in allowed:
             return f"the host originated {e.arguments[1]}, which {o.profile} forbids"
@@ -288,8 +312,13 @@ def life_tombstones(o: Observation) -> str | None:
     before_vd = {v.id: v for v in objects(o.before, "vdevice")}
     if closes:
         for v in before_vd.values():
-            if v.id not in live and v.id not in tomb and not o.after.iommufd.closed and v.device is not None \
-                    and not any(d.operation == "destroy" and d.arguments == (v.id,) for d in o.events):
+            if (
+                v.id not in live
+                and v.id not in tomb
+                and not o.after.iommufd.closed
+                and v.device is not None
+                and not any(d.operation == "destroy" and d.arguments == (v.id,) for d in o.events)
+            ):
                 return f"vdevice {v.id} destroyed under its idev but not tombstoned"
     return HELD
 
@@ -306,8 +335,9 @@ def life_kvm_refcount(o: Observation) -> str | None:
         return None
     for v in o.after.kvm.vms:
         if v.refs != refs.get(v.name, 0):
-            return (f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice/TDI "
-                    "binding(s) use it")
+            return (
+                f"{v.name} holds {v.refs} reference(s) but {refs.get(v.name, 0)} viommu/vdevice/TDI binding(s) use it"
+            )
         if v.state.value == "destroyed" and refs.get(v.name):
             return f"{v.name} was destroyed while vIOMMU/vdevice objects still referenced it"
     return HELD
@@ -338,8 +368,11 @@ def life_bind_other_vm_busy(o: Observation) -> str | None:
 
 def life_bind_needs_connect(o: Observation) -> str | None:
     connected = {d for d, _ in o.before.tsm.connected}
-    hits = [e for e in o.ops("tsm", "bind") if (t := tsm_tdi(o.before, e.arguments[0])) is not None
-            and t.device not in connected]
+    hits = [
+        e
+        for e in o.ops("tsm", "bind")
+        if (t := tsm_tdi(o.before, e.arguments[0])) is not None and t.device not in connected
+    ]
     if not hits:
         return None
     for e in hits:
@@ -495,8 +528,11 @@ def mmio_recover_after_free(o: Observation) -> str | None:
     for d in now:
         if owners.get(d.rid) is not None:
             return f"dmabuf {d.dmabuf} recovered while TDI {d.rid:#06x} is still bound to {owners[d.rid]}"
-    recovers = [e for e in o.events if e.ok and ((e.callee, e.operation) in (("kvm", "dmabuf_recovered"),
-                                                                              ("vfio", "recover_mmio")))]
+    recovers = [
+        e
+        for e in o.events
+        if e.ok and ((e.callee, e.operation) in (("kvm", "dmabuf_recovered"), ("vfio", "recover_mmio")))
+    ]
     if not recovers:
         return HELD if now else None
     att_rid = {s.attachment: s.rid for s in o.before.kvm.memslots}
@@ -523,8 +559,9 @@ def mmio_recover_after_free(o: Observation) -> str | None:
         elif e.callee == "device" and e.operation in _TRACKED_ERROR_EVENTS and e.arguments:
             hit = e.arguments[0]
             for rid in states:
-                if (rid == hit or (e.operation == "flr" and hit in pfs and rid >> 8 == hit >> 8)) \
-                        and states[rid] in LOCKED:
+                if (rid == hit or (e.operation == "flr" and hit in pfs and rid >> 8 == hit >> 8)) and states[
+                    rid
+                ] in LOCKED:
                     states[rid] = td.TdiState.ERROR
         elif e.callee == "device" and e.operation == "handle_vendor_message":
             for _, req, resp in tdisp_exchanges([e]):
@@ -541,9 +578,15 @@ def mmio_recover_after_free(o: Observation) -> str | None:
             rid = att_rid.get(e.arguments[0]) if e.callee == "kvm" else e.arguments[0]  # type: ignore[assignment]
             if rid is None:
                 continue
-            why = ("still locked" if states.get(rid) in LOCKED else
-                   "still mapped private" if any(r == rid for _, r in private) else
-                   "still trusted for DMA" if rid in trusted else None)
+            why = (
+                "still locked"
+                if states.get(rid) in LOCKED
+                else "still mapped private"
+                if any(r == rid for _, r in private)
+                else "still trusted for DMA"
+                if rid in trusted
+                else None
+            )
             if why:
                 return f"MMIO of {rid:#06x} recovered (seq {e.seq}) while the TDI was {why}: not yet freed"
     return HELD
@@ -624,7 +667,7 @@ def dma_private_mmio_only_in_run(o: Observation) -> str | None:
 
 
 def dma_sev_fence(o: Observation) -> str | None:
-    new = o.after.iommu.faults[len(o.before.iommu.faults):]
+    new = o.after.iommu.faults[len(o.before.iommu.faults) :]
     trusted = dict(o.before.iommu.trusted)
     hits = [f for f in new if f.requester_id in trusted]
     if not hits:
@@ -768,8 +811,10 @@ def down_disconnect_converges(o: Observation) -> str | None:
             if f.tdi_state in LOCKED:
                 return f"after disconnect {d.name} still has a locked TDI ({f.rid:#06x} {f.tdi_state.name})"
             if was.get(f.rid) in LOCKED and f.tdi_state is not td.TdiState.CONFIG_UNLOCKED:
-                return (f"disconnect left TDI {f.rid:#06x} of {d.name} in {f.tdi_state.name}: it was "
-                        f"{was[f.rid].name} and must be stopped before the session ends")
+                return (
+                    f"disconnect left TDI {f.rid:#06x} of {d.name} in {f.tdi_state.name}: it was "
+                    f"{was[f.rid].name} and must be stopped before the session ends"
+                )
     return HELD
 
 
@@ -778,8 +823,11 @@ def err_refusal_changes_nothing(o: Observation) -> str | None:
     if not isinstance(o.error, CallerError):
         return None
     if o.before != o.after:
-        diff = [f for f in ("devices", "iommu", "kvm", "vfio", "iommufd", "tsm", "vmm", "guests")
-                if getattr(o.before, f, None) != getattr(o.after, f, None)]
+        diff = [
+            f
+            for f in ("devices", "iommu", "kvm", "vfio", "iommufd", "tsm", "vmm", "guests")
+            if getattr(o.before, f, None) != getattr(o.after, f, None)
+        ]
         return f"a refused {o.action} ({type(o.error).__name__}: {o.error}) changed {', '.join(diff)}"
     return HELD
 
@@ -804,126 +852,473 @@ def err_access_faults_typed(o: Observation) -> str | None:
     return HELD
 
 
-def _r(id: str, title: str, area: Area, level: Level, source: str, check: Any, *, profiles: Any = None,
-       on: Any = None, cases: Any = (), doc: str = "") -> Rule:
+def _r(
+    id: str,
+    title: str,
+    area: Area,
+    level: Level,
+    source: str,
+    check: Any,
+    *,
+    profiles: Any = None,
+    on: Any = None,
+    cases: Any = (),
+    doc: str = "",
+) -> Rule:
     kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
-    return Rule(id=id, title=title, area=area, level=level, source=source, check=check,
-                on=frozenset(on) if on else None, validator_cases=tuple(cases), doc=doc or (check.__doc__ or ""), **kw)
+    return Rule(
+        id=id,
+        title=title,
+        area=area,
+        level=level,
+        source=source,
+        check=check,
+        on=frozenset(on) if on else None,
+        validator_cases=tuple(cases),
+        doc=doc or (check.__doc__ or ""),
+        **kw,
+    )
 
 
 RULES: list[Rule] = [
-    _r("FLOW-01", "vIOMMU and vdevice are allocated before KVM run", Area.FLOW, M,
-       f"flow steps 15-16 before 10, flow corr. 1 ({SEED})", flow_viommu_before_run,
-       on={"iommufd.viommu_alloc", "iommufd.vdevice_alloc"}),
-    _r("FLOW-02", "bind acts on the existing vdevice, creating none", Area.FLOW, M,
-       f"flow step 14, flow corr. 3 ({SEED})", flow_bind_on_existing_vdevice, on={"iommufd.vdevice_tsm_bind"}),
-    _r("FLOW-03", "the TSM binds a TDI only through the iommufd vdevice", Area.FLOW, M,
-       "flow steps 14-18; iommufd vdevice carries vPCI/KVM/vIOMMU IDs (flow corr. 4)", flow_bind_through_vdevice,
-       on={"tsm.bind"}),
-    _r("FLOW-04", "guest requests reach the TSM only through the vdevice", Area.FLOW, M,
-       f"flow steps 23, 28, 33; flow corr. 4 ({SEED})", flow_guest_requests_through_vdevice,
-       on={"tsm.guest_request"}),
-    _r("FLOW-05", "guest unbind leaves the vdevice until the VM stops", Area.FLOW, M,
-       f"flow step 39, flow corr. 5 ({SEED})", flow_unbind_keeps_vdevice, on={"iommufd.vdevice_tsm_unbind"}),
-    _r("FLOW-06", "no vIOMMU is disabled or destroyed while its VM runs", Area.FLOW, M,
-       f"flow step 46 rejected, flow corr. 6 ({SEED})", flow_no_viommu_teardown_while_running),
-    _r("FLOW-07", "TDX: private MMIO is unmapped only after the TDI is stopped", Area.FLOW, P,
-       "flow steps 41 before 44; [AK-0610] quoting [XY-0531]; rules-seed B.33/B.34", flow_tdx_stop_before_unmap,
-       profiles={"tdx"}),
-    _r("FLOW-08", "CCA: a TDI is unlocked only after its private MMIO is unmapped", Area.FLOW, P,
-       "[TF-RMM] runtime/rmi/vdev.c VDEV_UNLOCK; rules-seed B.38", flow_cca_unmap_before_stop, profiles={"cca"}),
-    _r("FLOW-09", "TDX: only the guest originates START", Area.FLOW, P,
-       "flow steps 31-34; [TDXMOD] tdg_devif_request.c whitelist; rules-seed (d)", flow_tdx_guest_sends_start,
-       profiles={"tdx"}, on={"device.handle_vendor_message"}),
-    _r("FLOW-10", "TDX: the guest accepts MMIO and DMA before START", Area.FLOW, P,
-       "[TDXC-ARCH] §3.3.1, §3.4.4; rules-seed D.62", flow_tdx_accept_before_start, profiles={"tdx"},
-       on={"device.handle_vendor_message"}),
-    _r("FLOW-11", "SEV-TIO: the TDI is in RUN once the guest has attested", Area.FLOW, P,
-       "[AK-0522]; rules-seed D.61", flow_sev_run_at_attest, profiles={"sev-tio"}, on={"tsm.guest_request"}),
-    _r("FLOW-12", "CCA: START comes from the host on the realm's request", Area.FLOW, P,
-       "[TF-RMM] RMI_VDEV_START; rules-seed (d)", flow_cca_host_starts, profiles={"cca"},
-       on={"device.handle_vendor_message"}),
-    _r("FLOW-13", "TDX: the host originates only LOCK, GET_STATE and STOP (plus version/capabilities)",
-       Area.FLOW, P, "[TDXMOD] tdh_devif_request.c; rules-seed (b)", flow_host_tdisp_whitelist, profiles={"tdx"},
-       on={"tsm.host_tdisp"}),
-    _r("LIFE-01", "one vdevice per idev", Area.LIFE, M, "[VDEV-TOMB] IOMMU_VDEVICE_ALLOC -EEXIST; rules-seed A.10",
-       life_one_vdevice_per_idev),
-    _r("LIFE-02", "a vdevice holds its vIOMMU (refcount)", Area.LIFE, M,
-       "[VDEV-TOMB]/[IOMMU-DOC] viommu users; rules-seed A.11", life_vdevice_holds_viommu),
-    _r("LIFE-03", "virtual IDs are unique per vIOMMU", Area.LIFE, M, "[IOMMUFD-DOC]; rules-seed A.11",
-       life_virt_id_unique),
-    _r("LIFE-04", "a vdevice destroyed under its idev leaves a tombstone until the iommufd closes", Area.LIFE, M,
-       "[VDEV-TOMB] 'iommufd: Destroy vdevice on idevice destroy'; rules-seed A.8/A.9", life_tombstones),
-    _r("LIFE-05", "KVM is referenced by every vIOMMU/vdevice and never destroyed under them", Area.LIFE, M,
-       "[XY-0524]; rules-seed A.12/A.14", life_kvm_refcount),
-    _r("LIFE-06", "bind is idempotent for the same VM", Area.LIFE, M, "[PCI-TSM] pci_tsm_bind; rules-seed A.17",
-       life_bind_idempotent, on={"tsm.bind"}),
-    _r("LIFE-07", "bind of a TDI held by another VM is refused with -EBUSY", Area.LIFE, M,
-       "[PCI-TSM] pci_tsm_bind; rules-seed A.17/F.75", life_bind_other_vm_busy, on={"tsm.bind"}),
-    _r("LIFE-08", "bind without connect is refused with -EINVAL", Area.LIFE, M,
-       "[PCI-TSM] pci_tsm_bind; rules-seed A.16", life_bind_needs_connect, on={"tsm.bind"}),
-    _r("LIFE-09", "TSM unbind always succeeds", Area.LIFE, M, "[PCI-TSM] pci_tsm_unbind; rules-seed A.18/D.65",
-       life_unbind_always_succeeds, on={"tsm.unbind"}),
-    _r("LIFE-10", "guest requests outside the bound window fail with -ENXIO", Area.LIFE, M,
-       "[PCI-TSM] pci_tsm_guest_req; rules-seed A.20", life_guest_request_needs_bind, on={"tsm.guest_request"}),
-    _r("LIFE-11", "a bound vdevice's TDI is bound by the TSM to that vdevice's VM (one owner)", Area.LIFE, M,
-       "[PCI-TSM]; [TDXC-ARCH] single owner; rules-seed F.75", life_single_owner),
-    _r("LIFE-12", "closing the VFIO device destroys its vdevice", Area.LIFE, M,
-       "[VDEV-TOMB]; rules-seed A.8", life_close_destroys_vdevice, on={"vfio.close_device"}),
-    _r("LIFE-13", "disconnect unbinds every TDI of the device first", Area.LIFE, M,
-       "[PCI-TSM] pci_tsm_disconnect; rules-seed A.23", life_disconnect_unbinds, on={"tsm.disconnect"}),
-    _r("LIFE-14", "no iommufd object outlives an object it references", Area.LIFE, M,
-       "[IOMMUFD-DOC] object model (ioas <- hwpt <- viommu <- vdevice)", life_objects_referenced_exist),
-    _r("MMIO-01", "after a revoke the importer maps none of the exporter's pages", Area.MMIO, M,
-       "flow steps 43-44; [REVOKE]; rules-seed B.31", mmio_revoke_unmaps),
-    _r("MMIO-02", "no host mmap of a function while it is private", Area.MMIO, M,
-       "[COVER]/[JG-0602]; rules-seed B.27/F.78", mmio_no_host_mmap_while_private),
-    _r("MMIO-03", "private MMIO is mapped only into the VM its TDI is bound to", Area.MMIO, M,
-       "[JG-0602]; rules-seed B.28/F.76", mmio_private_only_bound_vm),
-    _r("MMIO-04", "a device page is mapped private at most once (one VM, one GPA)", Area.MMIO, M,
-       "[TDXC-ARCH] §3.3.1; rules-seed F.76", mmio_no_alias),
-    _r("MMIO-05", "private MMIO is never mapped for a CONFIG_UNLOCKED TDI", Area.MMIO, M,
-       "flow step 30 after 19; rules-seed F.76/F.80", mmio_private_needs_locked),
-    _r("MMIO-06", "closing the VFIO device revokes its dmabufs", Area.MMIO, M,
-       "[VFIO-DMABUF]; rules-seed B.30", mmio_revoke_on_close, on={"vfio.close_device"}),
-    _r("MMIO-07", "shared MMIO is recovered only after the TDI is freed", Area.MMIO, M,
-       "flow steps 47 before 48-49; rules-seed B.35/F.78", mmio_recover_after_free),
-    _r("MMIO-08", "a revoke the platform forbids now is refused with a typed error and changes nothing",
-       Area.MMIO, M, "[AK-0610]; rules-seed B.33/B.34", mmio_refused_unmap_is_typed,
-       on={"vfio.revoke_mmio_dmabuf"}),
-    _r("DMA-01", "T=1 DMA reaches private memory only from a RUN TDI with a trusted translation", Area.DMA, M,
-       "[TDXC-ARCH] §3.3; PCIe §11.2.1; rules-seed (c) T bit", dma_t1_needs_run, on={"kvm.dma_write"}),
-    _r("DMA-02", "private guest memory changes only by the guest or T=1 DMA", Area.DMA, M,
-       "PCIe §11.2.1; [TDXC-ARCH] §3.3", dma_private_memory_untouched, on={"iommu.dma"}),
-    _r("DMA-03", "a refused DMA writes nothing", Area.DMA, M, "[TDXC-ARCH] §3.3; [SMMU] §3.9.4.1",
-       dma_refused_writes_nothing, on={"iommu.dma"}),
-    _r("DMA-04", "every refused DMA leaves a fault record", Area.DMA, S, "IOMMU fault reporting; rules-seed (c)",
-       dma_faults_recorded, on={"iommu.dma"}),
-    _r("DMA-05", "T=1 MMIO completes only for a TDI in RUN", Area.DMA, M, "PCIe §11.2.1 (TDI as completer)",
-       dma_private_mmio_only_in_run, on={"iommu.mmio"}),
-    _r("DMA-06", "SEV-TIO: a fault from a bound TDI fences its guest", Area.DMA, P,
-       "[AK-0610] quoting SEV-TIO FW spec §2.11", dma_sev_fence, profiles={"sev-tio"},
-       on={"iommu.dma", "iommu.mmio"}),
-    _r("CONF-01", "no guest secret reaches host-visible memory, reads or trace", Area.CONF, M,
-       "confidential computing threat model; rules-seed F.78", conf_guest_secret),
-    _r("CONF-02", "no device private MMIO data reaches the host", Area.CONF, M,
-       "PCIe §11.2.1; rules-seed B.27/F.78", conf_device_secret),
-    _r("CONF-03", "IDE keys never cross into host software", Area.CONF, M, "PCIe §11.5.5; rules-seed E.71",
-       conf_keys_not_host_visible, on={"iommu.rp_key_prog"}),
-    _r("DOWN-01", "guest unbind converges: TDI unlocked, no private MMIO, no trusted DMA", Area.DOWN, M,
-       "flow steps 36-49; [XY-0524] verbs; rules-seed F.80", down_guest_unbind_converges,
-       on={"iommufd.vdevice_tsm_unbind"}),
-    _r("DOWN-02", "VM destroy converges: nothing bound, mapped or trusted for the dead VM", Area.DOWN, M,
-       "rules-seed A.13/A.14/F.80", down_vm_destroy_converges),
-    _r("DOWN-03", "VFIO close converges: no TDI of the device stays locked", Area.DOWN, M,
-       "rules-seed A.13/F.80", down_close_converges, on={"vfio.close_device"}),
-    _r("DOWN-04", "disconnect converges: every locked TDI of the device is stopped to CONFIG_UNLOCKED",
-       Area.DOWN, M, "[PCI-TSM] disconnect; rules-seed A.23/F.80", down_disconnect_converges, on={"tsm.disconnect"}),
-    _r("ERR-01", "a refused call changes nothing", Area.ERR, M,
-       "architecture 'Errors'; h11 'illegal transitions raise an error and nothing happens'; rules-seed F.79",
-       err_refusal_changes_nothing),
-    _r("ERR-02", "every failure is a typed StackError, never another exception", Area.ERR, M,
-       "architecture 'Errors'; rules-seed A.6 (clean error, never crash)", err_typed_errors_only),
-    _r("ERR-03", "hardware paths fail with typed faults", Area.ERR, M, "architecture 'Errors'",
-       err_access_faults_typed),
+    _r(
+        "FLOW-01",
+        "vIOMMU and vdevice are allocated before KVM run",
+        Area.FLOW,
+        M,
+        f"flow steps 15-16 before 10, flow corr. 1 ({SEED})",
+        flow_viommu_before_run,
+        on={"iommufd.viommu_alloc", "iommufd.vdevice_alloc"},
+    ),
+    _r(
+        "FLOW-02",
+        "bind acts on the existing vdevice, creating none",
+        Area.FLOW,
+        M,
+        f"flow step 14, flow corr. 3 ({SEED})",
+        flow_bind_on_existing_vdevice,
+        on={"iommufd.vdevice_tsm_bind"},
+    ),
+    _r(
+        "FLOW-03",
+        "the TSM binds a TDI only through the iommufd vdevice",
+        Area.FLOW,
+        M,
+        "flow steps 14-18; iommufd vdevice carries vPCI/KVM/vIOMMU IDs (flow corr. 4)",
+        flow_bind_through_vdevice,
+        on={"tsm.bind"},
+    ),
+    _r(
+        "FLOW-04",
+        "guest requests reach the TSM only through the vdevice",
+        Area.FLOW,
+        M,
+        f"flow steps 23, 28, 33; flow corr. 4 ({SEED})",
+        flow_guest_requests_through_vdevice,
+        on={"tsm.guest_request"},
+    ),
+    _r(
+        "FLOW-05",
+        "guest unbind leaves the vdevice until the VM stops",
+        Area.FLOW,
+        M,
+        f"flow step 39, flow corr. 5 ({SEED})",
+        flow_unbind_keeps_vdevice,
+        on={"iommufd.vdevice_tsm_unbind"},
+    ),
+    _r(
+        "FLOW-06",
+        "no vIOMMU is disabled or destroyed while its VM runs",
+        Area.FLOW,
+        M,
+        f"flow step 46 rejected, flow corr. 6 ({SEED})",
+        flow_no_viommu_teardown_while_running,
+    ),
+    _r(
+        "FLOW-07",
+        "TDX: private MMIO is unmapped only after the TDI is stopped",
+        Area.FLOW,
+        P,
+        "flow steps 41 before 44; [AK-0610] quoting [XY-0531]; rules-seed B.33/B.34",
+        flow_tdx_stop_before_unmap,
+        profiles={"tdx"},
+    ),
+    _r(
+        "FLOW-08",
+        "CCA: a TDI is unlocked only after its private MMIO is unmapped",
+        Area.FLOW,
+        P,
+        "[TF-RMM] runtime/rmi/vdev.c VDEV_UNLOCK; rules-seed B.38",
+        flow_cca_unmap_before_stop,
+        profiles={"cca"},
+    ),
+    _r(
+        "FLOW-09",
+        "TDX: only the guest originates START",
+        Area.FLOW,
+        P,
+        "flow steps 31-34; [TDXMOD] tdg_devif_request.c whitelist; rules-seed (d)",
+        flow_tdx_guest_sends_start,
+        profiles={"tdx"},
+        on={"device.handle_vendor_message"},
+    ),
+    _r(
+        "FLOW-10",
+        "TDX: the guest accepts MMIO and DMA before START",
+        Area.FLOW,
+        P,
+        "[TDXC-ARCH] §3.3.1, §3.4.4; rules-seed D.62",
+        flow_tdx_accept_before_start,
+        profiles={"tdx"},
+        on={"device.handle_vendor_message"},
+    ),
+    _r(
+        "FLOW-11",
+        "SEV-TIO: the TDI is in RUN once the guest has attested",
+        Area.FLOW,
+        P,
+        "[AK-0522]; rules-seed D.61",
+        flow_sev_run_at_attest,
+        profiles={"sev-tio"},
+        on={"tsm.guest_request"},
+    ),
+    _r(
+        "FLOW-12",
+        "CCA: START comes from the host on the realm's request",
+        Area.FLOW,
+        P,
+        "[TF-RMM] RMI_VDEV_START; rules-seed (d)",
+        flow_cca_host_starts,
+        profiles={"cca"},
+        on={"device.handle_vendor_message"},
+    ),
+    _r(
+        "FLOW-13",
+        "TDX: the host originates only LOCK, GET_STATE and STOP (plus version/capabilities)",
+        Area.FLOW,
+        P,
+        "[TDXMOD] tdh_devif_request.c; rules-seed (b)",
+        flow_host_tdisp_whitelist,
+        profiles={"tdx"},
+        on={"tsm.host_tdisp"},
+    ),
+    _r(
+        "LIFE-01",
+        "one vdevice per idev",
+        Area.LIFE,
+        M,
+        "[VDEV-TOMB] IOMMU_VDEVICE_ALLOC -EEXIST; rules-seed A.10",
+        life_one_vdevice_per_idev,
+    ),
+    _r(
+        "LIFE-02",
+        "a vdevice holds its vIOMMU (refcount)",
+        Area.LIFE,
+        M,
+        "[VDEV-TOMB]/[IOMMU-DOC] viommu users; rules-seed A.11",
+        life_vdevice_holds_viommu,
+    ),
+    _r(
+        "LIFE-03",
+        "virtual IDs are unique per vIOMMU",
+        Area.LIFE,
+        M,
+        "[IOMMUFD-DOC]; rules-seed A.11",
+        life_virt_id_unique,
+    ),
+    _r(
+        "LIFE-04",
+        "a vdevice destroyed under its idev leaves a tombstone until the iommufd closes",
+        Area.LIFE,
+        M,
+        "[VDEV-TOMB] 'iommufd: Destroy vdevice on idevice destroy'; rules-seed A.8/A.9",
+        life_tombstones,
+    ),
+    _r(
+        "LIFE-05",
+        "KVM is referenced by every vIOMMU/vdevice and never destroyed under them",
+        Area.LIFE,
+        M,
+        "[XY-0524]; rules-seed A.12/A.14",
+        life_kvm_refcount,
+    ),
+    _r(
+        "LIFE-06",
+        "bind is idempotent for the same VM",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_bind; rules-seed A.17",
+        life_bind_idempotent,
+        on={"tsm.bind"},
+    ),
+    _r(
+        "LIFE-07",
+        "bind of a TDI held by another VM is refused with -EBUSY",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_bind; rules-seed A.17/F.75",
+        life_bind_other_vm_busy,
+        on={"tsm.bind"},
+    ),
+    _r(
+        "LIFE-08",
+        "bind without connect is refused with -EINVAL",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_bind; rules-seed A.16",
+        life_bind_needs_connect,
+        on={"tsm.bind"},
+    ),
+    _r(
+        "LIFE-09",
+        "TSM unbind always succeeds",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_unbind; rules-seed A.18/D.65",
+        life_unbind_always_succeeds,
+        on={"tsm.unbind"},
+    ),
+    _r(
+        "LIFE-10",
+        "guest requests outside the bound window fail with -ENXIO",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_guest_req; rules-seed A.20",
+        life_guest_request_needs_bind,
+        on={"tsm.guest_request"},
+    ),
+    _r(
+        "LIFE-11",
+        "a bound vdevice's TDI is bound by the TSM to that vdevice's VM (one owner)",
+        Area.LIFE,
+        M,
+        "[PCI-TSM]; [TDXC-ARCH] single owner; rules-seed F.75",
+        life_single_owner,
+    ),
+    _r(
+        "LIFE-12",
+        "closing the VFIO device destroys its vdevice",
+        Area.LIFE,
+        M,
+        "[VDEV-TOMB]; rules-seed A.8",
+        life_close_destroys_vdevice,
+        on={"vfio.close_device"},
+    ),
+    _r(
+        "LIFE-13",
+        "disconnect unbinds every TDI of the device first",
+        Area.LIFE,
+        M,
+        "[PCI-TSM] pci_tsm_disconnect; rules-seed A.23",
+        life_disconnect_unbinds,
+        on={"tsm.disconnect"},
+    ),
+    _r(
+        "LIFE-14",
+        "no iommufd object outlives an object it references",
+        Area.LIFE,
+        M,
+        "[IOMMUFD-DOC] object model (ioas <- hwpt <- viommu <- vdevice)",
+        life_objects_referenced_exist,
+    ),
+    _r(
+        "MMIO-01",
+        "after a revoke the importer maps none of the exporter's pages",
+        Area.MMIO,
+        M,
+        "flow steps 43-44; [REVOKE]; rules-seed B.31",
+        mmio_revoke_unmaps,
+    ),
+    _r(
+        "MMIO-02",
+        "no host mmap of a function while it is private",
+        Area.MMIO,
+        M,
+        "[COVER]/[JG-0602]; rules-seed B.27/F.78",
+        mmio_no_host_mmap_while_private,
+    ),
+    _r(
+        "MMIO-03",
+        "private MMIO is mapped only into the VM its TDI is bound to",
+        Area.MMIO,
+        M,
+        "[JG-0602]; rules-seed B.28/F.76",
+        mmio_private_only_bound_vm,
+    ),
+    _r(
+        "MMIO-04",
+        "a device page is mapped private at most once (one VM, one GPA)",
+        Area.MMIO,
+        M,
+        "[TDXC-ARCH] §3.3.1; rules-seed F.76",
+        mmio_no_alias,
+    ),
+    _r(
+        "MMIO-05",
+        "private MMIO is never mapped for a CONFIG_UNLOCKED TDI",
+        Area.MMIO,
+        M,
+        "flow step 30 after 19; rules-seed F.76/F.80",
+        mmio_private_needs_locked,
+    ),
+    _r(
+        "MMIO-06",
+        "closing the VFIO device revokes its dmabufs",
+        Area.MMIO,
+        M,
+        "[VFIO-DMABUF]; rules-seed B.30",
+        mmio_revoke_on_close,
+        on={"vfio.close_device"},
+    ),
+    _r(
+        "MMIO-07",
+        "shared MMIO is recovered only after the TDI is freed",
+        Area.MMIO,
+        M,
+        "flow steps 47 before 48-49; rules-seed B.35/F.78",
+        mmio_recover_after_free,
+    ),
+    _r(
+        "MMIO-08",
+        "a revoke the platform forbids now is refused with a typed error and changes nothing",
+        Area.MMIO,
+        M,
+        "[AK-0610]; rules-seed B.33/B.34",
+        mmio_refused_unmap_is_typed,
+        on={"vfio.revoke_mmio_dmabuf"},
+    ),
+    _r(
+        "DMA-01",
+        "T=1 DMA reaches private memory only from a RUN TDI with a trusted translation",
+        Area.DMA,
+        M,
+        "[TDXC-ARCH] §3.3; PCIe §11.2.1; rules-seed (c) T bit",
+        dma_t1_needs_run,
+        on={"kvm.dma_write"},
+    ),
+    _r(
+        "DMA-02",
+        "private guest memory changes only by the guest or T=1 DMA",
+        Area.DMA,
+        M,
+        "PCIe §11.2.1; [TDXC-ARCH] §3.3",
+        dma_private_memory_untouched,
+        on={"iommu.dma"},
+    ),
+    _r(
+        "DMA-03",
+        "a refused DMA writes nothing",
+        Area.DMA,
+        M,
+        "[TDXC-ARCH] §3.3; [SMMU] §3.9.4.1",
+        dma_refused_writes_nothing,
+        on={"iommu.dma"},
+    ),
+    _r(
+        "DMA-04",
+        "every refused DMA leaves a fault record",
+        Area.DMA,
+        S,
+        "IOMMU fault reporting; rules-seed (c)",
+        dma_faults_recorded,
+        on={"iommu.dma"},
+    ),
+    _r(
+        "DMA-05",
+        "T=1 MMIO completes only for a TDI in RUN",
+        Area.DMA,
+        M,
+        "PCIe §11.2.1 (TDI as completer)",
+        dma_private_mmio_only_in_run,
+        on={"iommu.mmio"},
+    ),
+    _r(
+        "DMA-06",
+        "SEV-TIO: a fault from a bound TDI fences its guest",
+        Area.DMA,
+        P,
+        "[AK-0610] quoting SEV-TIO FW spec §2.11",
+        dma_sev_fence,
+        profiles={"sev-tio"},
+        on={"iommu.dma", "iommu.mmio"},
+    ),
+    _r(
+        "CONF-01",
+        "no guest secret reaches host-visible memory, reads or trace",
+        Area.CONF,
+        M,
+        "confidential computing threat model; rules-seed F.78",
+        conf_guest_secret,
+    ),
+    _r(
+        "CONF-02",
+        "no device private MMIO data reaches the host",
+        Area.CONF,
+        M,
+        "PCIe §11.2.1; rules-seed B.27/F.78",
+        conf_device_secret,
+    ),
+    _r(
+        "CONF-03",
+        "IDE keys never cross into host software",
+        Area.CONF,
+        M,
+        "PCIe §11.5.5; rules-seed E.71",
+        conf_keys_not_host_visible,
+        on={"iommu.rp_key_prog"},
+    ),
+    _r(
+        "DOWN-01",
+        "guest unbind converges: TDI unlocked, no private MMIO, no trusted DMA",
+        Area.DOWN,
+        M,
+        "flow steps 36-49; [XY-0524] verbs; rules-seed F.80",
+        down_guest_unbind_converges,
+        on={"iommufd.vdevice_tsm_unbind"},
+    ),
+    _r(
+        "DOWN-02",
+        "VM destroy converges: nothing bound, mapped or trusted for the dead VM",
+        Area.DOWN,
+        M,
+        "rules-seed A.13/A.14/F.80",
+        down_vm_destroy_converges,
+    ),
+    _r(
+        "DOWN-03",
+        "VFIO close converges: no TDI of the device stays locked",
+        Area.DOWN,
+        M,
+        "rules-seed A.13/F.80",
+        down_close_converges,
+        on={"vfio.close_device"},
+    ),
+    _r(
+        "DOWN-04",
+        "disconnect converges: every locked TDI of the device is stopped to CONFIG_UNLOCKED",
+        Area.DOWN,
+        M,
+        "[PCI-TSM] disconnect; rules-seed A.23/F.80",
+        down_disconnect_converges,
+        on={"tsm.disconnect"},
+    ),
+    _r(
+        "ERR-01",
+        "a refused call changes nothing",
+        Area.ERR,
+        M,
+        "architecture 'Errors'; h11 'illegal transitions raise an error and nothing happens'; rules-seed F.79",
+        err_refusal_changes_nothing,
+    ),
+    _r(
+        "ERR-02",
+        "every failure is a typed StackError, never another exception",
+        Area.ERR,
+        M,
+        "architecture 'Errors'; rules-seed A.6 (clean error, never crash)",
+        err_typed_errors_only,
+    ),
+    _r(
+        "ERR-03", "hardware paths fail with typed faults", Area.ERR, M, "architecture 'Errors'", err_access_faults_typed
+    ),
 ]

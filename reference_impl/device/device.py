@@ -25,8 +25,7 @@ from reference_impl.device.tdisp.state import EVENT_TRIGGERED_ERROR_FROM, LEGAL_
 from reference_impl.errors import AccessFault, InvalidArgument, InvalidState, NotFound
 from reference_impl.trace import Actor, Trace, operation, query
 
-__all__ = ["PAGE", "PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "Device", "DeviceConfig", "DeviceSnapshot",
-           "FunctionSnapshot"]
+__all__ = ["PAGE", "PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "Device", "DeviceConfig", "DeviceSnapshot", "FunctionSnapshot"]
 
 PAGE = 4096
 PROTOCOL_IDE_KM = 0
@@ -132,16 +131,21 @@ class Device(Actor):
         for index in range(1 + cfg.num_vfs):
             rid = (cfg.bus << 8) | index
             data = bytearray(rng.randbytes(PAGE)) + bytearray(size - PAGE)  # registers; TEE memory zeroed
-            self._functions[rid] = _Function(rid=rid, is_pf=index == 0,
-                                             bar_base=cfg.bar_base + index * size, mmio=data)
-        self.pf_rid = (cfg.bus << 8)
+            self._functions[rid] = _Function(rid=rid, is_pf=index == 0, bar_base=cfg.bar_base + index * size, mmio=data)
+        self.pf_rid = cfg.bus << 8
         self._sessions: set[int] = set()
         self._secrets: list[bytes] = []
         self._next_session = 1
-        self.ide = IdeStreamEndpoint(stream_id=cfg.default_stream_id, rid_base=self.pf_rid,
-                                     rid_limit=self.pf_rid + cfg.num_vfs)
-        self.ide_km = IdeKmResponder(ports={0: {cfg.default_stream_id: self.ide}}, dev_func_num=0,
-                                     bus_num=cfg.bus, segment=cfg.segment, max_port_index=0)
+        self.ide = IdeStreamEndpoint(
+            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
+        )
+        self.ide_km = IdeKmResponder(
+            ports={0: {cfg.default_stream_id: self.ide}},
+            dev_func_num=0,
+            bus_num=cfg.bus,
+            segment=cfg.segment,
+            max_port_index=0,
+        )
         self._stop_legal = stop_legal_in(idempotent=cfg.stop_in_unlocked_idempotent)
         self._iommu: Any = None
 
@@ -170,15 +174,30 @@ class Device(Actor):
     @query
     def snapshot(self) -> DeviceSnapshot:
         fns = tuple(
-            FunctionSnapshot(rid=f.rid, function_id=f.function_id, is_pf=f.is_pf, tdi_state=f.tdi.state,
-                             mse=f.mse, bme=f.bme, bar_base=f.bar_base, bar_pages=len(f.mmio) // PAGE,
-                             locked_session=f.tdi.lock_session, has_nonce=f.tdi.nonce is not None,
-                             reported_bar_base=f.tdi.reported_bar_base, error_reason=f.tdi.error_reason)
+            FunctionSnapshot(
+                rid=f.rid,
+                function_id=f.function_id,
+                is_pf=f.is_pf,
+                tdi_state=f.tdi.state,
+                mse=f.mse,
+                bme=f.bme,
+                bar_base=f.bar_base,
+                bar_pages=len(f.mmio) // PAGE,
+                locked_session=f.tdi.lock_session,
+                has_nonce=f.tdi.nonce is not None,
+                reported_bar_base=f.tdi.reported_bar_base,
+                error_reason=f.tdi.error_reason,
+            )
             for f in self._functions.values()
         )
         secrets = tuple(self._secrets)
-        return DeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)),
-                              stream_state=self.ide.state.name, secrets=secrets)
+        return DeviceSnapshot(
+            name=self.name,
+            functions=fns,
+            sessions=tuple(sorted(self._sessions)),
+            stream_state=self.ide.state.name,
+            secrets=secrets,
+        )
 
     # ------------------------------------------------------------------ SPDM (simplified, honest)
     @operation()
@@ -265,9 +284,14 @@ class Device(Actor):
             if code not in (td.RequestCode.BIND_P2P_STREAM, td.RequestCode.UNBIND_P2P_STREAM, td.RequestCode.VDM):
                 bitmap |= 1 << (code - 0x80)
         return td.TdispCapabilities(
-            interface_id=req.interface_id, dsm_caps=0, req_msgs_supported=bitmap.to_bytes(16, "little"),
+            interface_id=req.interface_id,
+            dsm_caps=0,
+            req_msgs_supported=bitmap.to_bytes(16, "little"),
             lock_interface_flags_supported=int(td.LockFlags.NO_FW_UPDATE | td.LockFlags.LOCK_MSIX),
-            dev_addr_width=52, num_req_this=self.config.num_req_this, num_req_all=self.config.num_req_all)
+            dev_addr_width=52,
+            num_req_this=self.config.num_req_this,
+            num_req_all=self.config.num_req_all,
+        )
 
     def _on_lock_interface(self, fn: _Function, req: td.LockInterface, sid: int) -> td.Response:
         iid = req.interface_id
@@ -275,8 +299,11 @@ class Device(Actor):
         if unsupported:
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
         # LOCK needs the default stream keyed and Secure over *this* session (validator LockInterface.2)
-        if (req.default_stream_id != self.config.default_stream_id or self.ide.state is not StreamState.SECURE
-                or self.ide_km.owner_session != sid):
+        if (
+            req.default_stream_id != self.config.default_stream_id
+            or self.ide.state is not StreamState.SECURE
+            or self.ide_km.owner_session != sid
+        ):
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
         if not fn.mse:
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_DEVICE_CONFIGURATION)
@@ -292,23 +319,38 @@ class Device(Actor):
     def _build_report(self, fn: _Function, offset: int) -> bytes:
         pages = len(fn.mmio) // PAGE
         ranges = (
-            td.MmioRange(first_page=(fn.bar_base + offset) & (2**64 - 1), number_of_pages=1,
-                         attributes=int(td.RangeAttr.MSIX_TABLE | td.RangeAttr.IS_NON_TEE_MEM), range_id=0),
-            td.MmioRange(first_page=(fn.bar_base + PAGE + offset) & (2**64 - 1), number_of_pages=pages - 1,
-                         attributes=0, range_id=0),
+            td.MmioRange(
+                first_page=(fn.bar_base + offset) & (2**64 - 1),
+                number_of_pages=1,
+                attributes=int(td.RangeAttr.MSIX_TABLE | td.RangeAttr.IS_NON_TEE_MEM),
+                range_id=0,
+            ),
+            td.MmioRange(
+                first_page=(fn.bar_base + PAGE + offset) & (2**64 - 1),
+                number_of_pages=pages - 1,
+                attributes=0,
+                range_id=0,
+            ),
         )
         info = hashlib.sha384(bytes(fn.mmio[:64])).digest()[:16]
-        report = td.InterfaceReport(interface_info=0x2, msix_message_control=0, lnr_control=0, tph_control=0,
-                                    mmio_ranges=ranges, device_specific_info=info)
+        report = td.InterfaceReport(
+            interface_info=0x2,
+            msix_message_control=0,
+            lnr_control=0,
+            tph_control=0,
+            mmio_ranges=ranges,
+            device_specific_info=info,
+        )
         return report.encode()
 
     def _on_get_device_interface_report(self, fn: _Function, req: td.GetDeviceInterfaceReport, sid: int) -> td.Response:
         report = fn.tdi.report or b""
         if req.length == 0 or req.offset >= len(report):
             return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.INVALID_REQUEST)
-        portion = report[req.offset:req.offset + min(req.length, REPORT_PORTION_MAX)]
-        return td.DeviceInterfaceReport(interface_id=req.interface_id, portion=portion,
-                                        remainder_length=len(report) - req.offset - len(portion))
+        portion = report[req.offset : req.offset + min(req.length, REPORT_PORTION_MAX)]
+        return td.DeviceInterfaceReport(
+            interface_id=req.interface_id, portion=portion, remainder_length=len(report) - req.offset - len(portion)
+        )
 
     def _on_get_device_interface_state(self, fn: _Function, req: Any, sid: int) -> td.Response:
         return td.DeviceInterfaceState(interface_id=req.interface_id, tdi_state=fn.tdi.state)
@@ -320,7 +362,7 @@ class Device(Actor):
         tdi.nonce = None  # single use (PCIe §11.3.14)
         tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.START_INTERFACE)]
         secret = self._rng.randbytes(32)  # the TVM's data in the TDI's TEE memory from now on
-        fn.mmio[PAGE:PAGE + 32] = secret
+        fn.mmio[PAGE : PAGE + 32] = secret
         self._secrets.append(secret)
         return td.StartInterfaceResponse(interface_id=req.interface_id)
 
@@ -465,9 +507,9 @@ class Device(Actor):
         elif tee and state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN, td.TdiState.ERROR):
             raise AccessFault(f"T=0 MMIO to TEE memory of TDI {fn.rid:#06x} in {state.name}: rejected")
         if tlp.kind == "MWr":
-            fn.mmio[offset:offset + length] = tlp.payload
+            fn.mmio[offset : offset + length] = tlp.payload
             return b""
-        return bytes(fn.mmio[offset:offset + length])
+        return bytes(fn.mmio[offset : offset + length])
 
     def _by_address(self, address: int) -> _Function:
         for fn in self._functions.values():
@@ -483,5 +525,11 @@ class Device(Actor):
             raise InvalidState(f"function {rid:#06x} has bus mastering disabled")
         if t_bit and fn.tdi.state is not td.TdiState.RUN:
             raise InvalidState(f"TDI {rid:#06x} in {fn.tdi.state.name} may not issue T=1 requests")
-        return Tlp(kind="MWr", requester_id=rid, address=address, t_bit=t_bit, payload=payload,
-                   stream_id=self.config.default_stream_id if t_bit else None)
+        return Tlp(
+            kind="MWr",
+            requester_id=rid,
+            address=address,
+            t_bit=t_bit,
+            payload=payload,
+            stream_id=self.config.default_stream_id if t_bit else None,
+        )

@@ -88,9 +88,7 @@ def _ecdsa() -> ec.ECDSA:
         return ec.ECDSA(hashes.SHA384())
 
 
-def _sign_certificate(
-    builder: x509.CertificateBuilder, signer: ec.EllipticCurvePrivateKey
-) -> x509.Certificate:
+def _sign_certificate(builder: x509.CertificateBuilder, signer: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     try:  # ecdsa_deterministic: cryptography >= 44
         return builder.sign(
             signer,
@@ -145,9 +143,7 @@ def _certificate(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .add_extension(x509.KeyUsage(**usage), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
     )
     return _sign_certificate(builder, signer)
 
@@ -158,12 +154,8 @@ def _material(seed: int) -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
     root_key, leaf_key = _private_key(seed, "root"), _private_key(seed, "leaf")
     root_cn, leaf_cn = f"teeio root CA {seed}", f"teeio device {seed}"
     serial = int.from_bytes(hashlib.sha256(f"serial/{seed}".encode()).digest()[:16], "big") >> 1 | 1
-    root = _certificate(
-        subject=root_cn, issuer=root_cn, key=root_key, signer=root_key, ca=True, serial=serial
-    )
-    leaf = _certificate(
-        subject=leaf_cn, issuer=root_cn, key=leaf_key, signer=root_key, ca=False, serial=serial + 1
-    )
+    root = _certificate(subject=root_cn, issuer=root_cn, key=root_key, signer=root_key, ca=True, serial=serial)
+    leaf = _certificate(subject=leaf_cn, issuer=root_cn, key=leaf_key, signer=root_key, ca=False, serial=serial + 1)
     der = serialization.Encoding.DER
     return leaf_key, root.public_bytes(der), leaf.public_bytes(der)
 
@@ -182,9 +174,7 @@ class DeviceIdentity:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidArgument(f"DeviceIdentity seed: expected an int, got {seed!r}")
         if not 1 <= len(firmware) <= 0xFE or not all(isinstance(b, bytes) for b in firmware):
-            raise InvalidArgument(
-                f"DeviceIdentity firmware: expected 1..254 byte blobs, got {firmware!r:.80}"
-            )
+            raise InvalidArgument(f"DeviceIdentity firmware: expected 1..254 byte blobs, got {firmware!r:.80}")
         self.seed = seed
         self._leaf_key, self._root, self._leaf = _material(seed)
         # SPDM measurement indices start at 1 (index 0 means "none", 0xFF "all")
@@ -251,9 +241,7 @@ def _parse(chain: tuple[bytes, ...]) -> list[x509.Certificate]:
     try:
         return [x509.load_der_x509_certificate(der) for der in chain]
     except (ValueError, TypeError) as exc:
-        raise EvidenceError(
-            f"a certificate does not parse: {exc}", reason=EvidenceFailure.MALFORMED
-        ) from None
+        raise EvidenceError(f"a certificate does not parse: {exc}", reason=EvidenceFailure.MALFORMED) from None
 
 
 def _check_link(issuer: x509.Certificate, cert: x509.Certificate, depth: int, at: datetime.datetime) -> None:
@@ -311,9 +299,7 @@ def verify_evidence(
         _check_link(certs[depth - 1], certs[depth], depth, now)
     leaf_key = certs[-1].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(leaf_key.curve, ec.SECP384R1):
-        raise EvidenceError(
-            "the device certificate does not hold a P-384 key", reason=EvidenceFailure.BAD_CHAIN
-        )
+        raise EvidenceError("the device certificate does not hold a P-384 key", reason=EvidenceFailure.BAD_CHAIN)
     try:
         leaf_key.verify(evidence.signature, evidence.signed_bytes(), ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
@@ -327,10 +313,5 @@ def verify_evidence(
             "the evidence answers another nonce (stale: from an earlier lock or request)",
             reason=EvidenceFailure.STALE_NONCE,
         )
-    if (
-        expected_measurements_digest is not None
-        and evidence.measurements_digest != expected_measurements_digest
-    ):
-        raise EvidenceError(
-            "the measurements are not the expected ones", reason=EvidenceFailure.WRONG_MEASUREMENTS
-        )
+    if expected_measurements_digest is not None and evidence.measurements_digest != expected_measurements_digest:
+        raise EvidenceError("the measurements are not the expected ones", reason=EvidenceFailure.WRONG_MEASUREMENTS)

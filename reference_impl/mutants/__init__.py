@@ -30,8 +30,9 @@ class Mutant:
     num_devices: int = 1
     timeout: float | None = None  # per-step time limit to run it under (hang mutants: short, to stay fast)
 
-    def factory(self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1,
-                trace: bool = True) -> Any:
+    def factory(
+        self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1, trace: bool = True
+    ) -> Any:
         """A SUT factory with the same signature as ``reference_impl.stack.make_sut``."""
         from reference_impl.device.device import DeviceConfig
         from reference_impl.stack import StackConfig, build_stack

@@ -23,8 +23,9 @@ class IllegalLockRelocks(Device):
             return super()._tdisp(message, session_id)
         fn = self._by_function_id(req.interface_id.function_id)
         if isinstance(req, td.LockInterface) and fn is not None and fn.tdi.state is td.TdiState.CONFIG_LOCKED:
-            return td.LockInterfaceResponse(interface_id=req.interface_id,
-                                            start_interface_nonce=fn.tdi.nonce or b"\1" * 32)
+            return td.LockInterfaceResponse(
+                interface_id=req.interface_id, start_interface_nonce=fn.tdi.nonce or b"\1" * 32
+            )
         return super()._tdisp(message, session_id)
 
 
@@ -139,8 +140,11 @@ class ReportInUnlocked(Device):
         except td.TdispDecodeError:
             return super()._tdisp(message, session_id)
         fn = self._by_function_id(req.interface_id.function_id)
-        if isinstance(req, td.GetDeviceInterfaceReport) and fn is not None and \
-                fn.tdi.state is td.TdiState.CONFIG_UNLOCKED:
+        if (
+            isinstance(req, td.GetDeviceInterfaceReport)
+            and fn is not None
+            and fn.tdi.state is td.TdiState.CONFIG_UNLOCKED
+        ):
             return td.DeviceInterfaceReport(interface_id=req.interface_id, portion=b"\0" * 4, remainder_length=0)
         return super()._tdisp(message, session_id)
 
@@ -160,8 +164,9 @@ class WrongInterfaceEcho(Device):
     def _tdisp(self, message: bytes, session_id: int | None) -> td.Response:
         resp = super()._tdisp(message, session_id)
         if isinstance(resp, td.DeviceInterfaceState):
-            return td.DeviceInterfaceState(interface_id=td.InterfaceId(function_id=self.pf_rid ^ 1),
-                                           tdi_state=resp.tdi_state)
+            return td.DeviceInterfaceState(
+                interface_id=td.InterfaceId(function_id=self.pf_rid ^ 1), tdi_state=resp.tdi_state
+            )
         return resp
 
 
@@ -171,10 +176,15 @@ class CapsMissStop(Device):
     def _on_get_tdisp_capabilities(self, fn: Any, req: Any, sid: int) -> td.Response:
         resp = super()._on_get_tdisp_capabilities(fn, req, sid)
         bits = int.from_bytes(resp.req_msgs_supported, "little") & ~(1 << 7)  # type: ignore[union-attr]
-        return td.TdispCapabilities(interface_id=req.interface_id, dsm_caps=0,
-                                    req_msgs_supported=bits.to_bytes(16, "little"),
-                                    lock_interface_flags_supported=resp.lock_interface_flags_supported,  # type: ignore[union-attr]
-                                    dev_addr_width=52, num_req_this=1, num_req_all=4)
+        return td.TdispCapabilities(
+            interface_id=req.interface_id,
+            dsm_caps=0,
+            req_msgs_supported=bits.to_bytes(16, "little"),
+            lock_interface_flags_supported=resp.lock_interface_flags_supported,  # type: ignore[union-attr]
+            dev_addr_width=52,
+            num_req_this=1,
+            num_req_all=4,
+        )
 
 
 class StartFromAnySession(Device):
@@ -190,9 +200,14 @@ class ReportRangesUnordered(Device):
 
     def _build_report(self, fn: Any, offset: int) -> bytes:
         rep = td.InterfaceReport.decode(super()._build_report(fn, offset))
-        return td.InterfaceReport(interface_info=rep.interface_info, msix_message_control=0, lnr_control=0,
-                                  tph_control=0, mmio_ranges=tuple(reversed(rep.mmio_ranges)),
-                                  device_specific_info=rep.device_specific_info).encode()
+        return td.InterfaceReport(
+            interface_info=rep.interface_info,
+            msix_message_control=0,
+            lnr_control=0,
+            tph_control=0,
+            mmio_ranges=tuple(reversed(rep.mmio_ranges)),
+            device_specific_info=rep.device_specific_info,
+        ).encode()
 
 
 class SecondSessionKeys(Device):
@@ -214,8 +229,14 @@ class KpAckWrongEcho(Device):
         if protocol_id == _dev.PROTOCOL_IDE_KM and message[:1] == bytes([km.ObjectId.KEY_PROG]) and resp:
             ack = km.decode(resp)
             if isinstance(ack, km.KpAck):
-                return km.encode(km.KpAck(stream_id=ack.stream_id, status=km.KpAckStatus.SUCCESS,
-                                          key_sub_stream=ack.key_sub_stream, port_index=ack.port_index))
+                return km.encode(
+                    km.KpAck(
+                        stream_id=ack.stream_id,
+                        status=km.KpAckStatus.SUCCESS,
+                        key_sub_stream=ack.key_sub_stream,
+                        port_index=ack.port_index,
+                    )
+                )
         return resp
 
 
@@ -239,8 +260,13 @@ class GoStopAckWrongEcho(Device):
         resp = super().handle_vendor_message(protocol_id, message, session_id=session_id)
         if protocol_id == _dev.PROTOCOL_IDE_KM and resp and resp[:1] == bytes([km.ObjectId.K_GOSTOP_ACK]):
             ack = km.decode(resp)
-            return km.encode(km.KGoStopAck(stream_id=0xFF, key_sub_stream=ack.key_sub_stream,  # type: ignore[union-attr]
-                                           port_index=ack.port_index))  # type: ignore[union-attr]
+            return km.encode(
+                km.KGoStopAck(
+                    stream_id=0xFF,
+                    key_sub_stream=ack.key_sub_stream,  # type: ignore[union-attr]
+                    port_index=ack.port_index,
+                )
+            )  # type: ignore[union-attr]
         return resp
 
 
@@ -251,9 +277,16 @@ class QueryRespWrongPort(Device):
         resp = super().handle_vendor_message(protocol_id, message, session_id=session_id)
         if protocol_id == _dev.PROTOCOL_IDE_KM and resp and resp[:1] == bytes([km.ObjectId.QUERY_RESP]):
             q = km.decode(resp)
-            return km.encode(km.QueryResp(port_index=q.port_index + 1, dev_func_num=q.dev_func_num,  # type: ignore[union-attr]
-                                          bus_num=q.bus_num, segment=q.segment, max_port_index=0,  # type: ignore[union-attr]
-                                          ide_registers=q.ide_registers))  # type: ignore[union-attr]
+            return km.encode(
+                km.QueryResp(
+                    port_index=q.port_index + 1,
+                    dev_func_num=q.dev_func_num,  # type: ignore[union-attr]
+                    bus_num=q.bus_num,
+                    segment=q.segment,
+                    max_port_index=0,  # type: ignore[union-attr]
+                    ide_registers=q.ide_registers,
+                )
+            )  # type: ignore[union-attr]
         return resp
 
 
@@ -296,7 +329,7 @@ class PrivateMmioInLocked(Device):
         fn = self._by_address(tlp.address)
         if tlp.t_bit and fn.tdi.state is td.TdiState.CONFIG_LOCKED:
             off = tlp.address - fn.bar_base
-            return bytes(fn.mmio[off:off + 8])
+            return bytes(fn.mmio[off : off + 8])
         return super()._complete(tlp)
 
 
@@ -323,8 +356,12 @@ class GarbageLockResponse(Device):
 
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         resp = super().handle_vendor_message(protocol_id, message, session_id=session_id)
-        if protocol_id == _dev.PROTOCOL_TDISP and len(message) > 1 and message[1] == td.RequestCode.LOCK_INTERFACE \
-                and resp is not None:
+        if (
+            protocol_id == _dev.PROTOCOL_TDISP
+            and len(message) > 1
+            and message[1] == td.RequestCode.LOCK_INTERFACE
+            and resp is not None
+        ):
             return resp[:6]
         return resp
 
@@ -339,37 +376,103 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
         m("device-start-ignores-nonce", "TDISP-05", dev, "tdx", StartIgnoresNonce.__doc__, device=StartIgnoresNonce),
         m("device-nonce-reused", "TDISP-06", dev, "tdx", NonceReused.__doc__, device=NonceReused),
         m("device-stop-leaves-locked", "TDISP-07", dev, "tdx", StopLeavesLocked.__doc__, device=StopLeavesLocked),
-        m("device-error-not-sticky", "TDISP-08", dev, "tdx", ErrorRecoversByItself.__doc__,
-          device=ErrorRecoversByItself),
-        m("device-config-write-untracked", "TDISP-09", dev, "tdx", ConfigWriteUntracked.__doc__,
-          device=ConfigWriteUntracked),
+        m(
+            "device-error-not-sticky",
+            "TDISP-08",
+            dev,
+            "tdx",
+            ErrorRecoversByItself.__doc__,
+            device=ErrorRecoversByItself,
+        ),
+        m(
+            "device-config-write-untracked",
+            "TDISP-09",
+            dev,
+            "tdx",
+            ConfigWriteUntracked.__doc__,
+            device=ConfigWriteUntracked,
+        ),
         m("device-pf-flr-spares-vfs", "TDISP-10", dev, "tdx", PfFlrSparesVfs.__doc__, device=PfFlrSparesVfs),
         m("device-report-in-unlocked", "TDISP-11", dev, "tdx", ReportInUnlocked.__doc__, device=ReportInUnlocked),
-        m("device-malformed-gets-garbage", "TDISP-12", dev, "tdx", MalformedGetsSilence.__doc__,
-          device=MalformedGetsSilence),
+        m(
+            "device-malformed-gets-garbage",
+            "TDISP-12",
+            dev,
+            "tdx",
+            MalformedGetsSilence.__doc__,
+            device=MalformedGetsSilence,
+        ),
         m("device-wrong-interface-echo", "TDISP-13", dev, "tdx", WrongInterfaceEcho.__doc__, device=WrongInterfaceEcho),
         m("device-caps-miss-stop", "TDISP-14", dev, "tdx", CapsMissStop.__doc__, device=CapsMissStop),
-        m("device-start-from-any-session", "TDISP-15", dev, "tdx", StartFromAnySession.__doc__,
-          device=StartFromAnySession),
-        m("device-report-ranges-unordered", "TDISP-16", dev, "tdx", ReportRangesUnordered.__doc__,
-          device=ReportRangesUnordered),
+        m(
+            "device-start-from-any-session",
+            "TDISP-15",
+            dev,
+            "tdx",
+            StartFromAnySession.__doc__,
+            device=StartFromAnySession,
+        ),
+        m(
+            "device-report-ranges-unordered",
+            "TDISP-16",
+            dev,
+            "tdx",
+            ReportRangesUnordered.__doc__,
+            device=ReportRangesUnordered,
+        ),
         m("device-second-session-keys", "IDE-01", dev, "tdx", SecondSessionKeys.__doc__, device=SecondSessionKeys),
         m("device-kp-ack-always-success", "IDE-02", dev, "tdx", KpAckWrongEcho.__doc__, device=KpAckWrongEcho),
-        m("device-integrity-failure-ignored", "IDE-03", dev, "tdx", IntegrityFailureIgnored.__doc__,
-          device=IntegrityFailureIgnored),
+        m(
+            "device-integrity-failure-ignored",
+            "IDE-03",
+            dev,
+            "tdx",
+            IntegrityFailureIgnored.__doc__,
+            device=IntegrityFailureIgnored,
+        ),
         m("device-gostop-ack-wrong-echo", "IDE-04", dev, "tdx", GoStopAckWrongEcho.__doc__, device=GoStopAckWrongEcho),
         m("device-query-resp-wrong-port", "IDE-05", dev, "tdx", QueryRespWrongPort.__doc__, device=QueryRespWrongPort),
-        m("device-dma-t1-in-the-clear", "IDE-06", "full_stack", "tdx", DmaT1InTheClear.__doc__,
-          device=DmaT1InTheClear),
-        m("device-session-end-keeps-stream", "IDE-07", dev, "tdx", SessionEndKeepsStream.__doc__,
-          device=SessionEndKeepsStream),
-        m("device-refresh-breaks-stream", "IDE-08", "full_stack", "tdx", RefreshBreaksStream.__doc__,
-          device=RefreshBreaksStream),
-        m("device-private-mmio-in-locked", "DMA-05", "full_stack", "tdx", PrivateMmioInLocked.__doc__,
-          device=PrivateMmioInLocked),
+        m("device-dma-t1-in-the-clear", "IDE-06", "full_stack", "tdx", DmaT1InTheClear.__doc__, device=DmaT1InTheClear),
+        m(
+            "device-session-end-keeps-stream",
+            "IDE-07",
+            dev,
+            "tdx",
+            SessionEndKeepsStream.__doc__,
+            device=SessionEndKeepsStream,
+        ),
+        m(
+            "device-refresh-breaks-stream",
+            "IDE-08",
+            "full_stack",
+            "tdx",
+            RefreshBreaksStream.__doc__,
+            device=RefreshBreaksStream,
+        ),
+        m(
+            "device-private-mmio-in-locked",
+            "DMA-05",
+            "full_stack",
+            "tdx",
+            PrivateMmioInLocked.__doc__,
+            device=PrivateMmioInLocked,
+        ),
         m("device-crashes-on-malformed", "ERR-02", dev, "tdx", CrashOnMalformed.__doc__, device=CrashOnMalformed),
-        m("device-garbage-lock-response", "TDISP-12", "full_stack", "tdx", GarbageLockResponse.__doc__,
-          device=GarbageLockResponse),
-        m("device-hangs-on-ide-query", "SUT-HANG", dev, "tdx", HangsOnIdeQuery.__doc__, device=HangsOnIdeQuery,
-          timeout=0.5),
+        m(
+            "device-garbage-lock-response",
+            "TDISP-12",
+            "full_stack",
+            "tdx",
+            GarbageLockResponse.__doc__,
+            device=GarbageLockResponse,
+        ),
+        m(
+            "device-hangs-on-ide-query",
+            "SUT-HANG",
+            dev,
+            "tdx",
+            HangsOnIdeQuery.__doc__,
+            device=HangsOnIdeQuery,
+            timeout=0.5,
+        ),
     ]

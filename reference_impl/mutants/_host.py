@@ -54,8 +54,15 @@ class IommufdBindCreatesVdevice(Iommufd):
         v = self._vdev(vdevice)
         self._objs[v.parent].users += 1  # type: ignore[index]
         self._kvm.get_ref(v.vm)
-        fresh = self._new(ObjKind.VDEVICE, parent=v.parent, idev=v.idev, virt_id=v.virt_id + 0x100, vm=v.vm,
-                          rid=v.rid, device=v.device)
+        fresh = self._new(
+            ObjKind.VDEVICE,
+            parent=v.parent,
+            idev=v.idev,
+            virt_id=v.virt_id + 0x100,
+            vm=v.vm,
+            rid=v.rid,
+            device=v.device,
+        )
         self._tsm.bind(v.rid, v.vm, v.virt_id)
         fresh.bound = v.bound = True
 
@@ -189,16 +196,16 @@ class IommufdTwoVdevicesPerIdev(Iommufd):
     def vdevice_alloc(self, viommu: int, idev: int, virt_id: int, rid: int) -> int:
         vi = self._get(viommu, ObjKind.VIOMMU)
         dev = self._get(idev, ObjKind.IDEV)
-        if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id
-               for o in self._objs.values()):
+        if any(o.kind is ObjKind.VDEVICE and o.parent == viommu and o.virt_id == virt_id for o in self._objs.values()):
             raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
         if rid != dev.rid:
             raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
         vi.users += 1
         dev.users += 1
         self._kvm.get_ref(vi.vm)
-        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid,
-                         device=dev.device).id
+        return self._new(
+            ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid, device=dev.device
+        ).id
 
 
 class IommufdVdeviceNoViommuRef(Iommufd):
@@ -227,8 +234,9 @@ class IommufdDuplicateVirtId(Iommufd):
         vi.users += 1
         dev.users += 1
         self._kvm.get_ref(vi.vm)
-        return self._new(ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid,
-                         device=dev.device).id
+        return self._new(
+            ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid, device=dev.device
+        ).id
 
 
 class IommufdNoTombstone(Iommufd):
@@ -373,8 +381,17 @@ class KvmAliasesPrivateMmio(Kvm):
             from reference_impl.kvm import _Memslot
 
             s = slots[0]
-            twin = _Memslot(slot=self._next_slot, vm=vm, gpa=s.gpa + 0x8000, pages=s.pages, dmabuf=s.dmabuf,
-                            attachment=s.attachment, rid=rid, host_base=s.host_base, mapping=SlotMapping.PRIVATE)
+            twin = _Memslot(
+                slot=self._next_slot,
+                vm=vm,
+                gpa=s.gpa + 0x8000,
+                pages=s.pages,
+                dmabuf=s.dmabuf,
+                attachment=s.attachment,
+                rid=rid,
+                host_base=s.host_base,
+                mapping=SlotMapping.PRIVATE,
+            )
             self._next_slot += 1
             self._slots[twin.slot] = twin
         return n
@@ -446,7 +463,7 @@ class KvmDmaAnywhere(Kvm):
     def dma_write(self, vm: str, gpa: int, data: bytes, *, private: bool) -> None:
         v = self._live_vm(vm)
         if gpa >= 0 and gpa + len(data) <= len(v.memory):
-            v.memory[gpa:gpa + len(data)] = data
+            v.memory[gpa : gpa + len(data)] = data
             return
         super().dma_write(vm, gpa, data, private=private)
 
@@ -493,7 +510,7 @@ class VmmLogsGuestSecrets(Vmm):
         super().run(vm)
         # copy guest private memory into shared memory "for migration"
         v = self._kvm._vms[vm]
-        v.memory[v.private_pages * 4096:v.private_pages * 4096 + 32] = v.memory[0:32]
+        v.memory[v.private_pages * 4096 : v.private_pages * 4096 + 32] = v.memory[0:32]
 
 
 class VfioHostReadsPrivate(Vfio):
@@ -504,8 +521,14 @@ class VfioHostReadsPrivate(Vfio):
 
         f = self._fd(fd)
         base, _ = f.device.bar_range(rid)
-        tlp = Tlp(kind="MRd", requester_id=rid, address=base + offset, t_bit=True,
-                  payload=length.to_bytes(4, "little"), stream_id=0)
+        tlp = Tlp(
+            kind="MRd",
+            requester_id=rid,
+            address=base + offset,
+            t_bit=True,
+            payload=length.to_bytes(4, "little"),
+            stream_id=0,
+        )
         try:
             data: bytes = self._iommu.mmio(None, tlp)
         except Exception:
@@ -655,111 +678,417 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     host = "host_lifetimes"
     return [
-        m("vmm-lazy-vdevice", "FLOW-01", full, "tdx", VmmLazyVdevice.__doc__,
-          overrides={"vmm_factory": VmmLazyVdevice}),
-        m("iommufd-bind-creates-vdevice", "FLOW-02", full, "tdx", IommufdBindCreatesVdevice.__doc__,
-          overrides={"iommufd_factory": IommufdBindCreatesVdevice}),
-        m("vmm-binds-tsm-directly", "FLOW-03", full, "tdx", VmmBindsTsmDirectly.__doc__,
-          overrides={"vmm_factory": VmmBindsTsmDirectly}),
-        m("vmm-guest-requests-direct", "FLOW-04", full, "tdx", VmmForwardsGuestRequestsDirectly.__doc__,
-          overrides={"vmm_factory": VmmForwardsGuestRequestsDirectly}),
-        m("iommufd-unbind-destroys-vdevice", "FLOW-05", full, "tdx", IommufdUnbindDestroysVdevice.__doc__,
-          overrides={"iommufd_factory": IommufdUnbindDestroysVdevice}),
-        m("iommufd-viommu-destroy-running", "FLOW-06", full, "tdx", IommufdViommuDestroyWhileRunning.__doc__,
-          overrides={"iommufd_factory": IommufdViommuDestroyWhileRunning}),
-        m("tsm-unmap-while-locked", "FLOW-07", full, "tdx", TsmUnmapWhileLocked.__doc__,
-          overrides={"tsm_factory": TsmUnmapWhileLocked}),
-        m("tsm-cca-stop-before-unmap", "FLOW-08", full, "cca", TsmStopBeforeUnmapCca.__doc__,
-          overrides={"tsm_factory": TsmStopBeforeUnmapCca}),
-        m("tdx-host-starts", "FLOW-09", full, "tdx", TsmHostMayStartTdx.__doc__,
-          overrides={"tsm_factory": TsmHostMayStartTdx, "vmm_factory": VmmHostStartsTdx}),
-        m("tsm-start-before-accept", "FLOW-10", full, "tdx", TsmStartBeforeAccept.__doc__,
-          overrides={"tsm_factory": TsmStartBeforeAccept}),
-        m("sev-no-start-at-attest", "FLOW-11", full, "sev-tio", TsmNoStartAtAttest.__doc__,
-          overrides={"tsm_factory": TsmNoStartAtAttest}),
-        m("cca-guest-starts", "FLOW-12", full, "cca", TsmGuestStartsCca.__doc__,
-          overrides={"tsm_factory": TsmGuestStartsCca, "vmm_factory": VmmGuestStartCca}),
-        m("tdx-host-reads-report", "FLOW-13", full, "tdx", TsmHostMayReadReportTdx.__doc__,
-          overrides={"tsm_factory": TsmHostMayReadReportTdx}),
-        m("iommufd-two-vdevices-per-idev", "LIFE-01", host, "tdx", IommufdTwoVdevicesPerIdev.__doc__,
-          overrides={"iommufd_factory": IommufdTwoVdevicesPerIdev}),
-        m("iommufd-vdevice-no-viommu-ref", "LIFE-02", host, "tdx", IommufdVdeviceNoViommuRef.__doc__,
-          overrides={"iommufd_factory": IommufdVdeviceNoViommuRef}),
-        m("iommufd-duplicate-virt-id", "LIFE-03", host, "tdx", IommufdDuplicateVirtId.__doc__,
-          overrides={"iommufd_factory": IommufdDuplicateVirtId}),
-        m("iommufd-no-tombstone", "LIFE-04", full, "tdx", IommufdNoTombstone.__doc__,
-          overrides={"iommufd_factory": IommufdNoTombstone}),
-        m("iommufd-leaks-kvm-ref", "LIFE-05", host, "tdx", IommufdLeaksKvmRef.__doc__,
-          overrides={"iommufd_factory": IommufdLeaksKvmRef}),
-        m("tsm-bind-not-idempotent", "LIFE-06", full, "tdx", TsmBindNotIdempotent.__doc__,
-          overrides={"tsm_factory": TsmBindNotIdempotent}),
-        m("tsm-bind-other-vm-einval", "LIFE-07", full, "tdx", TsmBindOtherVmWrongError.__doc__,
-          overrides={"tsm_factory": TsmBindOtherVmWrongError}),
-        m("tsm-bind-unconnected-enoent", "LIFE-08", full, "tdx", TsmBindWithoutConnectWrongError.__doc__,
-          overrides={"tsm_factory": TsmBindWithoutConnectWrongError}),
-        m("tsm-unbind-fails-unbound", "LIFE-09", full, "tdx", TsmUnbindFailsWhenUnbound.__doc__,
-          overrides={"tsm_factory": TsmUnbindFailsWhenUnbound}),
-        m("tsm-guest-request-einval", "LIFE-10", full, "tdx", TsmGuestRequestWrongError.__doc__,
-          overrides={"tsm_factory": TsmGuestRequestWrongError}),
-        m("tsm-bind-steals-tdi", "LIFE-11", full, "tdx", TsmBindStealsTdi.__doc__,
-          overrides={"tsm_factory": TsmBindStealsTdi}),
-        m("iommufd-close-keeps-vdevice", "LIFE-12", full, "tdx", IommufdCloseKeepsVdevice.__doc__,
-          overrides={"iommufd_factory": IommufdCloseKeepsVdevice}),
-        m("tsm-disconnect-keeps-binding", "LIFE-13", full, "tdx", TsmDisconnectKeepsBinding.__doc__,
-          overrides={"tsm_factory": TsmDisconnectKeepsBinding}),
-        m("iommufd-destroy-hwpt-in-use", "LIFE-14", host, "tdx", IommufdDestroyHwptInUse.__doc__,
-          overrides={"iommufd_factory": IommufdDestroyHwptInUse}),
-        m("kvm-ignores-move-notify", "MMIO-01", full, "tdx", KvmIgnoresMoveNotify.__doc__,
-          overrides={"kvm_factory": KvmIgnoresMoveNotify}),
-        m("vfio-mmap-while-private", "MMIO-02", full, "tdx", VfioMmapWhilePrivate.__doc__,
-          overrides={"vfio_factory": VfioMmapWhilePrivate}),
-        m("tsm-maps-into-any-vm", "MMIO-03", full, "tdx", TsmMapsIntoAnyVm.__doc__,
-          overrides={"tsm_factory": TsmMapsIntoAnyVm}),
-        m("kvm-aliases-private-mmio", "MMIO-04", full, "tdx", KvmAliasesPrivateMmio.__doc__,
-          overrides={"kvm_factory": KvmAliasesPrivateMmio}),
-        m("tsm-forgets-to-revoke", "MMIO-05", full, "sev-tio", TsmForgetsToRevoke.__doc__,
-          overrides={"tsm_factory": TsmForgetsToRevoke}),
-        m("vfio-close-keeps-dmabufs", "MMIO-06", full, "tdx", VfioCloseKeepsDmabufs.__doc__,
-          overrides={"vfio_factory": VfioCloseKeepsDmabufs}),
-        m("vfio-recovers-early", "MMIO-07", full, "tdx", VfioRecoversEarly.__doc__,
-          overrides={"vfio_factory": VfioRecoversEarly}),
-        m("kvm-untyped-unmap-refusal", "MMIO-08", full, "tdx", KvmUntypedUnmapRefusal.__doc__,
-          overrides={"kvm_factory": KvmUntypedUnmapRefusal}),
-        m("iommu-ignores-t-bit", "DMA-01", full, "tdx", IommuIgnoresTBit.__doc__,
-          overrides={"iommu_factory": IommuIgnoresTBit}),
-        m("kvm-dma-anywhere", "DMA-02", full, "tdx", KvmDmaAnywhere.__doc__,
-          overrides={"kvm_factory": KvmDmaAnywhere}),
-        m("iommu-refused-dma-writes", "DMA-03", full, "tdx", IommuRefusedDmaWrites.__doc__,
-          overrides={"iommu_factory": IommuRefusedDmaWrites}),
-        m("iommu-no-fault-record", "DMA-04", full, "tdx", IommuNoFaultRecord.__doc__,
-          overrides={"iommu_factory": IommuNoFaultRecord}),
-        m("iommu-sev-no-fence", "DMA-06", full, "sev-tio", IommuNoFence.__doc__,
-          overrides={"iommu_factory": IommuNoFence}),
-        m("vmm-copies-guest-secret", "CONF-01", full, "tdx", VmmLogsGuestSecrets.__doc__,
-          overrides={"vmm_factory": VmmLogsGuestSecrets}),
-        m("vfio-host-reads-private", "CONF-02", full, "tdx", VfioHostReadsPrivate.__doc__,
-          overrides={"vfio_factory": VfioHostReadsPrivate}),
-        m("tsm-keys-through-host", "CONF-03", full, "tdx", TsmPassesKeysThroughVmm.__doc__,
-          overrides={"tsm_factory": TsmPassesKeysThroughVmm, "vfio_factory": VfioWithNote}),
-        m("tsm-unbind-no-stop", "DOWN-01", full, "sev-tio", TsmUnbindNoStop.__doc__,
-          overrides={"tsm_factory": TsmUnbindNoStop}),
-        m("kvm-destroy-keeps-slots", "DOWN-02", full, "tdx", KvmDestroyKeepsSlots.__doc__,
-          overrides={"kvm_factory": KvmDestroyKeepsSlots}),
-        m("iommufd-close-skips-unbind", "DOWN-03", full, "sev-tio",
-          f"{IommufdCloseSkipsUnbind.__doc__} {VfioCloseTrustsIommufd.__doc__}",
-          overrides={"iommufd_factory": IommufdCloseSkipsUnbind, "vfio_factory": VfioCloseTrustsIommufd}),
-        m("tsm-disconnect-no-stop", "DOWN-04", full, "sev-tio", TsmUnbindNoStop.__doc__,
-          overrides={"tsm_factory": TsmUnbindNoStop}),
-        m("vfio-revoke-not-atomic", "ERR-01", full, "tdx", VfioRevokeNotAtomic.__doc__,
-          overrides={"vfio_factory": VfioRevokeNotAtomic}),
-        m("iommufd-keyerror-on-unknown-id", "ERR-02", host, "tdx", IommufdCrashesOnUnknownId.__doc__,
-          overrides={"iommufd_factory": IommufdCrashesOnUnknownId}),
-        m("kvm-keyerror-on-revoked-mmio", "ERR-03", full, "sev-tio", KvmGuestMmioKeyError.__doc__,
-          overrides={"kvm_factory": KvmGuestMmioKeyError}),
-        m("kvm-destroy-waits-for-refs", "SUT-HANG", full, "tdx", KvmDestroyWaitsForRefs.__doc__,
-          overrides={"kvm_factory": KvmDestroyWaitsForRefs}, timeout=0.5),
-        m("iommufd-close-waits-for-devices", "SUT-HANG", host, "tdx", IommufdCloseWaitsForDevices.__doc__,
-          overrides={"iommufd_factory": IommufdCloseWaitsForDevices}, timeout=0.5),
+        m(
+            "vmm-lazy-vdevice",
+            "FLOW-01",
+            full,
+            "tdx",
+            VmmLazyVdevice.__doc__,
+            overrides={"vmm_factory": VmmLazyVdevice},
+        ),
+        m(
+            "iommufd-bind-creates-vdevice",
+            "FLOW-02",
+            full,
+            "tdx",
+            IommufdBindCreatesVdevice.__doc__,
+            overrides={"iommufd_factory": IommufdBindCreatesVdevice},
+        ),
+        m(
+            "vmm-binds-tsm-directly",
+            "FLOW-03",
+            full,
+            "tdx",
+            VmmBindsTsmDirectly.__doc__,
+            overrides={"vmm_factory": VmmBindsTsmDirectly},
+        ),
+        m(
+            "vmm-guest-requests-direct",
+            "FLOW-04",
+            full,
+            "tdx",
+            VmmForwardsGuestRequestsDirectly.__doc__,
+            overrides={"vmm_factory": VmmForwardsGuestRequestsDirectly},
+        ),
+        m(
+            "iommufd-unbind-destroys-vdevice",
+            "FLOW-05",
+            full,
+            "tdx",
+            IommufdUnbindDestroysVdevice.__doc__,
+            overrides={"iommufd_factory": IommufdUnbindDestroysVdevice},
+        ),
+        m(
+            "iommufd-viommu-destroy-running",
+            "FLOW-06",
+            full,
+            "tdx",
+            IommufdViommuDestroyWhileRunning.__doc__,
+            overrides={"iommufd_factory": IommufdViommuDestroyWhileRunning},
+        ),
+        m(
+            "tsm-unmap-while-locked",
+            "FLOW-07",
+            full,
+            "tdx",
+            TsmUnmapWhileLocked.__doc__,
+            overrides={"tsm_factory": TsmUnmapWhileLocked},
+        ),
+        m(
+            "tsm-cca-stop-before-unmap",
+            "FLOW-08",
+            full,
+            "cca",
+            TsmStopBeforeUnmapCca.__doc__,
+            overrides={"tsm_factory": TsmStopBeforeUnmapCca},
+        ),
+        m(
+            "tdx-host-starts",
+            "FLOW-09",
+            full,
+            "tdx",
+            TsmHostMayStartTdx.__doc__,
+            overrides={"tsm_factory": TsmHostMayStartTdx, "vmm_factory": VmmHostStartsTdx},
+        ),
+        m(
+            "tsm-start-before-accept",
+            "FLOW-10",
+            full,
+            "tdx",
+            TsmStartBeforeAccept.__doc__,
+            overrides={"tsm_factory": TsmStartBeforeAccept},
+        ),
+        m(
+            "sev-no-start-at-attest",
+            "FLOW-11",
+            full,
+            "sev-tio",
+            TsmNoStartAtAttest.__doc__,
+            overrides={"tsm_factory": TsmNoStartAtAttest},
+        ),
+        m(
+            "cca-guest-starts",
+            "FLOW-12",
+            full,
+            "cca",
+            TsmGuestStartsCca.__doc__,
+            overrides={"tsm_factory": TsmGuestStartsCca, "vmm_factory": VmmGuestStartCca},
+        ),
+        m(
+            "tdx-host-reads-report",
+            "FLOW-13",
+            full,
+            "tdx",
+            TsmHostMayReadReportTdx.__doc__,
+            overrides={"tsm_factory": TsmHostMayReadReportTdx},
+        ),
+        m(
+            "iommufd-two-vdevices-per-idev",
+            "LIFE-01",
+            host,
+            "tdx",
+            IommufdTwoVdevicesPerIdev.__doc__,
+            overrides={"iommufd_factory": IommufdTwoVdevicesPerIdev},
+        ),
+        m(
+            "iommufd-vdevice-no-viommu-ref",
+            "LIFE-02",
+            host,
+            "tdx",
+            IommufdVdeviceNoViommuRef.__doc__,
+            overrides={"iommufd_factory": IommufdVdeviceNoViommuRef},
+        ),
+        m(
+            "iommufd-duplicate-virt-id",
+            "LIFE-03",
+            host,
+            "tdx",
+            IommufdDuplicateVirtId.__doc__,
+            overrides={"iommufd_factory": IommufdDuplicateVirtId},
+        ),
+        m(
+            "iommufd-no-tombstone",
+            "LIFE-04",
+            full,
+            "tdx",
+            IommufdNoTombstone.__doc__,
+            overrides={"iommufd_factory": IommufdNoTombstone},
+        ),
+        m(
+            "iommufd-leaks-kvm-ref",
+            "LIFE-05",
+            host,
+            "tdx",
+            IommufdLeaksKvmRef.__doc__,
+            overrides={"iommufd_factory": IommufdLeaksKvmRef},
+        ),
+        m(
+            "tsm-bind-not-idempotent",
+            "LIFE-06",
+            full,
+            "tdx",
+            TsmBindNotIdempotent.__doc__,
+            overrides={"tsm_factory": TsmBindNotIdempotent},
+        ),
+        m(
+            "tsm-bind-other-vm-einval",
+            "LIFE-07",
+            full,
+            "tdx",
+            TsmBindOtherVmWrongError.__doc__,
+            overrides={"tsm_factory": TsmBindOtherVmWrongError},
+        ),
+        m(
+            "tsm-bind-unconnected-enoent",
+            "LIFE-08",
+            full,
+            "tdx",
+            TsmBindWithoutConnectWrongError.__doc__,
+            overrides={"tsm_factory": TsmBindWithoutConnectWrongError},
+        ),
+        m(
+            "tsm-unbind-fails-unbound",
+            "LIFE-09",
+            full,
+            "tdx",
+            TsmUnbindFailsWhenUnbound.__doc__,
+            overrides={"tsm_factory": TsmUnbindFailsWhenUnbound},
+        ),
+        m(
+            "tsm-guest-request-einval",
+            "LIFE-10",
+            full,
+            "tdx",
+            TsmGuestRequestWrongError.__doc__,
+            overrides={"tsm_factory": TsmGuestRequestWrongError},
+        ),
+        m(
+            "tsm-bind-steals-tdi",
+            "LIFE-11",
+            full,
+            "tdx",
+            TsmBindStealsTdi.__doc__,
+            overrides={"tsm_factory": TsmBindStealsTdi},
+        ),
+        m(
+            "iommufd-close-keeps-vdevice",
+            "LIFE-12",
+            full,
+            "tdx",
+            IommufdCloseKeepsVdevice.__doc__,
+            overrides={"iommufd_factory": IommufdCloseKeepsVdevice},
+        ),
+        m(
+            "tsm-disconnect-keeps-binding",
+            "LIFE-13",
+            full,
+            "tdx",
+            TsmDisconnectKeepsBinding.__doc__,
+            overrides={"tsm_factory": TsmDisconnectKeepsBinding},
+        ),
+        m(
+            "iommufd-destroy-hwpt-in-use",
+            "LIFE-14",
+            host,
+            "tdx",
+            IommufdDestroyHwptInUse.__doc__,
+            overrides={"iommufd_factory": IommufdDestroyHwptInUse},
+        ),
+        m(
+            "kvm-ignores-move-notify",
+            "MMIO-01",
+            full,
+            "tdx",
+            KvmIgnoresMoveNotify.__doc__,
+            overrides={"kvm_factory": KvmIgnoresMoveNotify},
+        ),
+        m(
+            "vfio-mmap-while-private",
+            "MMIO-02",
+            full,
+            "tdx",
+            VfioMmapWhilePrivate.__doc__,
+            overrides={"vfio_factory": VfioMmapWhilePrivate},
+        ),
+        m(
+            "tsm-maps-into-any-vm",
+            "MMIO-03",
+            full,
+            "tdx",
+            TsmMapsIntoAnyVm.__doc__,
+            overrides={"tsm_factory": TsmMapsIntoAnyVm},
+        ),
+        m(
+            "kvm-aliases-private-mmio",
+            "MMIO-04",
+            full,
+            "tdx",
+            KvmAliasesPrivateMmio.__doc__,
+            overrides={"kvm_factory": KvmAliasesPrivateMmio},
+        ),
+        m(
+            "tsm-forgets-to-revoke",
+            "MMIO-05",
+            full,
+            "sev-tio",
+            TsmForgetsToRevoke.__doc__,
+            overrides={"tsm_factory": TsmForgetsToRevoke},
+        ),
+        m(
+            "vfio-close-keeps-dmabufs",
+            "MMIO-06",
+            full,
+            "tdx",
+            VfioCloseKeepsDmabufs.__doc__,
+            overrides={"vfio_factory": VfioCloseKeepsDmabufs},
+        ),
+        m(
+            "vfio-recovers-early",
+            "MMIO-07",
+            full,
+            "tdx",
+            VfioRecoversEarly.__doc__,
+            overrides={"vfio_factory": VfioRecoversEarly},
+        ),
+        m(
+            "kvm-untyped-unmap-refusal",
+            "MMIO-08",
+            full,
+            "tdx",
+            KvmUntypedUnmapRefusal.__doc__,
+            overrides={"kvm_factory": KvmUntypedUnmapRefusal},
+        ),
+        m(
+            "iommu-ignores-t-bit",
+            "DMA-01",
+            full,
+            "tdx",
+            IommuIgnoresTBit.__doc__,
+            overrides={"iommu_factory": IommuIgnoresTBit},
+        ),
+        m("kvm-dma-anywhere", "DMA-02", full, "tdx", KvmDmaAnywhere.__doc__, overrides={"kvm_factory": KvmDmaAnywhere}),
+        m(
+            "iommu-refused-dma-writes",
+            "DMA-03",
+            full,
+            "tdx",
+            IommuRefusedDmaWrites.__doc__,
+            overrides={"iommu_factory": IommuRefusedDmaWrites},
+        ),
+        m(
+            "iommu-no-fault-record",
+            "DMA-04",
+            full,
+            "tdx",
+            IommuNoFaultRecord.__doc__,
+            overrides={"iommu_factory": IommuNoFaultRecord},
+        ),
+        m(
+            "iommu-sev-no-fence",
+            "DMA-06",
+            full,
+            "sev-tio",
+            IommuNoFence.__doc__,
+            overrides={"iommu_factory": IommuNoFence},
+        ),
+        m(
+            "vmm-copies-guest-secret",
+            "CONF-01",
+            full,
+            "tdx",
+            VmmLogsGuestSecrets.__doc__,
+            overrides={"vmm_factory": VmmLogsGuestSecrets},
+        ),
+        m(
+            "vfio-host-reads-private",
+            "CONF-02",
+            full,
+            "tdx",
+            VfioHostReadsPrivate.__doc__,
+            overrides={"vfio_factory": VfioHostReadsPrivate},
+        ),
+        m(
+            "tsm-keys-through-host",
+            "CONF-03",
+            full,
+            "tdx",
+            TsmPassesKeysThroughVmm.__doc__,
+            overrides={"tsm_factory": TsmPassesKeysThroughVmm, "vfio_factory": VfioWithNote},
+        ),
+        m(
+            "tsm-unbind-no-stop",
+            "DOWN-01",
+            full,
+            "sev-tio",
+            TsmUnbindNoStop.__doc__,
+            overrides={"tsm_factory": TsmUnbindNoStop},
+        ),
+        m(
+            "kvm-destroy-keeps-slots",
+            "DOWN-02",
+            full,
+            "tdx",
+            KvmDestroyKeepsSlots.__doc__,
+            overrides={"kvm_factory": KvmDestroyKeepsSlots},
+        ),
+        m(
+            "iommufd-close-skips-unbind",
+            "DOWN-03",
+            full,
+            "sev-tio",
+            f"{IommufdCloseSkipsUnbind.__doc__} {VfioCloseTrustsIommufd.__doc__}",
+            overrides={"iommufd_factory": IommufdCloseSkipsUnbind, "vfio_factory": VfioCloseTrustsIommufd},
+        ),
+        m(
+            "tsm-disconnect-no-stop",
+            "DOWN-04",
+            full,
+            "sev-tio",
+            TsmUnbindNoStop.__doc__,
+            overrides={"tsm_factory": TsmUnbindNoStop},
+        ),
+        m(
+            "vfio-revoke-not-atomic",
+            "ERR-01",
+            full,
+            "tdx",
+            VfioRevokeNotAtomic.__doc__,
+            overrides={"vfio_factory": VfioRevokeNotAtomic},
+        ),
+        m(
+            "iommufd-keyerror-on-unknown-id",
+            "ERR-02",
+            host,
+            "tdx",
+            IommufdCrashesOnUnknownId.__doc__,
+            overrides={"iommufd_factory": IommufdCrashesOnUnknownId},
+        ),
+        m(
+            "kvm-keyerror-on-revoked-mmio",
+            "ERR-03",
+            full,
+            "sev-tio",
+            KvmGuestMmioKeyError.__doc__,
+            overrides={"kvm_factory": KvmGuestMmioKeyError},
+        ),
+        m(
+            "kvm-destroy-waits-for-refs",
+            "SUT-HANG",
+            full,
+            "tdx",
+            KvmDestroyWaitsForRefs.__doc__,
+            overrides={"kvm_factory": KvmDestroyWaitsForRefs},
+            timeout=0.5,
+        ),
+        m(
+            "iommufd-close-waits-for-devices",
+            "SUT-HANG",
+            host,
+            "tdx",
+            IommufdCloseWaitsForDevices.__doc__,
+            overrides={"iommufd_factory": IommufdCloseWaitsForDevices},
+            timeout=0.5,
+        ),
     ]
 
 

@@ -105,9 +105,7 @@ class Bench:
     def stop(self, key_set: km.KeySet) -> list[tuple[km.KSetStop, bytes | None]]:
         out = []
         for combo in COMBOS:
-            req = km.KSetStop(
-                stream_id=STREAM, key_sub_stream=_slot(key_set, combo).to_byte(), port_index=PORT
-            )
+            req = km.KSetStop(stream_id=STREAM, key_sub_stream=_slot(key_set, combo).to_byte(), port_index=PORT)
             out.append((req, self.send(req)))
         return out
 
@@ -128,9 +126,7 @@ class Bench:
 
     def traffic_uses(self, key_set: km.KeySet) -> None:
         """TLPs cross the stream both ways, protected with ``key_set``."""
-        tlp = Tlp(
-            kind="MWr", requester_id=RID_BASE, address=0x1000, t_bit=True, payload=b"ping", stream_id=STREAM
-        )
+        tlp = Tlp(kind="MWr", requester_id=RID_BASE, address=0x1000, t_bit=True, payload=b"ping", stream_id=STREAM)
         assert self.link.send_downstream(tlp) == tlp
         assert self.link.send_upstream(tlp) == tlp
         down, up = self.link.last_downstream, self.link.last_upstream
@@ -214,9 +210,7 @@ def test_keyprog_1_valid_key_prog_answers_success(queried, combo):
 def test_keyprog_2_truncated_key_prog_answers_incorrect_length(queried, combo, cut):
     before = queried.responder.snapshot()
     kss = _slot(km.KeySet.K0, combo).to_byte()
-    full = km.encode(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV)
-    )
+    full = km.encode(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV))
     assert len(full) == KEY_PROG_LEN
     raw = queried.send(full[:-cut])
     assert_kpack(raw, km.KpAckStatus.INCORRECT_LENGTH, stream=STREAM, kss=kss, port=PORT)
@@ -254,9 +248,7 @@ def test_keyprog_5_bad_ifv_answers_unsupported_value(queried, combo, second_word
     before = queried.responder.snapshot()
     kss = _slot(km.KeySet.K0, combo).to_byte()
     iv = struct.pack("<II", 0, second_word)
-    raw = queried.send(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=iv)
-    )
+    raw = queried.send(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=iv))
     assert_kpack(raw, km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM, kss=kss, port=PORT)
     assert queried.responder.snapshot() == before
 
@@ -265,9 +257,7 @@ def test_keyprog_5_bad_ifv_answers_unsupported_value(queried, combo, second_word
 def test_keyprog_5_other_ifvs_are_refused_too(queried, iv):
     """The doc's wider range (IFV 0, high word set) gets the same answer."""
     kss = _slot(km.KeySet.K0, COMBOS[0]).to_byte()
-    raw = queried.send(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=iv)
-    )
+    raw = queried.send(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=iv))
     assert_kpack(raw, km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM, kss=kss, port=PORT)
 
 
@@ -276,9 +266,7 @@ def test_keyprog_6_unknown_stream_answers_unsupported_value(queried, combo, plus
     before = queried.responder.snapshot()
     kss = _slot(km.KeySet.K0, combo).to_byte()
     raw = queried.send(
-        km.KeyProg(
-            stream_id=STREAM + plus, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV
-        )
+        km.KeyProg(stream_id=STREAM + plus, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV)
     )
     assert_kpack(raw, km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM + plus, kss=kss, port=PORT)
     assert queried.responder.snapshot() == before
@@ -286,17 +274,13 @@ def test_keyprog_6_unknown_stream_answers_unsupported_value(queried, combo, plus
 
 def test_key_prog_to_a_port_with_no_such_stream_answers_unsupported_value(queried):
     kss = _slot(km.KeySet.K0, COMBOS[0]).to_byte()
-    raw = queried.send(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=1, key=bytes(32), iv=EXPECTED_IFV)
-    )
+    raw = queried.send(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=1, key=bytes(32), iv=EXPECTED_IFV))
     assert_kpack(raw, km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM, kss=kss, port=1)
 
 
 def test_key_prog_reaches_the_stream_of_the_port_it_names(queried):
     kss = _slot(km.KeySet.K1, COMBOS[4]).to_byte()
-    raw = queried.send(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=2, key=bytes(32), iv=EXPECTED_IFV)
-    )
+    raw = queried.send(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=2, key=bytes(32), iv=EXPECTED_IFV))
     assert_kpack(raw, km.KpAckStatus.SUCCESS, stream=STREAM, kss=kss, port=2)
     assert queried.ep2.snapshot().programmed == ("K1/TX/NPR",)
     assert queried.ep.snapshot().programmed == ()
@@ -305,12 +289,8 @@ def test_key_prog_reaches_the_stream_of_the_port_it_names(queried):
 @pytest.mark.parametrize("extra", [1, 4])
 def test_an_overlong_key_prog_answers_incorrect_length(queried, extra):
     kss = _slot(km.KeySet.K0, COMBOS[0]).to_byte()
-    full = km.encode(
-        km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV)
-    )
-    assert_kpack(
-        queried.send(full + bytes(extra)), km.KpAckStatus.INCORRECT_LENGTH, stream=STREAM, kss=kss, port=PORT
-    )
+    full = km.encode(km.KeyProg(stream_id=STREAM, key_sub_stream=kss, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV))
+    assert_kpack(queried.send(full + bytes(extra)), km.KpAckStatus.INCORRECT_LENGTH, stream=STREAM, kss=kss, port=PORT)
 
 
 def test_a_key_prog_cut_before_its_fields_echoes_zeros(queried):
@@ -410,9 +390,7 @@ def test_ksetstop_4_stop_k0_after_refresh_from_k1(bench):
 
 def test_stop_on_a_live_enabled_stream_makes_it_insecure(bench):
     bench.stream(km.KeySet.K0)
-    req = km.KSetStop(
-        stream_id=STREAM, key_sub_stream=_slot(km.KeySet.K0, COMBOS[3]).to_byte(), port_index=PORT
-    )
+    req = km.KSetStop(stream_id=STREAM, key_sub_stream=_slot(km.KeySet.K0, COMBOS[3]).to_byte(), port_index=PORT)
     assert_gsack(bench.send(req), req)
     assert bench.ep.state is StreamState.INSECURE
 
@@ -467,9 +445,7 @@ def test_ide_km_outside_a_secure_session_is_dropped(bench):
 
 def test_a_refused_key_prog_does_not_take_ownership(bench):
     bad = km.KeyProg(stream_id=STREAM + 1, key_sub_stream=0, port_index=PORT, key=bytes(32), iv=EXPECTED_IFV)
-    assert_kpack(
-        bench.send(bad, session=Y), km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM + 1, kss=0, port=PORT
-    )
+    assert_kpack(bench.send(bad, session=Y), km.KpAckStatus.UNSUPPORTED_VALUE, stream=STREAM + 1, kss=0, port=PORT)
     assert bench.responder.owner_session is None
     bench.stream(km.KeySet.K0)  # session X can still take it
     assert bench.responder.owner_session == X
@@ -516,9 +492,7 @@ def test_stop_on_an_empty_slot_is_acknowledged_and_changes_nothing(bench):
     """Our choice: STOP is idempotent (the requested end state already holds)."""
     bench.stream(km.KeySet.K0)
     before = bench.responder.snapshot()
-    req = km.KSetStop(
-        stream_id=STREAM, key_sub_stream=_slot(km.KeySet.K1, COMBOS[0]).to_byte(), port_index=PORT
-    )
+    req = km.KSetStop(stream_id=STREAM, key_sub_stream=_slot(km.KeySet.K1, COMBOS[0]).to_byte(), port_index=PORT)
     assert_gsack(bench.send(req), req)
     assert bench.responder.snapshot() == before
 
@@ -541,9 +515,7 @@ def test_go_of_the_active_set_again_is_acknowledged_and_changes_nothing(bench):
         pytest.param(bytes([km.ObjectId.K_SET_GO, 0, 0, STREAM, 0, 0x00]), id="go-truncated"),
         pytest.param(bytes([km.ObjectId.K_SET_STOP, 0, 0, STREAM, 0, 0x00, PORT, 0]), id="stop-overlong"),
         pytest.param(bytes([km.ObjectId.K_SET_STOP, 0, 0, STREAM, 0, 0x30, PORT]), id="stop-bad-sub-stream"),
-        pytest.param(
-            bytes([km.ObjectId.K_SET_STOP, 0, 0, STREAM + 1, 0, 0x00, PORT]), id="stop-unknown-stream"
-        ),
+        pytest.param(bytes([km.ObjectId.K_SET_STOP, 0, 0, STREAM + 1, 0, 0x00, PORT]), id="stop-unknown-stream"),
         pytest.param(bytes([km.ObjectId.QUERY, 0]), id="query-truncated"),
         pytest.param(bytes([km.ObjectId.KP_ACK, 0, 0, STREAM, 0, 0, PORT]), id="kp-ack-as-request"),
         pytest.param(bytes([km.ObjectId.K_GOSTOP_ACK, 0, 0, STREAM, 0, 0, PORT]), id="gostop-ack-as-request"),
@@ -580,9 +552,7 @@ def test_a_bad_configuration_is_refused():
 
 # ------------------------------------------------------------------------------------------ property
 def _valid_key_prog(stream: int, kss: int, port: int, iv: bytes = EXPECTED_IFV) -> bytes:
-    return km.encode(
-        km.KeyProg(stream_id=stream, key_sub_stream=kss, port_index=port, key=bytes(range(32)), iv=iv)
-    )
+    return km.encode(km.KeyProg(stream_id=stream, key_sub_stream=kss, port_index=port, key=bytes(range(32)), iv=iv))
 
 
 _u8 = st.integers(0, 255)

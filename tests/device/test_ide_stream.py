@@ -128,9 +128,7 @@ def test_flip_bit_covers_every_header_field_and_the_ciphertext():
     changed = set()
     for index in range(protected_bit_length(packet)):
         flipped = flip_bit(packet, index)
-        changed |= {
-            f.name for f in attrs.fields(ProtectedTlp) if getattr(flipped, f.name) != getattr(packet, f.name)
-        }
+        changed |= {f.name for f in attrs.fields(ProtectedTlp) if getattr(flipped, f.name) != getattr(packet, f.name)}
     assert changed == {f.name for f in attrs.fields(ProtectedTlp)}
     with pytest.raises(InvalidArgument):
         flip_bit(packet, protected_bit_length(packet))

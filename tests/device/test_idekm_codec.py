@@ -154,9 +154,9 @@ def test_key_and_ifv_byte_order_follow_the_validator_document() -> None:
     assert km.ifv_to_wire(1) == IFV_1
     msg = km.KeyProg(stream_id=1, key_sub_stream=0, port_index=0, key=wire, iv=km.ifv_to_wire(1))
     assert msg.aes_key == aes_key and msg.ifv == 1
-    assert km.KeyProg(
-        stream_id=1, key_sub_stream=0, port_index=0, key=wire, iv=km.ifv_to_wire(2**40 + 7)
-    ).ifv == (2**40 + 7)
+    assert km.KeyProg(stream_id=1, key_sub_stream=0, port_index=0, key=wire, iv=km.ifv_to_wire(2**40 + 7)).ifv == (
+        2**40 + 7
+    )
 
 
 # ------------------------------------------------------------------------------------- key slots
@@ -262,9 +262,7 @@ def test_very_short_key_prog_echoes_what_is_there(length: int, partial: dict[str
         pytest.param(GOOD_KEY_PROG + b"\0", km.KpAckStatus.INCORRECT_LENGTH, 2, id="key-prog-over-long"),
         pytest.param(hx("0000"), km.KpAckStatus.INCORRECT_LENGTH, 0, id="query-short"),
         pytest.param(hx("00000000"), km.KpAckStatus.INCORRECT_LENGTH, 0, id="query-long"),
-        pytest.param(
-            hx("01000000000000", "aabb"), km.KpAckStatus.INCORRECT_LENGTH, 1, id="query-resp-half-word"
-        ),
+        pytest.param(hx("01000000000000", "aabb"), km.KpAckStatus.INCORRECT_LENGTH, 1, id="query-resp-half-word"),
         pytest.param(hx("010000000000"), km.KpAckStatus.INCORRECT_LENGTH, 1, id="query-resp-short"),
         pytest.param(hx("04000005000000", "00"), km.KpAckStatus.INCORRECT_LENGTH, 4, id="k-set-go-long"),
         pytest.param(hx("050000050000"), km.KpAckStatus.INCORRECT_LENGTH, 5, id="k-set-stop-short"),
@@ -380,6 +378,4 @@ def test_fuzz_decoder_raises_only_its_typed_error(raw: bytes) -> None:
         again = km.encode(msg)
         assert len(again) == len(raw)
         skip = _RESERVED_OFFSETS[km.ObjectId(raw[0])]
-        assert [b for i, b in enumerate(again) if i not in skip] == [
-            b for i, b in enumerate(raw) if i not in skip
-        ]
+        assert [b for i, b in enumerate(again) if i not in skip] == [b for i, b in enumerate(raw) if i not in skip]

@@ -44,9 +44,7 @@ def _verify(evidence: SignedEvidence, identity: DeviceIdentity, **kw) -> None:
     verify_evidence(evidence, **args)
 
 
-def _fails(
-    reason: EvidenceFailure, evidence: SignedEvidence, identity: DeviceIdentity, **kw
-) -> EvidenceError:
+def _fails(reason: EvidenceFailure, evidence: SignedEvidence, identity: DeviceIdentity, **kw) -> EvidenceError:
     with pytest.raises(EvidenceError) as caught:
         _verify(evidence, identity, **kw)
     assert caught.value.reason is reason, str(caught.value)
@@ -193,9 +191,7 @@ def test_a_root_only_chain_is_malformed():
 def test_an_unparsable_leaf_is_malformed():
     identity = _identity()
     evidence = make_evidence(identity, REPORT, NONCE)
-    _fails(
-        EvidenceFailure.MALFORMED, evidence, identity, chain=(identity.root_certificate(), b"\x30\x03junk")
-    )
+    _fails(EvidenceFailure.MALFORMED, evidence, identity, chain=(identity.root_certificate(), b"\x30\x03junk"))
 
 
 def test_a_leaf_used_as_issuer_fails_the_chain():
@@ -209,9 +205,7 @@ def test_a_leaf_used_as_issuer_fails_the_chain():
 def test_a_certificate_outside_its_validity_fails_the_chain():
     identity = _identity()
     evidence = make_evidence(identity, REPORT, NONCE)
-    _fails(
-        EvidenceFailure.BAD_CHAIN, evidence, identity, at=datetime.datetime(1999, 1, 1, tzinfo=datetime.UTC)
-    )
+    _fails(EvidenceFailure.BAD_CHAIN, evidence, identity, at=datetime.datetime(1999, 1, 1, tzinfo=datetime.UTC))
 
 
 def test_unexpected_measurements_fail():

@@ -23,14 +23,23 @@ def _locked_device() -> tuple[Device, int]:
     sid = dev.spdm_connect()
     slots = [km.KeySubStream(km.KeySet.K0, d, s) for d in km.Direction for s in km.SubStream]
     for i, slot in enumerate(slots):
-        dev.handle_vendor_message(0, km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0,
-                                                          key=bytes([i]) * 32, iv=IV)), session_id=sid)
+        dev.handle_vendor_message(
+            0,
+            km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=bytes([i]) * 32, iv=IV)),
+            session_id=sid,
+        )
     for slot in slots:
-        dev.handle_vendor_message(0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)),
-                                  session_id=sid)
+        dev.handle_vendor_message(
+            0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)), session_id=sid
+        )
     dev.ide_enable(True)
-    lock = td.LockInterface(interface_id=td.InterfaceId(function_id=dev.pf_rid), flags=0, default_stream_id=0,
-                            mmio_reporting_offset=0, bind_p2p_address_mask=0)
+    lock = td.LockInterface(
+        interface_id=td.InterfaceId(function_id=dev.pf_rid),
+        flags=0,
+        default_stream_id=0,
+        mmio_reporting_offset=0,
+        bind_p2p_address_mask=0,
+    )
     resp = td.decode_response(dev.handle_vendor_message(1, td.encode(lock), session_id=sid))
     assert isinstance(resp, td.LockInterfaceResponse)
     return dev, sid

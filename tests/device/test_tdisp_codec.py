@@ -357,9 +357,7 @@ def test_interface_reports_round_trip(rep: td.InterfaceReport) -> None:
 # ------------------------------------------------------------------------------------- decode errors
 GOOD = td.encode(td.GetTdispVersion(interface_id=IID))
 LOCK = td.encode(
-    td.LockInterface(
-        interface_id=IID, flags=0, default_stream_id=0, mmio_reporting_offset=0, bind_p2p_address_mask=0
-    )
+    td.LockInterface(interface_id=IID, flags=0, default_stream_id=0, mmio_reporting_offset=0, bind_p2p_address_mask=0)
 )
 E = td.ErrorCode
 
@@ -584,9 +582,7 @@ def test_fuzz_decoders_raise_only_their_typed_error(raw: bytes) -> None:
         again = td.encode(msg)
         assert len(again) == len(raw)
         skip = _RESERVED.get(msg.code, _RESERVED[0])
-        assert [b for i, b in enumerate(again) if i not in skip] == [
-            b for i, b in enumerate(raw) if i not in skip
-        ]
+        assert [b for i, b in enumerate(again) if i not in skip] == [b for i, b in enumerate(raw) if i not in skip]
         assert td.decode_request(again) == msg
     try:
         td.decode_response(raw)

@@ -44,6 +44,7 @@ def test_flow_follows_corrected_order(profile):
 
 def test_profiles_differ_where_flow_md_says():
     """Who sends START and unmap-vs-stop order differ per platform; the rest of the flow is the same."""
+
     def sig(events):
         return [(e.caller, e.callee, e.operation) for e in events if e.depth <= 1]
 

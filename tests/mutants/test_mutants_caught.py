@@ -42,6 +42,8 @@ def teardown_module(module):
     if RESULTS:
         lines = [f"{'rule':<10} {'mutant':<38} {'steps':>5} {'seconds':>8}"]
         for r in sorted(RESULTS, key=lambda r: r.rule_id):
-            lines.append(f"{r.rule_id:<10} {r.mutant:<38} {r.steps if r.steps is not None else '-':>5} "
-                         f"{r.seconds:8.2f}{'' if r.caught else '  NOT CAUGHT'}")
+            lines.append(
+                f"{r.rule_id:<10} {r.mutant:<38} {r.steps if r.steps is not None else '-':>5} "
+                f"{r.seconds:8.2f}{'' if r.caught else '  NOT CAUGHT'}"
+            )
         print("\n" + "\n".join(lines))

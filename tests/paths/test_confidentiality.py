@@ -21,8 +21,15 @@ from reference_impl.stack import make_sut
 from reference_impl.vfio import Vfio
 
 CONF = frozenset(r.id for r in CATALOGUE if r.area.name == "CONF")
-FAST = settings(max_examples=150, stateful_step_count=15, deadline=None, database=None, derandomize=True,
-                phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+FAST = settings(
+    max_examples=150,
+    stateful_step_count=15,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    phases=[Phase.generate, Phase.shrink],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 class LeakHunter(FullStack):
@@ -36,8 +43,12 @@ class LeakHunter(FullStack):
         if fd is not None:
             self._do("host_mmap_bar", self.stack.vfio.mmap_bar, fd, slot.rid)
         g = self.stack.guests[slot.vm]
-        for name, step in (("guest_bind", g.connect), ("guest_attest", g.attest), ("guest_accept", g.accept),
-                           ("guest_start", g.start)):
+        for name, step in (
+            ("guest_bind", g.connect),
+            ("guest_attest", g.attest),
+            ("guest_accept", g.accept),
+            ("guest_start", g.start),
+        ):
             self._do(name, step, slot.virt_id)
         return slot
 
@@ -65,7 +76,7 @@ class DeviceIgnoresTBit(Device):
         if not tlp.t_bit and tlp.kind == "MRd" and fn.tdi.state.name == "RUN":
             off = tlp.address - fn.bar_base
             n = int.from_bytes(tlp.payload or b"\x04", "little")
-            return bytes(fn.mmio[off:off + n])
+            return bytes(fn.mmio[off : off + n])
         return super()._complete(tlp)
 
 
@@ -84,8 +95,15 @@ def _leaky_device_factory(*, profile, num_vfs=1, **_):
     return build_stack(StackConfig(profile=profile), device_factory=DeviceIgnoresTBit, vfio_factory=VfioMmapPrivate)
 
 
-@pytest.mark.parametrize("leak", ["vmm-copies-guest-secret", "vfio-host-reads-private", "tsm-keys-through-host",
-                                  "device-ignores-t-bit-and-host-mmap"])
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "vmm-copies-guest-secret",
+        "vfio-host-reads-private",
+        "tsm-keys-through-host",
+        "device-ignores-t-bit-and-host-mmap",
+    ],
+)
 def test_planted_leak_is_caught_by_a_confidentiality_rule(leak):
     if leak == "device-ignores-t-bit-and-host-mmap":
         factory, profile = _leaky_device_factory, "tdx"

@@ -40,7 +40,7 @@ def _private(stack, vm):
 
 
 def _read(stack, vm, gpa, n):
-    return bytes(stack.kvm._vms[vm].memory[gpa:gpa + n])  # test-only peek at guest memory
+    return bytes(stack.kvm._vms[vm].memory[gpa : gpa + n])  # test-only peek at guest memory
 
 
 @pytest.mark.parametrize("profile", ["tdx", "sev-tio", "cca"])
@@ -136,8 +136,14 @@ def test_host_mmap_is_refused_once_private():
 def test_a_flipped_bit_in_a_protected_tlp_makes_the_stream_insecure_and_the_tdi_error():
     """AES-GCM is real: one flipped ciphertext bit fails the tag; stream Insecure, TDI ERROR."""
     stack, _vm, dev = _stack("run")
-    tlp = Tlp(kind="MRd", requester_id=dev.pf_rid, address=dev.bar_range(dev.pf_rid)[0] + 4096, t_bit=True,
-              payload=(8).to_bytes(4, "little"), stream_id=0)
+    tlp = Tlp(
+        kind="MRd",
+        requester_id=dev.pf_rid,
+        address=dev.bar_range(dev.pf_rid)[0] + 4096,
+        t_bit=True,
+        payload=(8).to_bytes(4, "little"),
+        stream_id=0,
+    )
     rp = stack.iommu._rp[0]  # the root port's end of the stream
     packet = rp.protect(tlp)
     flipped = bytearray(packet.ciphertext)
@@ -152,8 +158,14 @@ def test_a_flipped_bit_in_a_protected_tlp_makes_the_stream_insecure_and_the_tdi_
 
 def test_a_replayed_tlp_is_refused():
     stack, _vm, dev = _stack("run")
-    tlp = Tlp(kind="MRd", requester_id=dev.pf_rid, address=dev.bar_range(dev.pf_rid)[0] + 4096, t_bit=True,
-              payload=(8).to_bytes(4, "little"), stream_id=0)
+    tlp = Tlp(
+        kind="MRd",
+        requester_id=dev.pf_rid,
+        address=dev.bar_range(dev.pf_rid)[0] + 4096,
+        t_bit=True,
+        payload=(8).to_bytes(4, "little"),
+        stream_id=0,
+    )
     packet = stack.iommu._rp[0].protect(tlp)
     dev.receive(packet)
     with pytest.raises(AccessFault, match="replayed"):

@@ -57,16 +57,20 @@ class DmabufMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def map_private(self, data):
         if self.vms:
-            self._try(self.stack.kvm.map_private_mmio, data.draw(st.sampled_from(self.vms)),
-                      data.draw(st.sampled_from(self.dev.rids())))
+            self._try(
+                self.stack.kvm.map_private_mmio,
+                data.draw(st.sampled_from(self.vms)),
+                data.draw(st.sampled_from(self.dev.rids())),
+            )
 
     @rule(data=st.data())
     def unmap_private(self, data):
         if not self.vms:
             return
         vm, rid = data.draw(st.sampled_from(self.vms)), data.draw(st.sampled_from(self.dev.rids()))
-        mapped = any(s.vm == vm and s.rid == rid and s.mapping.value == "private"
-                     for s in self.stack.kvm.snapshot().memslots)
+        mapped = any(
+            s.vm == vm and s.rid == rid and s.mapping.value == "private" for s in self.stack.kvm.snapshot().memslots
+        )
         if self._try(self.stack.kvm.unmap_private_mmio, vm, rid) is None and mapped:
             self.refused_unmaps += 1
 
@@ -151,8 +155,12 @@ def test_dmabuf_promises_hold_under_random_sequences(profile):
         pass
 
     Machine.profile = profile
-    run_state_machine_as_test(Machine, settings=settings(max_examples=60, stateful_step_count=20, deadline=None,
-                                                         suppress_health_check=list(HealthCheck)))
+    run_state_machine_as_test(
+        Machine,
+        settings=settings(
+            max_examples=60, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
 
 
 def test_tdx_refuses_unmap_before_stop_with_a_typed_error():

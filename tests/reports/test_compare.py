@@ -16,9 +16,7 @@ from . import MUTANT_SUT, REFERENCE_SUT, failure_record, verdicts, write_json
 
 
 def _report(root, *, checked, exercised, failed=None, failures=(), sut=REFERENCE_SUT):
-    by_profile = {
-        p: {"checked": checked, "exercised": exercised, "failed": failed or {}} for p in ("tdx", "cca")
-    }
+    by_profile = {p: {"checked": checked, "exercised": exercised, "failed": failed or {}} for p in ("tdx", "cca")}
     write_json(
         root / "verdicts-main.json",
         verdicts(checked, exercised, failed, profiles=("tdx", "cca"), sut=sut, by_profile=by_profile),
@@ -88,9 +86,7 @@ def test_a_rule_only_one_side_has_is_a_change():
         ],
     }
     cmp = compare.compare_reports(old, new)
-    assert [(c.rule_id, c.old, c.new, c.kind) for c in cmp.changes] == [
-        ("NEW-01", None, "FAIL", "regression")
-    ]
+    assert [(c.rule_id, c.old, c.new, c.kind) for c in cmp.changes] == [("NEW-01", None, "FAIL", "regression")]
     back = compare.compare_reports(new, old)
     assert [(c.rule_id, c.old, c.new, c.kind, c.message) for c in back.changes] == [
         ("NEW-01", "FAIL", None, "changed", "m")

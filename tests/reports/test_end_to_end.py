@@ -104,9 +104,7 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     data = writer.read_report_json(caught / "report.json")
     sub = next(s for s in data["results"][0]["subtests"] if s["name"] == "FLOW-05")
     assert sub["status"] == "FAIL"
-    case = next(
-        c for c in ET.parse(caught / "junit.xml").iter("testcase") if c.attrib["name"].startswith("FLOW-05 ")
-    )
+    case = next(c for c in ET.parse(caught / "junit.xml").iter("testcase") if c.attrib["name"].startswith("FLOW-05 "))
     assert case.find("failure") is not None
     page = (caught / "report.html").read_text(encoding="utf-8")
     assert 'class="swimlane"' in page and "vdevice_tsm_unbind" in page
@@ -123,9 +121,7 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     assert again.still_fails and again.rule_id == "FLOW-05" and again.steps_run == 3
 
     snippet = f"failures/{failure.name}.test.py"
-    assert (
-        _pytest(caught, "--import-mode=importlib", snippet).returncode == 0
-    )  # it still fails: the test passes
+    assert _pytest(caught, "--import-mode=importlib", snippet).returncode == 0  # it still fails: the test passes
     on_reference = _pytest(caught, "--import-mode=importlib", snippet, env={"TEEIO_SUT": REFERENCE_SUT})
     assert on_reference.returncode == 1 and "no longer fails" in on_reference.stdout
     script = subprocess.run(

@@ -109,9 +109,7 @@ def test_the_browser_dom_has_the_grid_and_the_failure_chart(page, tmp_path):
 
 def test_the_browser_renders_a_screenshot(page, tmp_path):
     shot = tmp_path / "report.png"
-    proc = _chromium(
-        tmp_path, f"--screenshot={shot}", "--window-size=1400,1800", "--hide-scrollbars", page.as_uri()
-    )
+    proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,1800", "--hide-scrollbars", page.as_uri())
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -95,9 +95,7 @@ def test_the_schema_rejects_a_tampered_report(written, mutate, where):
 
 def test_a_hang_makes_the_profile_result_a_timeout(tmp_path):
     write_json(tmp_path / "verdicts-main.json", verdicts({"FLOW-05": 1}, {"FLOW-05": 1}))
-    write_json(
-        tmp_path / "failures" / "hang.json", failure_record(rule_id="SUT-HANG", message="no return in 5 s")
-    )
+    write_json(tmp_path / "failures" / "hang.json", failure_record(rule_id="SUT-HANG", message="no return in 5 s"))
     data = writer.report_json(load_report_dir(tmp_path))
     writer.validate_report_json(data)
     assert data["results"][0]["status"] == "TIMEOUT" and "no return in 5 s" in data["results"][0]["message"]
@@ -172,9 +170,7 @@ def test_html_is_self_contained_with_grid_and_swimlane(written):
     parser.feed(page)
     tags = parser.tags
     assert not [t for t, _ in tags if t in ("script", "link", "img", "iframe")]
-    external = [
-        a for _, a in tags for k in ("src", "href") if (a.get(k) or "").startswith(("http:", "https:", "//"))
-    ]
+    external = [a for _, a in tags for k in ("src", "href") if (a.get(k) or "").startswith(("http:", "https:", "//"))]
     assert external == []
     assert ("table", {"class": "grid", "id": "summary-grid"}) in tags
     cells = [a for t, a in tags if t == "td" and "cell" in (a.get("class") or "")]
@@ -295,7 +291,5 @@ def test_the_replay_file_as_a_script_reports_a_bad_record_in_one_line(tmp_path):
     f = Failure.from_json(failure_record(), name="broken", origin="x")
     (tmp_path / "broken.test.py").write_text(writer.replay_test_source(f), encoding="utf-8")
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "broken.test.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "broken.test.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not valid JSON" in proc.stderr

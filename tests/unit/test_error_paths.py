@@ -41,6 +41,8 @@ def _live_handles(snap) -> list[int]:
     out += [d.dmabuf for d in snap.vfio.dmabufs] + [a for d in snap.vfio.dmabufs for a, _ in d.attachments]
     out += list(snap.iommufd.tombstones) + [s.slot for s in snap.kvm.memslots]
     return sorted(set(out))
+
+
 vm = st.sampled_from(["vm1", "vm2", "nope", ""])
 rid = st.sampled_from([0x3A00, 0x3A00, 0x3A00, 0x3A01, 0x3A02, 0, -1])
 data = st.binary(max_size=8)
@@ -86,9 +88,10 @@ CALLS = {
     "iommufd.viommu_alloc": (lambda s: s.iommufd.viommu_alloc, st.tuples(handle, vm)),
     "iommufd.vdevice_alloc": (lambda s: s.iommufd.vdevice_alloc, st.tuples(handle, handle, small, rid)),
     "iommufd.vdevice_tsm_bind": (lambda s: s.iommufd.vdevice_tsm_bind, st.tuples(handle)),
-    "iommufd.vdevice_guest_request": (lambda s: s.iommufd.vdevice_guest_request,
-                                      st.tuples(handle, st.builds(GuestRequest, kind=st.sampled_from(
-                                          ["report", "start", "accept_mmio", "bogus"])))),
+    "iommufd.vdevice_guest_request": (
+        lambda s: s.iommufd.vdevice_guest_request,
+        st.tuples(handle, st.builds(GuestRequest, kind=st.sampled_from(["report", "start", "accept_mmio", "bogus"]))),
+    ),
     "kvm.run": (lambda s: s.kvm.run, st.tuples(vm)),
     "kvm.destroy_vm": (lambda s: s.kvm.destroy_vm, st.tuples(vm)),
     "kvm.create_memslot": (lambda s: s.kvm.create_memslot, st.tuples(vm, small, handle)),
@@ -96,21 +99,29 @@ CALLS = {
     "kvm.unmap_private_mmio": (lambda s: s.kvm.unmap_private_mmio, st.tuples(vm, rid)),
     "kvm.guest_mmio_read": (lambda s: s.kvm.guest_mmio_read, st.tuples(vm, small, small)),
     "tsm.bind": (lambda s: s.tsm.bind, st.tuples(rid, vm)),
-    "tsm.guest_request": (lambda s: s.tsm.guest_request,
-                          st.tuples(rid, vm, st.builds(GuestRequest, kind=st.sampled_from(["report", "bogus"])))),
-    "tsm.host_tdisp": (lambda s: s.tsm.host_tdisp, st.tuples(rid, st.sampled_from(
-        ["GET_DEVICE_INTERFACE_STATE", "START_INTERFACE", "LOCK_INTERFACE", "BOGUS"]))),
+    "tsm.guest_request": (
+        lambda s: s.tsm.guest_request,
+        st.tuples(rid, vm, st.builds(GuestRequest, kind=st.sampled_from(["report", "bogus"]))),
+    ),
+    "tsm.host_tdisp": (
+        lambda s: s.tsm.host_tdisp,
+        st.tuples(rid, st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "START_INTERFACE", "LOCK_INTERFACE", "BOGUS"])),
+    ),
     "tsm.connect": (lambda s: s.tsm.connect, st.tuples(st.sampled_from(["dev0", "devX"]))),
     "vmm.assign": (lambda s: s.vmm.assign, st.tuples(vm, st.sampled_from(["dev0", "devX"]), rid, small)),
     "vmm.ghci_bind": (lambda s: s.vmm.ghci_bind, st.tuples(vm, small)),
     "vmm.stop_vm": (lambda s: s.vmm.stop_vm, st.tuples(vm)),
     "device.flr": (lambda s: s.devices["dev0"].flr, st.tuples(rid)),
-    "device.config_write": (lambda s: s.devices["dev0"].config_write,
-                            st.tuples(rid, st.sampled_from(["command", "bar0", "nope"]), st.integers(0, 2**32))),
+    "device.config_write": (
+        lambda s: s.devices["dev0"].config_write,
+        st.tuples(rid, st.sampled_from(["command", "bar0", "nope"]), st.integers(0, 2**32)),
+    ),
     "device.issue_dma": (lambda s: s.devices["dev0"].issue_dma, st.tuples(rid, small, data)),
     "device.spdm_end": (lambda s: s.devices["dev0"].spdm_end, st.tuples(handle)),
-    "device.handle_vendor_message": (lambda s: s.devices["dev0"].handle_vendor_message,
-                                     st.tuples(st.integers(-1, 3), st.binary(max_size=40))),
+    "device.handle_vendor_message": (
+        lambda s: s.devices["dev0"].handle_vendor_message,
+        st.tuples(st.integers(-1, 3), st.binary(max_size=40)),
+    ),
     "guest.attest": (lambda s: s.guests["vm1"].attest, st.tuples(small)),
     "guest.accept": (lambda s: s.guests["vm1"].accept, st.tuples(small)),
     "guest.start": (lambda s: s.guests["vm1"].start, st.tuples(small)),
@@ -119,8 +130,12 @@ CALLS = {
 
 @pytest.mark.parametrize("call", sorted(CALLS))
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
-@given(profile=st.sampled_from(["tdx", "sev-tio", "cca"]), stage=st.sampled_from(STAGES),
-       others=st.lists(st.sampled_from(sorted(CALLS)), max_size=2), data=st.data())
+@given(
+    profile=st.sampled_from(["tdx", "sev-tio", "cca"]),
+    stage=st.sampled_from(STAGES),
+    others=st.lists(st.sampled_from(sorted(CALLS)), max_size=2),
+    data=st.data(),
+)
 def test_refused_calls_change_nothing(call, profile, stage, others, data):
     """An illegal call raises a typed error (never another exception) and the snapshot is unchanged."""
     stack = _stack_at(stage, profile)
@@ -150,8 +165,11 @@ def test_refused_calls_change_nothing(call, profile, stage, others, data):
         (lambda s: s.iommufd.destroy(999), NotFound, errno.ENOENT),
         (lambda s: s.tsm.guest_request(0x3A00, "vm1", GuestRequest(kind="report")), Unsupported, errno.ENXIO),
         (lambda s: s.vfio.open_device("dev0", 0x3A00) and s.vfio.open_device("dev0", 0x3A00), Busy, errno.EBUSY),
-        (lambda s: s.iommufd.bind_device("dev0", 0x3A00) and s.iommufd.bind_device("dev0", 0x3A00), AlreadyExists,
-         errno.EEXIST),
+        (
+            lambda s: s.iommufd.bind_device("dev0", 0x3A00) and s.iommufd.bind_device("dev0", 0x3A00),
+            AlreadyExists,
+            errno.EEXIST,
+        ),
         (lambda s: s.tsm.host_tdisp(0x3A00, "START_INTERFACE"), PermissionDenied, errno.EPERM),
     ],
 )

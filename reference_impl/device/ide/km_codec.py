@@ -239,9 +239,7 @@ class KeySubStream:
         if not _fits(b, 8):
             raise CodecError(f"key_sub_stream must be a byte, got {b!r}", code=KpAckStatus.UNSUPPORTED_VALUE)
         if b & 0x0C:
-            raise CodecError(
-                f"key_sub_stream {b:#04x}: reserved bits 3:2 are set", code=KpAckStatus.UNSUPPORTED_VALUE
-            )
+            raise CodecError(f"key_sub_stream {b:#04x}: reserved bits 3:2 are set", code=KpAckStatus.UNSUPPORTED_VALUE)
         if b >> 4 > SubStream.CPL:
             raise CodecError(
                 f"key_sub_stream {b:#04x}: sub-stream {b >> 4} is not PR(0), NPR(1) or CPL(2)",
@@ -253,9 +251,7 @@ class KeySubStream:
         return f"{self.key_set.name}/{self.direction.name}/{self.sub_stream.name}"
 
 
-ALL_SLOTS: tuple[KeySubStream, ...] = tuple(
-    KeySubStream(k, d, s) for k in KeySet for d in Direction for s in SubStream
-)
+ALL_SLOTS: tuple[KeySubStream, ...] = tuple(KeySubStream(k, d, s) for k in KeySet for d in Direction for s in SubStream)
 
 
 # ------------------------------------------------------------------------------------------ key bytes
@@ -270,9 +266,7 @@ def key_to_wire(aes_key: bytes) -> bytes:
     (tee-io-validator doc/key_byte_order.md).
     """
     if not isinstance(aes_key, bytes) or len(aes_key) != KEY_LEN:
-        raise CodecError(
-            f"an AES-256 key is {KEY_LEN} bytes, got {aes_key!r:.40}", code=KpAckStatus.INCORRECT_LENGTH
-        )
+        raise CodecError(f"an AES-256 key is {KEY_LEN} bytes, got {aes_key!r:.40}", code=KpAckStatus.INCORRECT_LENGTH)
     return _swap_dwords(aes_key)
 
 
@@ -284,9 +278,7 @@ def key_from_wire(wire_key: bytes) -> bytes:
 def ifv_to_wire(ifv: int) -> bytes:
     """KEY_PROG IFV bytes for a 64-bit invocation field: DW1 (high) then DW0 (low), each little-endian."""
     if not _fits(ifv, 64):
-        raise CodecError(
-            f"an IFV is an unsigned 64-bit value, got {ifv!r}", code=KpAckStatus.UNSUPPORTED_VALUE
-        )
+        raise CodecError(f"an IFV is an unsigned 64-bit value, got {ifv!r}", code=KpAckStatus.UNSUPPORTED_VALUE)
     return struct.pack("<II", ifv >> 32, ifv & 0xFFFF_FFFF)
 
 
@@ -415,9 +407,7 @@ def encode(msg: IdeKmMessage) -> bytes:
         head = _STREAM_HEAD.pack(ObjectId.KEY_PROG, msg.stream_id, 0, msg.key_sub_stream, msg.port_index)
         return head + msg.key + msg.iv
     if isinstance(msg, KpAck):
-        return _STREAM_HEAD.pack(
-            ObjectId.KP_ACK, msg.stream_id, msg.status, msg.key_sub_stream, msg.port_index
-        )
+        return _STREAM_HEAD.pack(ObjectId.KP_ACK, msg.stream_id, msg.status, msg.key_sub_stream, msg.port_index)
     if isinstance(msg, KSetGo | KSetStop | KGoStopAck):
         return _STREAM_HEAD.pack(msg.object_id, msg.stream_id, 0, msg.key_sub_stream, msg.port_index)
     raise CodecError(f"not an IDE_KM message: {type(msg).__name__}", code=KpAckStatus.UNSUPPORTED_VALUE)

@@ -93,9 +93,7 @@ class IdeKmResponder:
         self.ports: dict[int, dict[int, IdeStreamEndpoint]] = {p: dict(s) for p, s in ports.items()}
         for port, streams in self.ports.items():
             if not 0 <= port <= max_port_index:
-                raise InvalidArgument(
-                    f"IdeKmResponder ports: port {port} is beyond max_port_index {max_port_index}"
-                )
+                raise InvalidArgument(f"IdeKmResponder ports: port {port} is beyond max_port_index {max_port_index}")
             for sid, end in streams.items():
                 if end.stream_id != sid:
                     raise InvalidArgument(
@@ -226,9 +224,7 @@ class IdeKmResponder:
         else:
             stream.stop(slot)
         return km.encode(
-            km.KGoStopAck(
-                stream_id=msg.stream_id, key_sub_stream=msg.key_sub_stream, port_index=msg.port_index
-            )
+            km.KGoStopAck(stream_id=msg.stream_id, key_sub_stream=msg.key_sub_stream, port_index=msg.port_index)
         )
 
     # ------------------------------------------------------------------ views
@@ -236,7 +232,5 @@ class IdeKmResponder:
         return IdeKmSnapshot(
             owner_session=self.owner_session,
             keyed_by=tuple(sorted((p, s, sid) for (p, s), sid in self._keyed_by.items())),
-            streams=tuple(
-                (p, self.ports[p][s].snapshot()) for p in sorted(self.ports) for s in sorted(self.ports[p])
-            ),
+            streams=tuple((p, self.ports[p][s].snapshot()) for p in sorted(self.ports) for s in sorted(self.ports[p])),
         )

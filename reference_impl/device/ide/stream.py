@@ -290,9 +290,7 @@ def _ifv(iv: bytes) -> int:
 
 def _check_u(name: str, value: Any, bits: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
-        raise InvalidArgument(
-            f"IdeStreamEndpoint {name}: expected an unsigned {bits}-bit integer, got {value!r}"
-        )
+        raise InvalidArgument(f"IdeStreamEndpoint {name}: expected an unsigned {bits}-bit integer, got {value!r}")
     return value
 
 
@@ -418,12 +416,8 @@ class IdeStreamEndpoint:
             rid_limit=self.rid_limit,
             addr_ranges=self.addr_ranges,
             programmed=tuple(str(KeySubStream.from_byte(b)) for b in sorted(self._slots)),
-            active=tuple(
-                (d.name, s.name, self._active[(d, s)].name) for d, s in _PAIRS if (d, s) in self._active
-            ),
-            counters=tuple(
-                (str(KeySubStream.from_byte(b)), self._slots[b].counter) for b in sorted(self._slots)
-            ),
+            active=tuple((d.name, s.name, self._active[(d, s)].name) for d, s in _PAIRS if (d, s) in self._active),
+            counters=tuple((str(KeySubStream.from_byte(b)), self._slots[b].counter) for b in sorted(self._slots)),
             rekey_pending=tuple((d.name, s.name) for d, s in _PAIRS if (d, s) in self._rekey),
             insecure_reason=self.insecure_reason,
         )
@@ -485,8 +479,7 @@ class IdeStreamEndpoint:
             raise self._fail(f"TLP for stream {p.stream_id} arrived on stream {self.stream_id}")
         if not self.rid_base <= p.requester_id <= self.rid_limit:
             raise self._fail(
-                f"RID {p.requester_id:#06x} is outside the RID association "
-                f"{self.rid_base:#06x}..{self.rid_limit:#06x}"
+                f"RID {p.requester_id:#06x} is outside the RID association {self.rid_base:#06x}..{self.rid_limit:#06x}"
             )
         if self.addr_ranges and p.kind in _MEMORY and not self._in_ranges(p.address):
             raise self._fail(f"address {p.address:#x} is outside the address association (misrouted)")
@@ -511,9 +504,7 @@ def _describe(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ link
-def _default_key(
-    stream_id: int, key_set: KeySet, pair: tuple[Direction, SubStream], generation: int
-) -> bytes:
+def _default_key(stream_id: int, key_set: KeySet, pair: tuple[Direction, SubStream], generation: int) -> bytes:
     """A distinct key per stream, set, pair and generation (PCIe §11.5.5: never reuse a key)."""
     label = f"ide-link/{stream_id}/{key_set.name}/{pair[0].name}/{pair[1].name}/{generation}"
     return hashlib.sha256(label.encode()).digest()

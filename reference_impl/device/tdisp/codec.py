@@ -225,8 +225,7 @@ def _instance(kind: type) -> _Validator:
     def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, kind):
             raise CodecError(
-                f"{type(inst).__name__}.{attribute.name}: expected {kind.__name__}, "
-                f"got {type(value).__name__}"
+                f"{type(inst).__name__}.{attribute.name}: expected {kind.__name__}, got {type(value).__name__}"
             )
 
     return check
@@ -308,9 +307,7 @@ class MmioRange:
     @classmethod
     def decode(cls, data: bytes) -> MmioRange:
         if len(data) != cls.SIZE:
-            raise CodecError(
-                f"an MMIO_RANGE is {cls.SIZE} bytes, got {len(data)}", code=ErrorCode.INVALID_REQUEST
-            )
+            raise CodecError(f"an MMIO_RANGE is {cls.SIZE} bytes, got {len(data)}", code=ErrorCode.INVALID_REQUEST)
         first, count, attributes, range_id = cls.LAYOUT.unpack(data)
         return cls(first_page=first, number_of_pages=count, attributes=attributes, range_id=range_id)
 
@@ -318,9 +315,7 @@ class MmioRange:
 def _check_ranges(inst: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
     for r in value:
         if not isinstance(r, MmioRange):
-            raise CodecError(
-                f"InterfaceReport.mmio_ranges: expected MmioRange entries, got {type(r).__name__}"
-            )
+            raise CodecError(f"InterfaceReport.mmio_ranges: expected MmioRange entries, got {type(r).__name__}")
     if len(value) > 0xFFFF_FFFF:
         raise CodecError(f"InterfaceReport.mmio_ranges: at most 2**32-1 ranges, got {len(value)}")
 
@@ -370,9 +365,7 @@ class InterfaceReport:
         data = bytes(data)
         head, tail = cls._HEAD.size, cls._LEN.size
         if len(data) < head + tail:
-            raise CodecError(
-                f"interface report of {len(data)} bytes is shorter than its {head + tail}-byte minimum"
-            )
+            raise CodecError(f"interface report of {len(data)} bytes is shorter than its {head + tail}-byte minimum")
         info, _reserved, msix, lnr, tph, count = cls._HEAD.unpack_from(data)
         need = head + MmioRange.SIZE * count + tail
         if len(data) < need:
@@ -383,9 +376,7 @@ class InterfaceReport:
         )
         (dsi_len,) = cls._LEN.unpack_from(data, need - tail)
         if len(data) != need + dsi_len:
-            raise CodecError(
-                f"interface report is {len(data)} bytes but its counts and lengths say {need + dsi_len}"
-            )
+            raise CodecError(f"interface report is {len(data)} bytes but its counts and lengths say {need + dsi_len}")
         return cls(
             interface_info=info,
             msix_message_control=msix,

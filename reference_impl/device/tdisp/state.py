@@ -43,8 +43,15 @@ TRANSITIONS: dict[tuple[S, Rq], S] = {
 }
 """(state, request) -> next state for every state-changing request (PCIe §11.2, Figure 11-4)."""
 
-QUERIES = frozenset({Rq.GET_TDISP_VERSION, Rq.GET_TDISP_CAPABILITIES, Rq.GET_DEVICE_INTERFACE_REPORT,
-                     Rq.GET_DEVICE_INTERFACE_STATE, Rq.VDM})
+QUERIES = frozenset(
+    {
+        Rq.GET_TDISP_VERSION,
+        Rq.GET_TDISP_CAPABILITIES,
+        Rq.GET_DEVICE_INTERFACE_REPORT,
+        Rq.GET_DEVICE_INTERFACE_STATE,
+        Rq.VDM,
+    }
+)
 
 LEGAL_IN: dict[Rq, frozenset[S]] = {
     Rq.GET_TDISP_VERSION: ALL_STATES,
