@@ -303,13 +303,15 @@ class DeviceMachine(RuleBasedStateMachine):
         else:
             self._tracked_event(kind, self.rids[fn % len(self.rids)])
 
-    @rule(kind=st.sampled_from(FAULTS[:-1]))
+    @rule(kind=st.sampled_from((*FAULTS[:-1], "flr_of_pf")))
     @recorded
     def fault_on_locked(self, kind: str) -> None:
-        """The same tracked events, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
+        """The same tracked events, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is); or an FLR of
+        the PF, which resets every VF with it.
 
         Random sequences seldom keep a TDI locked long enough for ``fault`` to pick it (re-keying, a stop,
-        a T=0 TLP all move it on), yet a tracked change to a locked TDI is the case TDISP-09 is about."""
+        a T=0 TLP all move it on), yet a tracked change to a locked TDI is what TDISP-09 and TDISP-10 are
+        about."""
         locked = [
             f.rid
             for d in self.run._snap.devices
@@ -318,8 +320,26 @@ class DeviceMachine(RuleBasedStateMachine):
         ]
         if not locked:
             return
-        note("tracked event on a locked TDI")
-        self._tracked_event(kind, locked[0])
+        if kind == "flr_of_pf":
+            pfs = [f.rid for d in self.run._snap.devices for f in d.functions if f.is_pf]
+            if not pfs or all(rid in pfs for rid in locked):  # only a locked VF makes a PF reset interesting
+                return
+            note("PF FLR under a locked VF")
+            self._do("flr", self.device.flr, pfs[0])
+        else:
+            note("tracked event on a locked TDI")
+            self._tracked_event(kind, locked[0])
+
+    @rule(sid=sessions, fn=st.integers(0, 1))
+    @recorded
+    def start_from_other_session(self, sid: int, fn: int) -> None:
+        """START with the right nonce, sent over ``sid`` when that is *not* the session that locked the TDI
+        (the nonce is bound to the locking session: TDISP-15). No-op when it is, or the TDI is not locked."""
+        rid = self.rids[fn % len(self.rids)]
+        f = next((f for d in self.run._snap.devices for f in d.functions if f.rid == rid), None)
+        if f is None or f.tdi_state is not td.TdiState.CONFIG_LOCKED or f.locked_session in (None, sid):
+            return
+        self._start(sid, fn, True)
 
     def _tracked_event(self, kind: str, rid: int) -> None:
         if kind.startswith("config_write_"):

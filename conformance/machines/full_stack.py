@@ -24,7 +24,7 @@ VIRT_BASE = 0x10
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
 HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
-STAGES = ("running", "bound", "attested", "accepted", "started", "used")
+STAGES = ("running", "bound", "attested", "accepted", "started", "used", "unbound")
 GUEST_VERBS = ("bind", "attest", "accept", "start", "unbind")
 FAULTS = (
     "poison",
@@ -199,7 +199,7 @@ class FullStack(RuleBasedStateMachine):
         ]
         for name, fn_ in steps[: STAGES.index(stage)]:
             self._do(name, fn_, slot.virt_id)
-        if stage == "used":  # step 35: private MMIO from the guest, private DMA from the device
+        if stage in ("used", "unbound"):  # step 35: private MMIO from the guest, private DMA from the device
             self._do("guest_read_private_mmio", guest.read_private_mmio, slot.virt_id)
             self._do(
                 "device_dma_t1_private",
@@ -209,6 +209,8 @@ class FullStack(RuleBasedStateMachine):
                 b"device->guest private data",
                 t_bit=True,
             )
+        if stage == "unbound":  # steps 36-40: the guest lets go of a device it used
+            self._do("guest_unbind", guest.disconnect, slot.virt_id)
         return slot
 
     def _heal_link(self) -> None:
@@ -358,6 +360,14 @@ class FullStack(RuleBasedStateMachine):
             if hwpt is not None:
                 self._do("host_attach", self.stack.iommufd.attach, idev, hwpt)
         self._do("host_dma_t0_private", self.device.issue_dma, s.rid, PRIVATE_GPA, b"host-driven DMA", t_bit=False)
+
+    @rule(s=slots)
+    @recorded
+    def bind_after_disconnect(self, s: Slot) -> None:
+        """The host tears the device's SPDM/IDE link down, then the guest asks to bind (pci-tsm: a bind
+        needs a connected device). Random runs seldom get there: every well-behaved step heals the link."""
+        self._do("tsm_disconnect", self.stack.tsm.disconnect, self.device_name)
+        self._do("guest_bind", self._guest(s.vm).connect, s.virt_id)
 
     @rule(s=slots, other=vms)
     @recorded

@@ -1186,6 +1186,7 @@ RULES: list[Rule] = [
         "[AK-0610]; rules-seed B.33/B.34",
         mmio_refused_unmap_is_typed,
         on={"vfio.revoke_mmio_dmabuf"},
+        profiles={"tdx"},  # only TDX forbids a revoke (before STOP); SEV-TIO and CCA take one at any time
     ),
     _r(
         "DMA-01",
