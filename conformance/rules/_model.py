@@ -21,7 +21,18 @@ import attrs
 
 from reference_impl.trace import Event
 
-__all__ = ["HELD", "Area", "Checker", "Level", "Observation", "Rule", "RuleViolation", "fold_history", "violation_type"]
+__all__ = [
+    "HELD",
+    "Area",
+    "Checker",
+    "Level",
+    "Observation",
+    "Rule",
+    "RuleViolation",
+    "fold_history",
+    "make_rule",
+    "violation_type",
+]
 
 HELD = ""
 """Returned by a check that was exercised and held."""
@@ -192,3 +203,32 @@ class Checker:
                 self.failed[rule.id] += 1
                 broken.append((rule, result))
         return broken
+
+
+def make_rule(
+    id: str,
+    title: str,
+    area: Area,
+    level: Level,
+    source: str,
+    check: Any,
+    *,
+    profiles: Any = None,
+    on: Any = None,
+    cases: Any = (),
+    doc: str = "",
+) -> Rule:
+    """A :class:`Rule` from the catalogue modules' compact arguments (the doc defaults to the check's)."""
+    kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
+    return Rule(
+        id=id,
+        title=title,
+        area=area,
+        level=level,
+        source=source,
+        check=check,
+        on=frozenset(on) if on else None,
+        validator_cases=tuple(cases),
+        doc=doc or (check.__doc__ or ""),
+        **kw,
+    )

@@ -19,7 +19,7 @@ from reference_impl.device.tdisp import codec as td
 from reference_impl.device.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 from reference_impl.errors import StackError
 
-from ._model import HELD, Area, Level, Observation, Rule, fold_history
+from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges
 
 M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
@@ -582,30 +582,7 @@ def ide_refresh_keeps_secure(o: Observation) -> str | None:
     return HELD
 
 
-def _r(
-    id: str,
-    title: str,
-    area: Area,
-    level: Level,
-    source: str,
-    check: Any,
-    *,
-    cases: Any = (),
-    profiles: Any = None,
-    on: Any = None,
-) -> Rule:
-    kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
-    return Rule(
-        id=id,
-        title=title,
-        area=area,
-        level=level,
-        source=source,
-        check=check,
-        on=frozenset(on) if on else None,
-        validator_cases=tuple(cases),
-        **kw,
-    )
+_r = make_rule
 
 
 _DEV = {

@@ -13,7 +13,7 @@ from typing import Any
 from reference_impl.device.tdisp import codec as td
 from reference_impl.errors import AccessFault, CallerError, StackError
 
-from ._model import HELD, Area, Level, Observation, Rule, fold_history
+from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import (
     LOCKED,
     bound_vm,
@@ -852,32 +852,7 @@ def err_access_faults_typed(o: Observation) -> str | None:
     return HELD
 
 
-def _r(
-    id: str,
-    title: str,
-    area: Area,
-    level: Level,
-    source: str,
-    check: Any,
-    *,
-    profiles: Any = None,
-    on: Any = None,
-    cases: Any = (),
-    doc: str = "",
-) -> Rule:
-    kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
-    return Rule(
-        id=id,
-        title=title,
-        area=area,
-        level=level,
-        source=source,
-        check=check,
-        on=frozenset(on) if on else None,
-        validator_cases=tuple(cases),
-        doc=doc or (check.__doc__ or ""),
-        **kw,
-    )
+_r = make_rule
 
 
 RULES: list[Rule] = [
