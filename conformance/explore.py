@@ -104,7 +104,7 @@ class Finding:
             "occurrences": self.occurrences,
         }
 
-    def failure_record(self, *, machine: str, profile: str, sut: str) -> dict[str, Any]:
+    def failure_record(self, *, machine: str, profile: str, sut: str, num_vfs: int | None = None) -> dict[str, Any]:
         """The finding as a ``teeio-failure/1`` record, for ``teeio-conformance replay``."""
         from conformance.rules import BY_ID
 
@@ -126,6 +126,7 @@ class Finding:
             "violating_seq": None,
             "hypothesis": None,
             "seed": None,
+            "num_vfs": num_vfs,
         }
 
 
@@ -682,12 +683,24 @@ def machine_class(
 
 
 def mutant_machine_class(
-    mutant: Any, *, profile: str | None = None, only: frozenset[str] | None = None, timeout: float | None = None
+    mutant: Any,
+    *,
+    profile: str | None = None,
+    only: frozenset[str] | None = None,
+    timeout: float | None = None,
+    num_vfs: int = 1,
 ) -> type:
     """The mutant's own machine around the mutant (its short step limit for hang mutants)."""
     limit = timeout if timeout is not None else (getattr(mutant, "timeout", None) or 5.0)
     factory = mutant.device_factory if mutant.machine == "device" else mutant.factory
-    return machine_class(mutant.machine, factory=factory, profile=profile or mutant.profile, only=only, timeout=limit)
+    return machine_class(
+        mutant.machine,
+        factory=factory,
+        profile=profile or mutant.profile,
+        only=only,
+        timeout=limit,
+        num_vfs=num_vfs,
+    )
 
 
 # ---------------------------------------------------------------------------- CLI: teeio-conformance explore
@@ -734,7 +747,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         choices=(0, 1, 2),
-        help="VFs of the one device (default 1, what `replay` rebuilds)",
+        help="VFs of the one device (default 1); a written record keeps it for `replay`",
     )
     parser.add_argument(
         "--rule",
@@ -784,8 +797,9 @@ def _configure(args: argparse.Namespace) -> tuple[type, str, str, str]:
         if args.machine is not None and args.machine != mutant.machine:
             raise ExploreError(f"mutant {mutant.name} is caught by the {mutant.machine} machine, not {args.machine}")
         profile = args.profile or mutant.profile
-        cls = mutant_machine_class(mutant, profile=profile, only=only, timeout=args.step_timeout)
-        return cls, mutant.machine, profile, f"mutant:{mutant.name}"
+        cls = mutant_machine_class(mutant, profile=profile, only=only, timeout=args.step_timeout, num_vfs=args.num_vfs)
+        # the SUT as ``--sut`` and ``replay --sut`` take it: each mutant is a factory of that module by name
+        return cls, mutant.machine, profile, f"reference_impl.mutants:{mutant.name.replace('-', '_')}"
     kind = args.machine or "full_stack"
     profile = args.profile or "tdx"
     spec = args.sut
@@ -813,13 +827,16 @@ def _show_step(step: dict[str, Any]) -> str:
     return f"{step['method']}({args})"
 
 
-def _write_failures(result: ExploreResult, directory: str, *, machine: str, profile: str, sut: str) -> list[str]:
+def _write_failures(
+    result: ExploreResult, directory: str, *, machine: str, profile: str, sut: str, num_vfs: int | None
+) -> list[str]:
     out = Path(directory) / "failures"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for f in result.findings:
         path = out / f"explore-{machine}-{profile}-{f.rule_id}.json"
-        path.write_text(json.dumps(f.failure_record(machine=machine, profile=profile, sut=sut), indent=1))
+        record = f.failure_record(machine=machine, profile=profile, sut=sut, num_vfs=num_vfs)
+        path.write_text(json.dumps(record, indent=1))
         paths.append(os.fspath(path))
     return paths
 
@@ -855,7 +872,14 @@ def run(args: argparse.Namespace) -> int:
             cls, depth=args.depth, dedup=not args.no_dedup, max_seconds=args.max_seconds, name=kind, progress=progress
         )
         written = (
-            _write_failures(result, args.write_failures, machine=kind, profile=profile, sut=sut)
+            _write_failures(
+                result,
+                args.write_failures,
+                machine=kind,
+                profile=profile,
+                sut=sut,
+                num_vfs=None if kind == "device" else args.num_vfs,
+            )
             if args.write_failures
             else []
         )

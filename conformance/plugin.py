@@ -192,6 +192,7 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
         "violating_seq": getattr(exc, "teeio_mark", None),
         "hypothesis": hypothesis.__version__,
         "seed": None,
+        "num_vfs": getattr(exc, "teeio_num_vfs", None),
     }
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-110:] + (f"-{n}" if n else "")
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)

@@ -102,8 +102,11 @@ def _machine_module(kind: str) -> ModuleType:
     return importlib.import_module(f"conformance.machines.{kind}")
 
 
-def _machine_class(kind: str, factory: Callable[..., Any] | None, profile: str, timeout: float) -> type:
-    """The recorded machine, configured for ``factory`` (None: the device machine's reference device)."""
+def _machine_class(
+    kind: str, factory: Callable[..., Any] | None, profile: str, timeout: float, num_vfs: int | None = None
+) -> type:
+    """The recorded machine, configured for ``factory`` (None: the device machine's reference device) with
+    the recorded number of VFs (the failing sequence's routing IDs depend on it)."""
     from conformance.machines.device import DeviceMachine, DeviceMachineConfig
     from conformance.machines.full_stack import FullStack, MachineConfig
     from conformance.machines.host_lifetimes import HostLifetimes
@@ -117,6 +120,8 @@ def _machine_class(kind: str, factory: Callable[..., Any] | None, profile: str, 
         return type("ReplayDeviceMachine", (DeviceMachine,), {"config": cfg_d})
     base = HostLifetimes if kind == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=factory, profile=profile, timeout=timeout)
+    if num_vfs is not None:
+        cfg = attrs.evolve(cfg, num_vfs=num_vfs)
     return type(f"Replay{base.__name__}", (base,), {"config": cfg})
 
 
@@ -160,7 +165,7 @@ def prepare(path: str | os.PathLike[str], sut: str | None = None, *, timeout: fl
             factory = load_factory(spec)
         except SutLoadError as exc:
             raise ReplayError(f"{exc}" if sut else f"{path}: recorded SUT unusable here: {exc}") from exc
-    machine = _machine_class(kind, factory, profile, timeout)
+    machine = _machine_class(kind, factory, profile, timeout, failure.num_vfs)
     module = _machine_module(kind)
     types = {  # handle types a record may encode as {"__slot__": {...}} (recording.encode_value)
         name.lower(): obj

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 FAILURE_FORMAT = "teeio-failure/1"
+MAX_VFS = 255  # VFs of one PF that fit the PF's bus with ARI (routing IDs PF+1..PF+255)
 RULE_ID = re.compile(r"[A-Z][A-Z0-9]*(-[A-Z0-9]+)+")
 AGGREGATE = "all"
 """Profile column used when verdict files of a multi-profile run carry no ``by_profile`` counts."""
@@ -243,6 +244,7 @@ class Failure:
     violating_seq: int | None = None
     hypothesis: str | None = None
     seed: str | None = None
+    num_vfs: int | None = None  # the stack's VFs per device when recorded (None: the machine's default)
 
     @property
     def file(self) -> str:
@@ -284,6 +286,7 @@ class Failure:
             "violating_seq": self.violating_seq,
             "hypothesis": self.hypothesis,
             "seed": self.seed,
+            "num_vfs": self.num_vfs,
         }
 
     @classmethod
@@ -347,6 +350,9 @@ class Failure:
                 f"{origin}: field 'rule_id' must look like 'FLOW-05' or 'SUT-HANG', got {_short(rule_id)}"
             )
         test = field("test", str)
+        num_vfs = field("num_vfs", int, optional=True)
+        if num_vfs is not None and not 0 <= num_vfs <= MAX_VFS:
+            raise ReportInputError(f"{origin}: field 'num_vfs' must be 0..{MAX_VFS}, got {num_vfs}")
         return cls(
             name=name,
             test=test,
@@ -364,6 +370,7 @@ class Failure:
             violating_seq=field("violating_seq", int, optional=True),
             hypothesis=field("hypothesis", str, optional=True),
             seed=_str_or_none(field("seed", (str, int), optional=True)),
+            num_vfs=num_vfs,
         )
 
 

@@ -61,6 +61,7 @@ def recorded(fn: F) -> F:
             if not hasattr(exc, "teeio_steps"):
                 exc.teeio_steps = list(log)  # type: ignore[attr-defined]
                 exc.teeio_mark = mark  # type: ignore[attr-defined]
+                exc.teeio_num_vfs = getattr(getattr(self, "config", None), "num_vfs", None)  # type: ignore[attr-defined]
                 try:
                     exc.teeio_trace = self.stack.trace.to_json()  # type: ignore[attr-defined]
                 except Exception:

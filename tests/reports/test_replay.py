@@ -101,6 +101,9 @@ BAD = [
     ),
     ({"steps": [{"method": "guest", "kwargs": {"s": SLOT, "verb": "data(...)"}}]}, "drawn interactively"),
     ({"sut": "no_such_module_xyz:factory"}, "recorded SUT unusable here"),
+    ({"num_vfs": -1}, "field 'num_vfs' must be 0..255"),
+    ({"num_vfs": "2"}, "field 'num_vfs' must be int"),
+    ({"num_vfs": True}, "field 'num_vfs' must be int"),
 ]
 
 
@@ -112,6 +115,22 @@ def test_a_bad_record_is_a_typed_error_and_nothing_runs(tmp_path, overrides, exp
         rp.replay(path)
     assert expected in str(info.value) and "rec.json" in str(info.value)
     assert (dict(VERDICTS.checked), VERDICTS.steps) == before
+
+
+@needs_stack
+def test_the_recorded_number_of_vfs_sizes_the_replayed_stack(tmp_path):
+    """``fn`` picks a routing ID modulo the functions there are: the same steps on another size of device
+    touch another function, so a replay builds the stack the record was made on."""
+    assert rp.prepare(_record(tmp_path)).machine.config.num_vfs == 1  # older records: the machine's default
+    sized = rp.prepare(_record(tmp_path, num_vfs=3))
+    assert sized.machine.config.num_vfs == 3
+    machine = sized.machine()
+    try:
+        assert len(machine.rids) == 4
+    finally:
+        machine.teardown()
+    result = rp.execute(rp.prepare(_record(tmp_path, num_vfs=0)))
+    assert result.still_fails and result.rule_id == "FLOW-05"
 
 
 @pytest.mark.parametrize(

@@ -76,3 +76,14 @@ def test_cli_exit_codes(capsys):
     assert main(["explore", "--mutant", "no-such-mutant"]) == 2
     assert "no mutant 'no-such-mutant'" in capsys.readouterr().err
     assert main(["explore", "--rule", "NOPE-1"]) == 2
+
+
+def test_written_finding_records_the_stack_size_and_replays(tmp_path, capsys):
+    argv = ["explore", "--mutant", "vmm-binds-tsm-directly", "--num-vfs", "0", "--depth", "2"]
+    assert main([*argv, "--write-failures", str(tmp_path)]) == 1
+    capsys.readouterr()
+    (path,) = (tmp_path / "failures").iterdir()
+    record = json.loads(path.read_text())
+    assert record["num_vfs"] == 0 and record["machine"] == "full_stack"
+    again = replay(path)
+    assert again.still_fails and again.rule_id == record["rule_id"]
