@@ -235,6 +235,25 @@ class DeviceMachine(RuleBasedStateMachine):
         if isinstance(resp, td.LockInterfaceResponse):
             self.nonces[rid] = resp.start_interface_nonce
 
+    @rule()
+    @recorded
+    def lock_locked(self) -> None:
+        """LOCK_INTERFACE again to a TDI that is CONFIG_LOCKED or RUN, over the session that locked it:
+        illegal in both states (TDISP-01). ``lock`` reaches it only when its drawn session and function
+        happen to meet a locked TDI; aimed, every draw of this rule tests the case."""
+        f = next(
+            (
+                f
+                for d in self.run._snap.devices
+                for f in d.functions
+                if f.tdi_state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN) and f.locked_session is not None
+            ),
+            None,
+        )
+        if f is not None:
+            note(f"LOCK of a {f.tdi_state.name} TDI")
+            self._lock(f.locked_session, self.rids.index(f.rid))
+
     @rule(sid=sessions, fn=st.integers(0, 1), good=st.booleans())
     @recorded
     def start(self, sid: int, fn: int, good: bool) -> None:
