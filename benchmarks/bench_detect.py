@@ -5,8 +5,8 @@
 The mutant tests (and ``bench_suite``) check only the rule a mutant breaks, so each search is aimed.
 An implementer runs the whole catalogue: another rule may fail first (still a catch, by another ID)
 or the search may never reach the case. For every mutant this runs its machine with every rule
-checked, ``ci``-like budgets (``--examples`` examples of up to 20 steps), over ``--seeds``
-derandomization seeds (seed 0 is the derandomized ``ci`` search itself), and reports whether it failed,
+checked, ``ci``-like budgets (``--examples`` examples, default the ``ci`` profile's, of up to 20 steps),
+over ``--seeds`` derandomization seeds (seed 0 is the derandomized ``ci`` search itself), and reports whether it failed,
 by which rule, and how long it took. Prints a table; writes benchmarks/results/detect.json. Not run in CI.
 """
 
@@ -48,7 +48,9 @@ def detect(names: list[str] | None, seeds: int, examples: int) -> list[dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--examples", type=int, default=150)
+    from conformance.settings import PROFILES
+
+    p.add_argument("--examples", type=int, default=PROFILES["ci"].max_examples, help="default: the ci profile's")
     p.add_argument("--mutants", default="", help="comma-separated name fragments (default: all)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.examples < 1:

@@ -25,7 +25,7 @@ PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
 HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
 STAGES = ("running", "bound", "attested", "accepted", "started", "used", "unbound")
-GUEST_VERBS = ("bind", "attest", "accept", "start", "unbind")
+GUEST_VERBS = ("bind", "attest", "accept", "start", "use_private", "enumerate", "unbind")
 FAULTS = (
     "poison",
     "config_write_command",
@@ -54,9 +54,15 @@ class Slot:
     virt_id: int
 
 
+_EARLY_FROM = {"accept": "bound", "start": "bound", "mmio": "accepted"}  # the guest's flag that opens the window
+_EARLY_UNTIL = {"accept": "attested", "start": "accepted", "mmio": "running"}  # ... and the one that closes it
+_PREP = {"accept": 1, "start": 2, "mmio": 3}  # bind / attest / accept steps to take a slot into the window
+
+
 def _is_early(vdev: Any, kind: str) -> bool:
-    """A guest TSM's ``kind`` call would come early: start before accept, accept before attestation."""
-    return bool(vdev.bound and not (vdev.accepted if kind == "start" else vdev.attested))
+    """The guest side's ``kind`` would come early: accept before attestation, start before accept, a
+    private MMIO read before start."""
+    return bool(getattr(vdev, _EARLY_FROM[kind]) and not getattr(vdev, _EARLY_UNTIL[kind]))
 
 
 def _vm(target: str | Slot) -> str:
@@ -239,39 +245,39 @@ class FullStack(RuleBasedStateMachine):
     @rule(s=slots, verb=st.sampled_from(GUEST_VERBS))
     @recorded
     def guest(self, s: Slot, verb: str) -> None:
-        """One lifecycle verb of the guest on a slot, whatever the slot's stage (in order or not)."""
+        """One verb of the guest on a slot, whatever the slot's stage (in order or not): a lifecycle step,
+        a private MMIO read of its TEE memory (step 35), or a T=0 enumerate.
+
+        The uses are verbs here, not a rule of their own: Hypothesis draws rules very unevenly within a
+        run, and a separate ``guest_use`` was drawn 3 times in a whole ``ci`` run -- too seldom to catch
+        a device completing private MMIO while only CONFIG_LOCKED (DMA-05)."""
         guest = self._guest(s.vm)
         call = {
             "bind": guest.connect,
             "attest": guest.attest,
             "accept": guest.accept,
             "start": guest.start,
+            "use_private": guest.read_private_mmio,
+            "enumerate": guest.enumerate,
             "unbind": guest.disconnect,
         }[verb]
-        self._do(f"guest_{verb}", call, s.virt_id)
+        name = {"use_private": "guest_read_private_mmio", "enumerate": "guest_enumerate"}.get(verb, f"guest_{verb}")
+        self._do(name, call, s.virt_id)
         if verb == "start":
             note(f"TDI state after start: {self._state(s.rid)}")
 
-    @rule(s=slots, private=st.booleans())
-    @recorded
-    def guest_use(self, s: Slot, private: bool) -> None:
-        """The guest touches the device: a private MMIO read of its TEE memory, or a T=0 enumerate."""
-        guest = self._guest(s.vm)
-        if private:
-            self._do("guest_read_private_mmio", guest.read_private_mmio, s.virt_id)
-        else:
-            self._do("guest_enumerate", guest.enumerate, s.virt_id)
-
-    @rule(s=slots, kind=st.sampled_from(["start", "accept"]))
+    @rule(s=slots, kind=st.sampled_from(["start", "accept", "mmio"]))
     @recorded
     def guest_tsm_early(self, s: Slot, kind: str) -> None:
-        """The guest TSM sends accept (before attestation) or start (before accept) on its own.
+        """The guest side jumps ahead: its TSM sends accept before attestation or start before accept, or
+        the guest reads private MMIO it accepted before the TDI was started.
 
         The call goes to ``s`` if it is early there, else to the first function of any VM where it is;
-        failing both, the guest first takes ``s`` as far as the call can still be early (bind, and for
-        start attest) -- the point where a TSM that jumps ahead does harm. Aimed at random, the slot was
-        seldom at such a stage: a whole ``ci`` run missed a TSM that starts a TDI before the guest
-        accepted it (FLOW-10). The choice depends only on the state, so a record replays the same."""
+        failing both, the guest first takes ``s`` forward to where the call is early (bind, attest,
+        accept as needed) -- the point where jumping ahead does harm. Aimed at random, a slot was seldom
+        at such a stage: whole ``ci`` runs missed a TSM that starts a TDI before the guest accepted it
+        (FLOW-10) and a device that completes T=1 MMIO while CONFIG_LOCKED (DMA-05). The choice depends
+        only on the state, so a record replays the same."""
         target = self._early_for(kind, prefer=s)
         gtsm = self.stack.guest_tsms.get(target.vm)
         guest = self.stack.guests.get(target.vm)
@@ -280,12 +286,18 @@ class FullStack(RuleBasedStateMachine):
         if target != s:
             note(f"guest_tsm_early retargeted to {target.vm}:{target.virt_id:#x}")
         v = self._vdev(target)
-        if v is not None and not _is_early(v, kind) and not v.accepted and not (kind == "accept" and v.attested):
-            if not v.bound:
-                self._do("guest_bind", guest.connect, target.virt_id)
-            if kind == "start" and not v.attested:
-                self._do("guest_attest", guest.attest, target.virt_id)
-        self._do(f"guest_tsm_{kind}_early", getattr(gtsm, kind), target.virt_id)
+        if v is not None and not _is_early(v, kind) and not getattr(v, _EARLY_UNTIL[kind]):
+            for flag, name, call in (
+                ("bound", "guest_bind", guest.connect),
+                ("attested", "guest_attest", guest.attest),
+                ("accepted", "guest_accept", guest.accept),
+            )[: _PREP[kind]]:
+                if not getattr(v, flag):
+                    self._do(name, call, target.virt_id)
+        if kind == "mmio":
+            self._do("guest_read_private_mmio_early", guest.read_private_mmio, target.virt_id)
+        else:
+            self._do(f"guest_tsm_{kind}_early", getattr(gtsm, kind), target.virt_id)
 
     def _vdev(self, s: Slot) -> Any:
         view = next((g for g in self.run._snap.guests if g.vm == s.vm), None)
