@@ -9,6 +9,7 @@ Options:
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -40,7 +41,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config._teeio_started = _now()  # type: ignore[attr-defined]
     config.addinivalue_line("markers", "requires(capability): the test needs an optional SUT capability")
     try:
         config._teeio_factory = load_factory(config.getoption("--sut"))  # type: ignore[attr-defined]
@@ -116,6 +122,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "settings_profile": hypothesis.settings._current_profile,
             "hypothesis": hypothesis.__version__,
             "seed": _seed(session.config),
+            "started": getattr(session.config, "_teeio_started", None),
+            "finished": _now(),
         },
     }
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:

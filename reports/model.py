@@ -654,6 +654,11 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
         for k, v in m["run"].items():
             if v is not None:
                 run_meta.setdefault(k, v)
+    # the run spans its workers: the earliest start, the latest finish (ISO 8601 UTC strings sort as times)
+    for key, pick in (("started", min), ("finished", max)):
+        stamps = [m["run"][key] for _, m in metas if isinstance(m["run"].get(key), str)]
+        if stamps:
+            run_meta[key] = pick(stamps)
     hyp = run_meta.get("hypothesis") or next((f.hypothesis for f in failures if f.hypothesis), None)
     mtimes = [m["mtime"] for _, m in metas]
     run = RunInfo(

@@ -100,6 +100,8 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     assert writer.run(parser.parse_args(["--report-dir", str(caught)])) == 0
 
     report = load_report_dir(caught)
+    assert report.run.started is not None and report.run.finished is not None
+    assert report.run.started <= report.run.finished  # the run's span, for the report header
     flow05 = report.verdict("FLOW-05")
     assert flow05 is not None and flow05.by_profile["tdx"].status.value == "FAIL"
     data = writer.read_report_json(caught / "report.json")

@@ -214,3 +214,19 @@ def test_splitting_counts_over_workers_does_not_change_verdicts(tmp_path_factory
         else Status.NOT_EXERCISED
     )
     assert pv.status is expected
+
+
+def test_the_run_spans_its_workers_earliest_start_latest_finish(tmp_path):
+    def run(started, finished):
+        return {"settings_profile": "ci", "started": started, "finished": finished}
+
+    write_json(
+        tmp_path / "verdicts-gw0.json",
+        verdicts({"FLOW-01": 1}, {}, run=run("2026-11-25T10:00:03+00:00", "2026-11-25T10:01:00+00:00")),
+    )
+    write_json(
+        tmp_path / "verdicts-gw1.json",
+        verdicts({"FLOW-01": 1}, {}, run=run("2026-11-25T10:00:01+00:00", "2026-11-25T10:01:30+00:00")),
+    )
+    info = load_report_dir(tmp_path).run
+    assert (info.started, info.finished) == ("2026-11-25T10:00:01+00:00", "2026-11-25T10:01:30+00:00")
