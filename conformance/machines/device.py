@@ -353,16 +353,30 @@ class DeviceMachine(RuleBasedStateMachine):
             if f.tdi_state in (td.TdiState.CONFIG_LOCKED, td.TdiState.RUN)
         ]
 
-    @rule(sid=sessions, fn=st.integers(0, 1))
+    @rule(fn=st.integers(0, 1))
     @recorded
-    def start_from_other_session(self, sid: int, fn: int) -> None:
-        """START with the right nonce, sent over ``sid`` when that is *not* the session that locked the TDI
-        (the nonce is bound to the locking session: TDISP-15). No-op when it is, or the TDI is not locked."""
-        rid = self.rids[fn % len(self.rids)]
-        f = next((f for d in self.run._snap.devices for f in d.functions if f.rid == rid), None)
-        if f is None or f.tdi_state is not td.TdiState.CONFIG_LOCKED or f.locked_session in (None, sid):
+    def start_from_other_session(self, fn: int) -> None:
+        """START with the right nonce to a CONFIG_LOCKED TDI (``fn``'s if it is locked, else the first
+        that is), sent over a live session that is *not* the one that locked it -- opened first if there
+        is none. The nonce is bound to the locking session (TDISP-15).
+
+        Aimed rather than drawn: with the session and the function both drawn, a ``ci`` run met this
+        case in one machine version and never in the next."""
+        locked = [
+            f
+            for d in self.run._snap.devices
+            for f in d.functions
+            if f.tdi_state is td.TdiState.CONFIG_LOCKED and f.locked_session is not None
+        ]
+        if not locked:
             return
-        self._start(sid, fn, True)
+        rid = self.rids[fn % len(self.rids)]
+        f = next((f for f in locked if f.rid == rid), locked[0])
+        others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != f.locked_session]
+        sid = others[-1] if others else self._do("spdm_connect", self.device.spdm_connect)
+        if sid is not None:
+            note("START over a session other than the locking one")
+            self._start(sid, self.rids.index(f.rid), True)
 
     def _tracked_event(self, kind: str, rid: int) -> None:
         if kind.startswith("config_write_"):
