@@ -1,6 +1,6 @@
 """The suite's speed: cost per step against the engine's own cost, and time to catch each mutant.
 
-    python -m benchmarks.bench_suite [--examples N] [--seeds K] [--only-steps]
+    python -m benchmarks.bench_suite [--examples N] [--seeds K] [--only-steps] [--mutants NAME,...]
 
 * **Cost per step**: the full-stack machine's steps per second next to a trivial machine of the same
   shape (same rules and bundles, bodies that do nothing) run in the same process, interleaved, so the
@@ -98,12 +98,14 @@ def cost_per_step(examples: int, rounds: int = 3) -> dict[str, float]:
     return {"stack_steps_per_s": o, "trivial_steps_per_s": t, "cost_ratio": t / o}
 
 
-def time_to_catch(seeds: int) -> list[dict[str, Any]]:
+def time_to_catch(seeds: int, names: list[str] | None = None) -> list[dict[str, Any]]:
     from conformance.mutation import catch
     from reference_impl.mutants import MUTANTS
 
     rows = []
     for m in MUTANTS:
+        if names and not any(n in m.name for n in names):
+            continue
         first, shrunk, steps, caught = [], [], [], True
         for seed in range(seeds):
             r1 = catch(m, shrink=False, seed=seed)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=60)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--only-steps", action="store_true")
+    p.add_argument("--mutants", default="", help="comma-separated name fragments (default: all)")
     args = p.parse_args(argv)
     out: dict[str, Any] = {"cost": cost_per_step(args.examples)}
     c = out["cost"]
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cost ratio {c['cost_ratio']:.2f}x (target <= 1.5x)"
     )
     if not args.only_steps:
-        rows = out["catch"] = time_to_catch(args.seeds)
+        rows = out["catch"] = time_to_catch(args.seeds, [n for n in args.mutants.split(",") if n])
         print(f"{'rule':<9} {'mutant':<36} {'first med/max s':>16} {'shrunk med/max s':>17} {'steps':>5}")
         for r in rows:
             print(
