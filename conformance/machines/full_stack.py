@@ -139,8 +139,7 @@ class FullStack(RuleBasedStateMachine):
             self._do("kvm_run", self.stack.vmm.run, a.vm)
             return
         guest = self.stack.guests.get(a.vm)
-        view = next((g for g in snap.guests if g.vm == a.vm), None)
-        vdev = next((v for v in view.vdevs if v.virt_id == a.virt_id), None) if view is not None else None
+        vdev = self._vdev(Slot(vm=a.vm, rid=a.rid, virt_id=a.virt_id))
         if guest is None or vdev is None:
             return
         tdi = next((t for t in snap.tsm.tdis if t.rid == a.rid), None)
