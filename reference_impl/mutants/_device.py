@@ -10,7 +10,7 @@ from reference_impl.device import device as _dev
 from reference_impl.device.device import Device
 from reference_impl.device.ide import km_codec as km
 from reference_impl.device.tdisp import codec as td
-from reference_impl.mutants._host import HANG_SECONDS
+from reference_impl.mutants._host import HANG_SECONDS, HANG_STEP_LIMIT
 
 
 class IllegalLockRelocks(Device):
@@ -473,6 +473,6 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             HangsOnIdeQuery.__doc__,
             device=HangsOnIdeQuery,
-            timeout=0.5,
+            timeout=HANG_STEP_LIMIT,
         ),
     ]
