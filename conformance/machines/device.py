@@ -148,6 +148,9 @@ class DeviceMachine(RuleBasedStateMachine):
         """A session with keys, then LOCK and START of one TDI, as one step (each message checked).
 
         Deepest stage first, so failures shrink to one deep bring-up (see the full-stack machine's)."""
+        return self._bring_up(fn, stage)
+
+    def _bring_up(self, fn: int, stage: str) -> Any:
         sid = self._do("spdm_connect", self.device.spdm_connect)
         if sid is None:
             return None
@@ -275,6 +278,38 @@ class DeviceMachine(RuleBasedStateMachine):
     def stop(self, sid: int, fn: int) -> None:
         rid = self.rids[fn % len(self.rids)]
         self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=rid)))
+
+    @rule(running=st.booleans())
+    @recorded
+    def stop_locked(self, running: bool) -> None:
+        """STOP_INTERFACE to a TDI in RUN (``running``) or CONFIG_LOCKED, over the session that locked it:
+        both must go to CONFIG_UNLOCKED (TDISP-07; validator StopInterface cases). If no TDI is in that
+        state, one is brought there first (keys, LOCK, START), each message checked, so every draw of
+        this rule tests the case: with session and function both drawn, or with a TDI merely looked
+        for, a ``ci`` search stopped a RUN TDI on only 4 of 6 seeds."""
+        state = td.TdiState.RUN if running else td.TdiState.CONFIG_LOCKED
+        f = self._tdi_in(state)
+        if f is None:
+            unlocked = self._tdi_in(td.TdiState.CONFIG_UNLOCKED)
+            if unlocked is None:
+                return
+            self._bring_up(self.rids.index(unlocked.rid), "running" if running else "locked")
+            f = self._tdi_in(state)
+        if f is not None:
+            note(f"STOP of a {state.name} TDI")
+            iid = td.InterfaceId(function_id=f.rid)
+            self._tdisp("STOP_INTERFACE", f.locked_session, td.StopInterface(interface_id=iid))
+
+    def _tdi_in(self, state: td.TdiState) -> Any:
+        return next(
+            (
+                f
+                for d in self.run._snap.devices
+                for f in d.functions
+                if f.tdi_state is state and (f.locked_session is not None or state is td.TdiState.CONFIG_UNLOCKED)
+            ),
+            None,
+        )
 
     @rule(
         sid=sessions,
