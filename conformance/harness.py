@@ -59,7 +59,10 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         raise SutHang(f"the SUT did not return from {getattr(fn, '__qualname__', fn)} within {timeout:g} s")
 
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    # Re-armed every ``timeout`` until the call ends: an exception raised from a signal handler can land
+    # where Python swallows it (a gc callback, a __del__: "Exception ignored in ..."), and a one-shot
+    # alarm would then leave a hanging SUT to hang on.
+    signal.setitimer(signal.ITIMER_REAL, timeout, timeout)
     try:
         return fn(*args, **kwargs)
     finally:

@@ -1,0 +1,32 @@
+"""The step harness: a hanging SUT is a reported failure even where Python swallows the first alarm."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conformance.harness import SutHang, _call
+
+
+def test_a_hang_is_reported_when_the_first_alarm_is_swallowed():
+    """An exception raised by a signal handler inside a gc callback or a ``__del__`` is printed and
+    dropped ("Exception ignored in ..."); the SUT then keeps hanging. The alarm must fire again."""
+    swallowed = []
+
+    def hangs_and_swallows() -> str:
+        try:
+            time.sleep(2)
+        except SutHang as exc:  # what the interpreter does to an exception in a gc callback
+            swallowed.append(exc)
+        time.sleep(2)
+        return "finished"
+
+    with pytest.raises(SutHang, match="did not return"):
+        _call(hangs_and_swallows, (), {}, 0.05)
+    assert len(swallowed) == 1
+
+
+def test_a_call_that_returns_in_time_is_not_interrupted_later():
+    assert _call(lambda: "ok", (), {}, 0.05) == "ok"
+    time.sleep(0.15)  # the alarm was cancelled: nothing fires after the call
