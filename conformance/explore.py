@@ -483,7 +483,7 @@ def explore(
     ``stop_on``: stop as soon as each of these rule IDs has a finding (what the shrink benchmark needs).
     ``max_seconds``: stop when the time is up; the result then says it is not complete.
     """
-    from conformance.replay import _own_verdicts
+    from conformance.harness import verdicts_untouched
 
     if depth < 0:
         raise ExploreError(f"depth must be >= 0, got {depth}")
@@ -527,7 +527,7 @@ def explore(
             return None
         return _state_key(run), (_actions(run, rules) if expand else [])
 
-    with _own_verdicts():
+    with verdicts_untouched():
         # Level 0: the initialize rules, every argument choice of each, in name order.
         frontier: list[tuple[tuple[_Action, ...], list[_Action]]] = []
         prefixes: list[tuple[_Action, ...]] = [()]
@@ -624,9 +624,9 @@ def run_steps(machine_cls: type, steps: Sequence[dict[str, Any]]) -> tuple[str, 
 def rerun(machine_cls: type, steps: Sequence[dict[str, Any]]) -> Exception | None:
     """Run a recorded step list on a fresh machine; the exception it ends with (carrying the recorded
     steps and trace, as in a Hypothesis run) or None when every step and the teardown passed."""
-    from conformance.replay import _own_verdicts
+    from conformance.harness import verdicts_untouched
 
-    with _own_verdicts():
+    with verdicts_untouched():
         machine = machine_cls()
         try:
             for step in steps:

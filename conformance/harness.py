@@ -8,14 +8,16 @@ cannot be taken raises :class:`SutBroken`. All are AssertionErrors, so Hypothesi
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 
-__all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts"]
+__all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts", "verdicts_untouched"]
 
 
 class SutHang(AssertionError):
@@ -49,6 +51,18 @@ class Verdicts:
 
 
 VERDICTS = Verdicts()
+
+
+@contextlib.contextmanager
+def verdicts_untouched() -> Iterator[None]:
+    """Machines run inside (a replay, the plugin's search for a shorter failure) add nothing to the
+    run-wide verdicts the plugin writes: their teardowns absorb counts like any example's."""
+    saved = copy.deepcopy(vars(VERDICTS))
+    try:
+        yield
+    finally:
+        vars(VERDICTS).clear()
+        vars(VERDICTS).update(saved)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:

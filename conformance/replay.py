@@ -19,16 +19,16 @@ half-run machine or a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import attrs
 
+from conformance.harness import verdicts_untouched
 from conformance.sut import SutLoadError, load_factory
 from reports.model import Failure, ReportInputError, load_failure
 
@@ -191,18 +191,6 @@ def prepare(path: str | os.PathLike[str], sut: str | None = None, *, timeout: fl
     return Prepared(failure=failure, kind=kind, sut=spec, machine=machine, steps=tuple(steps))
 
 
-@contextlib.contextmanager
-def _own_verdicts() -> Iterator[None]:
-    """A replay must not add its counts to the run-wide verdicts the plugin writes (teardown absorbs them)."""
-    from conformance.harness import VERDICTS
-
-    saved = (dict(VERDICTS.checked), dict(VERDICTS.exercised), dict(VERDICTS.failed), VERDICTS.steps)
-    try:
-        yield
-    finally:
-        VERDICTS.checked, VERDICTS.exercised, VERDICTS.failed, VERDICTS.steps = saved
-
-
 def _classify(exc: BaseException) -> tuple[str, str]:
     """(rule ID, detail) of a step's exception, as the plugin names it in failure records."""
     from conformance.harness import SutBroken, SutHang
@@ -221,7 +209,7 @@ def execute(prepared: Prepared) -> ReplayResult:
     """Run a prepared record; the machine's own failures are results, not exceptions."""
     f = prepared.failure
     base = {"recorded_rule_id": f.rule_id, "sut": prepared.sut}
-    with _own_verdicts():
+    with verdicts_untouched():
         try:
             machine = prepared.machine()
         except Exception as exc:
