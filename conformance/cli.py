@@ -120,6 +120,20 @@ def _build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser("serve-device", help="serve the reference device over the spdm-emu socket protocol")
         _server.add_arguments(s)
         s.add_argument("--config", default=None, help="JSON file with DeviceConfig fields")
+        s.add_argument(
+            "--profile",
+            choices=sorted(PROFILES),
+            default=None,
+            help="behave as the reference device does under this platform profile (e.g. tdx: STOP in "
+            "CONFIG_UNLOCKED succeeds); a --config field wins",
+        )
+        s.add_argument(
+            "--mutant",
+            default=None,
+            metavar="NAME",
+            help="serve one of the deliberately broken devices of reference_impl.mutants (device-...) "
+            "instead, to see a failure over the socket",
+        )
         s.set_defaults(func=_cmd_serve)
     return p
 
@@ -128,23 +142,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server: Any = importlib.import_module("reference_impl.transport.server")
 
     from reference_impl.device.device import DeviceConfig
+    from reference_impl.profiles import StopInUnlocked, get_profile
+    from reference_impl.transport.served import ServedDevice, served_device_factory
 
     fields: dict[str, object] = {}
+    if args.profile:
+        idempotent = get_profile(args.profile).stop_in_unlocked is StopInUnlocked.IDEMPOTENT
+        fields["stop_in_unlocked_idempotent"] = idempotent
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as fh:
-                fields = json.load(fh)
-            if not isinstance(fields, dict):
+                given = json.load(fh)
+            if not isinstance(given, dict):
                 raise ValueError("top level must be a JSON object")
+            fields.update(given)
             config = DeviceConfig(**fields)  # type: ignore[arg-type]
         except (OSError, ValueError, TypeError) as exc:
             sys.stderr.write(f"teeio-conformance serve-device: bad --config {args.config}: {exc}\n")
             return 2
     else:
-        config = DeviceConfig()
-    from reference_impl.transport.served import served_device_factory
+        config = DeviceConfig(**fields)  # type: ignore[arg-type]
+    cls: type = ServedDevice
+    if args.mutant:
+        from reference_impl.mutants import MUTANTS
 
-    return int(server.run(args, served_device_factory(config)))
+        device_mutants = {m.name: m.device for m in MUTANTS if isinstance(m.device, type)}
+        broken = device_mutants.get(args.mutant)
+        if broken is None:
+            sys.stderr.write(
+                f"teeio-conformance serve-device: no device mutant {args.mutant!r}; "
+                f"one of: {', '.join(sorted(device_mutants))}\n"
+            )
+            return 2
+        cls = type(f"Served{broken.__name__}", (broken, ServedDevice), {})
+    return int(server.run(args, served_device_factory(config, cls=cls)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

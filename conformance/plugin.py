@@ -5,21 +5,25 @@ Options:
   --tdisp-profile P        tdx | sev-tio | cca | all (default all)
   --report-dir DIR         write verdicts and failures there (JSON, JUnit XML, text, HTML)
   --step-timeout SECONDS   per-step time limit for the SUT (default 5)
+  --device-spawn CMD       the device machine drives a responder CMD starts, fresh for every example
+  --device-at HOST:PORT    ... or one already listening there (with --device-functions ID,...)
 """
 
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
 
 from conformance import settings as _settings
 from conformance.sut import DEFAULT_SUT, SutLoadError, load_factory
+
+if TYPE_CHECKING:
+    from conformance.remote import DeviceTarget
 
 _settings.register()
 
@@ -32,6 +36,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--tdisp-profile", default="all", choices=[*PROFILE_NAMES, "all"], help="platform profile(s) to test")
     g.addoption("--report-dir", default=None, help="directory for verdict reports")
     g.addoption("--step-timeout", type=float, default=5.0, help="per-step time limit for the SUT, seconds")
+    g.addoption(
+        "--device-spawn",
+        default=None,
+        metavar="CMD",
+        help="run the device machine against a TDISP/IDE_KM responder over the spdm-emu socket, started "
+        "by CMD for every example (it prints a JSON ready line with host, port, function_ids, as "
+        "'teeio-conformance serve-device --port 0' does)",
+    )
+    g.addoption(
+        "--device-at",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the device machine against a responder already listening at HOST:PORT (spdm-emu "
+        "socket); it must be at power-on state for every example",
+    )
+    g.addoption(
+        "--device-functions",
+        default=None,
+        metavar="ID,...",
+        help="with --device-at: the INTERFACE_ID FUNCTION_IDs of its TDIs, PF first "
+        "(default: 0x3a00,0x3a01, those serve-device serves)",
+    )
     g.addoption(
         "--minimize-seconds",
         type=float,
@@ -52,33 +78,36 @@ def pytest_configure(config: pytest.Config) -> None:
         config._teeio_factory = load_factory(config.getoption("--sut"))  # type: ignore[attr-defined]
     except SutLoadError as exc:
         raise pytest.UsageError(str(exc)) from exc
+    config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """One report directory per run: the controller (or a run without xdist) removes an earlier run's
-    verdict and failure files first. They would otherwise be merged into this run's report -- e.g. a
-    serial run's ``verdicts-main.json`` next to a later ``-n 2`` run's ``verdicts-gw*.json`` double counts."""
-    report_dir = session.config.getoption("--report-dir")
-    if not report_dir or hasattr(session.config, "workerinput"):  # xdist workers start after the controller
-        return
-    stale = [
-        *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
-        *glob.glob(os.path.join(report_dir, "failures", "*.json")),
-    ]
-    for path in stale:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
+def _device_target(config: pytest.Config) -> DeviceTarget | None:
+    """The responder named by the --device-* options; None (the in-process device) without them.
+
+    Imported only when asked for: what a run imports of the project feeds Hypothesis' pool of constants,
+    so the plain run's derandomized search stays what it was."""
+    given = [config.getoption(o) for o in ("--device-spawn", "--device-at", "--device-functions")]
+    if all(v is None for v in given):
+        return None
+    from conformance.remote import DeviceTarget
+    from reference_impl.errors import InvalidArgument
+
+    try:
+        return DeviceTarget.from_options(*given)
+    except InvalidArgument as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [
+    lines = [
         f"teeio-conformance: SUT {config.getoption('--sut')}, TDISP profile(s) "
         f"{config.getoption('--tdisp-profile')}, hypothesis {hypothesis.__version__} "
         f"(settings profile {hypothesis.settings._current_profile})"
     ]
+    target: DeviceTarget | None = getattr(config, "_teeio_device", None)
+    if target is not None:
+        lines.append(f"teeio-conformance: device machine against a {target.name}")
+    return lines
 
 
 def selected_profiles(config: pytest.Config) -> list[str]:
@@ -99,6 +128,12 @@ def sut_factory(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def step_timeout(request: pytest.FixtureRequest) -> float:
     return float(request.config.getoption("--step-timeout"))
+
+
+@pytest.fixture
+def device_target(request: pytest.FixtureRequest) -> DeviceTarget | None:
+    """The responder the device machine drives over the socket; None: the in-process device."""
+    return request.config._teeio_device  # type: ignore[attr-defined]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -201,11 +236,17 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
         "hypothesis": hypothesis.__version__,
         "seed": None,
         "num_vfs": getattr(exc, "teeio_num_vfs", None),
+        "device": _device_spec(item) if kind == "device" else None,
     }
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-110:] + (f"-{n}" if n else "")
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
     with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)
+
+
+def _device_spec(item: pytest.Item) -> Any:
+    target = getattr(item.config, "_teeio_device", None)
+    return None if target is None else dict(target.spec) if target.spec is not None else None
 
 
 def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: str | None) -> Exception | None:
@@ -224,6 +265,8 @@ def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: 
     steps = getattr(exc, "teeio_steps", None)
     if not budget or budget <= 0 or kind is None or profile is None or not steps:
         return None
+    if kind == "device" and _device_spec(item) is not None:
+        return None  # the explorer drives the in-process device; a responder elsewhere keeps Hypothesis' result
     try:
         rule_id = _classify(exc)[0]
         factory = None if kind == "device" else load_factory(item.config.getoption("--sut"))

@@ -1,16 +1,21 @@
 """The device machine against a responder in another process, over the spdm-emu socket.
 
-``pytest --device-at HOST:PORT`` (or ``teeio-conformance run --device-at``) points the device machine at
-an external responder; ``REMOTE_RULES`` are the rules a socket can serve. What only a local device
-offers -- config space, resets, TLPs, IDE stream state -- is refused as Unsupported and those rules
-stay NOT EXERCISED instead of failing.
+``pytest --device-spawn CMD`` (or ``teeio-conformance run --device-spawn CMD``) starts the responder
+for every example, fresh, and reads where it listens from its JSON ready line;
+``--device-at HOST:PORT`` points the device machine at one that is already running.
+``REMOTE_RULES`` are the rules a socket can serve. What only a local device offers -- config space,
+resets, TLPs, IDE stream state -- is refused as Unsupported and those rules stay NOT EXERCISED
+instead of failing.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import shlex
+import subprocess
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -18,15 +23,54 @@ from hypothesis.stateful import consumes, rule
 
 from conformance.machines.device import DeviceMachine, DeviceMachineConfig
 from conformance.machines.recording import recorded
-from reference_impl.transport.client import RemoteDevice
+from reference_impl.errors import InvalidArgument
+from reference_impl.transport.client import RemoteDevice, spawn
 
-__all__ = ["REMOTE_RULES", "RemoteDeviceMachine", "config_for", "remote_device_factory", "spawned_device_factory"]
+__all__ = [
+    "REFERENCE_FUNCTION_IDS",
+    "REMOTE_RULES",
+    "DeviceTarget",
+    "RemoteDeviceMachine",
+    "config_for",
+    "parse_address",
+    "parse_function_ids",
+    "remote_device_factory",
+    "spawned_device_factory",
+    "spawning_device_factory",
+]
+
+REFERENCE_FUNCTION_IDS = (0x3A00, 0x3A01)  # the PF and VF that ``teeio-conformance serve-device`` serves
 
 # fmt: off
 REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP-06", "TDISP-07", "TDISP-11",
                           "TDISP-12", "TDISP-13", "TDISP-14", "TDISP-15", "TDISP-16", "IDE-02", "IDE-04", "IDE-05",
                           "ERR-01", "ERR-02"})
 # fmt: on
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 literal), or :class:`InvalidArgument` saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"a device address is HOST:PORT with a port in 1..65535, got {text!r}")
+    return host, int(port)
+
+
+def parse_function_ids(text: str) -> tuple[int, ...]:
+    """Comma-separated INTERFACE_ID FUNCTION_IDs (``0x3a00,0x3a01`` or decimal), the PF's first."""
+    out = []
+    for part in text.split(","):
+        try:
+            value = int(part.strip(), 0)
+        except ValueError:
+            raise InvalidArgument(f"a function ID is a number like 0x3a00, got {part.strip()!r} in {text!r}") from None
+        if not 0 <= value < 1 << 32:
+            raise InvalidArgument(f"a FUNCTION_ID is a 32-bit field, got {value:#x}")
+        out.append(value)
+    if len(set(out)) != len(out):
+        raise InvalidArgument(f"function IDs repeat in {text!r}")
+    return tuple(out)
 
 
 def remote_device_factory(host: str, port: int, function_ids: tuple[int, ...]) -> Any:
@@ -74,12 +118,130 @@ def spawned_device_factory(responder_factory: Any, function_ids: tuple[int, ...]
     return make
 
 
+class _SpawnedDevice(RemoteDevice):
+    """A remote device whose responder process lives for one example: closing it ends the process."""
+
+    def __init__(self, trace: Any, proc: subprocess.Popen[bytes], info: dict[str, Any]) -> None:
+        super().__init__(trace, info["host"], int(info["port"]), tuple(info.get("function_ids") or ()))
+        self._proc = proc
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 10.0) -> Any:
+    """Start ``command`` for every example -- a power-on responder each time, so a failing sequence
+    replays and shrinks from the same start -- and drive it at the host and port of its ready line.
+
+    The command prints one JSON line (``host``, ``port``, ``function_ids``), as ``teeio-conformance
+    serve-device --port 0`` does; a responder that does not is a :class:`TransportError` naming why,
+    with the end of its stderr. The process is killed when the example ends."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise InvalidArgument("--device-spawn needs a command")
+
+    def make(trace: Any, profile: str) -> RemoteDevice:
+        proc, info = spawn(argv, timeout=ready_timeout)
+        if not info.get("function_ids"):
+            proc.kill()
+            proc.wait()
+            raise InvalidArgument(f"{argv[0]}: its ready line names no function_ids to address")
+        return _SpawnedDevice(trace, proc, info)
+
+    return make
+
+
+@attrs.frozen
+class DeviceTarget:
+    """What the device machine drives: the in-process reference device (``spec`` None), a responder a
+    command starts for every example (``{"spawn": CMD}``), or one listening already (``{"at":
+    "HOST:PORT", "functions": [ID, ...]}``). The spec is what a failure record keeps, so a replay
+    drives the same responder."""
+
+    spec: Mapping[str, Any] | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def name(self) -> str:
+        if self.spec is None:
+            return "reference device (in process)"
+        if "spawn" in self.spec:
+            return f"responder spawned per example by {self.spec['spawn']!r}"
+        return f"responder at {self.spec['at']}"
+
+    def options(self) -> list[str]:
+        """The command-line options that name this target (for replay commands)."""
+        if self.spec is None:
+            return []
+        if "spawn" in self.spec:
+            return ["--device-spawn", str(self.spec["spawn"])]
+        ids = ",".join(f"{f:#x}" for f in self.spec["functions"])
+        return ["--device-at", str(self.spec["at"]), "--device-functions", ids]
+
+    def factory(self) -> Any:
+        """A device factory ``(trace, profile) -> device``; None for the in-process reference device."""
+        if self.spec is None:
+            return None
+        if "spawn" in self.spec:
+            return spawning_device_factory(str(self.spec["spawn"]))
+        host, port = parse_address(str(self.spec["at"]))
+        return remote_device_factory(host, port, tuple(self.spec["functions"]))
+
+    @classmethod
+    def from_options(cls, spawn: str | None, at: str | None, functions: str | None) -> DeviceTarget:
+        """From ``--device-spawn`` / ``--device-at`` / ``--device-functions``; :class:`InvalidArgument` if
+        they do not fit together."""
+        if spawn is not None and at is not None:
+            raise InvalidArgument("--device-spawn and --device-at each name the device: give one")
+        if functions is not None and at is None:
+            raise InvalidArgument("--device-functions goes with --device-at (a spawned responder names its own)")
+        if spawn is not None:
+            if not shlex.split(spawn):
+                raise InvalidArgument("--device-spawn needs a command")
+            return cls({"spawn": spawn})
+        if at is not None:
+            host, port = parse_address(at)
+            ids = parse_function_ids(functions) if functions is not None else REFERENCE_FUNCTION_IDS
+            return cls({"at": f"{host}:{port}", "functions": list(ids)})
+        return cls()
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> DeviceTarget:
+        """From a failure record's ``device`` field (checked: a record may be corrupt or foreign)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, dict) and set(spec) == {"spawn"} and isinstance(spec["spawn"], str):
+            return cls.from_options(spec["spawn"], None, None)
+        if (
+            isinstance(spec, dict)
+            and set(spec) == {"at", "functions"}
+            and isinstance(spec["at"], str)
+            and isinstance(spec["functions"], list)
+            and spec["functions"]
+            and all(isinstance(f, int) and not isinstance(f, bool) for f in spec["functions"])
+        ):
+            return cls.from_options(None, spec["at"], ",".join(str(f) for f in spec["functions"]))
+        raise InvalidArgument(
+            "field 'device' must be {'spawn': CMD} or {'at': 'HOST:PORT', 'functions': [ID, ...]}, "
+            f"got {str(spec)[:80]}"
+        )
+
+
 class RemoteDeviceMachine(DeviceMachine):
     """The device machine, with sessions that end for good (a closed connection cannot be reused)."""
 
     def teardown(self) -> None:
-        super().teardown()
-        self.device.close()
+        try:
+            super().teardown()
+        finally:
+            self.device.close()
 
     @rule(sid=consumes(DeviceMachine.sessions))
     @recorded

@@ -149,23 +149,55 @@ def _decode(value: Any, types: dict[str, type], where: str) -> Any:
     return value
 
 
-def prepare(path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0) -> Prepared:
-    """Read and check the record and the SUT; raise :class:`ReplayError` (or its base) on anything wrong."""
+def _remote_target(failure: Failure, kind: str, sut: str | None, device: Any, path: Any) -> Any:
+    """The responder to replay a device record on: ``device`` (from --device-*), else the recorded one;
+    None for the in-process device (a ``--sut`` device factory wins over both)."""
+    from conformance.remote import DeviceTarget
+    from reference_impl.errors import InvalidArgument
+
+    if device is not None and device.remote and kind != "device":
+        raise ReplayError(f"{path}: a {kind} record; --device-spawn / --device-at apply to device records")
+    if kind != "device" or sut is not None:
+        return None
+    if device is not None and device.remote:
+        return device
+    try:
+        target = DeviceTarget.from_spec(failure.device)
+    except InvalidArgument as exc:
+        raise ReplayError(f"{path}: {exc}") from None
+    return target if target.remote else None
+
+
+def prepare(
+    path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0, device: Any = None
+) -> Prepared:
+    """Read and check the record and the SUT; raise :class:`ReplayError` (or its base) on anything wrong.
+
+    ``device`` (a :class:`conformance.remote.DeviceTarget`) replays a device record on a responder over
+    the socket; without it, a record of such a run replays on the responder it names."""
     failure = load_failure(path)
     kind = machine_kind(failure)
     profile = failure.profile
     if not profile:
         raise ReplayError(f"{path}: field 'profile' is missing; cannot tell which platform profile to replay")
     factory: Callable[..., Any] | None = None
-    if kind == "device" and sut is None:
+    remote = _remote_target(failure, kind, sut, device, path)
+    if remote is not None:
+        from conformance.remote import RemoteDeviceMachine, config_for
+
+        spec = remote.name
+        cfg = config_for(remote.factory(), profile=profile, timeout=timeout)
+        machine: type = type("ReplayRemoteDeviceMachine", (RemoteDeviceMachine,), {"config": cfg})
+    elif kind == "device" and sut is None:
         spec = REFERENCE_DEVICE  # the device machine drives a device alone, not the recorded stack
+        machine = _machine_class(kind, factory, profile, timeout, failure.num_vfs)
     else:
         spec = sut or failure.sut
         try:
             factory = load_factory(spec)
         except SutLoadError as exc:
             raise ReplayError(f"{exc}" if sut else f"{path}: recorded SUT unusable here: {exc}") from exc
-    machine = _machine_class(kind, factory, profile, timeout, failure.num_vfs)
+        machine = _machine_class(kind, factory, profile, timeout, failure.num_vfs)
     module = _machine_module(kind)
     types = {  # handle types a record may encode as {"__slot__": {...}} (recording.encode_value)
         name.lower(): obj
@@ -254,9 +286,12 @@ def execute(prepared: Prepared) -> ReplayResult:
     )
 
 
-def replay(path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0) -> ReplayResult:
-    """Replay the failure recorded in ``path`` on a fresh machine around ``sut`` (default: recorded SUT)."""
-    return execute(prepare(path, sut, timeout=timeout))
+def replay(
+    path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0, device: Any = None
+) -> ReplayResult:
+    """Replay the failure recorded in ``path`` on a fresh machine around ``sut`` (default: recorded SUT),
+    or, for a device record, on the responder ``device`` names (default: the recorded one, if any)."""
+    return execute(prepare(path, sut, timeout=timeout, device=device))
 
 
 # ---------------------------------------------------------------------------- CLI: teeio-conformance replay
@@ -277,12 +312,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="per-step time limit for the SUT (default 5)",
     )
+    parser.add_argument(
+        "--device-spawn",
+        default=None,
+        metavar="CMD",
+        help="device records: replay on a responder CMD starts (it prints a JSON ready line, as serve-device does)",
+    )
+    parser.add_argument(
+        "--device-at", default=None, metavar="HOST:PORT", help="device records: replay on the responder listening there"
+    )
+    parser.add_argument(
+        "--device-functions", default=None, metavar="ID,...", help="with --device-at: its TDIs' FUNCTION_IDs, PF first"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """1 if it still fails, 0 if it passes now, 2 for a bad file or --sut (one line on stderr)."""
+    from conformance.remote import DeviceTarget
+    from reference_impl.errors import InvalidArgument
+
     try:
-        result = replay(args.file, args.sut, timeout=args.step_timeout)
+        device = DeviceTarget.from_options(
+            getattr(args, "device_spawn", None),
+            getattr(args, "device_at", None),
+            getattr(args, "device_functions", None),
+        )
+        if device.remote and args.sut:
+            raise InvalidArgument("--sut names an in-process device factory; --device-spawn / --device-at a responder")
+    except InvalidArgument as exc:
+        sys.stderr.write(f"teeio-conformance replay: {exc}\n")
+        return 2
+    try:
+        result = replay(args.file, args.sut, timeout=args.step_timeout, device=device)
     except ReportInputError as exc:
         sys.stderr.write(f"teeio-conformance replay: {exc}\n")
         return 2

@@ -1,14 +1,27 @@
-"""The device machine against the reference device (or the device of --sut's stack)."""
+"""The device machine against the reference device, or a responder over the spdm-emu socket."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.machines.device import DeviceMachine, DeviceMachineConfig
 
 
-def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float) -> None:
-    """Random TDISP / IDE_KM traffic, malformed bytes, faults and sessions keep the device on the state table."""
+def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float, device_target: Any) -> None:
+    """Random TDISP / IDE_KM traffic, malformed bytes, faults and sessions keep the device on the state table.
+
+    Against a responder over the socket (``--device-spawn`` / ``--device-at``) only the rules a socket
+    can serve are checked; the rest stay NOT EXERCISED."""
+    if device_target is not None:
+        from conformance.remote import RemoteDeviceMachine, config_for
+
+        class Remote(RemoteDeviceMachine):
+            config = config_for(device_target.factory(), profile=tdisp_profile, timeout=step_timeout)
+
+        run_state_machine_as_test(Remote)
+        return
 
     class Machine(DeviceMachine):
         config = DeviceMachineConfig(profile=tdisp_profile, timeout=step_timeout)

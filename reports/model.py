@@ -25,6 +25,7 @@ import enum
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,9 @@ class Failure:
     hypothesis: str | None = None
     seed: str | None = None
     num_vfs: int | None = None  # the stack's VFs per device when recorded (None: the machine's default)
+    # device records: the responder driven over the socket ({"spawn": CMD} or {"at": ..., "functions":
+    # [...]}, checked by conformance.remote.DeviceTarget.from_spec); None: the in-process device
+    device: Mapping[str, Any] | None = None
 
     @property
     def file(self) -> str:
@@ -265,6 +269,11 @@ class Failure:
         return out
 
     def replay_command(self, sut: str | None = None) -> str:
+        if self.device is not None and sut is None:  # the recorded responder, named as the run named it
+            if "spawn" in self.device:
+                return f"teeio-conformance replay {self.file} --device-spawn {shlex.quote(str(self.device['spawn']))}"
+            ids = ",".join(f"{f:#x}" for f in self.device.get("functions", ()) if isinstance(f, int))
+            return f"teeio-conformance replay {self.file} --device-at {self.device.get('at')} --device-functions {ids}"
         return f"teeio-conformance replay {self.file} --sut {sut or self.sut}"
 
     def to_json(self) -> dict[str, Any]:
@@ -287,6 +296,7 @@ class Failure:
             "hypothesis": self.hypothesis,
             "seed": self.seed,
             "num_vfs": self.num_vfs,
+            "device": None if self.device is None else dict(self.device),
         }
 
     @classmethod
@@ -371,6 +381,7 @@ class Failure:
             hypothesis=field("hypothesis", str, optional=True),
             seed=_str_or_none(field("seed", (str, int), optional=True)),
             num_vfs=num_vfs,
+            device=field("device", dict, optional=True),
         )
 
 
