@@ -65,6 +65,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         argv.append(f"--report-dir={args.report_dir}")
     if args.workers:
         argv += ["-n", str(args.workers)]
+    for option in ("device_spawn", "device_at", "device_functions"):
+        if getattr(args, option, None) is not None:
+            argv.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
     argv += [a for a in args.pytest_args if a != "--"]
     status = int(pytest.main(argv))
     if args.report_dir:
@@ -98,6 +101,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hypothesis-profile", default="ci", choices=["ci", "dev", "thorough"])
     run.add_argument("--report-dir", default=None)
     run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers")
+    run.add_argument(
+        "--device-spawn",
+        default=None,
+        metavar="CMD",
+        help="the device machine drives a responder CMD starts per example (spdm-emu socket; JSON ready line)",
+    )
+    run.add_argument("--device-at", default=None, metavar="HOST:PORT", help="... or one listening there")
+    run.add_argument("--device-functions", default=None, metavar="ID,...", help="with --device-at: its TDIs, PF first")
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     run.set_defaults(func=_cmd_run)
 

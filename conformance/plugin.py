@@ -150,7 +150,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "exercised": VERDICTS.exercised,
         "failed": VERDICTS.failed,
         "steps": VERDICTS.steps,
-        "sut": session.config.getoption("--sut"),
+        "sut": _sut_name(session.config),
         "profiles": selected_profiles(session.config),
         "by_profile": VERDICTS.by_profile,
         "run": {
@@ -163,6 +163,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     }
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
+
+
+def _sut_name(config: pytest.Config) -> str:
+    """The SUT as the report names it; a device machine driven over the socket names its responder too."""
+    sut = str(config.getoption("--sut"))
+    target: DeviceTarget | None = getattr(config, "_teeio_device", None)
+    return sut if target is None else f"{sut}; device machine: {target.name}"
 
 
 def _seed(config: pytest.Config) -> str | None:
