@@ -23,6 +23,7 @@ import pytest
 from conformance import replay as rp
 from reports import writer
 from reports.model import load_report_dir
+from tests.child import run_pytest
 
 from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
 
@@ -47,30 +48,13 @@ def test_full_stack_lifecycle(sut_factory, tdisp_profile, step_timeout):
 """
 
 
-def _pytest(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        **(env or {}),
-    }
-    environ.pop("PYTEST_XDIST_WORKER", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *argv],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="module")
 def caught(tmp_path_factory):
     """Run the suite against the mutant with --report-dir; return the report directory."""
     work = tmp_path_factory.mktemp("suite")
     (work / "test_mutant_suite.py").write_text(SUITE, encoding="utf-8")
     report_dir = work / "report"
-    proc = _pytest(
+    proc = run_pytest(
         work,
         "test_mutant_suite.py",
         f"--sut={MUTANT_SUT}",
@@ -124,8 +108,8 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     assert again.still_fails and again.rule_id == "FLOW-05" and again.steps_run == 2
 
     snippet = f"failures/{failure.name}.test.py"
-    assert _pytest(caught, "--import-mode=importlib", snippet).returncode == 0  # it still fails: the test passes
-    on_reference = _pytest(caught, "--import-mode=importlib", snippet, env={"TEEIO_SUT": REFERENCE_SUT})
+    assert run_pytest(caught, "--import-mode=importlib", snippet).returncode == 0  # it still fails: the test passes
+    on_reference = run_pytest(caught, "--import-mode=importlib", snippet, env={"TEEIO_SUT": REFERENCE_SUT})
     assert on_reference.returncode == 1 and "no longer fails" in on_reference.stdout
     script = subprocess.run(
         [sys.executable, snippet],

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,8 +32,8 @@ from reference_impl.device.device import DeviceConfig
 from reference_impl.errors import InvalidArgument
 from reference_impl.transport.served import served_device_factory
 from reports.model import Failure
+from tests.child import run_pytest
 
-REPO = Path(__file__).resolve().parents[2]
 SERVE = f"{sys.executable} -m conformance.cli serve-device --port 0 --profile tdx"
 
 
@@ -96,22 +94,9 @@ def test_a_target_round_trips_through_its_record_spec_and_options():
     assert not DeviceTarget.from_options(None, None, None).remote
 
 
-def _pytest(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_pytest_refuses_a_bad_device_option_in_one_line(tmp_path):
     (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n", encoding="utf-8")
-    proc = _pytest(tmp_path, "test_nothing.py", "--device-at", "nowhere", "--rootdir", str(tmp_path))
+    proc = run_pytest(tmp_path, "test_nothing.py", "--device-at", "nowhere", "--rootdir", str(tmp_path))
     assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
     assert "a device address is HOST:PORT" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -186,7 +171,7 @@ def test_a_spawned_mutant_responder_is_recorded_and_replayed_on_the_same_command
     (tmp_path / "test_served_suite.py").write_text(SUITE, encoding="utf-8")
     report = tmp_path / "report"
     command = f"{SERVE} --mutant device-lock-leaves-unlocked"
-    proc = _pytest(
+    proc = run_pytest(
         tmp_path,
         "test_served_suite.py",
         "--tdisp-profile=tdx",
