@@ -216,6 +216,37 @@ class DeviceMachine(RuleBasedStateMachine):
 
         self._do("program_ide_keys", go)
 
+    @rule(protocol=st.sampled_from(["ide_km", "tdisp"]), cut=st.integers(1, 12))
+    @recorded
+    def truncated(self, protocol: str, cut: int) -> None:
+        """A well-formed request cut ``cut`` bytes short, over a live session (opened if there is none):
+        a KEY_PROG must get a KP_ACK with a failing status (IDE-02; validator KeyProg.2), a LOCK_INTERFACE
+        a TDISP_ERROR (TDISP-12); neither may crash the responder (ERR-02) or change anything.
+
+        A rule of its own: random malformed bytes are seldom a request only slightly short, and a ``ci``
+        search missed a device acknowledging every KEY_PROG with SUCCESS on 2 of 6 seeds, and one that
+        crashes on a short TDISP request on 1 of 6."""
+        live = [sid for d in self.run._snap.devices for sid in d.sessions]
+        sid = live[-1] if live else self._do("spdm_connect", self.device.spdm_connect)
+        if sid is None:
+            return
+        if protocol == "ide_km":
+            slot = km.KeySubStream(key_set=km.KeySet(0), direction=km.Direction(0), sub_stream=km.SubStream(0))
+            full = km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=bytes(32), iv=IV))
+            self._do("key_prog_truncated", self.device.handle_vendor_message, 0, full[:-cut], session_id=sid)
+            return
+        lock = td.LockInterface(
+            interface_id=td.InterfaceId(function_id=self.rids[0]),
+            flags=0,
+            default_stream_id=0,
+            mmio_reporting_offset=0,
+            bind_p2p_address_mask=0,
+        )
+        full = td.encode(lock)
+        self._do(
+            "lock_truncated", self.device.handle_vendor_message, 1, full[: max(len(full) - cut, 1)], session_id=sid
+        )
+
     # ------------------------------------------------------------------ TDISP requests
     @rule(sid=sessions, fn=st.integers(0, 1))
     @recorded
@@ -282,23 +313,52 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(running=st.booleans())
     @recorded
     def stop_locked(self, running: bool) -> None:
-        """STOP_INTERFACE to a TDI in RUN (``running``) or CONFIG_LOCKED, over the session that locked it:
-        both must go to CONFIG_UNLOCKED (TDISP-07; validator StopInterface cases). If no TDI is in that
-        state, one is brought there first (keys, LOCK, START), each message checked, so every draw of
-        this rule tests the case: with session and function both drawn, or with a TDI merely looked
-        for, a ``ci`` search stopped a RUN TDI on only 4 of 6 seeds."""
+        """STOP_INTERFACE to a TDI in RUN (``running``) or CONFIG_LOCKED over the session that locked it:
+        it must go to CONFIG_UNLOCKED (TDISP-07; validator StopInterface cases).
+
+        Aimed: with session and function both drawn, a ``ci`` search stopped a RUN TDI on only 4 of 6
+        seeds, and a version that only looked for a locked TDI found one in 0 of 288 draws; so a TDI is
+        brought to the state first if none is in it (:meth:`_locked_tdi`). Folded into one rule with
+        the queries below, STOP of a RUN TDI was drawn too seldom again (5 of 6 seeds)."""
+        f = self._locked_tdi(running)
+        if f is not None:
+            note(f"STOP of a {f.tdi_state.name} TDI over its locking session")
+            self._tdisp(
+                "STOP_INTERFACE", f.locked_session, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid))
+            )
+
+    @rule(request=st.sampled_from(["state", "report", "caps", "version"]), running=st.booleans())
+    @recorded
+    def query_locked(self, request: str, running: bool) -> None:
+        """A query to a TDI in RUN or CONFIG_LOCKED over its locking session: a state query must say the
+        state and leave it there (TDISP-02), a report be served (TDISP-11), capabilities list the
+        mandatory requests (TDISP-14), and none may change the state. Aimed like :meth:`stop_locked`:
+        with session and function drawn, a ``ci`` search queried a RUN TDI on 2 of 3 seeds."""
+        f = self._locked_tdi(running)
+        if f is None:
+            return
+        note(f"{request} query to a {f.tdi_state.name} TDI over its locking session")
+        iid = td.InterfaceId(function_id=f.rid)
+        msg: Any = {
+            "state": td.GetDeviceInterfaceState(interface_id=iid),
+            "report": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
+            "caps": td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
+            "version": td.GetTdispVersion(interface_id=iid),
+        }[request]
+        self._tdisp(f"tdisp_{request}", f.locked_session, msg)
+
+    def _locked_tdi(self, running: bool) -> Any:
+        """A TDI in RUN (``running``) or CONFIG_LOCKED with its locking session; if none is, one brought
+        there first (keys, LOCK, START), each message checked. None if no TDI can be."""
         state = td.TdiState.RUN if running else td.TdiState.CONFIG_LOCKED
         f = self._tdi_in(state)
         if f is None:
             unlocked = self._tdi_in(td.TdiState.CONFIG_UNLOCKED)
             if unlocked is None:
-                return
+                return None
             self._bring_up(self.rids.index(unlocked.rid), "running" if running else "locked")
             f = self._tdi_in(state)
-        if f is not None:
-            note(f"STOP of a {state.name} TDI")
-            iid = td.InterfaceId(function_id=f.rid)
-            self._tdisp("STOP_INTERFACE", f.locked_session, td.StopInterface(interface_id=iid))
+        return f
 
     def _tdi_in(self, state: td.TdiState) -> Any:
         return next(
@@ -392,8 +452,8 @@ class DeviceMachine(RuleBasedStateMachine):
     @recorded
     def start_from_other_session(self, fn: int) -> None:
         """START with the right nonce to a CONFIG_LOCKED TDI (``fn``'s if it is locked, else the first
-        that is), sent over a live session that is *not* the one that locked it -- opened first if there
-        is none. The nonce is bound to the locking session (TDISP-15).
+        that is; with none, ``fn``'s after a LOCK), sent over a live session that is *not* the one that
+        locked it -- opened first if there is none. The nonce is bound to the locking session (TDISP-15).
 
         Aimed rather than drawn: with the session and the function both drawn, a ``ci`` run met this
         case in one machine version and never in the next."""
@@ -403,8 +463,16 @@ class DeviceMachine(RuleBasedStateMachine):
             for f in d.functions
             if f.tdi_state is td.TdiState.CONFIG_LOCKED and f.locked_session is not None
         ]
-        if not locked:
-            return
+        if not locked:  # take one there first, so every draw tests the case
+            self._bring_up(fn % len(self.rids), "locked")
+            locked = [
+                f
+                for d in self.run._snap.devices
+                for f in d.functions
+                if f.tdi_state is td.TdiState.CONFIG_LOCKED and f.locked_session is not None
+            ]
+            if not locked:
+                return
         rid = self.rids[fn % len(self.rids)]
         f = next((f for f in locked if f.rid == rid), locked[0])
         others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != f.locked_session]
