@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -68,9 +69,17 @@ def verdicts_untouched() -> Iterator[None]:
 def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
     if timeout <= 0 or threading.current_thread() is not threading.main_thread():
         return fn(*args, **kwargs)
+    here = sys._getframe()
 
     def _alarm(signum: int, frame: Any) -> None:
-        raise SutHang(f"the SUT did not return from {getattr(fn, '__qualname__', fn)} within {timeout:g} s")
+        # Only while ``fn`` runs (its frames sit on top of this one): a tick that lands in this
+        # function itself -- in the ``finally`` below, before the timer is disarmed -- is ignored, or
+        # it would skip the cleanup and leave a repeating alarm behind.
+        f = frame
+        while f is not None and f.f_back is not here:
+            f = f.f_back
+        if f is not None or frame is None:
+            raise SutHang(f"the SUT did not return from {getattr(fn, '__qualname__', fn)} within {timeout:g} s")
 
     old = signal.signal(signal.SIGALRM, _alarm)
     # Re-armed every ``timeout`` until the call ends: an exception raised from a signal handler can land

@@ -22,6 +22,7 @@ import errno as _errno
 __all__ = [
     "AccessFault",
     "AlreadyExists",
+    "AttestationRejected",
     "Busy",
     "CallerError",
     "CodecError",
@@ -91,6 +92,14 @@ class AccessFault(StackError):
     """A DMA or MMIO access was refused; the fault is recorded where the host can see it."""
 
     errno = _errno.EFAULT
+
+
+class AttestationRejected(StackError):
+    """The guest refused the device's evidence: it does not verify, or its ranges do not fit the guest's
+    view. Not a refused call: the exchange that produced the evidence stands (on SEV-TIO it started the
+    TDI), only the guest will not go on to accept it."""
+
+    errno = _errno.EACCES
 
 
 class ConformanceViolation(StackError):

@@ -16,7 +16,7 @@ import attrs
 
 from reference_impl.device.identity import EvidenceError, verify_evidence
 from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import InvalidState, NotFound
+from reference_impl.errors import AttestationRejected, InvalidState, NotFound
 from reference_impl.iommufd import GuestRequest
 from reference_impl.profiles import Profile, StartSender
 from reference_impl.trace import Actor, Trace, operation, query
@@ -84,18 +84,18 @@ class GuestTsm(Actor):
         try:
             verify_evidence(ev.signed, trusted_root=self._root, chain=ev.chain, expected_nonce=nonce)
         except EvidenceError as exc:
-            raise InvalidState(f"attestation of {virt_id:#x} failed: {exc}") from exc
+            raise AttestationRejected(f"attestation of {virt_id:#x} failed: {exc}") from exc
         report = td.InterfaceReport.decode(ev.signed.report)
         private = [r for r in report.mmio_ranges if not r.attributes & td.RangeAttr.IS_NON_TEE_MEM]
         for r in report.mmio_ranges:
             end = r.first_page + r.number_of_pages * PAGE
             if r.first_page < bar_gpa or end > bar_gpa + bar_size:
-                raise InvalidState(
+                raise AttestationRejected(
                     f"report range {r.first_page:#x}..{end:#x} is not inside the vBAR at "
                     f"{bar_gpa:#x} (+{bar_size:#x}): refusing to accept"
                 )
         if not private:
-            raise InvalidState("report lists no TEE memory range")
+            raise AttestationRejected("report lists no TEE memory range")
         return bytes(ev.signed.report)
 
     @operation(step="25")
