@@ -12,6 +12,7 @@ Options:
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,25 @@ def _device_target(config: pytest.Config) -> DeviceTarget | None:
         return DeviceTarget.from_options(*given)
     except InvalidArgument as exc:
         raise pytest.UsageError(str(exc)) from exc
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One report directory per run: the controller (or a run without xdist) removes an earlier run's
+    verdict and failure files first. They would otherwise be merged into this run's report -- e.g. a
+    serial run's ``verdicts-main.json`` next to a later ``-n 2`` run's ``verdicts-gw*.json`` double counts."""
+    report_dir = session.config.getoption("--report-dir")
+    if not report_dir or hasattr(session.config, "workerinput"):  # xdist workers start after the controller
+        return
+    stale = [
+        *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
+        *glob.glob(os.path.join(report_dir, "failures", "*.json")),
+    ]
+    for path in stale:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
