@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import rule, run_state_machine_as_test
+from hypothesis.stateful import multiple, rule, run_state_machine_as_test
 
-from conformance.machines.full_stack import FullStack, MachineConfig
+from conformance.machines.full_stack import FullStack, MachineConfig, Slot
 from conformance.rules import CATALOGUE, RuleViolation
 from reference_impl.device.device import Device
 from reference_impl.mutants import by_name
@@ -39,6 +39,8 @@ class LeakHunter(FullStack):
     def bring_up_with_qemu_mappings(self, fn):
         """Like QEMU: mmap the BAR for shared use at setup, before the guest binds, then run to RUN."""
         slot = self.bring_up(fn=fn, stage="running")
+        if not isinstance(slot, Slot):  # the assignment was refused: bring_up gave no handle
+            return multiple()
         fd = self._fd(slot.rid)
         if fd is not None:
             self._do("host_mmap_bar", self.stack.vfio.mmap_bar, fd, slot.rid)
