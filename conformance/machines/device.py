@@ -360,13 +360,15 @@ class DeviceMachine(RuleBasedStateMachine):
             f = self._tdi_in(state)
         return f
 
-    def _tdi_in(self, state: td.TdiState) -> Any:
+    def _tdi_in(self, state: td.TdiState, exclude: Any = ()) -> Any:
         return next(
             (
                 f
                 for d in self.run._snap.devices
                 for f in d.functions
-                if f.tdi_state is state and (f.locked_session is not None or state is td.TdiState.CONFIG_UNLOCKED)
+                if f.tdi_state is state
+                and (f.locked_session is not None or state is td.TdiState.CONFIG_UNLOCKED)
+                and f.rid not in exclude
             ),
             None,
         )
@@ -434,9 +436,17 @@ class DeviceMachine(RuleBasedStateMachine):
     def pf_flr_under_locked_vf(self) -> None:
         """An FLR of the PF while a VF's TDI is CONFIG_LOCKED or RUN: every VF is reset with its PF, so
         the VF's TDI must go to ERROR (TDISP-10). A rule of its own, without arguments, because an argument
-        value among the faults was drawn too seldom in a ``ci`` run to reach this case at all."""
+        value among the faults was drawn too seldom in a ``ci`` run to reach this case at all; and it
+        locks a VF first if none is, since after later machine changes it found one once per profile."""
         pfs = [f.rid for d in self.run._snap.devices for f in d.functions if f.is_pf]
-        if pfs and any(rid not in pfs for rid in self._locked()):
+        if not pfs:
+            return
+        if not any(rid not in pfs for rid in self._locked()):  # lock a VF first, so every draw tests it
+            vf = self._tdi_in(td.TdiState.CONFIG_UNLOCKED, exclude=pfs)
+            if vf is None:
+                return
+            self._bring_up(self.rids.index(vf.rid), "locked")
+        if any(rid not in pfs for rid in self._locked()):
             note("PF FLR under a locked VF")
             self._do("flr", self.device.flr, pfs[0])
 
