@@ -241,8 +241,16 @@ class Kvm(Actor):
         if s.mapping is SlotMapping.PRIVATE:
             self._tsm.sept_remove(s.vm, s.rid)
         s.mapping = SlotMapping.UNMAPPED
-        self._vfio.dmabuf_detach(s.attachment)
-        del self._slots[s.slot]
+        del self._slots[s.slot]  # first: the exporter refuses to detach an attachment a memslot still uses
+        try:
+            self._vfio.dmabuf_detach(s.attachment)
+        except NotFound:
+            pass  # the exporter is gone already (its device file closed): nothing left to detach
+
+    @query
+    def imports(self, attachment: int) -> bool:
+        """Whether a memslot still uses this dmabuf attachment (only KVM, the importer, may detach it)."""
+        return any(s.attachment == attachment for s in self._slots.values())
 
     def _slot(self, slot: int) -> _Memslot:
         s = self._slots.get(slot)

@@ -232,6 +232,11 @@ class Vfio(Actor):
 
     @operation()
     def dmabuf_detach(self, attachment: int) -> None:
+        """The importer lets go of an attachment. Refused while a memslot still uses it: pulled from
+        under KVM, its private mapping could no longer be revoked (move_notify goes to attachments),
+        and the VM's teardown would fail halfway."""
+        if self._kvm is not None and self._kvm.imports(attachment):
+            raise Busy(f"dmabuf attachment {attachment} is still imported into a memslot; KVM detaches it")
         for d in list(self._dmabufs.values()):
             if d.attachments.pop(attachment, None) is not None:
                 if d.orphaned and not d.attachments:

@@ -188,3 +188,19 @@ def test_an_unmarked_public_method_is_refused_at_class_creation():
 
     with pytest.raises(TypeError, match="neither @operation nor @query"):
         type("Leaky", (Actor,), {"side_door": lambda self: None})
+
+
+@pytest.mark.parametrize(("profile", "stage"), [("cca", "accepted"), ("tdx", "assigned"), ("sev-tio", "accepted")])
+def test_a_memslot_attachment_cannot_be_detached_from_under_kvm(profile, stage):
+    """Found by the property above (random search): a host detach of the attachment KVM's memslot used
+    succeeded, and the VM's stop then failed halfway -- on CCA the private mapping could no longer be
+    revoked before STOP, elsewhere KVM's own detach found nothing. Now the detach is refused, changes
+    nothing, and the stop completes."""
+    stack = _stack_at(stage, profile)
+    (slot,) = stack.snapshot().kvm.memslots
+    before = stack.snapshot()
+    with pytest.raises(Busy, match="still imported"):
+        stack.vfio.dmabuf_detach(slot.attachment)
+    assert stack.snapshot() == before
+    stack.vmm.stop_vm(slot.vm)
+    assert stack.snapshot().kvm.memslots == ()
