@@ -327,6 +327,24 @@ class DeviceMachine(RuleBasedStateMachine):
                 "STOP_INTERFACE", f.locked_session, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid))
             )
 
+    @rule()
+    @recorded
+    def relock(self) -> None:
+        """STOP and LOCK again of a CONFIG_LOCKED TDI (brought there first if none is) over its locking
+        session, which holds the keys: the second LOCK must return a fresh START nonce (TDISP-06).
+
+        A rule of its own: other rules reach a second LOCK of one TDI mostly over a new session, which
+        a device refuses while another session owns the keys -- over the socket, a full ``ci`` run
+        against a device that reuses its nonce never got a second successful LOCK."""
+        f = self._locked_tdi(False)
+        if f is None:
+            return
+        note("STOP and LOCK again over the locking session")
+        self._tdisp(
+            "STOP_INTERFACE", f.locked_session, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid))
+        )
+        self._lock(f.locked_session, self.rids.index(f.rid))
+
     @rule(request=st.sampled_from(["state", "report", "caps", "version"]), running=st.booleans())
     @recorded
     def query_locked(self, request: str, running: bool) -> None:
