@@ -89,6 +89,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self.run = StepRunner(self.stack, cfg.profile, only=only, timeout=cfg.timeout)
         self.rids = list(self.device.rids())
         self.nonces: dict[int, bytes] = {}
+        self.locked_by: dict[int, int] = {}  # rid -> the session of our last successful LOCK
         self._key_counter = 0
         self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
 
@@ -268,6 +269,7 @@ class DeviceMachine(RuleBasedStateMachine):
         )
         if isinstance(resp, td.LockInterfaceResponse):
             self.nonces[rid] = resp.start_interface_nonce
+            self.locked_by[rid] = sid
 
     @rule()
     @recorded
@@ -380,17 +382,18 @@ class DeviceMachine(RuleBasedStateMachine):
         return f
 
     def _tdi_in(self, state: td.TdiState, exclude: Any = ()) -> Any:
-        return next(
-            (
-                f
-                for d in self.run._snap.devices
-                for f in d.functions
-                if f.tdi_state is state
-                and (f.locked_session is not None or state is td.TdiState.CONFIG_UNLOCKED)
-                and f.rid not in exclude
-            ),
-            None,
-        )
+        """A TDI in ``state`` (with its locking session, unless unlocked). A device behind a socket does
+        not say which session locked a TDI; the machine knows the session of its own last LOCK."""
+        for d in self.run._snap.devices:
+            for f in d.functions:
+                if f.tdi_state is not state or f.rid in exclude:
+                    continue
+                if state is td.TdiState.CONFIG_UNLOCKED:
+                    return f
+                sid = f.locked_session if f.locked_session is not None else self.locked_by.get(f.rid)
+                if sid is not None:
+                    return attrs.evolve(f, locked_session=sid)
+        return None
 
     @rule(
         sid=sessions,
