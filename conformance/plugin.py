@@ -272,8 +272,9 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
 
 
 def _device_spec(item: pytest.Item) -> Any:
-    target = getattr(item.config, "_teeio_device", None)
-    return None if target is None else dict(target.spec) if target.spec is not None else None
+    """The responder the device machine drove, as a failure record keeps it (None: in process)."""
+    target: DeviceTarget | None = getattr(item.config, "_teeio_device", None)
+    return None if target is None or target.spec is None else dict(target.spec)
 
 
 def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: str | None) -> Exception | None:

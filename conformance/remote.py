@@ -133,6 +133,13 @@ class _SpawnedDevice(RemoteDevice):
             self._proc.wait()
 
 
+def _split(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError as exc:  # an unclosed quote, say
+        raise InvalidArgument(f"--device-spawn {command!r}: {exc}") from None
+
+
 def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 10.0) -> Any:
     """Start ``command`` for every example -- a power-on responder each time, so a failing sequence
     replays and shrinks from the same start -- and drive it at the host and port of its ready line.
@@ -140,7 +147,7 @@ def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 
     The command prints one JSON line (``host``, ``port``, ``function_ids``), as ``teeio-conformance
     serve-device --port 0`` does; a responder that does not is a :class:`TransportError` naming why,
     with the end of its stderr. The process is killed when the example ends."""
-    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    argv = _split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise InvalidArgument("--device-spawn needs a command")
 
@@ -176,15 +183,6 @@ class DeviceTarget:
             return f"responder spawned per example by {self.spec['spawn']!r}"
         return f"responder at {self.spec['at']}"
 
-    def options(self) -> list[str]:
-        """The command-line options that name this target (for replay commands)."""
-        if self.spec is None:
-            return []
-        if "spawn" in self.spec:
-            return ["--device-spawn", str(self.spec["spawn"])]
-        ids = ",".join(f"{f:#x}" for f in self.spec["functions"])
-        return ["--device-at", str(self.spec["at"]), "--device-functions", ids]
-
     def factory(self) -> Any:
         """A device factory ``(trace, profile) -> device``; None for the in-process reference device."""
         if self.spec is None:
@@ -203,7 +201,7 @@ class DeviceTarget:
         if functions is not None and at is None:
             raise InvalidArgument("--device-functions goes with --device-at (a spawned responder names its own)")
         if spawn is not None:
-            if not shlex.split(spawn):
+            if not _split(spawn):
                 raise InvalidArgument("--device-spawn needs a command")
             return cls({"spawn": spawn})
         if at is not None:

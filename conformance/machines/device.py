@@ -382,18 +382,24 @@ class DeviceMachine(RuleBasedStateMachine):
         return f
 
     def _tdi_in(self, state: td.TdiState, exclude: Any = ()) -> Any:
-        """A TDI in ``state`` (with its locking session, unless unlocked). A device behind a socket does
-        not say which session locked a TDI; the machine knows the session of its own last LOCK."""
+        """The first of :meth:`_tdis_in`, or None."""
+        return next(iter(self._tdis_in(state, exclude)), None)
+
+    def _tdis_in(self, state: td.TdiState, exclude: Any = ()) -> list[Any]:
+        """The TDIs in ``state`` (with their locking session, unless unlocked). A device behind a socket
+        does not say which session locked a TDI; the machine knows the session of its own last LOCK."""
+        out = []
         for d in self.run._snap.devices:
             for f in d.functions:
                 if f.tdi_state is not state or f.rid in exclude:
                     continue
                 if state is td.TdiState.CONFIG_UNLOCKED:
-                    return f
+                    out.append(f)
+                    continue
                 sid = f.locked_session if f.locked_session is not None else self.locked_by.get(f.rid)
                 if sid is not None:
-                    return attrs.evolve(f, locked_session=sid)
-        return None
+                    out.append(attrs.evolve(f, locked_session=sid))
+        return out
 
     @rule(
         sid=sessions,
@@ -489,23 +495,13 @@ class DeviceMachine(RuleBasedStateMachine):
 
         Aimed rather than drawn: with the session and the function both drawn, a ``ci`` run met this
         case in one machine version and never in the next."""
-        locked = [
-            f
-            for d in self.run._snap.devices
-            for f in d.functions
-            if f.tdi_state is td.TdiState.CONFIG_LOCKED and f.locked_session is not None
-        ]
+        rid = self.rids[fn % len(self.rids)]
+        locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
         if not locked:  # take one there first, so every draw tests the case
             self._bring_up(fn % len(self.rids), "locked")
-            locked = [
-                f
-                for d in self.run._snap.devices
-                for f in d.functions
-                if f.tdi_state is td.TdiState.CONFIG_LOCKED and f.locked_session is not None
-            ]
+            locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
             if not locked:
                 return
-        rid = self.rids[fn % len(self.rids)]
         f = next((f for f in locked if f.rid == rid), locked[0])
         others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != f.locked_session]
         sid = others[-1] if others else self._do("spdm_connect", self.device.spdm_connect)
