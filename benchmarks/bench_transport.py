@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reference_impl.device.tdisp import codec as td
+from contract.tdisp import codec as td
 from reference_impl.transport.client import EmuClient, TransportError, spawn
 from reference_impl.transport.server import start_in_thread
 

@@ -80,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from reference_impl.profiles import PROFILES
+    from contract.profiles import PROFILES
 
     p = argparse.ArgumentParser(prog="teeio-conformance", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,8 +152,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(args: argparse.Namespace) -> int:
     server: Any = importlib.import_module("reference_impl.transport.server")
 
+    from contract.profiles import StopInUnlocked, get_profile
     from reference_impl.device.device import DeviceConfig
-    from reference_impl.profiles import StopInUnlocked, get_profile
     from reference_impl.transport.served import ServedDevice, served_device_factory
 
     fields: dict[str, object] = {}

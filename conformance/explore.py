@@ -717,7 +717,7 @@ def _depth(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reference_impl.profiles import PROFILES
+    from contract.profiles import PROFILES
 
     parser.add_argument(
         "--depth",

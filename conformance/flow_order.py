@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import StackError
-from reference_impl.trace import Event
+from contract.errors import StackError
+from contract.tdisp import codec as td
+from contract.trace import Event
 
 __all__ = ["check_corrected_flow"]
 

@@ -91,7 +91,7 @@ def _device_target(config: pytest.Config) -> DeviceTarget | None:
     if all(v is None for v in given):
         return None
     from conformance.remote import DeviceTarget
-    from reference_impl.errors import InvalidArgument
+    from contract.errors import InvalidArgument
 
     try:
         return DeviceTarget.from_options(*given)

@@ -23,7 +23,7 @@ from hypothesis.stateful import consumes, rule
 
 from conformance.machines.device import DeviceMachine, DeviceMachineConfig
 from conformance.machines.recording import recorded
-from reference_impl.errors import InvalidArgument
+from contract.errors import InvalidArgument
 from reference_impl.transport.client import RemoteDevice, spawn
 
 __all__ = [

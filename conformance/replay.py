@@ -153,7 +153,7 @@ def _remote_target(failure: Failure, kind: str, sut: str | None, device: Any, pa
     """The responder to replay a device record on: ``device`` (from --device-*), else the recorded one;
     None for the in-process device (a ``--sut`` device factory wins over both)."""
     from conformance.remote import DeviceTarget
-    from reference_impl.errors import InvalidArgument
+    from contract.errors import InvalidArgument
 
     if device is not None and device.remote and kind != "device":
         raise ReplayError(f"{path}: a {kind} record; --device-spawn / --device-at apply to device records")
@@ -329,7 +329,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """1 if it still fails, 0 if it passes now, 2 for a bad file or --sut (one line on stderr)."""
     from conformance.remote import DeviceTarget
-    from reference_impl.errors import InvalidArgument
+    from contract.errors import InvalidArgument
 
     try:
         device = DeviceTarget.from_options(

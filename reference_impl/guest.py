@@ -14,12 +14,12 @@ from typing import Any
 
 import attrs
 
+from contract.errors import AttestationRejected, InvalidState, NotFound
+from contract.profiles import Profile, StartSender
+from contract.tdisp import codec as td
+from contract.trace import Actor, Trace, operation, query
 from reference_impl.device.identity import EvidenceError, verify_evidence
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import AttestationRejected, InvalidState, NotFound
 from reference_impl.iommufd import GuestRequest
-from reference_impl.profiles import Profile, StartSender
-from reference_impl.trace import Actor, Trace, operation, query
 
 __all__ = ["Guest", "GuestSnapshot", "GuestTsm", "VdevView"]
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import attrs
 
-from reference_impl.device.ide.km_codec import KeySubStream
+from contract.errors import AccessFault, CallerError, InvalidArgument, NotFound
+from contract.ide_km import KeySubStream
+from contract.profiles import Profile
+from contract.trace import Actor, Trace, operation, query
 from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
-from reference_impl.errors import AccessFault, CallerError, InvalidArgument, NotFound
-from reference_impl.profiles import Profile
-from reference_impl.trace import Actor, Trace, operation, query
 
 __all__ = ["Fault", "Iommu", "IommuSnapshot"]
 

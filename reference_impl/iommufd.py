@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from reference_impl.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
-from reference_impl.trace import Actor, Trace, operation, query
+from contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from contract.trace import Actor, Trace, operation, query
 
 __all__ = ["GuestRequest", "Iommufd", "IommufdSnapshot", "ObjKind", "ObjSnapshot"]
 

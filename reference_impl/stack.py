@@ -13,13 +13,13 @@ from typing import Any
 
 import attrs
 
+from contract.profiles import TDX, Profile, StopInUnlocked, get_profile
+from contract.trace import Trace
 from reference_impl.device.device import Device, DeviceConfig, DeviceSnapshot
 from reference_impl.guest import Guest, GuestSnapshot, GuestTsm
 from reference_impl.iommu import Iommu, IommuSnapshot
 from reference_impl.iommufd import Iommufd, IommufdSnapshot
 from reference_impl.kvm import Kvm, KvmSnapshot
-from reference_impl.profiles import TDX, Profile, StopInUnlocked, get_profile
-from reference_impl.trace import Trace
 from reference_impl.tsm import Tsm, TsmSnapshot
 from reference_impl.vfio import Vfio, VfioSnapshot
 from reference_impl.vmm import Vmm, VmmSnapshot

@@ -17,9 +17,8 @@ from typing import Any
 
 import attrs
 
-from reference_impl.device.ide import km_codec as km
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import (
+from contract import ide_km as km
+from contract.errors import (
     Busy,
     ConformanceViolation,
     InvalidArgument,
@@ -29,9 +28,10 @@ from reference_impl.errors import (
     StackError,
     Unsupported,
 )
+from contract.profiles import Profile, StartSender, UnmapOrder
+from contract.tdisp import codec as td
+from contract.trace import Actor, Trace, operation, query
 from reference_impl.iommufd import GuestRequest, request_step
-from reference_impl.profiles import Profile, StartSender, UnmapOrder
-from reference_impl.trace import Actor, Trace, operation, query
 
 __all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 
+from contract.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
+from contract.trace import Actor, Trace, operation, query
 from reference_impl.device.ide.stream import Tlp
-from reference_impl.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
-from reference_impl.trace import Actor, Trace, operation, query
 
 __all__ = ["DmabufInfo", "DmabufSnapshot", "Vfio", "VfioSnapshot"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import attrs
 
-from reference_impl.errors import Busy, InvalidState, NotFound, StackError
+from contract.errors import Busy, InvalidState, NotFound, StackError
+from contract.profiles import Profile, StartSender
+from contract.trace import Actor, Trace, operation, query
 from reference_impl.iommufd import GuestRequest, request_step
-from reference_impl.profiles import Profile, StartSender
-from reference_impl.trace import Actor, Trace, operation, query
 
 __all__ = ["Assignment", "Vmm", "VmmSnapshot"]
 

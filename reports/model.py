@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from reference_impl.errors import StackError
+from contract.errors import StackError
 
 __all__ = [
     "AGGREGATE",

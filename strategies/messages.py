@@ -1,7 +1,7 @@
 """Hypothesis strategies for TDISP and IDE_KM messages: every valid message, and malformed bytes.
 
-Valid strategies build the attrs values of :mod:`reference_impl.device.tdisp.codec` and
-:mod:`reference_impl.device.ide.km_codec` (every message type, every field over its whole range).
+Valid strategies build the attrs values of :mod:`contract.tdisp.codec` and
+:mod:`contract.ide_km` (every message type, every field over its whole range).
 
 Malformed strategies produce *bytes* near a decoder's edges, built straight from raw layouts so that
 tens of thousands of examples stay cheap: a wrong version byte, a truncated or over-long message, an
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from reference_impl.device.ide import km_codec as km
-from reference_impl.device.tdisp import codec as td
+from contract import ide_km as km
+from contract.tdisp import codec as td
 
 __all__ = [
     "ide_km_requests",

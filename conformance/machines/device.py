@@ -17,11 +17,11 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 from conformance.harness import StepRunner
 from conformance.machines.recording import note, recorded, score
 from conformance.rules import CATALOGUE
-from reference_impl.device.ide import km_codec as km
+from contract import ide_km as km
+from contract.errors import StackError, Unsupported
+from contract.tdisp import codec as td
+from contract.trace import Trace
 from reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import StackError, Unsupported
-from reference_impl.trace import Trace
 from strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from reference_impl.trace import Event
+from contract.trace import Event
 
 __all__ = [
     "HELD",

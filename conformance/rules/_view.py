@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import StackError
-from reference_impl.trace import Event
+from contract.errors import StackError
+from contract.tdisp import codec as td
+from contract.trace import Event
 
 HOST_ACTORS = frozenset({"vmm", "vfio", "iommufd"})
 """Host software outside the TCB: what it sends, receives or stores, the host can read.

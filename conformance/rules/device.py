@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from reference_impl.device.ide import km_codec as km
-from reference_impl.device.tdisp import codec as td
-from reference_impl.device.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
-from reference_impl.errors import StackError
+from contract import ide_km as km
+from contract.errors import StackError
+from contract.tdisp import codec as td
+from contract.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 
 from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from contract import ide_km as km
+from contract.tdisp import codec as td
 from reference_impl.device import device as _dev
 from reference_impl.device.device import Device
-from reference_impl.device.ide import km_codec as km
-from reference_impl.device.tdisp import codec as td
 from reference_impl.mutants._host import HANG_SECONDS, HANG_STEP_LIMIT
 
 

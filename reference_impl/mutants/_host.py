@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reference_impl.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from contract.profiles import StartSender
 from reference_impl.guest import GuestTsm
 from reference_impl.iommu import Iommu
 from reference_impl.iommufd import GuestRequest, Iommufd, ObjKind
 from reference_impl.kvm import Kvm, SlotMapping
-from reference_impl.profiles import StartSender
 from reference_impl.tsm import Tsm
 from reference_impl.vfio import Vfio
 from reference_impl.vmm import Vmm
@@ -556,7 +556,7 @@ class TsmPassesKeysThroughVmm(Tsm):
 
 
 class VfioWithNote(Vfio):
-    from reference_impl.trace import operation as _op
+    from contract.trace import operation as _op
 
     @_op()
     def dmabuf_info_note(self, note: bytes) -> None:

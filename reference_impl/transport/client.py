@@ -27,10 +27,10 @@ from typing import IO, Any
 
 import attrs
 
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import ConformanceViolation, NotFound, StackError, Unsupported
-from reference_impl.trace import Actor, Trace, operation, query
-from reference_impl.transport import framing as fr
+from contract import framing as fr
+from contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
+from contract.tdisp import codec as td
+from contract.trace import Actor, Trace, operation, query
 
 __all__ = [
     "EmuClient",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from contract import ide_km as km
+from contract.trace import Trace
 from reference_impl.device.device import PROTOCOL_IDE_KM, Device, DeviceConfig
-from reference_impl.device.ide import km_codec as km
-from reference_impl.trace import Trace
 
 __all__ = ["ServedDevice", "served_device_factory"]
 

@@ -47,9 +47,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from reference_impl.errors import InvalidArgument
+from contract import framing as fr
+from contract.errors import InvalidArgument
 from reference_impl.transport import PROTOCOL_IDE_KM, PROTOCOL_TDISP, SessionOpener, VendorResponder
-from reference_impl.transport import framing as fr
 
 __all__ = [
     "TEST_REPLY",

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reference_impl.device.ide import km_codec as km
+from contract import ide_km as km
+from contract.errors import CodecError, InvalidArgument
 from reference_impl.device.ide.km_responder import EXPECTED_IFV, IdeKmResponder
 from reference_impl.device.ide.stream import IdeLink, IdeStreamEndpoint, StreamState, Tlp
-from reference_impl.errors import CodecError, InvalidArgument
 
 STREAM = 3
 PORT = 0

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl.device.ide.km_codec import Direction, KeySet, KeySubStream, SubStream
+from contract.errors import AccessFault, InvalidArgument, InvalidState
+from contract.ide_km import Direction, KeySet, KeySubStream, SubStream
 from reference_impl.device.ide.stream import (
     MAC_LEN,
     IdeIntegrityError,
@@ -28,7 +29,6 @@ from reference_impl.device.ide.stream import (
     protected_bit_length,
     with_key_set,
 )
-from reference_impl.errors import AccessFault, InvalidArgument, InvalidState
 
 RID_BASE, RID_LIMIT = 0x0100, 0x0107
 PAIRS = [(d, s) for d in Direction for s in SubStream]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference_impl.device.ide import km_codec as km
-from reference_impl.errors import CodecError
+from contract import ide_km as km
+from contract.errors import CodecError
 from strategies.messages import ide_km_requests, ide_km_responses, malformed_ide_km_requests
 
 KEY = bytes(range(32))

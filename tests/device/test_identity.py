@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.errors import ConformanceViolation, InvalidArgument
 from reference_impl.device.identity import (
     DeviceIdentity,
     EvidenceError,
@@ -24,7 +25,6 @@ from reference_impl.device.identity import (
     make_evidence,
     verify_evidence,
 )
-from reference_impl.errors import ConformanceViolation, InvalidArgument
 
 REPORT = bytes(range(64)) * 3  # stands in for a DEVICE_INTERFACE_REPORT
 NONCE = b"\x5a" * 32

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
+from contract import ide_km as km
+from contract.tdisp import codec as td
+from contract.trace import Trace
 from reference_impl.device.device import Device, DeviceConfig
-from reference_impl.device.ide import km_codec as km
-from reference_impl.device.tdisp import codec as td
-from reference_impl.trace import Trace
 from strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")

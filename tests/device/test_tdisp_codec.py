@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference_impl.device.tdisp import codec as td
-from reference_impl.errors import CodecError
+from contract.errors import CodecError
+from contract.tdisp import codec as td
 from strategies.messages import interface_reports, malformed_tdisp_requests, tdisp_requests, tdisp_responses
 
 # FUNCTION_ID 0x0102_3A01: RID 0x3A01 (bus 0x3A, device 0, function 1), segment 2, segment-valid bit 24.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from contract.errors import AccessFault, InvalidState, PermissionDenied
 from reference_impl.device.ide.stream import StreamState, Tlp
-from reference_impl.errors import AccessFault, InvalidState, PermissionDenied
 from reference_impl.lifecycle import VIRT_ID
 from reference_impl.stack import make_sut
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from reference_impl.errors import AccessFault, CallerError, StackError
+from contract.errors import AccessFault, CallerError, StackError
 from reference_impl.stack import make_sut
 
 STAGES = ("assigned", "bound", "attested", "accepted", "started")
@@ -165,7 +165,7 @@ def test_dmabuf_promises_hold_under_random_sequences(profile):
 
 def test_tdx_refuses_unmap_before_stop_with_a_typed_error():
     """TDX: the secure EPT cannot be unmapped while the TDI is locked; the refusal changes nothing."""
-    from reference_impl.errors import InvalidState
+    from contract.errors import InvalidState
     from reference_impl.lifecycle import VIRT_ID
 
     stack = make_sut(profile="tdx")

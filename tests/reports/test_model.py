@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.rules import BY_ID, CATALOGUE
-from reference_impl.errors import StackError
+from contract.errors import StackError
 from reports.model import (
     AGGREGATE,
     Failure,

@@ -28,8 +28,8 @@ from conformance.remote import (
     spawned_device_factory,
 )
 from conformance.replay import ReplayError, replay
+from contract.errors import InvalidArgument
 from reference_impl.device.device import DeviceConfig
-from reference_impl.errors import InvalidArgument
 from reference_impl.transport.served import served_device_factory
 from reports.model import Failure
 from tests.child import run_pytest

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from reference_impl.errors import InvalidArgument
-from reference_impl.transport import framing as fr
+from contract import framing as fr
+from contract.errors import InvalidArgument
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)

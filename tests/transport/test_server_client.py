@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference_impl.errors import ConformanceViolation, InvalidArgument
+from contract import framing as fr
+from contract.errors import ConformanceViolation, InvalidArgument
 from reference_impl.transport import VendorResponder
-from reference_impl.transport import framing as fr
 from reference_impl.transport import server as srv
 from reference_impl.transport.client import EmuClient, NoResponse, RemoteResponder, TransportError, spawn
 

@@ -13,9 +13,9 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
 from conformance.rules import RuleViolation
+from contract import framing as fr
+from contract.tdisp import codec as td
 from reference_impl.device.device import DeviceConfig
-from reference_impl.device.tdisp import codec as td
-from reference_impl.transport import framing as fr
 from reference_impl.transport.client import EmuClient, TransportError
 from reference_impl.transport.served import served_device_factory
 from reference_impl.transport.server import start_in_thread
@@ -131,7 +131,7 @@ def test_garbage_speaking_responder_is_a_transport_error():
 
 
 def test_non_loopback_listen_is_refused():
-    from reference_impl.errors import InvalidArgument
+    from contract.errors import InvalidArgument
     from reference_impl.transport.server import serve
 
     with pytest.raises(InvalidArgument, match="non-loopback"):
@@ -173,7 +173,7 @@ def test_a_served_mutant_is_caught_by_the_same_rule():
 
 def _key_and_lock(dev, sid, fid):
     """QUERY, KEY_PROG and K_SET_GO for all six key slots (the served device then enables its stream), LOCK."""
-    from reference_impl.device.ide import km_codec as km
+    from contract import ide_km as km
 
     dev.handle_vendor_message(0, km.encode(km.Query(port_index=0)), session_id=sid)
     slots = [
@@ -214,7 +214,7 @@ def _key_and_lock(dev, sid, fid):
 def test_examples_share_one_server_but_never_its_state(closed):
     """Example 2 runs on example 1's server (no new listener) yet finds a power-on device: the TDI example 1
     locked is CONFIG_UNLOCKED again, and example 1's connections -- even ones it left open -- are gone."""
-    from reference_impl.trace import Trace
+    from contract.trace import Trace
 
     make = spawned_device_factory(served_device_factory(TDX_DEVICE), (0x3A00, 0x3A01))
     first = make(Trace(), "tdx")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference_impl.errors import (
+from contract.errors import (
     AccessFault,
     AlreadyExists,
     Busy,
@@ -184,7 +184,7 @@ def test_errors_carry_the_kernel_errno(call, error, code):
 
 def test_an_unmarked_public_method_is_refused_at_class_creation():
     """Every crossing into an actor is traced: a public method that is neither operation nor query is an error."""
-    from reference_impl.trace import Actor
+    from contract.trace import Actor
 
     with pytest.raises(TypeError, match="neither @operation nor @query"):
         type("Leaky", (Actor,), {"side_door": lambda self: None})

@@ -11,12 +11,12 @@ from conformance.rules.docs import render_markdown
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     # the contract: trace events, typed errors, profiles as data, and the spec's wire formats and state table
-    "reference_impl.trace",
-    "reference_impl.errors",
-    "reference_impl.profiles",
-    "reference_impl.device.tdisp.codec",
-    "reference_impl.device.tdisp.state",
-    "reference_impl.device.ide.km_codec",
+    "contract.trace",
+    "contract.errors",
+    "contract.profiles",
+    "contract.tdisp.codec",
+    "contract.tdisp.state",
+    "contract.ide_km",
 }
 
 

@@ -45,9 +45,9 @@ from collections.abc import Mapping
 
 import attrs
 
-from reference_impl.device.ide import km_codec as km
+from contract import ide_km as km
+from contract.errors import CodecError, InvalidArgument
 from reference_impl.device.ide.stream import IdeStreamEndpoint, StreamSnapshot
-from reference_impl.errors import CodecError, InvalidArgument
 
 __all__ = ["EXPECTED_IFV", "IDE_CAP_IDE_KM", "IDE_CAP_SELECTIVE", "IdeKmResponder", "IdeKmSnapshot"]
 

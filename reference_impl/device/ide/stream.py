@@ -50,8 +50,8 @@ from typing import Any
 import attrs
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from reference_impl.device.ide.km_codec import Direction, KeySet, KeySubStream, SubStream
-from reference_impl.errors import AccessFault, InvalidArgument, InvalidState
+from contract.errors import AccessFault, InvalidArgument, InvalidState
+from contract.ide_km import Direction, KeySet, KeySubStream, SubStream
 
 __all__ = [
     "MAC_LEN",

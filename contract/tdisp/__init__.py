@@ -1,0 +1,1 @@
+"""TDISP: the wire codec (:mod:`.codec`) and the TDI state table (:mod:`.state`)."""
