@@ -22,8 +22,8 @@ RESULTS = Path(__file__).with_name("results")
 
 
 def detect(names: list[str] | None, seeds: int, examples: int) -> list[dict[str, Any]]:
-    from conformance.mutation import catch
-    from reference_impl.mutants import MUTANTS
+    from teeio_conformance.conformance.mutation import catch
+    from teeio_conformance.reference_impl.mutants import MUTANTS
 
     rows = []
     for m in MUTANTS:
@@ -48,7 +48,7 @@ def detect(names: list[str] | None, seeds: int, examples: int) -> list[dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
-    from conformance.settings import PROFILES
+    from teeio_conformance.conformance.settings import PROFILES
 
     p.add_argument("--examples", type=int, default=PROFILES["ci"].max_examples, help="default: the ci profile's")
     p.add_argument("--mutants", default="", help="comma-separated name fragments (default: all)")

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from benchmarks.bench_suite import RESULTS
-from conformance.machines.full_stack import FullStack, MachineConfig
-from reference_impl.stack import make_sut
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+from teeio_conformance.reference_impl.stack import make_sut
 
 
 def suite_wall(workers: int) -> float:

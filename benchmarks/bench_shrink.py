@@ -25,8 +25,8 @@ import time
 from typing import Any
 
 from benchmarks.bench_suite import RESULTS
-from conformance.explore import explore, mutant_machine_class
-from conformance.mutation import catch
+from teeio_conformance.conformance.explore import explore, mutant_machine_class
+from teeio_conformance.conformance.mutation import catch
 
 
 def _only(rule_id: str) -> frozenset[str]:
@@ -85,7 +85,7 @@ def _cell(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reference_impl.mutants import MUTANTS
+    from teeio_conformance.reference_impl.mutants import MUTANTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=4, help="explorer bound in rule steps (default 4)")

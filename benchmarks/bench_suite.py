@@ -23,8 +23,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from conformance.machines.full_stack import FullStack, MachineConfig
-from reference_impl.stack import make_sut
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+from teeio_conformance.reference_impl.stack import make_sut
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -99,8 +99,8 @@ def cost_per_step(examples: int, rounds: int = 3) -> dict[str, float]:
 
 
 def time_to_catch(seeds: int, names: list[str] | None = None) -> list[dict[str, Any]]:
-    from conformance.mutation import catch
-    from reference_impl.mutants import MUTANTS
+    from teeio_conformance.conformance.mutation import catch
+    from teeio_conformance.reference_impl.mutants import MUTANTS
 
     rows = []
     for m in MUTANTS:

@@ -14,8 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from reference_impl.lifecycle import run_lifecycle
-from reference_impl.stack import StackConfig, build_stack
+from teeio_conformance.reference_impl.lifecycle import run_lifecycle
+from teeio_conformance.reference_impl.stack import StackConfig, build_stack
 
 RESULTS = Path(__file__).with_name("results")
 

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contract.tdisp import codec as td
-from reference_impl.transport.client import EmuClient, TransportError, spawn
-from reference_impl.transport.server import start_in_thread
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.reference_impl.transport.client import EmuClient, TransportError, spawn
+from teeio_conformance.reference_impl.transport.server import start_in_thread
 
 RESULTS = Path(__file__).with_name("results")
 REQUEST = td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=0x3A00)))
@@ -71,7 +71,9 @@ def in_thread(factory: Callable[[], Any], seconds: float) -> tuple[float, int]:
 def in_process(seconds: float) -> tuple[float, int] | None:
     """The reference device served by the CLI in its own process; None if the CLI is not available."""
     try:
-        proc, info = spawn([sys.executable, "-m", "conformance.cli", "serve-device", "--port", "0"], timeout=30)
+        proc, info = spawn(
+            [sys.executable, "-m", "teeio_conformance.conformance.cli", "serve-device", "--port", "0"], timeout=30
+        )
     except TransportError as exc:
         print(f"(process server unavailable: {exc})", file=sys.stderr)
         return None
@@ -95,9 +97,9 @@ def examples_per_second(examples: int) -> float:
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
 
-    from conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
-    from reference_impl.device.device import DeviceConfig
-    from reference_impl.transport.served import served_device_factory
+    from teeio_conformance.conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
+    from teeio_conformance.reference_impl.device.device import DeviceConfig
+    from teeio_conformance.reference_impl.transport.served import served_device_factory
 
     class Machine(RemoteDeviceMachine):
         config = config_for(
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=200, help="device-machine examples to time (0 skips)")
     args = p.parse_args(argv)
 
-    from reference_impl.transport.served import served_device_factory
+    from teeio_conformance.reference_impl.transport.served import served_device_factory
 
     rows: list[tuple[str, float, str]] = []
     minimal, n_min = in_thread(_Minimal, args.seconds)

@@ -17,9 +17,9 @@ __all__ = ["main"]
 
 
 def _cmd_flow(args: argparse.Namespace) -> int:
-    from reference_impl.lifecycle import run_lifecycle
-    from reference_impl.stack import StackConfig, build_stack
-    from reports.swimlane import render_text
+    from teeio_conformance.reference_impl.lifecycle import run_lifecycle
+    from teeio_conformance.reference_impl.stack import StackConfig, build_stack
+    from teeio_conformance.reports.swimlane import render_text
 
     stack = build_stack(StackConfig(profile=args.profile))
     run_lifecycle(stack)
@@ -33,7 +33,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
-    from conformance.rules import CATALOGUE
+    from teeio_conformance.conformance.rules import CATALOGUE
 
     if args.json:
         json.dump([r.to_json() for r in CATALOGUE], sys.stdout, indent=1)
@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     argv += [a for a in args.pytest_args if a != "--"]
     status = int(pytest.main(argv))
     if args.report_dir:
-        from reports import writer
+        from teeio_conformance.reports import writer
 
         written = writer.run(argparse.Namespace(report_dir=args.report_dir))
         if written not in (0, None):
@@ -80,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from contract.profiles import PROFILES
+    from teeio_conformance.contract.profiles import PROFILES
 
     p = argparse.ArgumentParser(prog="teeio-conformance", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,10 +113,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     for name, module, text in (
-        ("report", "reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
-        ("compare", "reports.compare", "which rules changed verdict between two report.json"),
-        ("replay", "conformance.replay", "re-run a failure's replay file against a SUT"),
-        ("explore", "conformance.explore", "every step sequence to --depth K, breadth-first"),
+        ("report", "teeio_conformance.reports.writer", "merge a report directory into JSON, JUnit, text, HTML"),
+        ("compare", "teeio_conformance.reports.compare", "which rules changed verdict between two report.json"),
+        ("replay", "teeio_conformance.conformance.replay", "re-run a failure's replay file against a SUT"),
+        ("explore", "teeio_conformance.conformance.explore", "every step sequence to --depth K, breadth-first"),
     ):
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=text)
@@ -124,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=mod.run)
 
     try:
-        _server: Any = importlib.import_module("reference_impl.transport.server")
+        _server: Any = importlib.import_module("teeio_conformance.reference_impl.transport.server")
     except ImportError:  # pragma: no cover - the transport is optional
         _server = None
     if _server is not None:
@@ -142,7 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "--mutant",
             default=None,
             metavar="NAME",
-            help="serve one of the deliberately broken devices of reference_impl.mutants (device-...) "
+            help="serve one of the deliberately broken devices of the reference's mutants (device-...) "
             "instead, to see a failure over the socket",
         )
         s.set_defaults(func=_cmd_serve)
@@ -150,11 +150,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    server: Any = importlib.import_module("reference_impl.transport.server")
+    server: Any = importlib.import_module("teeio_conformance.reference_impl.transport.server")
 
-    from contract.profiles import StopInUnlocked, get_profile
-    from reference_impl.device.device import DeviceConfig
-    from reference_impl.transport.served import ServedDevice, served_device_factory
+    from teeio_conformance.contract.profiles import StopInUnlocked, get_profile
+    from teeio_conformance.reference_impl.device.device import DeviceConfig
+    from teeio_conformance.reference_impl.transport.served import ServedDevice, served_device_factory
 
     fields: dict[str, object] = {}
     if args.profile:
@@ -175,7 +175,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = DeviceConfig(**fields)  # type: ignore[arg-type]
     cls: type = ServedDevice
     if args.mutant:
-        from reference_impl.mutants import MUTANTS
+        from teeio_conformance.reference_impl.mutants import MUTANTS
 
         device_mutants = {m.name: m.device for m in MUTANTS if isinstance(m.device, type)}
         broken = device_mutants.get(args.mutant)

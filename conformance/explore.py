@@ -106,7 +106,7 @@ class Finding:
 
     def failure_record(self, *, machine: str, profile: str, sut: str, num_vfs: int | None = None) -> dict[str, Any]:
         """The finding as a ``teeio-failure/1`` record, for ``teeio-conformance replay``."""
-        from conformance.rules import BY_ID
+        from teeio_conformance.conformance.rules import BY_ID
 
         rule = BY_ID.get(self.rule_id)
         return {
@@ -340,7 +340,7 @@ def _step(run: _Run, rule: Any, args: tuple[tuple[str, _Arg], ...]) -> bool:
     """Take one step on the live run; False (and ``run.failure`` set) when it broke something."""
     from hypothesis.stateful import MultipleResults
 
-    from conformance.replay import _classify
+    from teeio_conformance.conformance.replay import _classify
 
     kwargs = _resolve(_fresh(args), run.bundles)
     name = rule.function.__name__
@@ -377,7 +377,7 @@ def _replay(
 ) -> _Run:
     """``steps`` on a fresh machine. The rules are checked on the last step only (``quiet_prefix``): the
     rules are pure functions of a step's observation, and the prefix was checked when it was first run."""
-    from conformance.replay import _classify
+    from teeio_conformance.conformance.replay import _classify
 
     try:
         machine = machine_cls()
@@ -483,7 +483,7 @@ def explore(
     ``stop_on``: stop as soon as each of these rule IDs has a finding (what the shrink benchmark needs).
     ``max_seconds``: stop when the time is up; the result then says it is not complete.
     """
-    from conformance.harness import verdicts_untouched
+    from teeio_conformance.conformance.harness import verdicts_untouched
 
     if depth < 0:
         raise ExploreError(f"depth must be >= 0, got {depth}")
@@ -615,7 +615,7 @@ def run_steps(machine_cls: type, steps: Sequence[dict[str, Any]]) -> tuple[str, 
 
     Bundle arguments are passed by value, as :mod:`conformance.replay` does; the returned handles are not
     needed because every argument is concrete."""
-    from conformance.replay import _classify
+    from teeio_conformance.conformance.replay import _classify
 
     exc = rerun(machine_cls, steps)
     return None if exc is None else _classify(exc)
@@ -624,7 +624,7 @@ def run_steps(machine_cls: type, steps: Sequence[dict[str, Any]]) -> tuple[str, 
 def rerun(machine_cls: type, steps: Sequence[dict[str, Any]]) -> Exception | None:
     """Run a recorded step list on a fresh machine; the exception it ends with (carrying the recorded
     steps and trace, as in a Hypothesis run) or None when every step and the teardown passed."""
-    from conformance.harness import verdicts_untouched
+    from teeio_conformance.conformance.harness import verdicts_untouched
 
     with verdicts_untouched():
         machine = machine_cls()
@@ -641,10 +641,14 @@ def _decode_kwargs(machine_cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Handles recorded as ``{"__slot__": {...}}`` back to values (the machine module's attrs classes)."""
     import importlib
 
-    from conformance.machines.recording import decode_value
+    from teeio_conformance.conformance.machines.recording import decode_value
 
     module = importlib.import_module(
-        next(c.__module__ for c in machine_cls.__mro__ if c.__module__.startswith("conformance.machines."))
+        next(
+            c.__module__
+            for c in machine_cls.__mro__
+            if c.__module__.startswith("teeio_conformance.conformance.machines.")
+        )
     )
     types = {n.lower(): o for n, o in vars(module).items() if isinstance(o, type) and attrs.has(o)}
     return {k: decode_value(v, types) for k, v in kwargs.items()}
@@ -664,9 +668,9 @@ def machine_class(
 ) -> type:
     """The ``kind`` machine configured for exploring: one device with ``num_vfs`` VFs (the device machine:
     ``factory`` is a device factory ``factory(trace, profile)``, default the reference device)."""
-    from conformance.machines.device import DeviceMachine, DeviceMachineConfig
-    from conformance.machines.full_stack import FullStack, MachineConfig
-    from conformance.machines.host_lifetimes import HostLifetimes
+    from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
+    from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+    from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
 
     if kind not in _MACHINES:
         raise ExploreError(f"unknown machine {kind!r}; one of {', '.join(_MACHINES)}")
@@ -676,7 +680,7 @@ def machine_class(
             dev = attrs.evolve(dev, device_factory=factory)
         return type("ExploreDeviceMachine", (DeviceMachine,), {"config": dev})
     if factory is None:
-        from reference_impl.stack import make_sut as factory
+        from teeio_conformance.reference_impl.stack import make_sut as factory
     base = HostLifetimes if kind == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=factory, profile=profile, num_vfs=num_vfs, only=only, timeout=timeout)
     return type(f"Explore{base.__name__}", (base,), {"config": cfg})
@@ -717,7 +721,7 @@ def _depth(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from contract.profiles import PROFILES
+    from teeio_conformance.contract.profiles import PROFILES
 
     parser.add_argument(
         "--depth",
@@ -776,8 +780,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _configure(args: argparse.Namespace) -> tuple[type, str, str, str]:
     """(machine class, machine kind, profile, SUT spec) from the command line; ExploreError if unusable."""
-    from conformance.rules import BY_ID
-    from conformance.sut import DEFAULT_SUT, SutLoadError, load_factory
+    from teeio_conformance.conformance.rules import BY_ID
+    from teeio_conformance.conformance.sut import DEFAULT_SUT, SutLoadError, load_factory
 
     only = None
     if args.rule:
@@ -788,7 +792,7 @@ def _configure(args: argparse.Namespace) -> tuple[type, str, str, str]:
     if args.mutant is not None:
         if args.sut is not None:
             raise ExploreError("--mutant and --sut cannot be combined: a mutant is its own SUT")
-        from reference_impl.mutants import by_name
+        from teeio_conformance.reference_impl.mutants import by_name
 
         try:
             mutant = by_name(args.mutant)
@@ -799,7 +803,7 @@ def _configure(args: argparse.Namespace) -> tuple[type, str, str, str]:
         profile = args.profile or mutant.profile
         cls = mutant_machine_class(mutant, profile=profile, only=only, timeout=args.step_timeout, num_vfs=args.num_vfs)
         # the SUT as ``--sut`` and ``replay --sut`` take it: each mutant is a factory of that module by name
-        return cls, mutant.machine, profile, f"reference_impl.mutants:{mutant.name.replace('-', '_')}"
+        return cls, mutant.machine, profile, f"teeio_conformance.reference_impl.mutants:{mutant.name.replace('-', '_')}"
     kind = args.machine or "full_stack"
     profile = args.profile or "tdx"
     spec = args.sut
@@ -819,7 +823,7 @@ def _configure(args: argparse.Namespace) -> tuple[type, str, str, str]:
         only=only,
         timeout=args.step_timeout if args.step_timeout is not None else 5.0,
     )
-    return cls, kind, profile, spec or "conformance.machines.device:reference_device"
+    return cls, kind, profile, spec or "teeio_conformance.conformance.machines.device:reference_device"
 
 
 def _show_step(step: dict[str, Any]) -> str:

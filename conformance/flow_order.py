@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contract.errors import StackError
-from contract.tdisp import codec as td
-from contract.trace import Event
+from teeio_conformance.contract.errors import StackError
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Event
 
 __all__ = ["check_corrected_flow"]
 

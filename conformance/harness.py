@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
+from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 
 __all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts", "verdicts_untouched"]
 

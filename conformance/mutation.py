@@ -14,11 +14,11 @@ import attrs
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import get_state_machine_test
 
-from conformance.harness import SutBroken, SutHang
-from conformance.machines.device import DeviceMachine, DeviceMachineConfig
-from conformance.machines.full_stack import FullStack, MachineConfig
-from conformance.machines.host_lifetimes import HostLifetimes
-from conformance.rules import RuleViolation
+from teeio_conformance.conformance.harness import SutBroken, SutHang
+from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
+from teeio_conformance.conformance.rules import RuleViolation
 
 __all__ = ["CatchResult", "catch"]
 
@@ -54,8 +54,8 @@ def minimize(machine: type, rule_id: str, steps: list[dict[str, Any]], *, max_se
     Hypothesis shrinks by local moves on its choice sequence, so it can stop at a local minimum -- say a
     shallow ``bring_up`` followed by ``advance`` steps where one deeper ``bring_up`` would do. The explorer
     tries every sequence shorter than the one found, shortest first, so what it returns is the shortest
-    within the machine's argument domains (:mod:`conformance.explore`)."""
-    from conformance.explore import explore
+    within the machine's argument domains (:mod:`teeio_conformance.conformance.explore`)."""
+    from teeio_conformance.conformance.explore import explore
 
     inits = sum(
         1

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import hypothesis
 import pytest
 
-from conformance import settings as _settings
-from conformance.sut import DEFAULT_SUT, SutLoadError, load_factory
+from teeio_conformance.conformance import settings as _settings
+from teeio_conformance.conformance.sut import DEFAULT_SUT, SutLoadError, load_factory
 
 if TYPE_CHECKING:
-    from conformance.remote import DeviceTarget
+    from teeio_conformance.conformance.remote import DeviceTarget
 
 _settings.register()
 
@@ -64,7 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=20.0,
         help="after Hypothesis shrinks a failure, search this long for a shorter one breadth-first "
-        "(conformance.explore) before writing its record; 0 turns it off",
+        "(teeio_conformance.conformance.explore) before writing its record; 0 turns it off",
     )
 
 
@@ -90,8 +90,8 @@ def _device_target(config: pytest.Config) -> DeviceTarget | None:
     given = [config.getoption(o) for o in ("--device-spawn", "--device-at", "--device-functions")]
     if all(v is None for v in given):
         return None
-    from conformance.remote import DeviceTarget
-    from contract.errors import InvalidArgument
+    from teeio_conformance.conformance.remote import DeviceTarget
+    from teeio_conformance.contract.errors import InvalidArgument
 
     try:
         return DeviceTarget.from_options(*given)
@@ -158,7 +158,7 @@ def device_target(request: pytest.FixtureRequest) -> DeviceTarget | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write this process's verdict counts; the report writer merges workers' files."""
-    from conformance.harness import VERDICTS
+    from teeio_conformance.conformance.harness import VERDICTS
 
     report_dir = session.config.getoption("--report-dir")
     if not report_dir or not VERDICTS.checked:
@@ -216,7 +216,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
-    from conformance.rules import RuleViolation
+    from teeio_conformance.conformance.rules import RuleViolation
 
     steps = getattr(exc, "teeio_steps", None)
     if steps is None:
@@ -284,10 +284,10 @@ def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: 
     Hypothesis shrinks by local moves and can stop at a local minimum (a shallow bring-up plus ``advance``
     steps where one deeper bring-up would do); the breadth-first explorer tries every shorter sequence,
     shortest first, so the record an implementer gets is as short as the search could make it."""
-    from conformance.explore import machine_class, rerun
-    from conformance.mutation import minimize
-    from conformance.replay import _classify
-    from conformance.sut import load_factory
+    from teeio_conformance.conformance.explore import machine_class, rerun
+    from teeio_conformance.conformance.mutation import minimize
+    from teeio_conformance.conformance.replay import _classify
+    from teeio_conformance.conformance.sut import load_factory
 
     budget = item.config.getoption("--minimize-seconds")
     steps = getattr(exc, "teeio_steps", None)

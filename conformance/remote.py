@@ -21,10 +21,10 @@ from typing import Any
 import attrs
 from hypothesis.stateful import consumes, rule
 
-from conformance.machines.device import DeviceMachine, DeviceMachineConfig
-from conformance.machines.recording import recorded
-from contract.errors import InvalidArgument
-from reference_impl.transport.client import RemoteDevice, spawn
+from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from teeio_conformance.conformance.machines.recording import recorded
+from teeio_conformance.contract.errors import InvalidArgument
+from teeio_conformance.reference_impl.transport.client import RemoteDevice, spawn
 
 __all__ = [
     "REFERENCE_FUNCTION_IDS",
@@ -95,7 +95,7 @@ def spawned_device_factory(responder_factory: Any, function_ids: tuple[int, ...]
     The devices it makes use our own server's guarantees (``own_server``): pipelined requests, and a
     close that need not wait for session ends, since the next example's reset comes first.
     """
-    from reference_impl.transport.server import ServerHandle, start_in_thread
+    from teeio_conformance.reference_impl.transport.server import ServerHandle, start_in_thread
 
     lock = threading.Lock()
     held: list[tuple[int, ServerHandle]] = []  # (pid, server): at most one, started on first use

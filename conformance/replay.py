@@ -28,9 +28,9 @@ from typing import Any
 
 import attrs
 
-from conformance.harness import verdicts_untouched
-from conformance.sut import SutLoadError, load_factory
-from reports.model import Failure, ReportInputError, load_failure
+from teeio_conformance.conformance.harness import verdicts_untouched
+from teeio_conformance.conformance.sut import SutLoadError, load_factory
+from teeio_conformance.reports.model import Failure, ReportInputError, load_failure
 
 __all__ = [
     "MACHINES",
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MACHINES = ("full_stack", "device", "host_lifetimes")
-REFERENCE_DEVICE = "conformance.machines.device:reference_device"
+REFERENCE_DEVICE = "teeio_conformance.conformance.machines.device:reference_device"
 # How a record names its machine: the plugin writes the machine name, or the pytest item's name.
 _HINTS = (
     ("host_lifetimes", ("host_lifetimes", "host_object_lifetimes", "hostlifetimes")),
@@ -99,7 +99,7 @@ def machine_kind(failure: Failure) -> str:
 def _machine_module(kind: str) -> ModuleType:
     import importlib
 
-    return importlib.import_module(f"conformance.machines.{kind}")
+    return importlib.import_module(f"teeio_conformance.conformance.machines.{kind}")
 
 
 def _machine_class(
@@ -107,9 +107,9 @@ def _machine_class(
 ) -> type:
     """The recorded machine, configured for ``factory`` (None: the device machine's reference device) with
     the recorded number of VFs (the failing sequence's routing IDs depend on it)."""
-    from conformance.machines.device import DeviceMachine, DeviceMachineConfig
-    from conformance.machines.full_stack import FullStack, MachineConfig
-    from conformance.machines.host_lifetimes import HostLifetimes
+    from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
+    from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+    from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
 
     if kind == "device":
         cfg_d = (
@@ -152,8 +152,8 @@ def _decode(value: Any, types: dict[str, type], where: str) -> Any:
 def _remote_target(failure: Failure, kind: str, sut: str | None, device: Any, path: Any) -> Any:
     """The responder to replay a device record on: ``device`` (from --device-*), else the recorded one;
     None for the in-process device (a ``--sut`` device factory wins over both)."""
-    from conformance.remote import DeviceTarget
-    from contract.errors import InvalidArgument
+    from teeio_conformance.conformance.remote import DeviceTarget
+    from teeio_conformance.contract.errors import InvalidArgument
 
     if device is not None and device.remote and kind != "device":
         raise ReplayError(f"{path}: a {kind} record; --device-spawn / --device-at apply to device records")
@@ -183,7 +183,7 @@ def prepare(
     factory: Callable[..., Any] | None = None
     remote = _remote_target(failure, kind, sut, device, path)
     if remote is not None:
-        from conformance.remote import RemoteDeviceMachine, config_for
+        from teeio_conformance.conformance.remote import RemoteDeviceMachine, config_for
 
         spec = remote.name
         cfg = config_for(remote.factory(), profile=profile, timeout=timeout)
@@ -225,8 +225,8 @@ def prepare(
 
 def _classify(exc: BaseException) -> tuple[str, str]:
     """(rule ID, detail) of a step's exception, as the plugin names it in failure records."""
-    from conformance.harness import SutBroken, SutHang
-    from conformance.rules import RuleViolation
+    from teeio_conformance.conformance.harness import SutBroken, SutHang
+    from teeio_conformance.conformance.rules import RuleViolation
 
     if isinstance(exc, RuleViolation):
         return exc.rule.id, f"{exc.rule.title}: {exc.detail}"
@@ -328,8 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """1 if it still fails, 0 if it passes now, 2 for a bad file or --sut (one line on stderr)."""
-    from conformance.remote import DeviceTarget
-    from contract.errors import InvalidArgument
+    from teeio_conformance.conformance.remote import DeviceTarget
+    from teeio_conformance.contract.errors import InvalidArgument
 
     try:
         device = DeviceTarget.from_options(

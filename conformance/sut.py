@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_SUT", "SutLoadError", "load_factory"]
 
-DEFAULT_SUT = "reference_impl.stack:make_sut"
+DEFAULT_SUT = "teeio_conformance.reference_impl.stack:make_sut"
 
 
 class SutLoadError(ValueError):

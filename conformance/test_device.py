@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
 
 
 def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float, device_target: Any) -> None:
@@ -15,7 +15,7 @@ def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float, device
     Against a responder over the socket (``--device-spawn`` / ``--device-at``) only the rules a socket
     can serve are checked; the rest stay NOT EXERCISED."""
     if device_target is not None:
-        from conformance.remote import RemoteDeviceMachine, config_for
+        from teeio_conformance.conformance.remote import RemoteDeviceMachine, config_for
 
         class Remote(RemoteDeviceMachine):
             config = config_for(device_target.factory(), profile=tdisp_profile, timeout=step_timeout)

@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machines.full_stack import FullStack, MachineConfig
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
 
 
 def test_full_stack_lifecycle(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:

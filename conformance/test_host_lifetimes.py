@@ -6,8 +6,8 @@ from typing import Any
 
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machines.full_stack import MachineConfig
-from conformance.machines.host_lifetimes import HostLifetimes
+from teeio_conformance.conformance.machines.full_stack import MachineConfig
+from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
 
 
 def test_host_object_lifetimes(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:

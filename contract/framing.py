@@ -31,7 +31,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
-from contract.errors import CodecError, InvalidArgument
+from teeio_conformance.contract.errors import CodecError, InvalidArgument
 
 __all__ = [
     "DOE_HEADER",

@@ -26,7 +26,7 @@ exactly as sent; :func:`key_to_wire` / :func:`key_from_wire` convert to and from
 natural (PCIe Appendix L) order, and :attr:`KeyProg.ifv` / :func:`ifv_to_wire` handle the IFV value.
 
 Values that do not fit their field are refused when built: validators raise
-:class:`~contract.errors.CodecError` with ``code=KpAckStatus.UNSUPPORTED_VALUE``, naming the field.
+:class:`~teeio_conformance.contract.errors.CodecError` with ``code=KpAckStatus.UNSUPPORTED_VALUE``, naming the field.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from contract.errors import CodecError
+from teeio_conformance.contract.errors import CodecError
 
 __all__ = [
     "ALL_SLOTS",

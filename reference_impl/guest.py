@@ -14,12 +14,12 @@ from typing import Any
 
 import attrs
 
-from contract.errors import AttestationRejected, InvalidState, NotFound
-from contract.profiles import Profile, StartSender
-from contract.tdisp import codec as td
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.device.identity import EvidenceError, verify_evidence
-from reference_impl.iommufd import GuestRequest
+from teeio_conformance.contract.errors import AttestationRejected, InvalidState, NotFound
+from teeio_conformance.contract.profiles import Profile, StartSender
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.device.identity import EvidenceError, verify_evidence
+from teeio_conformance.reference_impl.iommufd import GuestRequest
 
 __all__ = ["Guest", "GuestSnapshot", "GuestTsm", "VdevView"]
 

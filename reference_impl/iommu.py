@@ -23,11 +23,17 @@ from typing import Any
 
 import attrs
 
-from contract.errors import AccessFault, CallerError, InvalidArgument, NotFound
-from contract.ide_km import KeySubStream
-from contract.profiles import Profile
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
+from teeio_conformance.contract.errors import AccessFault, CallerError, InvalidArgument, NotFound
+from teeio_conformance.contract.ide_km import KeySubStream
+from teeio_conformance.contract.profiles import Profile
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.device.ide.stream import (
+    IdeIntegrityError,
+    IdeStreamEndpoint,
+    ProtectedTlp,
+    StreamState,
+    Tlp,
+)
 
 __all__ = ["Fault", "Iommu", "IommuSnapshot"]
 

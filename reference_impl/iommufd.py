@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
-from contract.trace import Actor, Trace, operation, query
+from teeio_conformance.contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
 __all__ = ["GuestRequest", "Iommufd", "IommufdSnapshot", "ObjKind", "ObjSnapshot"]
 

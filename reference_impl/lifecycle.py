@@ -6,7 +6,7 @@ follows. Each line names the flow steps it covers; the trace records what each a
 
 from __future__ import annotations
 
-from reference_impl.stack import Stack
+from teeio_conformance.reference_impl.stack import Stack
 
 __all__ = ["VIRT_ID", "run_lifecycle"]
 

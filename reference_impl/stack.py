@@ -13,16 +13,16 @@ from typing import Any
 
 import attrs
 
-from contract.profiles import TDX, Profile, StopInUnlocked, get_profile
-from contract.trace import Trace
-from reference_impl.device.device import Device, DeviceConfig, DeviceSnapshot
-from reference_impl.guest import Guest, GuestSnapshot, GuestTsm
-from reference_impl.iommu import Iommu, IommuSnapshot
-from reference_impl.iommufd import Iommufd, IommufdSnapshot
-from reference_impl.kvm import Kvm, KvmSnapshot
-from reference_impl.tsm import Tsm, TsmSnapshot
-from reference_impl.vfio import Vfio, VfioSnapshot
-from reference_impl.vmm import Vmm, VmmSnapshot
+from teeio_conformance.contract.profiles import TDX, Profile, StopInUnlocked, get_profile
+from teeio_conformance.contract.trace import Trace
+from teeio_conformance.reference_impl.device.device import Device, DeviceConfig, DeviceSnapshot
+from teeio_conformance.reference_impl.guest import Guest, GuestSnapshot, GuestTsm
+from teeio_conformance.reference_impl.iommu import Iommu, IommuSnapshot
+from teeio_conformance.reference_impl.iommufd import Iommufd, IommufdSnapshot
+from teeio_conformance.reference_impl.kvm import Kvm, KvmSnapshot
+from teeio_conformance.reference_impl.tsm import Tsm, TsmSnapshot
+from teeio_conformance.reference_impl.vfio import Vfio, VfioSnapshot
+from teeio_conformance.reference_impl.vmm import Vmm, VmmSnapshot
 
 __all__ = ["Stack", "StackConfig", "StackSnapshot", "build_stack", "make_sut"]
 
@@ -138,11 +138,11 @@ class Stack:
 
 
 def build_stack(config: StackConfig | None = None, **overrides: Any) -> Stack:
-    """The default SUT factory: ``--sut reference_impl.stack:build_stack``."""
+    """The default SUT factory: ``--sut teeio_conformance.reference_impl.stack:build_stack``."""
     return Stack(config or StackConfig(), **overrides)
 
 
 def make_sut(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Stack:
-    """The SUT factory the suite calls (``--sut reference_impl.stack:make_sut``): see docs/sut-contract.md."""
+    """The SUT factory the suite calls by default: see docs/sut-contract.md."""
     devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
     return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))

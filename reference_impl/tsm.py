@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from contract import ide_km as km
-from contract.errors import (
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import (
     Busy,
     ConformanceViolation,
     InvalidArgument,
@@ -28,10 +28,10 @@ from contract.errors import (
     StackError,
     Unsupported,
 )
-from contract.profiles import Profile, StartSender, UnmapOrder
-from contract.tdisp import codec as td
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.iommufd import GuestRequest, request_step
+from teeio_conformance.contract.profiles import Profile, StartSender, UnmapOrder
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.iommufd import GuestRequest, request_step
 
 __all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 

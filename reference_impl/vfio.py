@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 
-from contract.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.device.ide.stream import Tlp
+from teeio_conformance.contract.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.device.ide.stream import Tlp
 
 __all__ = ["DmabufInfo", "DmabufSnapshot", "Vfio", "VfioSnapshot"]
 

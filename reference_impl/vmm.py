@@ -14,10 +14,10 @@ from typing import Any
 
 import attrs
 
-from contract.errors import Busy, InvalidState, NotFound, StackError
-from contract.profiles import Profile, StartSender
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.iommufd import GuestRequest, request_step
+from teeio_conformance.contract.errors import Busy, InvalidState, NotFound, StackError
+from teeio_conformance.contract.profiles import Profile, StartSender
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.iommufd import GuestRequest, request_step
 
 __all__ = ["Assignment", "Vmm", "VmmSnapshot"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import attrs
 
-from reports.model import ReportInputError
-from reports.writer import TEST_PREFIX, read_report_json
+from teeio_conformance.reports.model import ReportInputError
+from teeio_conformance.reports.writer import TEST_PREFIX, read_report_json
 
 __all__ = [
     "Change",

@@ -15,8 +15,8 @@ from typing import Any
 
 import jinja2
 
-from reports.model import Failure, Report, Status
-from reports.swimlane import LANE_TITLES, LANES, render_text, rows
+from teeio_conformance.reports.model import Failure, Report, Status
+from teeio_conformance.reports.swimlane import LANE_TITLES, LANES, render_text, rows
 
 __all__ = ["render", "swimlane_view"]
 
@@ -97,7 +97,7 @@ def _failure_view(report: Report, f: Failure) -> dict[str, Any]:
 
 
 def _area_text(name: str) -> str:
-    from conformance.rules import Area
+    from teeio_conformance.conformance.rules import Area
 
     try:
         return f"{name} \u2014 {Area[name].value}"

@@ -16,7 +16,7 @@ import re
 import socket
 import xml.etree.ElementTree as ET
 
-from reports.model import Failure, Report, RuleVerdict, Status
+from teeio_conformance.reports.model import Failure, Report, RuleVerdict, Status
 
 __all__ = ["render", "testcase_name"]
 

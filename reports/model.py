@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from contract.errors import StackError
+from teeio_conformance.contract.errors import StackError
 
 __all__ = [
     "AGGREGATE",
@@ -247,7 +247,7 @@ class Failure:
     seed: str | None = None
     num_vfs: int | None = None  # the stack's VFs per device when recorded (None: the machine's default)
     # device records: the responder driven over the socket ({"spawn": CMD} or {"at": ..., "functions":
-    # [...]}, checked by conformance.remote.DeviceTarget.from_spec); None: the in-process device
+    # [...]}, checked by teeio_conformance.conformance.remote.DeviceTarget.from_spec); None: the in-process device
     device: Mapping[str, Any] | None = None
 
     @property
@@ -447,7 +447,7 @@ class Report:
         return next((v for v in self.verdicts if v.rule_id == rule_id), None)
 
     def to_json(self) -> dict[str, Any]:
-        """Only the teeio-specific part; :mod:`reports.writer` wraps it in the wptreport shape."""
+        """Only the teeio-specific part; :mod:`teeio_conformance.reports.writer` wraps it in the wptreport shape."""
         return {
             "rules": [v.to_json() for v in self.verdicts],
             "failures": [{"name": f.name, **f.to_json()} for f in self.failures],
@@ -591,7 +591,7 @@ def _iso(ts: float) -> str:
 
 def _rule_meta(rule_id: str, failures: Iterable[Failure]) -> tuple[dict[str, Any], frozenset[str] | None]:
     """Title, area, level, source of a rule ID, and the profiles it applies to (None: all)."""
-    from conformance.rules import BY_ID
+    from teeio_conformance.conformance.rules import BY_ID
 
     rule = BY_ID.get(rule_id)
     if rule is not None:
@@ -635,7 +635,7 @@ def _rule_meta(rule_id: str, failures: Iterable[Failure]) -> tuple[dict[str, Any
 
 def load_report_dir(path: str | os.PathLike[str]) -> Report:
     """Merge all ``verdicts-*.json`` (counts summed over workers) and ``failures/*.json`` in ``path``."""
-    from conformance.rules import CATALOGUE
+    from teeio_conformance.conformance.rules import CATALOGUE
 
     root = Path(path)
     if not root.is_dir():

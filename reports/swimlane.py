@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from contract.trace import HARNESS, Event
+from teeio_conformance.contract.trace import HARNESS, Event
 
 __all__ = ["LANES", "LANE_TITLES", "render_text", "rows"]
 

@@ -7,8 +7,8 @@ last line is the totals, ``N passed, N failed, N not exercised`` (counted over r
 
 from __future__ import annotations
 
-from reports.model import Report, Status
-from reports.swimlane import render_text
+from teeio_conformance.reports.model import Report, Status
+from teeio_conformance.reports.swimlane import render_text
 
 __all__ = ["render"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the venv
 
-from reports.model import (
+from teeio_conformance.reports.model import (
     AGGREGATE,
     Failure,
     Report,
@@ -193,8 +193,8 @@ import os
 import pathlib
 import sys
 
-from conformance.replay import replay
-from reports.model import ReportInputError
+from teeio_conformance.conformance.replay import replay
+from teeio_conformance.reports.model import ReportInputError
 
 RECORD = pathlib.Path(__file__).with_name({json_name!r})
 RULE_ID = {rule_id!r}
@@ -250,7 +250,7 @@ def write_replay_tests(report: Report, report_dir: str | os.PathLike[str]) -> li
 
 def write_all(report: Report, report_dir: str | os.PathLike[str]) -> list[Path]:
     """Write every format into ``report_dir``; return the paths written (report.json first)."""
-    from reports import html, junit, text
+    from teeio_conformance.reports import html, junit, text
 
     root = Path(report_dir)
     data = report_json(report)

@@ -1,7 +1,7 @@
 """Hypothesis strategies for TDISP and IDE_KM messages: every valid message, and malformed bytes.
 
-Valid strategies build the attrs values of :mod:`contract.tdisp.codec` and
-:mod:`contract.ide_km` (every message type, every field over its whole range).
+Valid strategies build the attrs values of :mod:`teeio_conformance.contract.tdisp.codec` and
+:mod:`teeio_conformance.contract.ide_km` (every message type, every field over its whole range).
 
 Malformed strategies produce *bytes* near a decoder's edges, built straight from raw layouts so that
 tens of thousands of examples stay cheap: a wrong version byte, a truncated or over-long message, an
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from contract import ide_km as km
-from contract.tdisp import codec as td
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.tdisp import codec as td
 
 __all__ = [
     "ide_km_requests",

@@ -14,15 +14,15 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 
-from conformance.harness import StepRunner
-from conformance.machines.recording import note, recorded, score
-from conformance.rules import CATALOGUE
-from contract import ide_km as km
-from contract.errors import StackError, Unsupported
-from contract.tdisp import codec as td
-from contract.trace import Trace
-from reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
-from strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
+from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.machines.recording import note, recorded, score
+from teeio_conformance.conformance.rules import CATALOGUE
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import StackError, Unsupported
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Trace
+from teeio_conformance.reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
+from teeio_conformance.strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]
 
@@ -62,7 +62,7 @@ class DeviceStack:
 
 
 def reference_device(trace: Trace, profile: str) -> Any:
-    from reference_impl.device.device import Device, DeviceConfig
+    from teeio_conformance.reference_impl.device.device import Device, DeviceConfig
 
     return Device(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=profile == "tdx"))
 

@@ -4,7 +4,7 @@ Handles live in Bundles (VMs, assigned functions). Guests bind, attest, accept, 
 unbind; guest TSMs act before they should; the host mmaps, revokes, destroys, resets, rebinds and
 tampers; the device DMAs with and without the T bit; faults arrive (FLR, config writes, BAR moves,
 MSE clear, IDE failure, session end, poison, VFIO close, VM destroy). After every step the whole
-catalogue is checked (:mod:`conformance.harness`). Refusals are expected -- the rules judge them.
+catalogue is checked (:mod:`teeio_conformance.conformance.harness`). Refusals are expected -- the rules judge them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
 
-from conformance.harness import StepRunner
-from conformance.machines.recording import note, recorded, score
-from conformance.rules._view import bound_vm
+from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.machines.recording import note, recorded, score
+from teeio_conformance.conformance.rules._view import bound_vm
 
 __all__ = ["FullStack", "MachineConfig", "Slot"]
 
@@ -547,7 +547,7 @@ class FullStack(RuleBasedStateMachine):
     @rule(s=slots)
     @recorded
     def host_guest_request_unbound(self, s: Slot) -> None:
-        from reference_impl.iommufd import GuestRequest
+        from teeio_conformance.reference_impl.iommufd import GuestRequest
 
         self._do("host_guest_request", self.stack.tsm.guest_request, s.rid, s.vm, GuestRequest(kind="state"))
 

@@ -19,9 +19,9 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from conformance.harness import StepRunner
-from conformance.machines.full_stack import MachineConfig
-from conformance.machines.recording import note, recorded
+from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.machines.full_stack import MachineConfig
+from teeio_conformance.conformance.machines.recording import note, recorded
 
 __all__ = ["HostLifetimes"]
 

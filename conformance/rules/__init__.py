@@ -1,6 +1,6 @@
 """The rule catalogue: every lifecycle rule with its ID, level, profiles and source.
 
-``docs/rules.md`` is generated from :data:`CATALOGUE` (``python -m conformance.rules.docs``); the
+``docs/rules.md`` is generated from :data:`CATALOGUE` (``python -m teeio_conformance.conformance.rules.docs``); the
 two cannot drift apart because the docs are never written by hand.
 """
 

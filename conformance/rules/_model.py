@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from contract.trace import Event
+from teeio_conformance.contract.trace import Event
 
 __all__ = [
     "HELD",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from contract.errors import StackError
-from contract.tdisp import codec as td
-from contract.trace import Event
+from teeio_conformance.contract.errors import StackError
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Event
 
 HOST_ACTORS = frozenset({"vmm", "vfio", "iommufd"})
 """Host software outside the TCB: what it sends, receives or stores, the host can read.

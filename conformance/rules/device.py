@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract import ide_km as km
-from contract.errors import StackError
-from contract.tdisp import codec as td
-from contract.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import StackError
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 
 from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges

@@ -1,4 +1,4 @@
-"""Generate ``docs/rules.md`` from the catalogue (``python -m conformance.rules.docs > docs/rules.md``).
+"""Generate ``docs/rules.md`` from the catalogue: ``python -m teeio_conformance.conformance.rules.docs``.
 
 A test compares the checked-in file with this output, so the catalogue is written once.
 """
@@ -17,7 +17,8 @@ def render_markdown() -> str:
     lines = [
         "# Rule catalogue",
         "",
-        "Generated from `conformance/rules/` by `python -m conformance.rules.docs`; do not edit by hand.",
+        "Generated from `conformance/rules/` by `python -m teeio_conformance.conformance.rules.docs`;",
+        "do not edit by hand.",
         f"{len(CATALOGUE)} rules. Level: MUST (every platform), SHOULD, PROFILE (the listed platforms' own",
         "requirement). Validator cases are intel/tee-io-validator's case IDs the rule covers.",
         "",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract.errors import AccessFault, CallerError, StackError
-from contract.tdisp import codec as td
+from teeio_conformance.contract.errors import AccessFault, CallerError, StackError
+from teeio_conformance.contract.tdisp import codec as td
 
 from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import (

@@ -16,7 +16,7 @@ All multi-byte fields are little-endian. Reserved fields encode as zero and are 
 shorter or longer than its layout, where variable parts carry their own length fields.
 
 Values that do not fit their field are refused when the value is *built*: every attrs validator raises
-:class:`~contract.errors.CodecError` (not ``ValueError``) naming the class, the field, what was
+:class:`~teeio_conformance.contract.errors.CodecError` (not ``ValueError``) naming the class, the field, what was
 expected and what it got, so a bad value can never reach the encoder.
 """
 
@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Self
 
 import attrs
 
-from contract.errors import CodecError
+from teeio_conformance.contract.errors import CodecError
 
 __all__ = [
     "HEADER_LEN",

@@ -27,8 +27,8 @@ picture above and the code cannot drift apart silently: change the table, regene
 
 from __future__ import annotations
 
-from contract.tdisp.codec import RequestCode as Rq
-from contract.tdisp.codec import TdiState as S
+from teeio_conformance.contract.tdisp.codec import RequestCode as Rq
+from teeio_conformance.contract.tdisp.codec import TdiState as S
 
 __all__ = ["EVENT_TRIGGERED_ERROR_FROM", "LEGAL_IN", "QUERIES", "TRANSITIONS", "stop_legal_in"]
 

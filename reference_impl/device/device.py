@@ -4,7 +4,7 @@ The device is the far end of the flow: the host TSM talks to it over an SPDM ses
 IDE_KM as vendor-defined messages), the host pokes its config space (MSE, BARs, FLR), and TLPs reach
 it through the root port's IDE stream. Every way in is an ``@operation`` so the trace shows it.
 
-TDISP semantics come from the table in :mod:`contract.tdisp.state`; this module only
+TDISP semantics come from the table in :mod:`teeio_conformance.contract.tdisp.state`; this module only
 adds what the table cannot say: nonces, the IDE precondition of LOCK, reports, and the events that
 push a locked TDI to ERROR (PCIe §11.2, §11.4.6, §11.4.9).
 """
@@ -17,13 +17,19 @@ from typing import Any
 
 import attrs
 
-from contract.errors import AccessFault, InvalidArgument, InvalidState, NotFound
-from contract.tdisp import codec as td
-from contract.tdisp.state import EVENT_TRIGGERED_ERROR_FROM, LEGAL_IN, TRANSITIONS, stop_legal_in
-from contract.trace import Actor, Trace, operation, query
-from reference_impl.device.ide.km_responder import IdeKmResponder
-from reference_impl.device.ide.stream import IdeIntegrityError, IdeStreamEndpoint, ProtectedTlp, StreamState, Tlp
-from reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
+from teeio_conformance.contract.errors import AccessFault, InvalidArgument, InvalidState, NotFound
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.tdisp.state import EVENT_TRIGGERED_ERROR_FROM, LEGAL_IN, TRANSITIONS, stop_legal_in
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
+from teeio_conformance.reference_impl.device.ide.km_responder import IdeKmResponder
+from teeio_conformance.reference_impl.device.ide.stream import (
+    IdeIntegrityError,
+    IdeStreamEndpoint,
+    ProtectedTlp,
+    StreamState,
+    Tlp,
+)
+from teeio_conformance.reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
 
 __all__ = ["PAGE", "PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "Device", "DeviceConfig", "DeviceSnapshot", "FunctionSnapshot"]
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from contract.errors import ConformanceViolation, InvalidArgument
+from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument
 
 __all__ = [
     "NONCE_LEN",

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from reference_impl.mutants import _device, _host
+from teeio_conformance.reference_impl.mutants import _device, _host
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -33,9 +33,9 @@ class Mutant:
     def factory(
         self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1, trace: bool = True
     ) -> Any:
-        """A SUT factory with the same signature as ``reference_impl.stack.make_sut``."""
-        from reference_impl.device.device import DeviceConfig
-        from reference_impl.stack import StackConfig, build_stack
+        """A SUT factory with the same signature as ``teeio_conformance.reference_impl.stack.make_sut``."""
+        from teeio_conformance.reference_impl.device.device import DeviceConfig
+        from teeio_conformance.reference_impl.stack import StackConfig, build_stack
 
         n = num_devices or self.num_devices
         devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(n))
@@ -45,7 +45,7 @@ class Mutant:
         return build_stack(StackConfig(profile=profile or self.profile, devices=devices, trace=trace), **overrides)
 
     def device_factory(self, trace: Any, profile: str) -> Any:
-        from reference_impl.device.device import Device, DeviceConfig
+        from teeio_conformance.reference_impl.device.device import Device, DeviceConfig
 
         cls = self.device or Device
         return cls(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=profile == "tdx"))
@@ -67,7 +67,7 @@ def by_name(name: str) -> Mutant:
 
 def __getattr__(attr: str) -> Callable[..., Any]:
     """Each mutant as a SUT factory by name, so any ``--sut`` option takes it:
-    ``reference_impl.mutants:vmm_lazy_vdevice`` (dashes become underscores). A device mutant gives its
+    ``teeio_conformance.reference_impl.mutants:vmm_lazy_vdevice`` (dashes become underscores). A device mutant gives its
     device factory -- what the device machine and ``replay --sut`` of a device record expect."""
     for m in MUTANTS:
         if m.name.replace("-", "_") == attr:

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from contract import ide_km as km
-from contract.tdisp import codec as td
-from reference_impl.device import device as _dev
-from reference_impl.device.device import Device
-from reference_impl.mutants._host import HANG_SECONDS, HANG_STEP_LIMIT
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.reference_impl.device import device as _dev
+from teeio_conformance.reference_impl.device.device import Device
+from teeio_conformance.reference_impl.mutants._host import HANG_SECONDS, HANG_STEP_LIMIT
 
 
 class IllegalLockRelocks(Device):

@@ -6,15 +6,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
-from contract.profiles import StartSender
-from reference_impl.guest import GuestTsm
-from reference_impl.iommu import Iommu
-from reference_impl.iommufd import GuestRequest, Iommufd, ObjKind
-from reference_impl.kvm import Kvm, SlotMapping
-from reference_impl.tsm import Tsm
-from reference_impl.vfio import Vfio
-from reference_impl.vmm import Vmm
+from teeio_conformance.contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from teeio_conformance.contract.profiles import StartSender
+from teeio_conformance.reference_impl.guest import GuestTsm
+from teeio_conformance.reference_impl.iommu import Iommu
+from teeio_conformance.reference_impl.iommufd import GuestRequest, Iommufd, ObjKind
+from teeio_conformance.reference_impl.kvm import Kvm, SlotMapping
+from teeio_conformance.reference_impl.tsm import Tsm
+from teeio_conformance.reference_impl.vfio import Vfio
+from teeio_conformance.reference_impl.vmm import Vmm
 
 # ------------------------------------------------------------------ FLOW
 
@@ -378,7 +378,7 @@ class KvmAliasesPrivateMmio(Kvm):
         n = super().map_private_mmio(vm, rid)
         slots = [s for s in self._slots.values() if s.vm == vm and s.rid == rid]
         if slots:
-            from reference_impl.kvm import _Memslot
+            from teeio_conformance.reference_impl.kvm import _Memslot
 
             s = slots[0]
             twin = _Memslot(
@@ -495,7 +495,7 @@ class IommuNoFence(Iommu):
     """SEV-TIO: a fault on a bound TDI does not fence the guest."""
 
     def _fault(self, rid: int, address: int, t_bit: bool, reason: str) -> None:
-        from reference_impl.iommu import Fault
+        from teeio_conformance.reference_impl.iommu import Fault
 
         self._faults.append(Fault(rid, address, t_bit, reason))
 
@@ -517,7 +517,7 @@ class VfioHostReadsPrivate(Vfio):
     """Host MMIO reads go out with T=1, so the host reads TEE memory of a running TDI."""
 
     def host_mmio_read(self, fd: int, rid: int, offset: int, length: int) -> bytes:
-        from reference_impl.device.ide.stream import Tlp
+        from teeio_conformance.reference_impl.device.ide.stream import Tlp
 
         f = self._fd(fd)
         base, _ = f.device.bar_range(rid)
@@ -556,7 +556,7 @@ class TsmPassesKeysThroughVmm(Tsm):
 
 
 class VfioWithNote(Vfio):
-    from contract.trace import operation as _op
+    from teeio_conformance.contract.trace import operation as _op
 
     @_op()
     def dmabuf_info_note(self, note: bytes) -> None:

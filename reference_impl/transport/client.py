@@ -7,7 +7,7 @@ reports a dead, slow or garbage-speaking responder as a failure instead of dying
 may have left the byte stream out of step (timeout, bad frame, closed socket) the client refuses
 further use rather than misread a late answer as the next one.
 
-:class:`RemoteResponder` is a :class:`~reference_impl.transport.VendorResponder` backed by a remote
+:class:`RemoteResponder` is a :class:`~teeio_conformance.reference_impl.transport.VendorResponder` backed by a remote
 server: one connection (one SPDM session) per session ID. :class:`RemoteDevice` goes further and
 looks like the in-process device to the device machine. :func:`spawn` starts a server process.
 """
@@ -27,10 +27,10 @@ from typing import IO, Any
 
 import attrs
 
-from contract import framing as fr
-from contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
-from contract.tdisp import codec as td
-from contract.trace import Actor, Trace, operation, query
+from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
 __all__ = [
     "EmuClient",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from contract import ide_km as km
-from contract.trace import Trace
-from reference_impl.device.device import PROTOCOL_IDE_KM, Device, DeviceConfig
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.trace import Trace
+from teeio_conformance.reference_impl.device.device import PROTOCOL_IDE_KM, Device, DeviceConfig
 
 __all__ = ["ServedDevice", "served_device_factory"]
 

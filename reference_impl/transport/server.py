@@ -47,9 +47,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from contract import framing as fr
-from contract.errors import InvalidArgument
-from reference_impl.transport import PROTOCOL_IDE_KM, PROTOCOL_TDISP, SessionOpener, VendorResponder
+from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract.errors import InvalidArgument
+from teeio_conformance.reference_impl.transport import PROTOCOL_IDE_KM, PROTOCOL_TDISP, SessionOpener, VendorResponder
 
 __all__ = [
     "TEST_REPLY",

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from contract import ide_km as km
-from contract.errors import CodecError, InvalidArgument
-from reference_impl.device.ide.km_responder import EXPECTED_IFV, IdeKmResponder
-from reference_impl.device.ide.stream import IdeLink, IdeStreamEndpoint, StreamState, Tlp
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import CodecError, InvalidArgument
+from teeio_conformance.reference_impl.device.ide.km_responder import EXPECTED_IFV, IdeKmResponder
+from teeio_conformance.reference_impl.device.ide.stream import IdeLink, IdeStreamEndpoint, StreamState, Tlp
 
 STREAM = 3
 PORT = 0

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.errors import AccessFault, InvalidArgument, InvalidState
-from contract.ide_km import Direction, KeySet, KeySubStream, SubStream
-from reference_impl.device.ide.stream import (
+from teeio_conformance.contract.errors import AccessFault, InvalidArgument, InvalidState
+from teeio_conformance.contract.ide_km import Direction, KeySet, KeySubStream, SubStream
+from teeio_conformance.reference_impl.device.ide.stream import (
     MAC_LEN,
     IdeIntegrityError,
     IdeLink,

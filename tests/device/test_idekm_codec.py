@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract import ide_km as km
-from contract.errors import CodecError
-from strategies.messages import ide_km_requests, ide_km_responses, malformed_ide_km_requests
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import CodecError
+from teeio_conformance.strategies.messages import ide_km_requests, ide_km_responses, malformed_ide_km_requests
 
 KEY = bytes(range(32))
 IFV_1 = bytes.fromhex("0000000001000000")  # IFV DW1 = 0, DW0 = 1, each little-endian

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.errors import ConformanceViolation, InvalidArgument
-from reference_impl.device.identity import (
+from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument
+from teeio_conformance.reference_impl.device.identity import (
     DeviceIdentity,
     EvidenceError,
     EvidenceFailure,

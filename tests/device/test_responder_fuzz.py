@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
-from contract import ide_km as km
-from contract.tdisp import codec as td
-from contract.trace import Trace
-from reference_impl.device.device import Device, DeviceConfig
-from strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.trace import Trace
+from teeio_conformance.reference_impl.device.device import Device, DeviceConfig
+from teeio_conformance.strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
 

@@ -10,9 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract.errors import CodecError
-from contract.tdisp import codec as td
-from strategies.messages import interface_reports, malformed_tdisp_requests, tdisp_requests, tdisp_responses
+from teeio_conformance.contract.errors import CodecError
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.strategies.messages import (
+    interface_reports,
+    malformed_tdisp_requests,
+    tdisp_requests,
+    tdisp_responses,
+)
 
 # FUNCTION_ID 0x0102_3A01: RID 0x3A01 (bus 0x3A, device 0, function 1), segment 2, segment-valid bit 24.
 IID = td.InterfaceId.for_rid(0x3A01, segment=2)

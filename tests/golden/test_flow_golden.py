@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conformance.flow_order import check_corrected_flow
-from reference_impl.lifecycle import run_lifecycle
-from reference_impl.stack import StackConfig, build_stack
-from reference_impl.vmm import Vmm
-from reports.swimlane import render_text
+from teeio_conformance.conformance.flow_order import check_corrected_flow
+from teeio_conformance.reference_impl.lifecycle import run_lifecycle
+from teeio_conformance.reference_impl.stack import StackConfig, build_stack
+from teeio_conformance.reference_impl.vmm import Vmm
+from teeio_conformance.reports.swimlane import render_text
 
 GOLDEN = Path(__file__).with_name("tdx_flow.txt")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.mutation import catch
-from conformance.rules import CATALOGUE
-from reference_impl.mutants import MUTANTS
+from teeio_conformance.conformance.mutation import catch
+from teeio_conformance.conformance.rules import CATALOGUE
+from teeio_conformance.reference_impl.mutants import MUTANTS
 
 RESULTS: list = []
 

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import multiple, rule, run_state_machine_as_test
 
-from conformance.machines.full_stack import FullStack, MachineConfig, Slot
-from conformance.rules import CATALOGUE, RuleViolation
-from reference_impl.device.device import Device
-from reference_impl.mutants import by_name
-from reference_impl.stack import make_sut
-from reference_impl.vfio import Vfio
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig, Slot
+from teeio_conformance.conformance.rules import CATALOGUE, RuleViolation
+from teeio_conformance.reference_impl.device.device import Device
+from teeio_conformance.reference_impl.mutants import by_name
+from teeio_conformance.reference_impl.stack import make_sut
+from teeio_conformance.reference_impl.vfio import Vfio
 
 CONF = frozenset(r.id for r in CATALOGUE if r.area.name == "CONF")
 FAST = settings(
@@ -92,7 +92,7 @@ class VfioMmapPrivate(Vfio):
 
 
 def _leaky_device_factory(*, profile, num_vfs=1, **_):
-    from reference_impl.stack import StackConfig, build_stack
+    from teeio_conformance.reference_impl.stack import StackConfig, build_stack
 
     return build_stack(StackConfig(profile=profile), device_factory=DeviceIgnoresTBit, vfio_factory=VfioMmapPrivate)
 

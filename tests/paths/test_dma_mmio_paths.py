@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from contract.errors import AccessFault, InvalidState, PermissionDenied
-from reference_impl.device.ide.stream import StreamState, Tlp
-from reference_impl.lifecycle import VIRT_ID
-from reference_impl.stack import make_sut
+from teeio_conformance.contract.errors import AccessFault, InvalidState, PermissionDenied
+from teeio_conformance.reference_impl.device.ide.stream import StreamState, Tlp
+from teeio_conformance.reference_impl.lifecycle import VIRT_ID
+from teeio_conformance.reference_impl.stack import make_sut
 
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from contract.errors import AccessFault, CallerError, StackError
-from reference_impl.stack import make_sut
+from teeio_conformance.contract.errors import AccessFault, CallerError, StackError
+from teeio_conformance.reference_impl.stack import make_sut
 
 STAGES = ("assigned", "bound", "attested", "accepted", "started")
 
@@ -165,8 +165,8 @@ def test_dmabuf_promises_hold_under_random_sequences(profile):
 
 def test_tdx_refuses_unmap_before_stop_with_a_typed_error():
     """TDX: the secure EPT cannot be unmapped while the TDI is locked; the refusal changes nothing."""
-    from contract.errors import InvalidState
-    from reference_impl.lifecycle import VIRT_ID
+    from teeio_conformance.contract.errors import InvalidState
+    from teeio_conformance.reference_impl.lifecycle import VIRT_ID
 
     stack = make_sut(profile="tdx")
     vm = stack.create_vm()
@@ -187,7 +187,7 @@ def test_tdx_refuses_unmap_before_stop_with_a_typed_error():
 
 
 def test_cca_refuses_stop_while_mapped_and_sev_allows_revoke_any_time():
-    from reference_impl.lifecycle import VIRT_ID
+    from teeio_conformance.reference_impl.lifecycle import VIRT_ID
 
     for profile, expect_refusal in (("cca", False), ("sev-tio", False)):
         stack = make_sut(profile=profile)

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reference_impl.iommufd import Iommufd
+from teeio_conformance.reference_impl.iommufd import Iommufd
 
 MUTANT_SUT = "tests.reports:unbind_destroys_vdevice_sut"
-REFERENCE_SUT = "reference_impl.stack:make_sut"
+REFERENCE_SUT = "teeio_conformance.reference_impl.stack:make_sut"
 SLOT = {"__slot__": {"vm": "vm1", "rid": 14848, "virt_id": 16}}
 FLOW05_STEPS = [
     {"method": "first_vm", "kwargs": {}},
@@ -36,8 +36,8 @@ def unbind_destroys_vdevice_sut(
     *, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True
 ) -> Any:
     """A SUT factory with make_sut's signature around the mutant IOMMUFD."""
-    from reference_impl.device.device import DeviceConfig
-    from reference_impl.stack import StackConfig, build_stack
+    from teeio_conformance.reference_impl.device.device import DeviceConfig
+    from teeio_conformance.reference_impl.stack import StackConfig, build_stack
 
     devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
     return build_stack(
@@ -49,8 +49,8 @@ def unbind_destroys_vdevice_sut(
 def stack_works() -> bool:
     """True once the reference stack runs the whole lifecycle (the lead integrates it piece by piece)."""
     try:
-        from reference_impl.lifecycle import run_lifecycle
-        from reference_impl.stack import build_stack
+        from teeio_conformance.reference_impl.lifecycle import run_lifecycle
+        from teeio_conformance.reference_impl.stack import build_stack
 
         run_lifecycle(build_stack())
     except Exception:
@@ -203,6 +203,6 @@ def sample_report_dir(root: Path) -> Path:
 
 def lock_leaves_unlocked_device(trace: Any, profile: str) -> Any:
     """A device factory (device-machine records) whose LOCK_INTERFACE leaves the TDI unlocked (TDISP-03)."""
-    from reference_impl.mutants import by_name
+    from teeio_conformance.reference_impl.mutants import by_name
 
     return by_name("device-lock-leaves-unlocked").device_factory(trace, profile)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from reports import compare, writer
-from reports.model import load_report_dir
+from teeio_conformance.reports import compare, writer
+from teeio_conformance.reports.model import load_report_dir
 
 from . import MUTANT_SUT, REFERENCE_SUT, failure_record, verdicts, write_json
 

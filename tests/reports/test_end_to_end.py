@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance import replay as rp
-from reports import writer
-from reports.model import load_report_dir
+from teeio_conformance.conformance import replay as rp
+from teeio_conformance.reports import writer
+from teeio_conformance.reports.model import load_report_dir
 from tests.child import run_pytest
 
 from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
@@ -34,7 +34,7 @@ SUITE = """
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machines.full_stack import FullStack, MachineConfig
+from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
 
 
 def test_full_stack_lifecycle(sut_factory, tdisp_profile, step_timeout):

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from reports import writer
-from reports.model import load_report_dir
+from teeio_conformance.reports import writer
+from teeio_conformance.reports.model import load_report_dir
 
 from . import (
     FLOW05_STEPS,
@@ -35,8 +35,8 @@ def _record() -> dict:
     """A FLOW-05 record with the real trace of the mutant when the stack runs, else the hand-made one."""
     if not stack_works():
         return failure_record()
-    from conformance.machines.full_stack import FullStack, MachineConfig
-    from conformance.rules import RuleViolation
+    from teeio_conformance.conformance.machines.full_stack import FullStack, MachineConfig
+    from teeio_conformance.conformance.rules import RuleViolation
 
     class Machine(FullStack):
         config = MachineConfig(factory=unbind_destroys_vdevice_sut, profile="tdx")

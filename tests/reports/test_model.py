@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.rules import BY_ID, CATALOGUE
-from contract.errors import StackError
-from reports.model import (
+from teeio_conformance.conformance.rules import BY_ID, CATALOGUE
+from teeio_conformance.contract.errors import StackError
+from teeio_conformance.reports.model import (
     AGGREGATE,
     Failure,
     ReportInputError,

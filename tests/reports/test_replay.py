@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from conformance import replay as rp
-from conformance.harness import VERDICTS
-from reports.model import ReportInputError
+from teeio_conformance.conformance import replay as rp
+from teeio_conformance.conformance.harness import VERDICTS
+from teeio_conformance.reports.model import ReportInputError
 
 from . import MUTANT_SUT, REFERENCE_SUT, SLOT, STACK_REASON, failure_record, stack_works, write_json
 

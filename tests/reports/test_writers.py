@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reports import html, junit, text, writer
-from reports.model import Report, ReportInputError, Status, load_report_dir
+from teeio_conformance.reports import html, junit, text, writer
+from teeio_conformance.reports.model import Report, ReportInputError, Status, load_report_dir
 
 from . import failure_record, sample_report_dir, verdicts, write_json
 
@@ -200,13 +200,13 @@ def test_each_failure_gets_a_pytest_replay_file(written):
     root, _, _ = written
     source = (root / "failures" / f"{FAILURE_NAME}.test.py").read_text(encoding="utf-8")
     compile(source, "x.test.py", "exec")
-    assert "from conformance.replay import replay" in source and "RULE_ID = 'FLOW-05'" in source
+    assert "from teeio_conformance.conformance.replay import replay" in source and "RULE_ID = 'FLOW-05'" in source
     assert f"with_name('{FAILURE_NAME}.json')" in source
 
 
 def test_replay_file_source_is_valid_for_hostile_names():
     record = failure_record(test='a"""b\\', message='x"""\\y', rule_title='t\n"""')
-    from reports.model import Failure
+    from teeio_conformance.reports.model import Failure
 
     f = Failure.from_json(record, name="we ird-name.1", origin="x")
     compile(writer.replay_test_source(f), "x.test.py", "exec")
@@ -286,7 +286,7 @@ def test_the_replay_file_as_a_script_reports_a_bad_record_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    from reports.model import Failure
+    from teeio_conformance.reports.model import Failure
 
     f = Failure.from_json(failure_record(), name="broken", origin="x")
     (tmp_path / "broken.test.py").write_text(writer.replay_test_source(f), encoding="utf-8")

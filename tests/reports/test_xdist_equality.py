@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from reports import writer
+from teeio_conformance.reports import writer
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 120  # per run; both runs together take about 20 s on an idle 2-core machine

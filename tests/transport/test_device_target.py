@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.harness import VERDICTS, Verdicts, verdicts_untouched
-from conformance.machines.device import DEVICE_RULES, DeviceMachine, DeviceMachineConfig
-from conformance.remote import (
+from teeio_conformance.conformance.harness import VERDICTS, Verdicts, verdicts_untouched
+from teeio_conformance.conformance.machines.device import DEVICE_RULES, DeviceMachine, DeviceMachineConfig
+from teeio_conformance.conformance.remote import (
     REMOTE_RULES,
     DeviceTarget,
     RemoteDeviceMachine,
@@ -27,14 +27,14 @@ from conformance.remote import (
     parse_function_ids,
     spawned_device_factory,
 )
-from conformance.replay import ReplayError, replay
-from contract.errors import InvalidArgument
-from reference_impl.device.device import DeviceConfig
-from reference_impl.transport.served import served_device_factory
-from reports.model import Failure
+from teeio_conformance.conformance.replay import ReplayError, replay
+from teeio_conformance.contract.errors import InvalidArgument
+from teeio_conformance.reference_impl.device.device import DeviceConfig
+from teeio_conformance.reference_impl.transport.served import served_device_factory
+from teeio_conformance.reports.model import Failure
 from tests.child import run_pytest
 
-SERVE = f"{sys.executable} -m conformance.cli serve-device --port 0 --profile tdx"
+SERVE = f"{sys.executable} -m teeio_conformance.conformance.cli serve-device --port 0 --profile tdx"
 
 
 # ------------------------------------------------------------------ options
@@ -151,7 +151,7 @@ SUITE = """
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.remote import RemoteDeviceMachine, config_for
+from teeio_conformance.conformance.remote import RemoteDeviceMachine, config_for
 
 
 def test_device_tdisp_and_ide_km(tdisp_profile, step_timeout, device_target):

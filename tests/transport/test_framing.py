@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from contract import framing as fr
-from contract.errors import InvalidArgument
+from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract.errors import InvalidArgument
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)

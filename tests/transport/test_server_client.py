@@ -20,11 +20,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contract import framing as fr
-from contract.errors import ConformanceViolation, InvalidArgument
-from reference_impl.transport import VendorResponder
-from reference_impl.transport import server as srv
-from reference_impl.transport.client import EmuClient, NoResponse, RemoteResponder, TransportError, spawn
+from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument
+from teeio_conformance.reference_impl.transport import VendorResponder
+from teeio_conformance.reference_impl.transport import server as srv
+from teeio_conformance.reference_impl.transport.client import (
+    EmuClient,
+    NoResponse,
+    RemoteResponder,
+    TransportError,
+    spawn,
+)
 
 FUNCTION_IDS = (0x3A00, 0x3A01)
 # TDISP_ERROR (PCIe 6.x §11.3.13): version 0x10, type 0x7F, reserved, INTERFACE_ID (function 0x3A00,
@@ -482,7 +488,7 @@ def test_cli_arguments_and_run_refusing_a_remote_host(capsys):
 SERVE_SCRIPT = textwrap.dedent(
     """
     import argparse
-    from reference_impl.transport import server
+    from teeio_conformance.reference_impl.transport import server
 
     class Echo:
         function_ids = (0x3A00, 0x3A01)

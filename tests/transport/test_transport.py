@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
-from conformance.rules import RuleViolation
-from contract import framing as fr
-from contract.tdisp import codec as td
-from reference_impl.device.device import DeviceConfig
-from reference_impl.transport.client import EmuClient, TransportError
-from reference_impl.transport.served import served_device_factory
-from reference_impl.transport.server import start_in_thread
+from teeio_conformance.conformance.remote import RemoteDeviceMachine, config_for, spawned_device_factory
+from teeio_conformance.conformance.rules import RuleViolation
+from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.reference_impl.device.device import DeviceConfig
+from teeio_conformance.reference_impl.transport.client import EmuClient, TransportError
+from teeio_conformance.reference_impl.transport.served import served_device_factory
+from teeio_conformance.reference_impl.transport.server import start_in_thread
 
 
 def test_frame_and_doe_bytes():
@@ -131,8 +131,8 @@ def test_garbage_speaking_responder_is_a_transport_error():
 
 
 def test_non_loopback_listen_is_refused():
-    from contract.errors import InvalidArgument
-    from reference_impl.transport.server import serve
+    from teeio_conformance.contract.errors import InvalidArgument
+    from teeio_conformance.reference_impl.transport.server import serve
 
     with pytest.raises(InvalidArgument, match="non-loopback"):
         serve("0.0.0.0", 0, served_device_factory())
@@ -157,8 +157,8 @@ def test_device_machine_passes_against_the_served_reference():
 
 
 def test_a_served_mutant_is_caught_by_the_same_rule():
-    from reference_impl.mutants._device import NonceReused
-    from reference_impl.transport.served import ServedDevice
+    from teeio_conformance.reference_impl.mutants._device import NonceReused
+    from teeio_conformance.reference_impl.transport.served import ServedDevice
 
     cls = type("ServedNonceReused", (NonceReused, ServedDevice), {})
 
@@ -173,7 +173,7 @@ def test_a_served_mutant_is_caught_by_the_same_rule():
 
 def _key_and_lock(dev, sid, fid):
     """QUERY, KEY_PROG and K_SET_GO for all six key slots (the served device then enables its stream), LOCK."""
-    from contract import ide_km as km
+    from teeio_conformance.contract import ide_km as km
 
     dev.handle_vendor_message(0, km.encode(km.Query(port_index=0)), session_id=sid)
     slots = [
@@ -214,7 +214,7 @@ def _key_and_lock(dev, sid, fid):
 def test_examples_share_one_server_but_never_its_state(closed):
     """Example 2 runs on example 1's server (no new listener) yet finds a power-on device: the TDI example 1
     locked is CONFIG_UNLOCKED again, and example 1's connections -- even ones it left open -- are gone."""
-    from contract.trace import Trace
+    from teeio_conformance.contract.trace import Trace
 
     make = spawned_device_factory(served_device_factory(TDX_DEVICE), (0x3A00, 0x3A01))
     first = make(Trace(), "tdx")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract.errors import (
+from teeio_conformance.contract.errors import (
     AccessFault,
     AlreadyExists,
     Busy,
@@ -25,9 +25,9 @@ from contract.errors import (
     StackError,
     Unsupported,
 )
-from reference_impl.iommufd import GuestRequest
-from reference_impl.lifecycle import VIRT_ID
-from reference_impl.stack import make_sut
+from teeio_conformance.reference_impl.iommufd import GuestRequest
+from teeio_conformance.reference_impl.lifecycle import VIRT_ID
+from teeio_conformance.reference_impl.stack import make_sut
 
 STAGES = ("fresh", "assigned", "running", "bound", "attested", "accepted", "started", "unbound", "stopped")
 
@@ -184,7 +184,7 @@ def test_errors_carry_the_kernel_errno(call, error, code):
 
 def test_an_unmarked_public_method_is_refused_at_class_creation():
     """Every crossing into an actor is traced: a public method that is neither operation nor query is an error."""
-    from contract.trace import Actor
+    from teeio_conformance.contract.trace import Actor
 
     with pytest.raises(TypeError, match="neither @operation nor @query"):
         type("Leaky", (Actor,), {"side_door": lambda self: None})

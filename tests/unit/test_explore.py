@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from conformance.cli import main
-from conformance.explore import ExploreError, explore, machine_class, mutant_machine_class, run_steps
-from conformance.mutation import catch
-from conformance.replay import replay
-from reference_impl.mutants import by_name
+from teeio_conformance.conformance.cli import main
+from teeio_conformance.conformance.explore import ExploreError, explore, machine_class, mutant_machine_class, run_steps
+from teeio_conformance.conformance.mutation import catch
+from teeio_conformance.conformance.replay import replay
+from teeio_conformance.reference_impl.mutants import by_name
 
 
 def relock_device(trace, profile):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conformance.harness import SutHang, _call
+from teeio_conformance.conformance.harness import SutHang, _call
 
 
 def test_a_hang_is_reported_when_the_first_alarm_is_swallowed():

@@ -5,18 +5,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conformance.rules import CATALOGUE
-from conformance.rules.docs import render_markdown
+from teeio_conformance.conformance.rules import CATALOGUE
+from teeio_conformance.conformance.rules.docs import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     # the contract: trace events, typed errors, profiles as data, and the spec's wire formats and state table
-    "contract.trace",
-    "contract.errors",
-    "contract.profiles",
-    "contract.tdisp.codec",
-    "contract.tdisp.state",
-    "contract.ide_km",
+    "teeio_conformance.contract.trace",
+    "teeio_conformance.contract.errors",
+    "teeio_conformance.contract.profiles",
+    "teeio_conformance.contract.tdisp.codec",
+    "teeio_conformance.contract.tdisp.state",
+    "teeio_conformance.contract.ide_km",
 }
 
 

@@ -45,9 +45,9 @@ from collections.abc import Mapping
 
 import attrs
 
-from contract import ide_km as km
-from contract.errors import CodecError, InvalidArgument
-from reference_impl.device.ide.stream import IdeStreamEndpoint, StreamSnapshot
+from teeio_conformance.contract import ide_km as km
+from teeio_conformance.contract.errors import CodecError, InvalidArgument
+from teeio_conformance.reference_impl.device.ide.stream import IdeStreamEndpoint, StreamSnapshot
 
 __all__ = ["EXPECTED_IFV", "IDE_CAP_IDE_KM", "IDE_CAP_SELECTIVE", "IdeKmResponder", "IdeKmSnapshot"]
 

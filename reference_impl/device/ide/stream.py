@@ -50,8 +50,8 @@ from typing import Any
 import attrs
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from contract.errors import AccessFault, InvalidArgument, InvalidState
-from contract.ide_km import Direction, KeySet, KeySubStream, SubStream
+from teeio_conformance.contract.errors import AccessFault, InvalidArgument, InvalidState
+from teeio_conformance.contract.ide_km import Direction, KeySet, KeySubStream, SubStream
 
 __all__ = [
     "MAC_LEN",
