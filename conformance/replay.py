@@ -7,9 +7,16 @@ Replaying builds the recorded machine (full_stack, device or host_lifetimes) aro
 the catalogue checked after every step exactly as in the original run. No Hypothesis is involved, so a
 replay is deterministic and takes milliseconds: an engineer can re-run it after every rebuild.
 
-The SUT is the one recorded in the file unless ``sut`` names another (your build). For records of
-the *device* machine ``sut`` names a device factory ``factory(trace, profile) -> device`` (the device
-machine drives a device alone); by default the reference device.
+The SUT is the one given as ``sut`` (your build). For records of the *device* machine ``sut`` names a
+device factory ``factory(trace, profile) -> device`` (the device machine drives a device alone); by
+default the reference device.
+
+Records are shared between people, so opening one runs nothing it names unless the user says so: a
+record's ``sut`` is imported and called, and its ``device`` responder started or connected to, only
+when it is the suite's own (the reference stack, the reference device, a named reference mutant) or
+when ``trust_record`` is given (``--trust-record``; the CLI prints what will run first). Otherwise the
+SUT and the responder come from the command line (``--sut``, ``--device-spawn``, ``--device-at``), as
+the replay command a report prints spells them out.
 
 The whole record is checked before anything runs -- format, machine, every step's method and
 arguments -- so a corrupt or foreign file is a :class:`ReplayError` naming what is wrong, never a
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -35,13 +43,16 @@ from teeio_conformance.reports.model import Failure, ReportInputError, load_fail
 __all__ = [
     "MACHINES",
     "REFERENCE_DEVICE",
+    "ConsentNeeded",
     "Prepared",
     "ReplayError",
     "ReplayResult",
     "add_arguments",
     "execute",
     "machine_kind",
+    "own_sut",
     "prepare",
+    "recorded_actions",
     "replay",
     "run",
 ]
@@ -60,6 +71,42 @@ _STEP_MARKERS = ("hypothesis_stateful_rule", "hypothesis_stateful_initialize_rul
 
 class ReplayError(ReportInputError):
     """The record cannot be replayed: corrupt or foreign file, unknown machine or step, unusable SUT."""
+
+
+class ConsentNeeded(ReplayError):
+    """The record names code to run (a SUT factory, a responder command or address) that the user did not
+    give on the command line nor allow with ``trust_record``."""
+
+
+def own_sut(spec: str) -> bool:
+    """Is ``spec`` one of the suite's own SUTs (no code of a record's choosing): the reference stack, the
+    reference device, or a reference mutant by its name."""
+    from teeio_conformance.conformance.sut import DEFAULT_SUT
+
+    if spec in (DEFAULT_SUT, REFERENCE_DEVICE):
+        return True
+    module, _, name = spec.partition(":")
+    if module != "teeio_conformance.reference_impl.mutants":
+        return False
+    from teeio_conformance.reference_impl.mutants import MUTANTS
+
+    return any(m.name.replace("-", "_") == name for m in MUTANTS)
+
+
+def recorded_actions(failure: Failure, sut: str | None = None, device: Any = None) -> list[str]:
+    """What replaying ``failure`` would run because the *record* names it (not the command line): one
+    line each, for the consent message and for ``--trust-record``'s announcement. Empty: nothing."""
+    kind = machine_kind(failure)
+    out = []
+    spec = failure.device
+    if kind == "device" and sut is None and spec is not None and not (device is not None and device.remote):
+        if isinstance(spec, dict) and "spawn" in spec:
+            out.append(f"start the responder command the record names: {shlex.quote(str(spec['spawn']))}")
+        else:
+            out.append(f"connect to the responder address the record names: {str(spec)[:120]}")
+    if kind != "device" and sut is None and not own_sut(failure.sut):
+        out.append(f"import and call the SUT factory the record names: {failure.sut}")
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -169,14 +216,29 @@ def _remote_target(failure: Failure, kind: str, sut: str | None, device: Any, pa
 
 
 def prepare(
-    path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0, device: Any = None
+    path: str | os.PathLike[str],
+    sut: str | None = None,
+    *,
+    timeout: float = 5.0,
+    device: Any = None,
+    trust_record: bool = False,
 ) -> Prepared:
     """Read and check the record and the SUT; raise :class:`ReplayError` (or its base) on anything wrong.
 
     ``device`` (a :class:`conformance.remote.DeviceTarget`) replays a device record on a responder over
-    the socket; without it, a record of such a run replays on the responder it names."""
+    the socket; without it, a record of such a run replays on the responder it names -- only with
+    ``trust_record`` (:class:`ConsentNeeded` otherwise), as does a record's SUT that is not the suite's own."""
     failure = load_failure(path)
     kind = machine_kind(failure)
+    if not trust_record:
+        wanted = recorded_actions(failure, sut, device)
+        if wanted:
+            raise ConsentNeeded(
+                f"{path}: replay runs nothing a record names without consent; it would "
+                + "; ".join(wanted)
+                + ". Give the SUT or responder on the command line (--sut, --device-spawn, --device-at, as the "
+                "report's replay command does), or --trust-record to run what the record names"
+            )
     profile = failure.profile
     if not profile:
         raise ReplayError(f"{path}: field 'profile' is missing; cannot tell which platform profile to replay")
@@ -287,11 +349,17 @@ def execute(prepared: Prepared) -> ReplayResult:
 
 
 def replay(
-    path: str | os.PathLike[str], sut: str | None = None, *, timeout: float = 5.0, device: Any = None
+    path: str | os.PathLike[str],
+    sut: str | None = None,
+    *,
+    timeout: float = 5.0,
+    device: Any = None,
+    trust_record: bool = False,
 ) -> ReplayResult:
-    """Replay the failure recorded in ``path`` on a fresh machine around ``sut`` (default: recorded SUT),
-    or, for a device record, on the responder ``device`` names (default: the recorded one, if any)."""
-    return execute(prepare(path, sut, timeout=timeout, device=device))
+    """Replay the failure recorded in ``path`` on a fresh machine around ``sut`` (default: the recorded SUT
+    if it is the suite's own, or with ``trust_record``), or, for a device record, on the responder
+    ``device`` names (default: the recorded one, with ``trust_record``)."""
+    return execute(prepare(path, sut, timeout=timeout, device=device, trust_record=trust_record))
 
 
 # ---------------------------------------------------------------------------- CLI: teeio-conformance replay
@@ -303,7 +371,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sut",
         default=None,
         metavar="MODULE:FACTORY",
-        help="replay on this SUT instead of the one recorded in the file (device records: a device factory)",
+        help="replay on this SUT (device records: a device factory); without it, the record's SUT is used only "
+        "if it is the suite's own or with --trust-record",
+    )
+    parser.add_argument(
+        "--trust-record",
+        action="store_true",
+        help="run the SUT factory and the responder command or address the record names (printed first); "
+        "without it replay runs nothing a record names",
     )
     parser.add_argument(
         "--step-timeout",
@@ -342,8 +417,13 @@ def run(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:
         sys.stderr.write(f"teeio-conformance replay: {exc}\n")
         return 2
+    trust = bool(getattr(args, "trust_record", False))
     try:
-        result = replay(args.file, args.sut, timeout=args.step_timeout, device=device)
+        if trust:
+            for line in recorded_actions(load_failure(args.file), args.sut, device):
+                sys.stderr.write(f"teeio-conformance replay: --trust-record: about to {line}\n")
+            sys.stderr.flush()
+        result = replay(args.file, args.sut, timeout=args.step_timeout, device=device, trust_record=trust)
     except ReportInputError as exc:
         sys.stderr.write(f"teeio-conformance replay: {exc}\n")
         return 2

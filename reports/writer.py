@@ -183,7 +183,8 @@ _REPLAY_TEST = '''\
 Recorded by {test} (profile {profile}) against {sut}.
 Broken by step {action!r}: {message}
 
-Run it on your build (the SUT defaults to the one recorded in {json_name}):
+Run it on your build (the SUT defaults to the one recorded in {json_name}, spelled out below as
+RECORDED_SUT / RECORDED_DEVICE: this file, not the record, says what runs):
     TEEIO_SUT=package.module:factory pytest --import-mode=importlib {test_name}
     python {test_name}        # prints the verdict; exit status 1 while it still fails
 (``--import-mode=importlib`` because the dotted file name is not an importable module name.)
@@ -198,18 +199,28 @@ from teeio_conformance.reports.model import ReportInputError
 
 RECORD = pathlib.Path(__file__).with_name({json_name!r})
 RULE_ID = {rule_id!r}
+RECORDED_SUT = {recorded_sut!r}
+RECORDED_DEVICE = {recorded_device!r}
+
+
+def _replay():
+    from teeio_conformance.conformance.remote import DeviceTarget
+
+    sut = os.environ.get("TEEIO_SUT") or RECORDED_SUT
+    device = DeviceTarget.from_spec(RECORDED_DEVICE) if RECORDED_DEVICE and sut is None else None
+    return replay(RECORD, sut=sut, device=device)
 
 
 def {function}():
     """Replaying the recorded steps on a fresh machine still breaks {rule_id}."""
-    result = replay(RECORD, sut=os.environ.get("TEEIO_SUT") or None)
+    result = _replay()
     assert result.still_fails, f"no longer fails ({{result.steps_run}} steps): {{result.message}}"
     assert result.rule_id == RULE_ID, f"fails with {{result.rule_id}}, not {{RULE_ID}}: {{result.message}}"
 
 
 if __name__ == "__main__":
     try:
-        outcome = replay(RECORD, sut=os.environ.get("TEEIO_SUT") or None)
+        outcome = _replay()
     except ReportInputError as exc:  # a bad record or TEEIO_SUT: one line, status 2, as the CLI does
         print(f"cannot replay: {{exc}}", file=sys.stderr)
         sys.exit(2)
@@ -224,8 +235,15 @@ def _doc(text: object, limit: int = 300) -> str:
 
 
 def replay_test_source(failure: Failure) -> str:
-    """The pytest file that replays ``failure`` (``failures/<name>.test.py``)."""
+    """The pytest file that replays ``failure`` (``failures/<name>.test.py``).
+
+    The SUT (or the responder of a device record) is written into the file itself: replay runs nothing a
+    record names without consent, and running this file -- whose text says what it runs -- is that consent
+    for what it spells out, not for whatever a record later swapped in next to it says."""
+    device_record = _is_device_record(failure)
     return _REPLAY_TEST.format(
+        recorded_sut=None if device_record else failure.sut,
+        recorded_device=dict(failure.device) if device_record and failure.device is not None else None,
         rule_id=failure.rule_id,
         rule_title=_doc(failure.rule_title),
         test=_doc(failure.test),
@@ -237,6 +255,15 @@ def replay_test_source(failure: Failure) -> str:
         test_name=_doc(f"failures/{failure.name}.test.py"),
         function=_test_function_name(failure),
     )
+
+
+def _is_device_record(failure: Failure) -> bool:
+    from teeio_conformance.conformance.replay import ReplayError, machine_kind
+
+    try:
+        return machine_kind(failure) == "device"
+    except ReplayError:
+        return False
 
 
 def write_replay_tests(report: Report, report_dir: str | os.PathLike[str]) -> list[Path]:

@@ -101,10 +101,11 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     record = caught / failure.file
     parser = argparse.ArgumentParser()
     rp.add_arguments(parser)
-    assert rp.run(parser.parse_args([str(record)])) == 1
+    assert rp.run(parser.parse_args([str(record)])) == 2  # names a SUT not the suite's own: no consent
+    assert rp.run(parser.parse_args([str(record), "--trust-record"])) == 1
     fixed = rp.replay(record, sut=REFERENCE_SUT)
     assert not fixed.still_fails and fixed.steps_run == 2
-    again = rp.replay(record)
+    again = rp.replay(record, MUTANT_SUT)
     assert again.still_fails and again.rule_id == "FLOW-05" and again.steps_run == 2
 
     snippet = f"failures/{failure.name}.test.py"

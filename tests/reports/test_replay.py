@@ -30,7 +30,7 @@ def _args(*argv: str) -> argparse.Namespace:
 @needs_stack
 def test_the_recorded_sut_still_fails_with_the_recorded_rule(tmp_path):
     """Same steps, fresh machine, every rule checked: the mutant breaks FLOW-05 at the unbind."""
-    result = rp.replay(_record(tmp_path))
+    result = rp.replay(_record(tmp_path), trust_record=True)
     assert result.still_fails and result.rule_id == "FLOW-05" and result.steps_run == 3
     assert result.recorded_rule_id == "FLOW-05" and result.sut == MUTANT_SUT
     assert "step 3 of 3 (guest)" in result.message
@@ -47,7 +47,7 @@ def test_the_reference_passes_the_same_steps(tmp_path):
 def test_replay_is_deterministic_and_leaves_run_verdicts_alone(tmp_path):
     before = copy.deepcopy(vars(VERDICTS))  # the per-profile counts too: the report's grid reads them
     path = _record(tmp_path)
-    results = {rp.replay(path) for _ in range(3)}
+    results = {rp.replay(path, MUTANT_SUT) for _ in range(3)}
     assert len(results) == 1
     assert vars(VERDICTS) == before
 
@@ -55,21 +55,21 @@ def test_replay_is_deterministic_and_leaves_run_verdicts_alone(tmp_path):
 @needs_stack
 def test_the_machine_is_recognised_from_the_test_name(tmp_path):
     """The plugin may record the pytest item's name instead of the machine's."""
-    result = rp.replay(_record(tmp_path, machine="test_full_stack_lifecycle[tdx]"))
+    result = rp.replay(_record(tmp_path, machine="test_full_stack_lifecycle[tdx]"), MUTANT_SUT)
     assert result.rule_id == "FLOW-05"
 
 
 @needs_stack
 def test_a_different_rule_is_reported_as_such(tmp_path):
     """Replaying on a SUT that fails differently says so: still fails, with the new rule."""
-    result = rp.replay(_record(tmp_path, rule_id="FLOW-06"))
+    result = rp.replay(_record(tmp_path, rule_id="FLOW-06"), MUTANT_SUT)
     assert result.still_fails and result.rule_id == "FLOW-05" and "not the recorded FLOW-06" in result.message
 
 
 @needs_stack
 def test_cli_exit_status_1_while_failing_0_once_fixed(tmp_path, capsys):
     path = str(_record(tmp_path))
-    assert rp.run(_args(path)) == 1
+    assert rp.run(_args(path, "--sut", MUTANT_SUT)) == 1
     out = capsys.readouterr().out
     assert out.startswith("STILL FAILS: still fails with FLOW-05")
     assert rp.run(_args(path, "--sut", REFERENCE_SUT)) == 0
@@ -113,7 +113,7 @@ def test_a_bad_record_is_a_typed_error_and_nothing_runs(tmp_path, overrides, exp
     path = _record(tmp_path, **overrides)
     before = (dict(VERDICTS.checked), VERDICTS.steps)
     with pytest.raises(ReportInputError) as info:
-        rp.replay(path)
+        rp.replay(path, trust_record=True)
     assert expected in str(info.value) and "rec.json" in str(info.value)
     assert (dict(VERDICTS.checked), VERDICTS.steps) == before
 
@@ -122,15 +122,15 @@ def test_a_bad_record_is_a_typed_error_and_nothing_runs(tmp_path, overrides, exp
 def test_the_recorded_number_of_vfs_sizes_the_replayed_stack(tmp_path):
     """``fn`` picks a routing ID modulo the functions there are: the same steps on another size of device
     touch another function, so a replay builds the stack the record was made on."""
-    assert rp.prepare(_record(tmp_path)).machine.config.num_vfs == 1  # older records: the machine's default
-    sized = rp.prepare(_record(tmp_path, num_vfs=3))
+    assert rp.prepare(_record(tmp_path), MUTANT_SUT).machine.config.num_vfs == 1  # older records: the default
+    sized = rp.prepare(_record(tmp_path, num_vfs=3), MUTANT_SUT)
     assert sized.machine.config.num_vfs == 3
     machine = sized.machine()
     try:
         assert len(machine.rids) == 4
     finally:
         machine.teardown()
-    result = rp.execute(rp.prepare(_record(tmp_path, num_vfs=0)))
+    result = rp.execute(rp.prepare(_record(tmp_path, num_vfs=0), MUTANT_SUT))
     assert result.still_fails and result.rule_id == "FLOW-05"
 
 

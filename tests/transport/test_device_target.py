@@ -185,7 +185,9 @@ def test_a_spawned_mutant_responder_is_recorded_and_replayed_on_the_same_command
     failure = Failure.from_json(json.loads(record.read_text()), name=record.stem, origin=str(record))
     assert failure.rule_id == "TDISP-03" and failure.device == {"spawn": command}
     assert failure.replay_command().endswith(f"--device-spawn '{command}'")
-    again = replay(record)
+    with pytest.raises(ReplayError, match="without consent"):
+        replay(record)  # the record names a command: it runs only with consent
+    again = replay(record, trust_record=True)
     assert again.still_fails and again.rule_id == "TDISP-03" and command in again.sut
     assert not replay(record, device=DeviceTarget.from_options(SERVE, None, None)).still_fails
     with pytest.raises(ReplayError, match="apply to device records"):
