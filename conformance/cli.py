@@ -71,12 +71,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     argv += [a for a in args.pytest_args if a != "--"]
     status = int(pytest.main(argv))
     if args.report_dir:
-        from teeio_conformance.reports import writer
-
-        written = writer.run(argparse.Namespace(report_dir=args.report_dir))
-        if written not in (0, None):
-            return written if status == 0 else status
+        return _report_after_run(args, status)
     return status
+
+
+def _report_after_run(args: argparse.Namespace, status: int) -> int:
+    """Write the report set, even for a run that could not start; the exit status is the report's (how
+    the run ended, reports/outcome.py), or pytest's when no report could be written."""
+    from teeio_conformance.conformance.sut import DEFAULT_SUT
+    from teeio_conformance.reports import writer
+    from teeio_conformance.reports.model import ReportInputError, load_report_dir
+    from teeio_conformance.reports.outcome import write_not_started
+
+    profiles = ["tdx", "sev-tio", "cca"] if args.tdisp_profile == "all" else [args.tdisp_profile]
+    try:
+        write_not_started(
+            args.report_dir,
+            f"pytest ended with status {status} before the suite started (its message is above)",
+            sut=args.sut or DEFAULT_SUT,
+            profiles=profiles,
+        )
+    except OSError as exc:
+        sys.stderr.write(f"teeio-conformance run: cannot write into {args.report_dir}: {exc}\n")
+    written = writer.run(argparse.Namespace(report_dir=args.report_dir))
+    if written not in (0, None):
+        return written if status == 0 else status
+    try:
+        return load_report_dir(args.report_dir).exit_status()
+    except ReportInputError:
+        return status
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -3,30 +3,79 @@
 The harness is where a SUT's misbehaviour becomes a *reported failure* instead of a crash of the
 suite: a typed refusal is data for the rules; any other exception is data too (rule ERR-02 fails on
 it); a call that does not return within the per-step limit raises :class:`SutHang`; a snapshot that
-cannot be taken raises :class:`SutBroken`. All are AssertionErrors, so Hypothesis shrinks them.
+cannot be taken raises :class:`SutBroken`; a factory that cannot build the SUT raises
+:class:`SutUnbuildable`; a BaseException the SUT raises (KeyboardInterrupt, SystemExit, GeneratorExit)
+is :class:`SutRaised` -- the SUT's failure, not an abort of the suite. All are AssertionErrors, so
+Hypothesis shrinks them.
+
+The time limit cannot be swallowed: the alarm interrupts a SUT that never returns, and whatever a call
+does with that (a SUT retrying under ``except Exception`` catches it), a call that ends after the limit
+is a hang. Behind the alarm stands :data:`WATCHDOG`, a thread that ends the process when a call has
+not returned ``grace`` seconds after its limit -- after the plugin's handler has written the record
+and the report, marked "hung".
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 
-__all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts", "verdicts_untouched"]
+__all__ = [
+    "HUNG_EXIT_STATUS",
+    "WATCHDOG",
+    "StepRunner",
+    "SutBroken",
+    "SutHang",
+    "SutRaised",
+    "SutUnbuildable",
+    "Verdicts",
+    "Watchdog",
+    "build_sut",
+    "harness_rule_id",
+    "verdicts_untouched",
+]
+
+HUNG_EXIT_STATUS = 1
+"""The process's exit status when the watchdog ends a run on a SUT that never returned (a SUT failure)."""
 
 
 class SutHang(AssertionError):
     """The SUT did not return from a step within the per-step time limit."""
 
+    rule_id = "SUT-HANG"
+
 
 class SutBroken(AssertionError):
     """The SUT could not give a snapshot or trace: nothing can be checked after this step."""
+
+    rule_id = "SUT-BROKEN"
+
+
+class SutRaised(AssertionError):
+    """The SUT raised a BaseException that is not an Exception (KeyboardInterrupt, SystemExit,
+    GeneratorExit): the SUT's failure, reported like any other, never an abort of the run."""
+
+    rule_id = "SUT-ERROR"
+
+
+class SutUnbuildable(AssertionError):
+    """The SUT factory (or the device factory) raised, or did not return within the step limit."""
+
+    rule_id = "SUT-BUILD"
+
+
+def harness_rule_id(exc: BaseException) -> str:
+    """The pseudo-rule a failure outside the catalogue is reported under (SUT-HANG, SUT-BUILD, ...)."""
+    return str(getattr(type(exc), "rule_id", None) or "SUT-ERROR")
 
 
 class Verdicts:
@@ -66,9 +115,178 @@ def verdicts_untouched() -> Iterator[None]:
         vars(VERDICTS).update(saved)
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
-    if timeout <= 0 or threading.current_thread() is not threading.main_thread():
+class Watchdog:
+    """The hard limit behind the alarm: a daemon thread that ends the process when a SUT call has not
+    returned ``grace`` seconds after its step limit (the alarm cannot interrupt C code that never
+    returns to the interpreter, and a SUT can catch every alarm and go on).
+
+    Before ending it calls ``on_hung`` (the plugin writes the failure record and the report, marked
+    "hung") in a helper thread, waiting at most ``handler_seconds`` for it: a handler stuck behind a lock
+    the SUT holds must not keep a hung run alive. ``machine`` is the state machine whose step is running
+    (set by :func:`recording.recorded`), so the handler can record the steps that led here."""
+
+    def __init__(self) -> None:
+        self.grace: float | None = None  # None: max(timeout, 5 s) after the step limit
+        self.handler_seconds = 20.0
+        self.on_hung: Callable[[dict[str, Any]], None] | None = None
+        self.machine: Any = None
+        self._cond = threading.Condition()
+        self._armed: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def deadline_after(self, timeout: float) -> float:
+        grace = self.grace if self.grace is not None else max(timeout, 5.0)
+        return timeout + max(grace, 0.0)
+
+    @contextlib.contextmanager
+    def armed(self, label: str, timeout: float) -> Iterator[None]:
+        token: dict[str, Any] = {"label": label, "timeout": timeout, "start": time.monotonic()}
+        token["deadline"] = token["start"] + self.deadline_after(timeout)
+        with self._cond:
+            self._ensure_thread()
+            outer, self._armed = self._armed, token
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed = outer
+                self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()  # a forked child has no watchdog thread of its own
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="teeio-watchdog")
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                token = self._armed
+                if token is None:
+                    self._cond.wait()
+                    continue
+                left = token["deadline"] - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+            self._fire(token)
+
+    def _fire(self, token: dict[str, Any]) -> None:
+        elapsed = time.monotonic() - token["start"]
+        info = {
+            **token,
+            "elapsed": elapsed,
+            "machine": self.machine,
+            "message": f"the SUT never returned from {token['label']}: still running {elapsed:.1f} s after the "
+            f"call began (step limit {token['timeout']:g} s); the watchdog ended the run",
+        }
+        sys.stderr.write(f"\nteeio-conformance: {info['message']}\n")
+        handler = self.on_hung
+        if handler is not None:
+            done = threading.Thread(target=_quietly, args=(handler, info), daemon=True, name="teeio-hung-report")
+            done.start()
+            done.join(self.handler_seconds)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(HUNG_EXIT_STATUS)
+
+
+def _quietly(handler: Callable[[dict[str, Any]], None], info: dict[str, Any]) -> None:
+    try:
+        handler(info)
+    except BaseException as exc:  # the process ends next; say why the report may be missing
+        sys.stderr.write(f"teeio-conformance: could not write the hung run's report: {type(exc).__name__}: {exc}\n")
+
+
+WATCHDOG = Watchdog()
+
+_SIGINTS = [0]  # Ctrl-C presses seen while a SUT call ran: tells a real interrupt from a SUT's own
+
+
+def _on_sigint(previous: Any) -> Callable[[int, Any], None]:
+    def handler(signum: int, frame: Any) -> None:
+        _SIGINTS[0] += 1
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    return handler
+
+
+def _call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float, label: str | None = None
+) -> Any:
+    """``fn(*args, **kwargs)`` under the step limit: :class:`SutHang` if it ends after ``timeout`` seconds,
+    however it ends (returned, raised, or caught the alarm and went on); :class:`SutRaised` for a
+    BaseException of the SUT's own; the hard :data:`WATCHDOG` behind both. ``timeout`` <= 0: no limit."""
+    label = label or str(getattr(fn, "__qualname__", fn))
+    if timeout <= 0:
+        return _plain(fn, args, kwargs, label, _SIGINTS[0])
+    interrupts = _SIGINTS[0]
+    fired: list[bool] = []
+    start = time.monotonic()
+    try:
+        with WATCHDOG.armed(label, timeout):
+            if threading.current_thread() is threading.main_thread():
+                result = _alarmed(fn, args, kwargs, timeout, label, fired)
+            else:
+                result = fn(*args, **kwargs)
+    except BaseException as exc:
+        if _SIGINTS[0] != interrupts and isinstance(exc, KeyboardInterrupt):
+            raise  # the user's Ctrl-C: the run is interrupted, not the SUT at fault
+        if isinstance(exc, SutHang):
+            raise
+        elapsed = time.monotonic() - start
+        if fired or elapsed > timeout:
+            raise SutHang(_late(label, timeout, elapsed, f"raised {type(exc).__name__}")) from exc
+        if isinstance(exc, Exception):
+            raise
+        raise _own(exc, label) from exc
+    elapsed = time.monotonic() - start
+    if fired or elapsed > timeout:
+        raise SutHang(_late(label, timeout, elapsed, "returned"))
+    return result
+
+
+def _late(label: str, timeout: float, elapsed: float, how: str) -> str:
+    return (
+        f"the SUT did not return from {label} within {timeout:g} s ({how} after {elapsed:.2f} s; a step "
+        "that ends after the limit is a hang, whatever it caught)"
+    )
+
+
+def _own(exc: BaseException, label: str) -> BaseException:
+    """A BaseException the SUT raised itself, as the SUT's failure (never our KeyboardInterrupt)."""
+    if isinstance(exc, Exception):
+        return exc
+    return SutRaised(f"the SUT raised {type(exc).__name__} from {label}: {exc!r}")
+
+
+def _plain(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], label: str, interrupts: int) -> Any:
+    try:
         return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and (
+            _SIGINTS[0] != interrupts or threading.current_thread() is threading.main_thread()
+        ):
+            raise  # no handler of ours was installed: a KeyboardInterrupt here may be the user's
+        raise _own(exc, label) from exc
+
+
+def _alarmed(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    label: str,
+    fired: list[bool],
+) -> Any:
     here = sys._getframe()
 
     def _alarm(signum: int, frame: Any) -> None:
@@ -79,9 +297,11 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         while f is not None and f.f_back is not here:
             f = f.f_back
         if f is not None or frame is None:
-            raise SutHang(f"the SUT did not return from {getattr(fn, '__qualname__', fn)} within {timeout:g} s")
+            fired.append(True)
+            raise SutHang(f"the SUT did not return from {label} within {timeout:g} s")
 
     old = signal.signal(signal.SIGALRM, _alarm)
+    old_int = signal.signal(signal.SIGINT, _on_sigint(signal.getsignal(signal.SIGINT)))
     # Re-armed every ``timeout`` until the call ends: an exception raised from a signal handler can land
     # where Python swallows it (a gc callback, a __del__: "Exception ignored in ..."), and a one-shot
     # alarm would then leave a hanging SUT to hang on.
@@ -91,6 +311,36 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def _outside_steps(exc: BaseException) -> BaseException:
+    """A failure before the first step (building the SUT, the first snapshot) gets an empty step list, so
+    the plugin writes its record like any step's."""
+    if not hasattr(exc, "teeio_steps"):
+        exc.teeio_steps = []  # type: ignore[attr-defined]
+        exc.teeio_trace = []  # type: ignore[attr-defined]
+        exc.teeio_mark = None  # type: ignore[attr-defined]
+    return exc
+
+
+def build_sut(factory: Callable[..., Any], timeout: float, *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)`` under the step limit; anything but a SUT is :class:`SutUnbuildable`."""
+    label = f"the SUT factory {getattr(factory, '__qualname__', factory)}"
+    WATCHDOG.machine = None  # a new example: no steps yet
+    try:
+        stack = _call(factory, args, kwargs, timeout, label)
+    except SutHang as exc:
+        raise _outside_steps(SutUnbuildable(str(exc))) from exc
+    except (SutRaised, Exception) as exc:
+        detail = str(exc) if isinstance(exc, SutRaised) else f"{type(exc).__name__}: {exc}"
+        raise _outside_steps(SutUnbuildable(f"{label} could not build the SUT: {detail}")) from exc
+    if stack is None:
+        raise _outside_steps(SutUnbuildable(f"{label} returned None, not a SUT"))
+    return stack
+
+
+_NOT_A_SNAPSHOT = (str, bytes, bytearray, int, float, bool, list, dict, tuple)
 
 
 class StepRunner:
@@ -110,15 +360,24 @@ class StepRunner:
         self.checker = Checker(rules if rules is not None else tuple(BY_ID.values()), profile, only=only)
         self.timeout = timeout
         self.steps: list[str] = []
-        self._snap = self._snapshot("setup")
+        try:
+            self._snap = self._snapshot("setup")
+        except AssertionError as exc:
+            raise _outside_steps(exc) from None
 
     def _snapshot(self, action: str) -> Any:
         try:
-            return _call(self.stack.snapshot, (), {}, self.timeout)
-        except SutHang:
+            snap = _call(self.stack.snapshot, (), {}, self.timeout, "snapshot()")
+        except (SutHang, SutRaised):
             raise
         except Exception as exc:
             raise SutBroken(f"the SUT's snapshot() failed after {action!r}: {type(exc).__name__}: {exc}") from exc
+        if snap is None or isinstance(snap, _NOT_A_SNAPSHOT) or not hasattr(snap, "devices"):
+            raise SutBroken(
+                f"the SUT's snapshot() after {action!r} returned {type(snap).__name__} {str(snap)[:60]!r}, not a "
+                "snapshot (an object with the fields of docs/sut-contract.md: profile, devices, ...)"
+            )
+        return snap
 
     def step(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, BaseException | None]:
         """Do one action; return (result, error). Raise a rule's violation if the step broke one."""
@@ -128,8 +387,8 @@ class StepRunner:
         before = self._snap
         result, error = None, None
         try:
-            result = _call(fn, args, kwargs, self.timeout)
-        except (SutHang, AssertionError):
+            result = _call(fn, args, kwargs, self.timeout, action)
+        except AssertionError:  # SutHang, SutRaised, or an assert in the SUT: not a refusal to judge
             raise
         except Exception as exc:
             error = exc

@@ -60,6 +60,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: 0x3a00,0x3a01, those serve-device serves)",
     )
     g.addoption(
+        "--watchdog-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="end the run (writing the report and the record, marked hung) when a SUT call has not returned "
+        "this long after its step limit (default: the step limit, at least 5 s)",
+    )
+    g.addoption(
         "--minimize-seconds",
         type=float,
         default=20.0,
@@ -74,12 +82,19 @@ def _now() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config._teeio_started = _now()  # type: ignore[attr-defined]
+    config._teeio_outcome = {"status": "complete", "events": [], "durations": {}}  # type: ignore[attr-defined]
     config.addinivalue_line("markers", "requires(capability): the test needs an optional SUT capability")
     try:
         config._teeio_factory = load_factory(config.getoption("--sut"))  # type: ignore[attr-defined]
     except SutLoadError as exc:
+        _not_started(config, str(exc))
         raise pytest.UsageError(str(exc)) from exc
-    config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
+    try:
+        config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
+    except pytest.UsageError as exc:
+        _not_started(config, str(exc))
+        raise
+    _arm_watchdog(config)
 
 
 def _device_target(config: pytest.Config) -> DeviceTarget | None:
@@ -158,10 +173,19 @@ def device_target(request: pytest.FixtureRequest) -> DeviceTarget | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write this process's verdict counts; the report writer merges workers' files."""
+    outcome = _outcome(session.config)
+    if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) and outcome["status"] == "complete":
+        _run_event(session.config, "interrupted", "the run was interrupted before it finished")
+    _write_verdicts(session.config)
+
+
+def _write_verdicts(config: pytest.Config) -> None:
+    """This process's ``verdicts-<worker>.json``: counts, run info, and how the run ended (``outcome``)."""
     from teeio_conformance.conformance.harness import VERDICTS
 
-    report_dir = session.config.getoption("--report-dir")
-    if not report_dir or not VERDICTS.checked:
+    report_dir = config.getoption("--report-dir")
+    outcome = _outcome(config)
+    if not report_dir or not (VERDICTS.checked or outcome["durations"] or outcome["events"]):
         return
     os.makedirs(report_dir, exist_ok=True)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -170,16 +194,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "exercised": VERDICTS.exercised,
         "failed": VERDICTS.failed,
         "steps": VERDICTS.steps,
-        "sut": _sut_name(session.config),
-        "profiles": selected_profiles(session.config),
+        "sut": _sut_name(config),
+        "profiles": selected_profiles(config),
         "by_profile": VERDICTS.by_profile,
         "run": {
             "settings_profile": hypothesis.settings._current_profile,
             "hypothesis": hypothesis.__version__,
-            "seed": _seed(session.config),
-            "started": getattr(session.config, "_teeio_started", None),
+            "seed": _seed(config),
+            "started": getattr(config, "_teeio_started", None),
             "finished": _now(),
         },
+        "outcome": {"status": outcome["status"], "events": outcome["events"]},
+        "durations": outcome["durations"],
     }
     with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
@@ -204,6 +230,7 @@ def _seed(config: pytest.Config) -> str | None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    _count_duration(item, report)
     if call.when == "call" and call.excinfo is not None and item.config.getoption("--report-dir"):
         try:
             exc_value = call.excinfo.value
@@ -212,10 +239,140 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 _write_failure(item, sub, n)
         except OSError as exc:  # a full disk must not hide the test's own failure
             report.sections.append(("teeio-conformance", f"could not write the failure record: {exc}"))
+    if report.failed and call.excinfo is not None:
+        _unrecorded_failure(item, call)
     return report
 
 
-def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
+# ---------------------------------------------------------------------------- how the run ended (reports/outcome.py)
+
+
+def _outcome(config: pytest.Config) -> dict[str, Any]:
+    found: dict[str, Any] | None = getattr(config, "_teeio_outcome", None)
+    if found is None:
+        found = {"status": "complete", "events": [], "durations": {}}
+        config._teeio_outcome = found  # type: ignore[attr-defined]
+    return found
+
+
+_GRAVITY = ("complete", "hung", "interrupted", "internal-error", "not-started")  # as reports.outcome.RunStatus
+
+
+def _run_event(config: pytest.Config, kind: str, message: str, test: str | None = None) -> None:
+    """Note what happened to the run; ``kind`` (a RunStatus value) raises its status if graver."""
+    outcome = _outcome(config)
+    outcome["events"].append({"kind": kind, "test": test, "message": message[:2000]})
+    if kind in _GRAVITY and _GRAVITY.index(kind) > _GRAVITY.index(outcome["status"]):
+        outcome["status"] = kind
+
+
+def _count_duration(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Seconds per profile, for JUnit's suite times."""
+    callspec = getattr(item, "callspec", None)
+    column = str(callspec.params.get("tdisp_profile", "all")) if callspec else "all"
+    durations = _outcome(item.config)["durations"]
+    durations[column] = durations.get(column, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
+
+
+def _unrecorded_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """A test that failed without a SUT failure record -- the suite's own error, not the SUT's -- is an
+    internal error of the run (a failing SUT leaves a record; a KeyboardInterrupt is the interrupt)."""
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if exc is None or isinstance(exc, KeyboardInterrupt):
+        return
+    found = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+    if all(hasattr(e, "teeio_steps") for e in found):
+        return
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    _run_event(item.config, "internal-error", f"{call.when}: {text[0] if text else type(exc).__name__}", item.nodeid)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Ctrl-C: the run is marked interrupted (sessionfinish then writes what it has)."""
+    if _CONFIG:
+        item = getattr(_CONFIG[0], "_teeio_item", None)
+        where = f" while {item.nodeid} ran" if item is not None else ""
+        _run_event(_CONFIG[0], "interrupted", f"interrupted ({excinfo.typename}){where}")
+
+
+def pytest_internalerror(excrepr: Any, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    if _CONFIG:
+        _run_event(_CONFIG[0], "internal-error", f"pytest internal error: {excinfo.typename}: {excinfo.value}")
+        _write_verdicts(_CONFIG[0])
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed and _CONFIG:
+        text = str(report.longrepr).strip().splitlines()
+        _run_event(_CONFIG[0], "internal-error", f"could not collect: {text[-1] if text else ''}", report.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.config._teeio_item = item  # type: ignore[attr-defined]
+
+
+_CONFIG: list[pytest.Config] = []  # hooks without a config argument (keyboard interrupt, internal error) use it
+
+
+def _not_started(config: pytest.Config, why: str) -> None:
+    """The run could not start: a report directory still gets a verdicts file saying why (and nothing of
+    an earlier run's files, which sessionstart would have removed)."""
+    report_dir = config.getoption("--report-dir", None)
+    if not report_dir or hasattr(config, "workerinput"):
+        return
+    for path in glob.glob(os.path.join(report_dir, "verdicts-*.json")):
+        os.remove(path)
+    for path in glob.glob(os.path.join(report_dir, "failures", "*.json")):
+        os.remove(path)
+    _run_event(config, "not-started", f"the run could not start: {why}")
+    try:
+        _write_verdicts(config)
+    except OSError:
+        pass
+
+
+def _arm_watchdog(config: pytest.Config) -> None:
+    """The harness' hard watchdog writes this run's record and report before it ends a hung run."""
+    import functools
+
+    from teeio_conformance.conformance.harness import WATCHDOG
+
+    _CONFIG[:] = [config]
+    WATCHDOG.grace = config.getoption("--watchdog-grace")
+    WATCHDOG.on_hung = functools.partial(_on_hung, config)
+
+
+def _on_hung(config: pytest.Config, info: dict[str, Any]) -> None:
+    """Called from the watchdog thread while the SUT still runs: write the SUT-HANG record of the steps so
+    far, this process's verdicts marked hung, and (outside xdist workers) the whole report."""
+    from teeio_conformance.conformance.harness import SutHang
+
+    item: pytest.Item | None = getattr(config, "_teeio_item", None)
+    _run_event(config, "hung", info["message"], item.nodeid if item is not None else None)
+    report_dir = config.getoption("--report-dir")
+    if not report_dir:
+        return
+    machine = info.get("machine")
+    exc = SutHang(info["message"])
+    exc.teeio_steps = list(getattr(machine, "replay_log", None) or [])  # type: ignore[attr-defined]
+    exc.teeio_mark = None  # type: ignore[attr-defined]
+    exc.teeio_num_vfs = getattr(getattr(machine, "config", None), "num_vfs", None)  # type: ignore[attr-defined]
+    try:
+        exc.teeio_trace = machine.stack.trace.to_json()  # type: ignore[attr-defined, union-attr]
+    except Exception:
+        exc.teeio_trace = []  # type: ignore[attr-defined]
+    if item is not None:
+        _write_failure(item, exc, minimize=False)
+    _write_verdicts(config)
+    if not hasattr(config, "workerinput"):
+        from teeio_conformance.reports import writer
+        from teeio_conformance.reports.model import load_report_dir
+
+        writer.write_all(load_report_dir(report_dir), report_dir)
+
+
+def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0, *, minimize: bool = True) -> None:
     from teeio_conformance.conformance.rules import RuleViolation
 
     steps = getattr(exc, "teeio_steps", None)
@@ -230,14 +387,16 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     callspec = getattr(item, "callspec", None)
     profile = callspec.params.get("tdisp_profile") if callspec else None
     shrunk_steps = len(steps)
-    shorter = _minimize(item, exc, kind, profile)
+    shorter = _minimize(item, exc, kind, profile) if minimize else None
     if shorter is not None:
         exc = shorter
         steps = exc.teeio_steps  # type: ignore[attr-defined]
     if isinstance(exc, RuleViolation):
         rule_id, title, source, message, action = (exc.rule.id, exc.rule.title, exc.rule.source, exc.detail, exc.action)
     else:
-        rule_id = {"SutHang": "SUT-HANG", "SutBroken": "SUT-BROKEN"}.get(type(exc).__name__, "SUT-ERROR")
+        from teeio_conformance.conformance.harness import harness_rule_id
+
+        rule_id = harness_rule_id(exc)
         title, source, message, action = type(exc).__name__, "harness", str(exc), steps[-1]["method"] if steps else ""
     notes = [n for n in getattr(exc, "__notes__", []) if "invariant" not in n]
     if shorter is not None:  # Hypothesis' program is of the longer sequence: show the one recorded

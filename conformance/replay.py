@@ -287,15 +287,13 @@ def prepare(
 
 def _classify(exc: BaseException) -> tuple[str, str]:
     """(rule ID, detail) of a step's exception, as the plugin names it in failure records."""
-    from teeio_conformance.conformance.harness import SutBroken, SutHang
+    from teeio_conformance.conformance.harness import harness_rule_id
     from teeio_conformance.conformance.rules import RuleViolation
 
     if isinstance(exc, RuleViolation):
         return exc.rule.id, f"{exc.rule.title}: {exc.detail}"
-    if isinstance(exc, SutHang):
-        return "SUT-HANG", str(exc)
-    if isinstance(exc, SutBroken):
-        return "SUT-BROKEN", str(exc)
+    if isinstance(exc, AssertionError) and hasattr(type(exc), "rule_id"):
+        return harness_rule_id(exc), str(exc)
     return "SUT-ERROR", f"{type(exc).__name__}: {exc}"
 
 
@@ -303,16 +301,19 @@ def execute(prepared: Prepared) -> ReplayResult:
     """Run a prepared record; the machine's own failures are results, not exceptions."""
     f = prepared.failure
     base = {"recorded_rule_id": f.rule_id, "sut": prepared.sut}
+    broken: tuple[str, str, int, str] | None = None
+    steps_run = 0
     with verdicts_untouched():
         try:
             machine = prepared.machine()
+        except AssertionError as exc:  # the SUT could not be built or snapshot: its failure, as when recorded
+            rule_id, detail = _classify(exc)
+            broken = (rule_id, detail, 0, "setup")
         except Exception as exc:
             raise ReplayError(
                 f"SUT {prepared.sut}: building the {prepared.kind} machine failed: {type(exc).__name__}: {exc}"
             ) from exc
-        broken: tuple[str, str, int, str] | None = None
-        steps_run = 0
-        for method, kwargs in prepared.steps:
+        for method, kwargs in prepared.steps if broken is None else ():
             steps_run += 1
             try:
                 getattr(machine, method)(**kwargs)
@@ -321,7 +322,8 @@ def execute(prepared: Prepared) -> ReplayResult:
                 broken = (rule_id, detail, steps_run, method)
                 break
         try:
-            machine.teardown()
+            if steps_run or broken is None:
+                machine.teardown()
         except Exception as exc:
             if broken is None:
                 rule_id, detail = _classify(exc)

@@ -89,7 +89,7 @@ def _failure_view(report: Report, f: Failure) -> dict[str, Any]:
         "area": _area_text(v.area) if v else "",
         "validator_cases": list(v.validator_cases) if v else [],
         "program": f.program_lines(),
-        "replay": f.replay_command(),
+        "replay": report.replay_command(f),
         "pytest_file": f"{f.file[:-5]}.test.py",
         "rows": swimlane_view(trace, f.violating_seq),
         "chart": render_text(trace, title="", mark_seq=f.violating_seq) if trace else "",
@@ -149,6 +149,8 @@ def render(report: Report) -> str:
         grid=_grid(report),
         counts={s.label: counts[s] for s in Status},
         summary=report.summary_line(),
+        outcome=report.outcome,
+        exit_status=report.exit_status(),
         failures=[_failure_view(report, f) for f in report.failures],
         lanes=[LANE_TITLES[name] for name in LANES],
     )

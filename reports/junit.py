@@ -32,7 +32,7 @@ def testcase_name(verdict: RuleVerdict) -> str:
     return _x(f"{verdict.rule_id} {verdict.title}")
 
 
-def failure_text(failure: Failure, *, source: str) -> str:
+def failure_text(failure: Failure, *, source: str, replay: str | None = None) -> str:
     """The body of a ``<failure>``: what broke, where the promise comes from, and how to reproduce it."""
     lines = [
         f"[{failure.rule_id}] {failure.rule_title}",
@@ -43,7 +43,7 @@ def failure_text(failure: Failure, *, source: str) -> str:
         "shrunk program:",
     ]
     lines += [f"    {line}" for line in failure.program_lines()]
-    lines += ["", f"replay: {failure.replay_command()}", f"record: {failure.file}"]
+    lines += ["", f"replay: {replay or failure.replay_command()}", f"record: {failure.file}"]
     return "\n".join(lines)
 
 
@@ -58,13 +58,17 @@ def render(report: Report) -> str:
             "failures": "0",
             "errors": "0",
             "skipped": str(c[Status.NOT_EXERCISED]),
-            "time": "0",
+            "time": _seconds(_wall(report)),
         },
     )
     n_fail = n_err = 0
     hostname = socket.gethostname()
     for column in report.columns:
-        suite = ET.SubElement(root, "testsuite", {"name": f"teeio.{column}", "hostname": _x(hostname), "time": "0"})
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            {"name": f"teeio.{column}", "hostname": _x(hostname), "time": _seconds(report.durations.get(column))},
+        )
         if report.run.finished:
             suite.set("timestamp", report.run.finished)
         props = ET.SubElement(suite, "properties")
@@ -84,18 +88,17 @@ def render(report: Report) -> str:
             if pv is None:
                 continue
             tests += 1
-            case = ET.SubElement(
-                suite, "testcase", {"classname": f"teeio.{column}", "name": testcase_name(v), "time": "0"}
-            )
+            # no "time": every rule is checked at every step, so no rule has a time of its own
+            case = ET.SubElement(suite, "testcase", {"classname": f"teeio.{column}", "name": testcase_name(v)})
             message = _x(report.explain(v, column))
             if pv.status is Status.FAIL:
                 harness = v.area == "HARNESS"
                 errors += harness
                 fails += not harness
                 records = report.failures_for(v.rule_id, column)
-                body = "\n\n".join(failure_text(f, source=v.source) for f in records) or (
-                    f"[{v.rule_id}] {v.title}\nsource: {v.source}\n{message}"
-                )
+                body = "\n\n".join(
+                    failure_text(f, source=v.source, replay=report.replay_command(f)) for f in records
+                ) or (f"[{v.rule_id}] {v.title}\nsource: {v.source}\n{message}")
                 el = ET.SubElement(case, "error" if harness else "failure", {"message": message, "type": v.rule_id})
                 el.text = _x(body)
             elif pv.status is Status.NOT_EXERCISED:
@@ -109,7 +112,41 @@ def render(report: Report) -> str:
         )
         n_fail += fails
         n_err += errors
+    n_err += _outcome_suite(root, report, hostname)
+    root.set("tests", str(sum(c.values()) + (0 if report.outcome.clean else max(1, len(report.outcome.events)))))
     root.set("failures", str(n_fail))
     root.set("errors", str(n_err))
     ET.indent(root, space=" ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _wall(report: Report) -> float | None:
+    """The run's wall-clock seconds, from its start and finish stamps."""
+    import datetime as dt
+
+    try:
+        start = dt.datetime.fromisoformat(report.run.started or "")
+        end = dt.datetime.fromisoformat(report.run.finished or "")
+    except ValueError:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _seconds(value: float | None) -> str:
+    return "0" if value is None else f"{value:.3f}"
+
+
+def _outcome_suite(root: ET.Element, report: Report, hostname: str) -> int:
+    """A run that did not end cleanly is a ``teeio.run`` suite of errors, one per event; the count."""
+    outcome = report.outcome
+    if outcome.clean:
+        return 0
+    suite = ET.SubElement(root, "testsuite", {"name": "teeio.run", "hostname": _x(hostname), "time": "0"})
+    events = outcome.events or ()
+    cases = [(e.kind, e.test, e.message) for e in events] or [(outcome.status.value, None, outcome.headline())]
+    for kind, test, message in cases:
+        case = ET.SubElement(suite, "testcase", {"classname": "teeio.run", "name": _x(f"{kind} {test or ''}".strip())})
+        el = ET.SubElement(case, "error", {"message": _x(message), "type": _x(kind)})
+        el.text = _x(f"{outcome.headline()}\n{message}")
+    suite.attrib.update({"tests": str(len(cases)), "failures": "0", "errors": str(len(cases)), "skipped": "0"})
+    return len(cases)

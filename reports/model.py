@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 
 from teeio_conformance.contract.errors import StackError
+from teeio_conformance.reports.outcome import RunOutcome, exit_status
 
 __all__ = [
     "AGGREGATE",
@@ -56,6 +57,7 @@ AGGREGATE = "all"
 
 _NOT_PROGRAM = ("Failing test case", "Highest target score")  # Hypothesis notes around the program
 HARNESS_RULES = {
+    "SUT-BUILD": "the SUT factory builds a SUT within the step limit",
     "SUT-HANG": "the SUT returns from every step within the step limit",
     "SUT-BROKEN": "the SUT's snapshot and trace stay readable",
     "SUT-ERROR": "the SUT raises only the typed errors of the contract",
@@ -268,13 +270,20 @@ class Failure:
         out.append("state.teardown()")
         return out
 
-    def replay_command(self, sut: str | None = None) -> str:
+    def replay_command(self, sut: str | None = None, *, root: str | os.PathLike[str] | None = None) -> str:
+        """The shell command that replays this record, every word quoted; with ``root`` (the report
+        directory) the record's path is absolute, so the command works from any directory."""
+        path = str(Path(root, self.file).absolute()) if root is not None else self.file
+        words = ["teeio-conformance", "replay", path]
         if self.device is not None and sut is None:  # the recorded responder, named as the run named it
             if "spawn" in self.device:
-                return f"teeio-conformance replay {self.file} --device-spawn {shlex.quote(str(self.device['spawn']))}"
-            ids = ",".join(f"{f:#x}" for f in self.device.get("functions", ()) if isinstance(f, int))
-            return f"teeio-conformance replay {self.file} --device-at {self.device.get('at')} --device-functions {ids}"
-        return f"teeio-conformance replay {self.file} --sut {sut or self.sut}"
+                words += ["--device-spawn", str(self.device["spawn"])]
+            else:
+                ids = ",".join(f"{f:#x}" for f in self.device.get("functions", ()) if isinstance(f, int))
+                words += ["--device-at", str(self.device.get("at")), "--device-functions", ids]
+        else:
+            words += ["--sut", sut or self.sut]
+        return shlex.join(words)
 
     def to_json(self) -> dict[str, Any]:
         """The record in its on-disk format (``teeio-failure/1``)."""
@@ -400,6 +409,16 @@ class Report:
     run: RunInfo
     verdicts: tuple[RuleVerdict, ...] = attrs.field(converter=_verdicts)
     failures: tuple[Failure, ...] = attrs.field(converter=_failures)
+    outcome: RunOutcome = attrs.field(factory=RunOutcome)  # how the run ended (reports/outcome.py)
+    directory: str | None = None  # the report directory, absolute: replay commands name records by it
+    durations: Mapping[str, float] = attrs.field(factory=dict)  # seconds of tests per profile column
+
+    def exit_status(self) -> int:
+        """The run's exit status: how it ended, else 1 if any verdict is FAIL, else 0."""
+        return exit_status(self.outcome, failed=bool(self.counts()[Status.FAIL] or self.failures))
+
+    def replay_command(self, failure: Failure) -> str:
+        return failure.replay_command(root=self.directory)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -419,7 +438,8 @@ class Report:
 
     def summary_line(self) -> str:
         c = self.counts()
-        return f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        line = f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        return line if self.outcome.clean else f"{line}; {self.outcome.headline()}"
 
     def failures_for(self, rule_id: str, profile: str | None = None) -> list[Failure]:
         return [
@@ -551,7 +571,7 @@ def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ReportInputError(f"{origin}: a verdicts file must be a JSON object, got {type(data).__name__}")
-    if not any(k in data for k in (*_COUNT_KEYS, "by_profile")):
+    if not any(k in data for k in (*_COUNT_KEYS, "by_profile", "outcome")):
         raise ReportInputError(
             f"{origin}: not a teeio-conformance verdicts file "
             f"(none of 'checked', 'exercised', 'failed', 'by_profile' present)"
@@ -582,7 +602,21 @@ def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
         for key in _COUNT_KEYS:
             counts.add(column, key, _count_map(data, key, origin))
     mtime = path.stat().st_mtime
-    return {"sut": sut, "profiles": profiles, "steps": steps, "run": run, "mtime": mtime}
+    outcome = RunOutcome.from_json(data["outcome"], origin) if "outcome" in data else RunOutcome()
+    durations = data.get("durations", {})
+    if not isinstance(durations, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in durations.values()
+    ):
+        raise ReportInputError(f"{origin}: field 'durations' must be an object {{profile: seconds}}")
+    return {
+        "sut": sut,
+        "profiles": profiles,
+        "steps": steps,
+        "run": run,
+        "mtime": mtime,
+        "outcome": outcome,
+        "durations": durations,
+    }
 
 
 def _iso(ts: float) -> str:
@@ -709,4 +743,15 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
             by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x)
         if by_profile:
             verdicts.append(RuleVerdict(rule_id=rule_id, by_profile=by_profile, **meta))
-    return Report(run=run, verdicts=verdicts, failures=failures)
+    durations: dict[str, float] = {}
+    for _, m in metas:
+        for col, seconds in m["durations"].items():
+            durations[col] = durations.get(col, 0.0) + float(seconds)
+    return Report(
+        run=run,
+        verdicts=verdicts,
+        failures=failures,
+        outcome=RunOutcome.merge(m["outcome"] for _, m in metas),
+        directory=str(root.absolute()),
+        durations=durations,
+    )

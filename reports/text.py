@@ -26,6 +26,8 @@ def render(report: Report) -> str:
     ]
     if run.started or run.finished:
         out.append(f"Run: {run.started or '?'} .. {run.finished or '?'}")
+    out.append(f"Outcome: {report.outcome.headline()} (exit status {report.exit_status()})")
+    out += [f"  [{e.kind.upper()}] {e.test + ': ' if e.test else ''}{e.message}" for e in report.outcome.events]
     width = max((len(v.rule_id) for v in report.verdicts), default=8)
     for column in report.columns:
         out += ["", f"== profile {column} =="]
@@ -60,6 +62,6 @@ def render(report: Report) -> str:
                 mark_seq=f.violating_seq,
             )
             out += ["", *("  " + line if line else "" for line in chart.rstrip("\n").split("\n"))]
-        out += ["", f"  replay: {f.replay_command()}", f"  pytest: {f.file[:-5]}.test.py"]
+        out += ["", f"  replay: {report.replay_command(f)}", f"  pytest: {f.file[:-5]}.test.py"]
     out += ["", report.summary_line()]
     return "\n".join(out) + "\n"

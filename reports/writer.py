@@ -140,14 +140,28 @@ def report_json(report: Report) -> dict[str, Any]:
                 "subtests": subtests,
             }
         )
-    data: dict[str, Any] = {"run_info": report.run.to_json()}
+    if not report.outcome.clean:  # how the run ended, as a wpt test of its own
+        results.append(
+            {
+                "test": TEST_PREFIX + "run",
+                "status": "TIMEOUT" if report.outcome.status.value == "hung" else "ERROR",
+                "expected": "OK",
+                "message": report.outcome.headline(),
+                "subtests": [],
+            }
+        )
+    data: dict[str, Any] = {"run_info": {**report.run.to_json(), "outcome": report.outcome.status.value}}
     start, end = _ms(report.run.started), _ms(report.run.finished)
     if start is not None:
         data["time_start"] = start
     if end is not None:
         data["time_end"] = end
     data["results"] = results
-    data["teeio"] = {"format": REPORT_FORMAT, **report.to_json()}
+    data["teeio"] = {
+        "format": REPORT_FORMAT,
+        **report.to_json(),
+        "outcome": {**report.outcome.to_json(), "exit_status": report.exit_status()},
+    }
     return data
 
 

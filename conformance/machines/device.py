@@ -14,7 +14,7 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 
-from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.recording import note, recorded, score
 from teeio_conformance.conformance.rules import CATALOGUE
 from teeio_conformance.contract import ide_km as km
@@ -51,10 +51,10 @@ class DeviceOnlySnapshot:
 class DeviceStack:
     """A device alone, with the shape of a stack as far as the device rules look."""
 
-    def __init__(self, device_factory: Any, profile: str) -> None:
+    def __init__(self, device_factory: Any, profile: str, timeout: float = 5.0) -> None:
         self.trace = Trace()
         self.profile = profile
-        self.device = device_factory(self.trace, profile)
+        self.device = build_sut(device_factory, timeout, self.trace, profile)
         self.devices = {self.device.name: self.device}
 
     def snapshot(self) -> DeviceOnlySnapshot:
@@ -83,7 +83,7 @@ class DeviceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         cfg = self.config
-        self.stack = DeviceStack(cfg.device_factory, cfg.profile)
+        self.stack = DeviceStack(cfg.device_factory, cfg.profile, cfg.timeout)
         self.device = self.stack.device
         only = DEVICE_RULES if cfg.only is None else cfg.only & DEVICE_RULES | cfg.only
         self.run = StepRunner(self.stack, cfg.profile, only=only, timeout=cfg.timeout)

@@ -15,7 +15,7 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
 
-from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.recording import note, recorded, score
 from teeio_conformance.conformance.rules._view import bound_vm
 
@@ -83,7 +83,7 @@ class FullStack(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         cfg = self.config
-        self.stack = cfg.factory(profile=cfg.profile, num_vfs=cfg.num_vfs)
+        self.stack = build_sut(cfg.factory, cfg.timeout, profile=cfg.profile, num_vfs=cfg.num_vfs)
         self.run = StepRunner(self.stack, cfg.profile, only=cfg.only, timeout=cfg.timeout)
         self.device_name = next(iter(self.stack.devices))
         self.device = self.stack.devices[self.device_name]

@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from teeio_conformance.conformance.harness import StepRunner
+from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.full_stack import MachineConfig
 from teeio_conformance.conformance.machines.recording import note, recorded
 
@@ -36,7 +36,7 @@ class HostLifetimes(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         cfg = self.config
-        self.stack = cfg.factory(profile=cfg.profile, num_vfs=cfg.num_vfs)
+        self.stack = build_sut(cfg.factory, cfg.timeout, profile=cfg.profile, num_vfs=cfg.num_vfs)
         self.run = StepRunner(self.stack, cfg.profile, only=cfg.only, timeout=cfg.timeout)
         self.device_name = next(iter(self.stack.devices))
         self.rids = list(self.stack.devices[self.device_name].rids())

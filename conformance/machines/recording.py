@@ -52,6 +52,9 @@ def decode_value(value: Any, types: dict[str, type]) -> Any:
 def recorded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, **kwargs: Any) -> Any:
+        from teeio_conformance.conformance.harness import WATCHDOG
+
+        WATCHDOG.machine = self  # a hung step's record lists the steps that led to it
         log = self.__dict__.setdefault("replay_log", [])
         log.append({"method": fn.__name__, "kwargs": {k: encode_value(v) for k, v in kwargs.items()}})
         mark = len(self.stack.trace) if hasattr(self, "stack") else 0

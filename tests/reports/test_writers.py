@@ -119,7 +119,7 @@ def test_junit_parses_and_names_testcases_by_rule_id(written):
     assert "guest unbind destroyed vdevice 5" in failure.attrib["message"]
     body = failure.text or ""
     assert "state.guest(s=slots_0, verb='unbind')" in body  # the shrunk program
-    assert f"teeio-conformance replay failures/{FAILURE_NAME}.json --sut" in body
+    assert f"teeio-conformance replay {root}/failures/{FAILURE_NAME}.json --sut" in body
     assert cases["FLOW-02"].find("skipped") is not None
     counts = report.counts()
     root_el = tree.getroot()
@@ -147,7 +147,7 @@ def test_text_log_has_a_line_per_rule_and_a_summary(written):
     assert any(re.match(r"\[PASS\]\s+FLOW-01 ", line) for line in lines)
     assert any(re.match(r"\[NOT EXERCISED\]\s*FLOW-02 ", line) for line in lines)
     assert SUMMARY.match(lines[-1]) and lines[-1] == report.summary_line()
-    assert f"replay: teeio-conformance replay failures/{FAILURE_NAME}.json" in "\n".join(lines)
+    assert f"replay: teeio-conformance replay {root}/failures/{FAILURE_NAME}.json" in "\n".join(lines)
     assert "== profile tdx ==" in lines and "== profile cca ==" in lines
 
 
@@ -182,7 +182,7 @@ def test_html_is_self_contained_with_grid_and_swimlane(written):
     marked = [r for r in rows if "violating " in (r.get("class") or "") + " "]
     assert [r["data-seq"] for r in marked] == ["3"]
     assert '<pre class="chart">' in page and "disconnect" in page
-    assert f"teeio-conformance replay failures/{FAILURE_NAME}.json --sut" in page
+    assert f"teeio-conformance replay {root}/failures/{FAILURE_NAME}.json --sut" in page
     assert "flow step 39, flow corr. 5" in page  # the rule's source
 
 
