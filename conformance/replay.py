@@ -30,8 +30,9 @@ import inspect
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Callable
-from types import ModuleType
+from types import ModuleType, UnionType
 from typing import Any
 
 import attrs
@@ -281,8 +282,56 @@ def prepare(
             inspect.signature(fn).bind(None, **kwargs)
         except TypeError as exc:
             raise ReplayError(f"{where}: arguments do not fit the {kind} machine's step: {exc}") from exc
+        _check_argument_values(fn, kwargs, f"{path}: steps[{i}].kwargs", kind, method)
         steps.append((method, kwargs))
     return Prepared(failure=failure, kind=kind, sut=spec, machine=machine, steps=tuple(steps))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Does ``value`` have the type the step's annotation asks for (bool is no int here, as in JSON)?"""
+    if hint is Any:
+        return True
+    if isinstance(hint, UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _check_argument_values(fn: Any, kwargs: dict[str, Any], where: str, kind: str, method: str) -> None:
+    """Each argument of a recorded step has the step's type and, where the machine draws it from a fixed
+    set, is one of that set: a record that does not fit is the record's problem (exit 2), not a failure
+    of the SUT -- the machine would crash on it and the crash would be blamed on the SUT."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: the signature check above is all there is
+        hints = {}
+    drawn = getattr(getattr(fn, "hypothesis_stateful_rule", None), "arguments_strategies", {}) or {}
+    for name, value in kwargs.items():
+        hint = hints.get(name, Any)
+        if not _fits(value, hint):
+            want = getattr(hint, "__name__", None) or str(hint)
+            raise ReplayError(
+                f"{where}.{name}: the {kind} machine's step {method!r} takes {want}, got "
+                f"{type(value).__name__} {str(value)[:60]!r}"
+            )
+        choices = _choices(drawn.get(name))
+        if choices is not None and value not in choices:
+            raise ReplayError(
+                f"{where}.{name}: the {kind} machine's step {method!r} takes one of "
+                f"{', '.join(map(repr, choices))[:200]}, got {str(value)[:60]!r}"
+            )
+
+
+def _choices(strategy: Any) -> tuple[Any, ...] | None:
+    """The values of a plain ``st.sampled_from(...)``; None for any other strategy."""
+    inner: Any = getattr(strategy, "wrapped_strategy", strategy)
+    if type(inner).__name__ != "SampledFromStrategy" or getattr(inner, "_transformations", None):
+        return None
+    elements = getattr(inner, "elements", None)
+    return tuple(elements) if isinstance(elements, tuple | list) else None
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:

@@ -335,6 +335,8 @@ class Failure:
             return value
 
         steps = field("steps", list)
+        if len(steps) > MAX_STEPS:
+            raise ReportInputError(f"{origin}: field 'steps' holds {len(steps)} steps, over the limit of {MAX_STEPS}")
         for i, step in enumerate(steps):
             if not (
                 isinstance(step, dict)
@@ -347,6 +349,8 @@ class Failure:
                 )
         program = field("program", list, optional=True) or []
         trace = field("trace", list, optional=True) or []
+        if len(trace) > MAX_TRACE_EVENTS:
+            raise ReportInputError(f"{origin}: field 'trace' holds {len(trace)} events, over {MAX_TRACE_EVENTS}")
         if not all(isinstance(p, str) for p in program):
             raise ReportInputError(f"{origin}: field 'program' must be a list of str")
         for i, e in enumerate(trace):
@@ -514,17 +518,47 @@ def _failure_column(f: Failure, columns: Sequence[str]) -> str | None:
 # ---------------------------------------------------------------------------- reading a report directory
 
 
+MAX_INPUT_BYTES = 64 << 20
+"""Largest report input read (a failure record, a verdicts file): far above any real one (a thorough run's
+record is well under 1 MiB), low enough that a hostile file cannot exhaust memory."""
+MAX_DEPTH = 64
+"""Deepest nesting of JSON arrays and objects accepted (real records nest about 6 deep)."""
+MAX_STEPS = 10_000
+"""Most steps a failure record may hold (Hypothesis' ``thorough`` profile runs 60 per example)."""
+MAX_TRACE_EVENTS = 1_000_000
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Nesting deeper than ``limit``, checked without recursion."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _read_json(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_INPUT_BYTES:
+            raise ReportInputError(f"{path}: {size} bytes, over the {MAX_INPUT_BYTES}-byte limit of a report input")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ReportInputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ReportInputError(f"{path}: not UTF-8 text (byte {exc.start}): not a JSON file") from exc
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReportInputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except RecursionError:
+        raise ReportInputError(f"{path}: JSON nested too deeply to read (limit {MAX_DEPTH} levels)") from None
+    if _too_deep(data, MAX_DEPTH):
+        raise ReportInputError(f"{path}: JSON nested deeper than {MAX_DEPTH} levels; not a report input")
+    return data
 
 
 def load_failure(path: str | os.PathLike[str]) -> Failure:

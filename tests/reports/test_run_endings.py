@@ -86,6 +86,19 @@ def test_a_base_exception_of_the_sut_is_its_failure_in_every_format(tmp_path, su
     assert got["junit_errors"] >= 1 and got["junit_time"] > 0
     assert f"the SUT raised {exc}" in got["txt"] and "[FAIL] SUT-ERROR" in got["txt"]
     assert f"the SUT raised {exc}" in got["html"]
+    # the record replays to the same failure (old code: the SystemExit record exited 3 with no output, the
+    # GeneratorExit record crashed replay)
+    (record,) = (report / "failures").glob("*.json")
+    replay = subprocess.run(
+        [sys.executable, "-m", "teeio_conformance.conformance.cli", "replay", str(record), f"--sut={SUTS}:{sut}"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 1, replay.stdout + replay.stderr
+    assert replay.stdout.startswith("STILL FAILS: still fails with SUT-ERROR") and exc in replay.stdout
 
 
 def test_a_sut_that_cannot_be_built_is_recorded(tmp_path):
