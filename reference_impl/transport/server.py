@@ -27,6 +27,12 @@ a fresh responder from then on. Each connection stays bound to the responder it 
 so a late frame or session end from before the reset can never reach the fresh device. This is how
 the suite reuses one server per worker and still starts every example on a power-on device.
 
+Limits (constructor options, ``serve-device`` flags), so stalled or hostile requesters cannot hold the
+server's threads or memory: a connection idle for ``idle_timeout`` seconds -- or one that does not finish
+a frame within that time of starting it -- is closed; at most ``max_open`` connections are served at once
+(more are closed as they arrive); the payloads being read across all connections are bounded by
+``max_buffered`` bytes (a frame that would pass it closes its connection before its payload is read).
+
 Secure sessions (DSP0277 secured messages, DOE type 2) are the next step: :class:`Channel` is the seam.
 Today :class:`PlaintextChannel` passes SPDM through and refuses secured messages.
 """
@@ -70,6 +76,63 @@ TEST_REPLY = b"Server Hello!\0"
 """What spdm-emu's responder answers to a TEST frame."""
 _MAX_HELD = 64 * 1024
 """Answers held back for pipelined frames are sent at the latest once they reach this size."""
+IDLE_TIMEOUT = 60.0
+"""Default seconds a connection may wait between frames, or take over one frame, before it is closed."""
+MAX_OPEN = 64
+"""Default connections served at once (a requester holds a few: one per SPDM session)."""
+MAX_BUFFERED = 8 << 20
+"""Default bytes of frame payloads being read across all connections (8 maximal DOE objects)."""
+
+
+class _Budget:
+    """Bytes of payload the server is reading, across connections; a reservation beyond the cap fails."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.cap:
+                return False
+            self.used += n
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class _DeadlineReader(fr.StreamReader):
+    """A StreamReader whose reads end by a deadline: the socket's timeout is set to what is left before
+    every receive, so a requester dripping one byte at a time cannot hold the connection either."""
+
+    def __init__(self, sock: socket.socket, idle_timeout: float | None) -> None:
+        super().__init__(sock)
+        self._idle = idle_timeout
+
+    def read_exact(self, n: int) -> bytes | None:
+        if self._idle is None:
+            return super().read_exact(n)
+        deadline = time.monotonic() + self._idle
+        while len(self._buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole read of {n} bytes within {self._idle:g} s")
+            self._sock.settimeout(left)
+            if self._QUICKACK is not None:
+                self._sock.setsockopt(socket.IPPROTO_TCP, self._QUICKACK, 1)
+            chunk = self._sock.recv(min(max(65536, n - len(self._buf)), 1 << 20))
+            if not chunk:
+                return None
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
 
 RESPONDER_FLAGS = 0
 """CAPABILITIES flags: none. The server answers VCA and VENDOR_DEFINED only, so it claims no CERT,
@@ -181,7 +244,19 @@ class EmuServer:
         *,
         max_connections: int | None = None,
         channel_factory: Callable[[], Channel] = PlaintextChannel,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        max_open: int = MAX_OPEN,
+        max_buffered: int = MAX_BUFFERED,
     ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise InvalidArgument(f"idle_timeout must be positive seconds (or None), got {idle_timeout!r}")
+        if max_open < 1 or max_buffered < fr.FRAME_HEADER.size:
+            raise InvalidArgument(f"max_open must be >= 1 and max_buffered >= 12, got {max_open}, {max_buffered}")
+        self.idle_timeout = idle_timeout
+        self.max_open = max_open
+        self.buffered = _Budget(max_buffered)
+        self.refused_connections = 0  # closed on arrival: max_open were open
+        self.dropped_connections = 0  # closed for idling or for a frame over the buffer budget
         self._listener = listener
         self._responder = _Locked(responder)
         self._max_connections = max_connections
@@ -225,6 +300,10 @@ class EmuServer:
                     if self._stopping.is_set():
                         conn.close()
                         break
+                    if len(self._open) >= self.max_open:
+                        self.refused_connections += 1
+                        conn.close()
+                        continue
                     self._open[conn] = threading.Event()
                     self._jobs.put((conn, self._responder))
                     if self._idle:
@@ -292,7 +371,7 @@ class EmuServer:
     # ---------------------------------------------------------------------------------- one connection
     def _serve_connection(self, conn: socket.socket, responder: _Locked) -> None:
         state = _ConnState(channel=self._channel_factory(), responder=responder)
-        reader = fr.StreamReader(conn)
+        reader = _DeadlineReader(conn, self.idle_timeout)
         out = bytearray()
 
         def reply(command: int, payload: bytes, *, last: bool = False) -> None:
@@ -300,6 +379,7 @@ class EmuServer:
             wake-up of the requester instead of one per answer."""
             out.extend(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
             if last or len(out) > _MAX_HELD or not reader.frame_waiting():
+                conn.settimeout(self.idle_timeout)  # a requester that never reads cannot hold the worker
                 conn.sendall(out)
                 out.clear()
 
@@ -313,7 +393,13 @@ class EmuServer:
                     command, transport, size = fr.decode_frame_header(head)
                 except fr.FramingError:
                     return  # absurd size: the stream cannot be trusted; drop this connection only
-                payload = reader.read_exact(size) if size else b""
+                if not self.buffered.take(size):
+                    self.dropped_connections += 1
+                    return  # the server holds its budget of partial frames already: this one waits elsewhere
+                try:
+                    payload = reader.read_exact(size) if size else b""
+                finally:
+                    self.buffered.give(size)
                 if payload is None:
                     return
                 if command == fr.Command.SHUTDOWN:
@@ -335,6 +421,9 @@ class EmuServer:
                     self.responder_errors += 1
                     answer = fr.encode_doe(self._error(state, fr.SpdmErrorCode.UNSPECIFIED))
                 reply(fr.Command.NORMAL, answer)
+        except TimeoutError:
+            self.dropped_connections += 1
+            return
         except OSError:
             return
         finally:
@@ -479,6 +568,9 @@ def serve(
     allow_remote: bool = False,
     on_ready: Callable[[dict[str, object]], None] | None = None,
     max_connections: int | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    max_open: int = MAX_OPEN,
+    max_buffered: int = MAX_BUFFERED,
 ) -> None:
     """Serve one responder until a SHUTDOWN frame (or ``max_connections`` connections have come and gone).
 
@@ -486,7 +578,14 @@ def serve(
     """
     listener = _listen(host, port, allow_remote)
     try:
-        server = EmuServer(listener, responder_factory(), max_connections=max_connections)
+        server = EmuServer(
+            listener,
+            responder_factory(),
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            max_open=max_open,
+            max_buffered=max_buffered,
+        )
     except BaseException:
         listener.close()
         raise
@@ -535,11 +634,21 @@ def start_in_thread(
     port: int = 0,
     *,
     max_connections: int | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    max_open: int = MAX_OPEN,
+    max_buffered: int = MAX_BUFFERED,
 ) -> ServerHandle:
     """A server on a loopback port (a free one by default), listening before this returns."""
     listener = _listen(host, port, allow_remote=False)
     try:
-        server = EmuServer(listener, responder_factory(), max_connections=max_connections)
+        server = EmuServer(
+            listener,
+            responder_factory(),
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            max_open=max_open,
+            max_buffered=max_buffered,
+        )
     except BaseException:
         listener.close()
         raise
@@ -559,6 +668,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback unless --allow-remote)")
     parser.add_argument("--port", type=int, default=2323, help="TCP port (0 picks a free one; spdm-emu uses 2323)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a connection idle this long, or this slow to finish a frame (default {IDLE_TIMEOUT:g}; 0: never)",
+    )
+    parser.add_argument(
+        "--max-open",
+        type=int,
+        default=MAX_OPEN,
+        metavar="N",
+        help=f"connections served at once; more are closed as they arrive (default {MAX_OPEN})",
+    )
+    parser.add_argument(
+        "--max-buffered",
+        type=int,
+        default=MAX_BUFFERED,
+        metavar="BYTES",
+        help=f"frame payload bytes read at once across connections (default {MAX_BUFFERED})",
+    )
 
 
 def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponder]) -> int:
@@ -569,7 +699,17 @@ def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponde
         sys.stdout.flush()
 
     try:
-        serve(args.host, args.port, responder_factory, allow_remote=args.allow_remote, on_ready=ready)
+        idle = getattr(args, "idle_timeout", IDLE_TIMEOUT)
+        serve(
+            args.host,
+            args.port,
+            responder_factory,
+            allow_remote=args.allow_remote,
+            on_ready=ready,
+            idle_timeout=idle if idle else None,
+            max_open=getattr(args, "max_open", MAX_OPEN),
+            max_buffered=getattr(args, "max_buffered", MAX_BUFFERED),
+        )
     except InvalidArgument as exc:
         sys.stderr.write(f"teeio-conformance serve-device: {exc}\n")
         return 2
