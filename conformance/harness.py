@@ -30,6 +30,7 @@ from typing import Any
 from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 
 __all__ = [
+    "BUILD_STEPS",
     "HUNG_EXIT_STATUS",
     "WATCHDOG",
     "StepRunner",
@@ -335,12 +336,18 @@ def _outside_steps(exc: BaseException) -> BaseException:
     return exc
 
 
+BUILD_STEPS = 4
+"""Building a SUT may take this many steps' time limits: it may start a process (``--device-spawn`` waits
+for a responder's ready line) or wire a whole stack, yet it must end."""
+
+
 def build_sut(factory: Callable[..., Any], timeout: float, *args: Any, **kwargs: Any) -> Any:
-    """``factory(*args, **kwargs)`` under the step limit; anything but a SUT is :class:`SutUnbuildable`."""
+    """``factory(*args, **kwargs)`` within :data:`BUILD_STEPS` step limits; anything but a SUT is
+    :class:`SutUnbuildable`."""
     label = f"the SUT factory {getattr(factory, '__qualname__', factory)}"
     WATCHDOG.machine = None  # a new example: no steps yet
     try:
-        stack = _call(factory, args, kwargs, timeout, label)
+        stack = _call(factory, args, kwargs, timeout * BUILD_STEPS, label)
     except SutHang as exc:
         raise _outside_steps(SutUnbuildable(str(exc))) from exc
     except (SutRaised, Exception) as exc:

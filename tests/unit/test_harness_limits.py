@@ -106,7 +106,7 @@ def test_a_snapshot_that_is_not_one_is_the_sut_broken_with_a_record(snap):
 
 
 def _slow_device(trace: Trace, profile: str) -> object:
-    time.sleep(1.0)
+    time.sleep(2.0)
     return reference_device(trace, profile)
 
 
