@@ -243,6 +243,10 @@ def prepare(
     profile = failure.profile
     if not profile:
         raise ReplayError(f"{path}: field 'profile' is missing; cannot tell which platform profile to replay")
+    from teeio_conformance.contract.profiles import PROFILES
+
+    if profile not in PROFILES:  # else the SUT would be blamed for refusing a profile that does not exist
+        raise ReplayError(f"{path}: field 'profile' must be one of {', '.join(sorted(PROFILES))}, got {profile!r}")
     factory: Callable[..., Any] | None = None
     remote = _remote_target(failure, kind, sut, device, path)
     if remote is not None:

@@ -73,3 +73,11 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
     path = write_json(tmp_path / "big.json", failure_record(message="x" * 2000))
     with pytest.raises(ReportInputError, match="over the 1000-byte limit"):
         load_failure(path)
+
+
+def test_an_unknown_profile_is_the_records_problem(tmp_path, capsys):
+    """Checked before anything is built: building the SUT for profile 'quantum' fails, and a factory's
+    failure is now the SUT's (SUT-BUILD). Old code said only "building the machine failed: KeyError"."""
+    path = write_json(tmp_path / "failures" / "rec.json", failure_record(profile="quantum"))
+    assert rp.run(_args(str(path), "--sut", REFERENCE_SUT)) == 2
+    assert "field 'profile' must be one of cca, sev-tio, tdx, got 'quantum'" in capsys.readouterr().err
