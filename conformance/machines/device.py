@@ -17,11 +17,12 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 from teeio_conformance.conformance.harness import StepRunner
 from teeio_conformance.conformance.machines.recording import note, recorded, score
 from teeio_conformance.conformance.rules import CATALOGUE
+from teeio_conformance.conformance.sut import DEFAULT_DEVICE, load_factory
 from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError, Unsupported
+from teeio_conformance.contract.ide_stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Trace
-from teeio_conformance.reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]
@@ -62,9 +63,9 @@ class DeviceStack:
 
 
 def reference_device(trace: Trace, profile: str) -> Any:
-    from teeio_conformance.reference_impl.device.device import Device, DeviceConfig
-
-    return Device(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=profile == "tdx"))
+    """The default device: the factory :data:`~teeio_conformance.conformance.sut.DEFAULT_DEVICE` names, loaded by
+    name so the machine itself never imports the reference."""
+    return load_factory(DEFAULT_DEVICE)(trace, profile)
 
 
 @attrs.frozen
