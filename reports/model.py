@@ -11,6 +11,9 @@ Verdict of a rule under a profile (report-formats.md, item 1):
 * FAIL -- some check of it failed, or a failure record names it for that profile;
 * PASS -- it was exercised (its check had something to judge) and never failed;
 * NOT_EXERCISED -- it was never exercised (checked, maybe, but the run never reached its situation).
+* NOT_APPLICABLE -- the SUT does not offer what the rule needs (``contract/tiers.py``: a syscall log has no
+  snapshots, a device over a socket no config space): never checked, never a PASS, and -- unlike NOT_EXERCISED --
+  no sign that the run missed something. It alone never fails a run.
 
 A rule that does not apply to a profile (``Rule.profiles``) has no verdict for it at all.
 
@@ -72,6 +75,7 @@ class Status(enum.Enum):
     PASS = "PASS"
     FAIL = "FAIL"
     NOT_EXERCISED = "NOT_EXERCISED"
+    NOT_APPLICABLE = "NOT_APPLICABLE"
 
     @property
     def label(self) -> str:
@@ -192,12 +196,12 @@ class RuleVerdict:
 
     @property
     def status(self) -> Status:
-        """FAIL under any profile beats PASS under any; otherwise NOT_EXERCISED."""
+        """FAIL under any profile beats PASS under any; otherwise NOT_EXERCISED, unless it applied nowhere."""
         statuses = {v.status for v in self.by_profile.values()}
-        for s in (Status.FAIL, Status.PASS):
+        for s in (Status.FAIL, Status.PASS, Status.NOT_EXERCISED):
             if s in statuses:
                 return s
-        return Status.NOT_EXERCISED
+        return Status.NOT_APPLICABLE if statuses else Status.NOT_EXERCISED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -419,7 +423,8 @@ class Report:
 
     def summary_line(self) -> str:
         c = self.counts()
-        return f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        line = f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        return line + (f", {c[Status.NOT_APPLICABLE]} not applicable" if c[Status.NOT_APPLICABLE] else "")
 
     def failures_for(self, rule_id: str, profile: str | None = None) -> list[Failure]:
         return [
@@ -439,6 +444,8 @@ class Report:
             return f"failed {pv.failed} of {pv.exercised} exercised checks (no failure record in the directory)"
         if pv.status is Status.PASS:
             return f"held in {pv.exercised} exercised checks ({pv.checked} checked)"
+        if pv.status is Status.NOT_APPLICABLE:
+            return "not applicable: the SUT does not offer what the rule needs (crossings, typed errors or snapshots)"
         if pv.checked:
             return f"not exercised: checked {pv.checked} times, never in a situation it judges"
         return "not exercised: no step touched what it is about"
@@ -515,6 +522,7 @@ def load_failure(path: str | os.PathLike[str]) -> Failure:
 
 
 _COUNT_KEYS = ("checked", "exercised", "failed")
+NOT_APPLICABLE_KEY = "not_applicable"  # {rule_id: examples whose SUT could not feed it}
 
 
 @attrs.define
@@ -524,7 +532,7 @@ class _Counts:
     by_profile: dict[str, dict[str, dict[str, int]]] = attrs.field(factory=dict)  # profile -> key -> rule -> n
 
     def add(self, profile: str, key: str, counts: Mapping[str, int]) -> None:
-        dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS})[key]
+        dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS}).setdefault(key, {})
         for rule_id, n in counts.items():
             dst[rule_id] = dst.get(rule_id, 0) + n
 
@@ -575,11 +583,11 @@ def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
         for profile, pc in by_profile.items():
             if not isinstance(pc, dict):
                 raise ReportInputError(f"{origin}: by_profile[{profile!r}] must be an object of counts")
-            for key in _COUNT_KEYS:
+            for key in (*_COUNT_KEYS, NOT_APPLICABLE_KEY):
                 counts.add(profile, key, _count_map(pc, key, f"{origin}: by_profile[{profile!r}]"))
     else:
         column = profiles[0] if len(profiles) == 1 else AGGREGATE
-        for key in _COUNT_KEYS:
+        for key in (*_COUNT_KEYS, NOT_APPLICABLE_KEY):
             counts.add(column, key, _count_map(data, key, origin))
     mtime = path.stat().st_mtime
     return {"sut": sut, "profiles": profiles, "steps": steps, "run": run, "mtime": mtime}
@@ -706,6 +714,8 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
             if rule_id in extra and not (c or e or x or named):
                 continue
             status = Status.FAIL if x or named else Status.PASS if e else Status.NOT_EXERCISED
+            if status is Status.NOT_EXERCISED and not c and counts.get(col, NOT_APPLICABLE_KEY, rule_id):
+                status = Status.NOT_APPLICABLE
             by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x)
         if by_profile:
             verdicts.append(RuleVerdict(rule_id=rule_id, by_profile=by_profile, **meta))

@@ -51,7 +51,12 @@ __all__ = [
 ]
 
 REPORT_FORMAT = "teeio-report/1"
-WPT_STATUS = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.NOT_EXERCISED: "NOTRUN"}
+WPT_STATUS = {
+    Status.PASS: "PASS",
+    Status.FAIL: "FAIL",
+    Status.NOT_EXERCISED: "NOTRUN",
+    Status.NOT_APPLICABLE: "PRECONDITION_FAILED",  # wpt's "the implementation lacks what the test needs"
+}
 TEST_PREFIX = "/teeio/"
 
 
@@ -295,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"wrote {len(written)} files into {args.report_dir} (report.html, report.json, junit.xml, "
         f"report.txt); rule verdicts: {c[Status.PASS]} PASS, {c[Status.FAIL]} FAIL, "
-        f"{c[Status.NOT_EXERCISED]} NOT EXERCISED; {len(report.failures)} failure record(s)\n"
+        f"{c[Status.NOT_EXERCISED]} NOT EXERCISED, {c[Status.NOT_APPLICABLE]} NOT APPLICABLE; "
+        f"{len(report.failures)} failure record(s)\n"
     )
     return 0
