@@ -361,8 +361,11 @@ def import_strace(lines: Iterable[str], *, name: str = "strace") -> tuple[TraceH
         _syscall(st, n, m.group("name"), m.group("args"), m.group("ret"))
     if not seen:
         raise TraceFileError(f"{name}: no system call in the strace format (pid? time? name(args) = result)")
+    # a call counts from the line it started on (a resumed call is emitted late): seq is start order
+    ordered = sorted(st.events, key=lambda t: (t.line, t.event.seq))
+    events = [attrs.evolve(t, event=attrs.evolve(t.event, seq=i)) for i, t in enumerate(ordered)]
     header = TraceHeader(profile=None, offers=STRACE_OFFERS, source=f"strace log {name}")
-    return header, st.events
+    return header, events
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
