@@ -178,6 +178,10 @@ class _State:
     def vm(self) -> str | None:
         return self.vms[-1] if self.vms else None
 
+    def kind(self, fd: int | None) -> tuple[str | None, Any]:
+        """What the fd was opened as, and the detail kept with it (path, VM, (attribute, BDF))."""
+        return self.fds.get(fd, (None, None)) if fd is not None else (None, None)
+
     def emit(
         self,
         line: int,
@@ -242,7 +246,7 @@ def _syscall(st: _State, line: int, name: str, args_text: str, ret_text: str) ->
         return
     if name == "write" and args:
         fd, _ = _fd_of(args[0])
-        kind, detail = st.fds.get(fd, (None, None)) if fd is not None else (None, None)
+        kind, detail = st.kind(fd)
         if kind == "tsm":
             attr, bdf = detail
             st.emit(line, "tsm", attr, (bdf,), (None, errno, message))
@@ -251,7 +255,8 @@ def _syscall(st: _State, line: int, name: str, args_text: str, ret_text: str) ->
         fd, _ = _fd_of(args[0])
         if fd is None or errno:
             return
-        kind, detail = st.fds.pop(fd, (None, None))
+        kind, detail = st.kind(fd)
+        st.fds.pop(fd, None)
         if kind == "vfio_bound":
             st.emit(line, "vfio", "close_device", (fd,), ret)
         elif kind == "iommufd":
@@ -274,7 +279,7 @@ def _syscall(st: _State, line: int, name: str, args_text: str, ret_text: str) ->
     if fd is None or request is None:
         return
     f = _fields(args[2]) if len(args) > 2 else {}
-    kind, detail = st.fds.get(fd, (None, None))
+    kind, detail = st.kind(fd)
     vm = st.vm()
     if request == "KVM_CREATE_VM":
         name_vm = f"vm@fd{value}"
