@@ -238,3 +238,41 @@ def test_unfinished_and_resumed_calls_are_judged_where_they_started():
     assert ops == [("create_vm", 2, "vm@fd4"), ("viommu_alloc", 5, 9), ("run", 6, None)]
     assert len(steps_of(events)) == 3
     assert check_events(events, profile="tdx", offers=STRACE_OFFERS).ok
+
+
+def test_a_hand_written_trace_in_the_documented_schema_is_judged_line_by_line(tmp_path, capsys):
+    """What an adapter author writes from their own recorder: the header, then one event a line."""
+    lines = [
+        {"format": "teeio-trace/1", "profile": "tdx", "source": "my recorder"},
+        {"seq": 0, "caller": "harness", "callee": "vmm", "operation": "ghci_bind", "arguments": ["vm1", 16]},
+        {"seq": 1, "caller": "vmm", "callee": "tsm", "operation": "bind", "arguments": [14848, "vm1"], "depth": 1},
+        {
+            "seq": 2,
+            "caller": "harness",
+            "callee": "iommufd",
+            "operation": "destroy",
+            "arguments": [99],
+            "outcome": "error",
+            "error": "KeyError",
+            "message": "99",
+        },
+        {
+            "seq": 3,
+            "caller": "harness",
+            "callee": "iommufd",
+            "operation": "destroy",
+            "arguments": [98],
+            "outcome": "error",
+            "error": "NotFound",
+            "message": "no object 98",
+        },
+    ]
+    path = tmp_path / "mine.ndjson"
+    path.write_text("".join(json.dumps(obj) + "\n" for obj in lines), encoding="utf-8")
+    assert main(["check-trace", str(path)]) == 1
+    said = capsys.readouterr().out
+    assert "FAIL FLOW-03 the TSM binds a TDI only through the iommufd vdevice" in said and f"{path}:3" in said
+    assert "FAIL ERR-02" in said and "raised KeyError" in said and f"{path}:4" in said
+    _, events = load_any(path)
+    result = check_events(events, profile="tdx")
+    assert {f.rule_id for f in result.failures} == {"FLOW-03", "ERR-02"}  # NotFound is typed: ERR-02 holds there
