@@ -134,39 +134,56 @@ def flow_unbind_keeps_vdevice(o: Observation) -> str | None:
     return HELD
 
 
+def _note_live_viommus(live: dict[int, str], e: Any) -> dict[int, str]:
+    """vIOMMU id -> its VM, for the vIOMMUs alive after ``e`` (IDs are never reused within an iommufd)."""
+    if e.callee != "iommufd" or not e.ok:
+        return live
+    if e.operation == "viommu_alloc" and len(e.arguments) > 1:
+        return {**live, e.result: e.arguments[1]}
+    if e.operation == "destroy" and e.arguments and e.arguments[0] in live:
+        return {k: v for k, v in live.items() if k != e.arguments[0]}
+    if e.operation == "close":
+        return {}
+    return live
+
+
+FLOW06_NEEDS = Needs(
+    crossings={"iommufd.viommu_alloc", "iommufd.destroy", "iommufd.close", "kvm.run", "kvm.stop", "kvm.destroy_vm"},
+    errors=False,
+    snapshots=(),
+)
+"""What FLOW-06 reads: vIOMMU allocation and teardown, and the VM's run, stop and destroy -- all in a syscall log."""
+
+
 def flow_no_viommu_teardown_while_running(o: Observation) -> str | None:
     """IOMMU_DESTROY of a running VM's vIOMMU must be refused, whoever asks. Closing the iommufd cannot be
     refused: when the suite itself closes it (a VMM that crashed), what follows is judged by the
-    teardown rules, not this one; a VMM that closes it under a running VM breaks this rule."""
-    gone = {x.id: x for x in objects(o.before, "viommu")}
-    for x in objects(o.after, "viommu"):
-        gone.pop(x.id, None)
-    if any(e.operation == "close" and e.caller == "harness" for e in o.ops("iommufd", "close", ok=True)):
+    teardown rules, not this one; a VMM that closes it under a running VM breaks this rule.
+
+    Judged from the crossings (a successful destroy or close while KVM run holds), so a recorded trace or a
+    syscall log is judged alike; with snapshots, a vIOMMU of a running VM that vanished without one fails too."""
+    if any(e.caller == "harness" for e in o.ops("iommufd", "close", ok=True)):
         return None
-    if not gone and not o.ops("iommufd", "destroy"):
-        return None
-    for v in gone.values():
-        if vm_state(o.before, v.vm) != "running":
-            continue
-        destroy = next(
-            (
-                e
-                for e in o.events
-                if e.callee == "iommufd"
-                and e.operation in ("destroy", "close")
-                and e.ok
-                and (e.operation == "close" or e.arguments[:1] == (v.id,))
-            ),
-            None,
-        )
-        when = destroy.seq if destroy is not None else o.events[-1].seq
-        stopped = any(
-            e.callee == "kvm" and e.operation == "stop" and e.ok and e.arguments[:1] == (v.vm,) and e.seq < when
-            for e in o.events
-        )
-        if not stopped:
-            return f"viommu {v.id} went away while {v.vm} was running"
-    return HELD
+    live: dict[int, str] = fold_history(o, "host.live_viommus", dict, _note_live_viommus)
+    running: frozenset[str] = fold_history(o, "host.running_vms", frozenset, _note_running)
+    touched = False
+    for e in o.events:
+        if e.callee == "iommufd" and e.operation in ("destroy", "close"):
+            touched = True
+            if e.ok:
+                ids = list(live) if e.operation == "close" else [i for i in e.arguments[:1] if i in live]
+                for vid in ids:
+                    if live[vid] in running:
+                        return f"viommu {vid} went away while {live[vid]} was running (seq {e.seq})"
+        live = _note_live_viommus(live, e)
+        running = _note_running(running, e)
+    if o.before is not None and o.after is not None:  # snapshots offered: nothing may vanish silently either
+        after = {x.id for x in objects(o.after, "viommu")}
+        for x in objects(o.before, "viommu"):
+            if x.id not in after and x.id in live and vm_state(o.before, x.vm) == "running" and x.vm in running:
+                return f"viommu {x.id} went away while {x.vm} was running"
+            touched = touched or x.id not in after
+    return HELD if touched else None
 
 
 def flow_tdx_stop_before_unmap(o: Observation) -> str | None:
@@ -941,6 +958,7 @@ RULES: list[Rule] = [
         M,
         f"flow step 46 rejected, flow corr. 6 ({SEED})",
         flow_no_viommu_teardown_while_running,
+        needs=FLOW06_NEEDS,
     ),
     _r(
         "FLOW-07",

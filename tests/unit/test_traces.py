@@ -37,6 +37,7 @@ from teeio_conformance.reference_impl.mutants import by_name
 HERE = Path(__file__).resolve().parents[1] / "traces"
 CLEAN = HERE / "qemu-clean.strace"
 LATE_VDEVICE = HERE / "qemu-vdevice-after-run.strace"
+EARLY_DESTROY = HERE / "qemu-viommu-destroyed-running.strace"
 
 
 # ------------------------------------------------------------------------------------------ the file schema
@@ -194,7 +195,7 @@ def test_a_clean_qemu_log_passes_and_snapshot_rules_are_not_applicable():
     failed = next(t.event for t in events if t.event.operation == "destroy" and not t.event.ok)
     assert failed.error == "ENOENT" and failed.arguments == (77,)
     result = check_events(events, profile="tdx", offers=header.offers or TRACE_ONLY, name=str(CLEAN))
-    assert result.ok and result.exercised.get("FLOW-01")
+    assert result.ok and result.exercised.get("FLOW-01") and result.exercised.get("FLOW-06")
     for rule in CATALOGUE:
         if not rule.applies_to("tdx"):
             continue
@@ -213,6 +214,15 @@ def test_a_vdevice_allocated_after_kvm_run_fails_flow_01_naming_the_log_line(cap
     said = capsys.readouterr().out
     assert "FAIL FLOW-01 vIOMMU and vdevice are allocated before KVM run" in said
     assert f"{LATE_VDEVICE}:{result.failures[0].line}" in said
+
+
+def test_a_viommu_destroyed_while_the_vcpu_runs_fails_flow_06_naming_the_log_line():
+    header, events = load_any(EARLY_DESTROY)
+    result = check_events(events, profile="tdx", offers=header.offers or TRACE_ONLY, name=str(EARLY_DESTROY))
+    assert [f.rule_id for f in result.failures] == ["FLOW-06"]
+    line = EARLY_DESTROY.read_text(encoding="utf-8").splitlines()[result.failures[0].line - 1]
+    assert "IOMMU_DESTROY, {size=8, id=4}" in line  # the vIOMMU (id 4), not the vdevice destroyed before it
+    assert result.exercised.get("FLOW-01") and not result.failed.get("FLOW-01")
 
 
 def test_the_imported_log_as_a_trace_file_keeps_the_log_lines(tmp_path, capsys):
