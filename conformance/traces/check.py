@@ -134,7 +134,8 @@ def check_events(
     steps = steps_of(events)
     for step in steps:
         evs = [t.event for t in step]
-        roots = [e for e in evs if e.depth == min(x.depth for x in evs)]
+        top = min(e.depth for e in evs)
+        roots = [e for e in evs if e.depth == top]
         error = next((err for err in (_error_of(e) for e in reversed(roots)) if err is not None), None)
         action = step[0].action or f"{roots[0].callee}.{roots[0].operation}"
         obs = Observation(
@@ -163,7 +164,7 @@ def check_events(
                 seq=hit.event.seq,
                 events=tuple(evs),
             )
-        history = history + evs
+        history.extend(evs)  # after the checks: an observation's history is what came before its step
     return TraceCheck(
         name=name,
         profile=profile,
