@@ -22,6 +22,7 @@ from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError, Unsupported
 from teeio_conformance.contract.ide_stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.tiers import offers_of
 from teeio_conformance.contract.trace import Trace
 from teeio_conformance.strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
@@ -57,6 +58,7 @@ class DeviceStack:
         self.profile = profile
         self.device = device_factory(self.trace, profile)
         self.devices = {self.device.name: self.device}
+        self.offers = offers_of(self.device)  # what the device says it can show (contract/tiers.py)
 
     def snapshot(self) -> DeviceOnlySnapshot:
         return DeviceOnlySnapshot(profile=self.profile, devices=(self.device.snapshot(),))

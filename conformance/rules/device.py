@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
@@ -830,4 +832,14 @@ RULES: list[Rule] = [
         on={"tsm.refresh_keys"},
         cases=("KSetGo.3", "KSetGo.4", "KSetStop.3", "KSetStop.4", "Test.KeyRefresh", "Test.KeyRefreshKs1"),
     ),
+]
+
+DEVICE_SNAPSHOT = Needs(snapshots={"devices"})
+"""The TDISP rules and the device's own IDE rules compare the device's snapshot and nothing else, so a device
+alone (an adapter that offers ``snapshots={"devices"}``) feeds them; the rest of its IDE rules read the root port
+(``iommu``) or the TSM too."""
+_DEVICE_ONLY_IDE = frozenset({"IDE-01", "IDE-07"})
+
+RULES = [
+    attrs.evolve(r, needs=DEVICE_SNAPSHOT) if r.area is Area.TDISP or r.id in _DEVICE_ONLY_IDE else r for r in RULES
 ]

@@ -24,6 +24,7 @@ import attrs
 
 from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.tiers import Offers
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 from teeio_conformance.reference_impl.compose import stand_in_device
 
@@ -33,6 +34,10 @@ PROTOCOL_TDISP = 1
 class ExampleDevice(Actor):
     actor_name = "device"
     NONCE_CACHE = False  # the planted bug (see the module doc)
+    offers = Offers(snapshots={"devices"})
+    """A device shows its own state and nothing of the host's: the rules that compare other actors' snapshots (a
+    refused call changing nothing anywhere, ERR-01; the root port's stream, IDE-03) are NOT APPLICABLE to it; the
+    TDISP rules apply."""
 
     def __init__(self, trace: Trace, profile: str, firmware: Any = None) -> None:
         super().__init__(trace)

@@ -66,6 +66,18 @@ def test_the_device_adapter_passes_every_rule_of_the_device_machine():
     assert not result.caught and result.caught_by is None, result.message
 
 
+def test_the_device_adapter_offers_its_own_snapshot_only_and_the_machine_judges_accordingly():
+    from teeio_conformance.conformance.harness import StepRunner
+    from teeio_conformance.conformance.machines.device import DEVICE_RULES, DeviceStack
+
+    dev = _example("device_adapter")
+    stack = DeviceStack(dev.make_device, "tdx")
+    checker = StepRunner(stack, "tdx", only=DEVICE_RULES).checker
+    # ERR-01 compares every actor's snapshot, IDE-03 the root port's stream too: a device alone cannot feed them
+    assert checker.not_applicable == {"ERR-01", "IDE-03"}
+    assert {"TDISP-06", "IDE-01", "IDE-02", "ERR-02"} <= {r.id for r in checker.rules}
+
+
 def test_the_suite_catches_the_device_adapters_planted_bug_by_tdisp_06():
     dev = _example("device_adapter")
     result = catch(_sut("nonce-cache", "TDISP-06", "device", device_factory=dev.make_buggy_device), max_examples=100)
