@@ -273,6 +273,8 @@ class Failure:
         return out
 
     def replay_command(self, sut: str | None = None) -> str:
+        if self.machine == "trace" and self.sut.startswith("trace:"):  # check-trace: judge the file again
+            return f"teeio-conformance check-trace {shlex.quote(self.sut[len('trace:') :])} --profile {self.profile}"
         if self.device is not None and sut is None:  # the recorded responder, named as the run named it
             if "spawn" in self.device:
                 return f"teeio-conformance replay {self.file} --device-spawn {shlex.quote(str(self.device['spawn']))}"

@@ -247,6 +247,8 @@ def replay_test_source(failure: Failure) -> str:
 def write_replay_tests(report: Report, report_dir: str | os.PathLike[str]) -> list[Path]:
     out = []
     for f in report.failures:
+        if f.machine == "trace":
+            continue  # a recorded trace has no steps to replay; its replay command runs check-trace again
         path = Path(report_dir) / "failures" / f"{f.name}.test.py"
         _write_atomic(path, replay_test_source(f))
         out.append(path)

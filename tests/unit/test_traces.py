@@ -157,6 +157,16 @@ def test_export_trace_and_check_trace_on_the_command_line(tmp_path, capsys):
     assert "NOT APPLICABLE" in (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
 
 
+def test_a_check_trace_failure_in_the_reports_says_how_to_check_again(tmp_path):
+    rep = tmp_path / "rep"
+    assert main(["check-trace", str(LATE_VDEVICE), "--report-dir", str(rep)]) == 1
+    record = json.loads(next((rep / "failures").glob("*.json")).read_text(encoding="utf-8"))
+    assert record["rule_id"] == "FLOW-01" and f"{LATE_VDEVICE}:16" in record["message"]
+    text = (rep / "report.txt").read_text(encoding="utf-8")
+    assert f"replay: teeio-conformance check-trace {LATE_VDEVICE} --profile tdx" in text
+    assert not list((rep / "failures").glob("*.test.py"))  # no replay test: a trace has no steps to re-run
+
+
 def test_check_trace_refuses_what_is_not_a_trace(tmp_path, capsys):
     bad = tmp_path / "bad.ndjson"
     bad.write_text('{"seq": 0, "caller": "vmm"}\n', encoding="utf-8")
