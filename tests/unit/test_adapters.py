@@ -94,3 +94,29 @@ def test_compose_refuses_an_unknown_role_and_a_misnamed_actor():
 
     with pytest.raises(InvalidArgument, match="vmm adapter's actor_name is 'kvm'"):
         compose(vmm=Misnamed)(profile="tdx")
+
+
+@pytest.mark.parametrize("role", ["vmm", "vfio", "iommufd", "kvm", "tsm", "iommu"])
+def test_every_host_role_can_be_an_adapter_and_is_handed_its_peers(role):
+    """The route's mechanics for each role: built as factory(trace, profile), in the stack under its role, given
+    the other actors through _attach (the full behaviour is the VMM example's to show)."""
+    from teeio_conformance.contract.peers import Peers
+    from teeio_conformance.contract.trace import Actor
+
+    class Adapter(Actor):
+        actor_name = role
+
+        def __init__(self, trace, profile):
+            super().__init__(trace)
+            self.profile = profile
+            self.peers = None
+
+        def _attach(self, peers):
+            self.peers = peers
+
+    stack = compose(**{role: Adapter})(profile="sev-tio")
+    adapter = getattr(stack, role)
+    assert isinstance(adapter, Adapter) and adapter.profile.name == "sev-tio" and adapter.trace is stack.trace
+    assert isinstance(adapter.peers, Peers) and getattr(adapter.peers, role) is adapter
+    assert adapter.peers.kvm is stack.kvm and adapter.peers.devices is stack.devices
+    assert adapter.peers.guests is stack.guests  # live: a VM created later shows up
