@@ -140,6 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
         ("compare", "teeio_conformance.reports.compare", "which rules changed verdict between two report.json"),
         ("replay", "teeio_conformance.conformance.replay", "re-run a failure's replay file against a SUT"),
         ("explore", "teeio_conformance.conformance.explore", "every step sequence to --depth K, breadth-first"),
+        ("check-trace", "teeio_conformance.conformance.traces.check", "check a recorded trace (ndjson or strace log)"),
+        ("export-trace", "teeio_conformance.conformance.traces.export", "write the trace of a flow or a replay"),
+        ("import-strace", "teeio_conformance.conformance.traces.strace", "an `strace -f` log as a trace file"),
     ):
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=text)

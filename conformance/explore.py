@@ -680,7 +680,9 @@ def machine_class(
             dev = attrs.evolve(dev, device_factory=factory)
         return type("ExploreDeviceMachine", (DeviceMachine,), {"config": dev})
     if factory is None:
-        from teeio_conformance.reference_impl.stack import make_sut as factory
+        from teeio_conformance.conformance.sut import DEFAULT_SUT, load_factory
+
+        factory = load_factory(DEFAULT_SUT)
     base = HostLifetimes if kind == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=factory, profile=profile, num_vfs=num_vfs, only=only, timeout=timeout)
     return type(f"Explore{base.__name__}", (base,), {"config": cfg})

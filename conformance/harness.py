@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
+from teeio_conformance.contract.tiers import offers_of
 
 __all__ = [
     "BUILD_STEPS",
@@ -86,6 +87,7 @@ class Verdicts:
         self.checked: dict[str, int] = {}
         self.exercised: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.not_applicable: dict[str, int] = {}  # rules the SUT's offers could not feed (contract/tiers.py)
         self.by_profile: dict[str, dict[str, dict[str, int]]] = {}
         self.steps = 0
 
@@ -99,6 +101,11 @@ class Verdicts:
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
                 per[name][k] = per[name].get(k, 0) + v
+        if checker.not_applicable:
+            na = per.setdefault("not_applicable", {})
+            for k in checker.not_applicable:
+                self.not_applicable[k] = self.not_applicable.get(k, 0) + 1
+                na[k] = na.get(k, 0) + 1
 
 
 VERDICTS = Verdicts()
@@ -375,7 +382,9 @@ class StepRunner:
     ) -> None:
         self.stack = stack
         self.profile = profile
-        self.checker = Checker(rules if rules is not None else tuple(BY_ID.values()), profile, only=only)
+        self.checker = Checker(
+            rules if rules is not None else tuple(BY_ID.values()), profile, only=only, offers=offers_of(stack)
+        )
         self.timeout = timeout
         self.steps: list[str] = []
         try:

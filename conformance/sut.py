@@ -10,9 +10,13 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_SUT", "SutLoadError", "load_factory"]
+__all__ = ["DEFAULT_DEVICE", "DEFAULT_SCENARIO", "DEFAULT_SUT", "SutLoadError", "load_factory"]
 
 DEFAULT_SUT = "teeio_conformance.reference_impl.stack:make_sut"
+DEFAULT_DEVICE = "teeio_conformance.reference_impl.stack:make_device"
+"""The device machine's default ``device_factory(trace, profile)``, named (not imported) like the default SUT."""
+DEFAULT_SCENARIO = "teeio_conformance.reference_impl.lifecycle:run_lifecycle"
+"""The lifecycle ``export-trace --flow`` plays on a stack (flow.md's corrected steps, through the contract)."""
 
 
 class SutLoadError(ValueError):

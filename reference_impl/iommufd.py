@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from teeio_conformance.contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from teeio_conformance.contract.guest_request import GuestRequest
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
 __all__ = ["GuestRequest", "Iommufd", "IommufdSnapshot", "ObjKind", "ObjSnapshot"]
@@ -46,15 +47,6 @@ class ObjKind(enum.Enum):
     HWPT = "hwpt"
     VIOMMU = "viommu"
     VDEVICE = "vdevice"
-
-
-@attrs.frozen(kw_only=True)
-class GuestRequest:
-    """An opaque guest->TSM request (attest, accept, start...); host code only forwards it."""
-
-    kind: str
-    nonce: bytes = b""
-    payload: bytes = b""
 
 
 @attrs.frozen

@@ -146,3 +146,10 @@ def make_sut(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, tr
     """The SUT factory the suite calls by default: see docs/sut-contract.md."""
     devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
     return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))
+
+
+def make_device(trace: Trace, profile: str) -> Device:
+    """The device factory the device machine calls by default (``DEFAULT_DEVICE`` in conformance/sut.py): one
+    reference device with a VF, STOP in CONFIG_UNLOCKED idempotent as the profile says."""
+    idempotent = get_profile(profile).stop_in_unlocked is StopInUnlocked.IDEMPOTENT
+    return Device(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=idempotent))

@@ -8,7 +8,8 @@ Kinds of change, worst first:
 * ``regression`` -- FAIL now, and not FAIL before (including a rule the old report did not have);
 * ``fixed`` -- FAIL before, PASS now;
 * ``changed`` -- anything else that moved (PASS <-> NOTRUN: coverage gained or lost; FAIL -> NOTRUN:
-  no longer failing but no longer exercised either, so not proof of a fix; a rule only one side has).
+  no longer failing but no longer exercised either, so not proof of a fix; a rule only one side has;
+  PRECONDITION_FAILED, wpt's name for NOT APPLICABLE: the SUT no longer offers what the rule needs).
 
 Exit status of the command: 1 when there is a regression, 0 otherwise, 2 for an unusable input file.
 """

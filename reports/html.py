@@ -20,7 +20,7 @@ from teeio_conformance.reports.swimlane import LANE_TITLES, LANES, render_text, 
 
 __all__ = ["render", "swimlane_view"]
 
-_CSS_STATUS = {Status.PASS: "pass", Status.FAIL: "fail", Status.NOT_EXERCISED: "notex"}
+_CSS_STATUS = {Status.PASS: "pass", Status.FAIL: "fail", Status.NOT_EXERCISED: "notex", Status.NOT_APPLICABLE: "notap"}
 
 
 def _environment() -> jinja2.Environment:

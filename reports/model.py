@@ -11,6 +11,9 @@ Verdict of a rule under a profile (report-formats.md, item 1):
 * FAIL -- some check of it failed, or a failure record names it for that profile;
 * PASS -- it was exercised (its check had something to judge) and never failed;
 * NOT_EXERCISED -- it was never exercised (checked, maybe, but the run never reached its situation).
+* NOT_APPLICABLE -- the SUT does not offer what the rule needs (``contract/tiers.py``: a syscall log has no
+  snapshots, a device over a socket no config space): never checked, never a PASS, and -- unlike NOT_EXERCISED --
+  no sign that the run missed something. It alone never fails a run.
 
 A rule that does not apply to a profile (``Rule.profiles``) has no verdict for it at all.
 
@@ -74,6 +77,7 @@ class Status(enum.Enum):
     PASS = "PASS"
     FAIL = "FAIL"
     NOT_EXERCISED = "NOT_EXERCISED"
+    NOT_APPLICABLE = "NOT_APPLICABLE"
 
     @property
     def label(self) -> str:
@@ -194,12 +198,12 @@ class RuleVerdict:
 
     @property
     def status(self) -> Status:
-        """FAIL under any profile beats PASS under any; otherwise NOT_EXERCISED."""
+        """FAIL under any profile beats PASS under any; otherwise NOT_EXERCISED, unless it applied nowhere."""
         statuses = {v.status for v in self.by_profile.values()}
-        for s in (Status.FAIL, Status.PASS):
+        for s in (Status.FAIL, Status.PASS, Status.NOT_EXERCISED):
             if s in statuses:
                 return s
-        return Status.NOT_EXERCISED
+        return Status.NOT_APPLICABLE if statuses else Status.NOT_EXERCISED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -274,6 +278,10 @@ class Failure:
         """The shell command that replays this record, every word quoted; with ``root`` (the report
         directory) the record's path is absolute, so the command works from any directory."""
         path = str(Path(root, self.file).absolute()) if root is not None else self.file
+        if self.machine == "trace" and self.sut.startswith("trace:"):  # check-trace: judge the file again
+            return shlex.join(
+                ["teeio-conformance", "check-trace", self.sut[len("trace:") :], "--profile", str(self.profile)]
+            )
         words = ["teeio-conformance", "replay", path]
         if self.device is not None and sut is None:  # the recorded responder, named as the run named it
             if "spawn" in self.device:
@@ -443,6 +451,8 @@ class Report:
     def summary_line(self) -> str:
         c = self.counts()
         line = f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        line = f"{c[Status.PASS]} passed, {c[Status.FAIL]} failed, {c[Status.NOT_EXERCISED]} not exercised"
+        line += f", {c[Status.NOT_APPLICABLE]} not applicable" if c[Status.NOT_APPLICABLE] else ""
         return line if self.outcome.clean else f"{line}; {self.outcome.headline()}"
 
     def failures_for(self, rule_id: str, profile: str | None = None) -> list[Failure]:
@@ -463,6 +473,8 @@ class Report:
             return f"failed {pv.failed} of {pv.exercised} exercised checks (no failure record in the directory)"
         if pv.status is Status.PASS:
             return f"held in {pv.exercised} exercised checks ({pv.checked} checked)"
+        if pv.status is Status.NOT_APPLICABLE:
+            return "not applicable: the SUT does not offer what the rule needs (crossings, typed errors or snapshots)"
         if pv.checked:
             return f"not exercised: checked {pv.checked} times, never in a situation it judges"
         return "not exercised: no step touched what it is about"
@@ -569,6 +581,7 @@ def load_failure(path: str | os.PathLike[str]) -> Failure:
 
 
 _COUNT_KEYS = ("checked", "exercised", "failed")
+NOT_APPLICABLE_KEY = "not_applicable"  # {rule_id: examples whose SUT could not feed it}
 
 
 @attrs.define
@@ -578,7 +591,7 @@ class _Counts:
     by_profile: dict[str, dict[str, dict[str, int]]] = attrs.field(factory=dict)  # profile -> key -> rule -> n
 
     def add(self, profile: str, key: str, counts: Mapping[str, int]) -> None:
-        dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS})[key]
+        dst = self.by_profile.setdefault(profile, {k: {} for k in _COUNT_KEYS}).setdefault(key, {})
         for rule_id, n in counts.items():
             dst[rule_id] = dst.get(rule_id, 0) + n
 
@@ -629,11 +642,11 @@ def _read_verdicts(path: Path, counts: _Counts) -> dict[str, Any]:
         for profile, pc in by_profile.items():
             if not isinstance(pc, dict):
                 raise ReportInputError(f"{origin}: by_profile[{profile!r}] must be an object of counts")
-            for key in _COUNT_KEYS:
+            for key in (*_COUNT_KEYS, NOT_APPLICABLE_KEY):
                 counts.add(profile, key, _count_map(pc, key, f"{origin}: by_profile[{profile!r}]"))
     else:
         column = profiles[0] if len(profiles) == 1 else AGGREGATE
-        for key in _COUNT_KEYS:
+        for key in (*_COUNT_KEYS, NOT_APPLICABLE_KEY):
             counts.add(column, key, _count_map(data, key, origin))
     mtime = path.stat().st_mtime
     outcome = RunOutcome.from_json(data["outcome"], origin) if "outcome" in data else RunOutcome()
@@ -774,6 +787,8 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
             if rule_id in extra and not (c or e or x or named):
                 continue
             status = Status.FAIL if x or named else Status.PASS if e else Status.NOT_EXERCISED
+            if status is Status.NOT_EXERCISED and not c and counts.get(col, NOT_APPLICABLE_KEY, rule_id):
+                status = Status.NOT_APPLICABLE
             by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x)
         if by_profile:
             verdicts.append(RuleVerdict(rule_id=rule_id, by_profile=by_profile, **meta))

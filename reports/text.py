@@ -12,7 +12,12 @@ from teeio_conformance.reports.swimlane import render_text
 
 __all__ = ["render"]
 
-_TAG = {Status.PASS: "[PASS]", Status.FAIL: "[FAIL]", Status.NOT_EXERCISED: "[NOT EXERCISED]"}
+_TAG = {
+    Status.PASS: "[PASS]",
+    Status.FAIL: "[FAIL]",
+    Status.NOT_EXERCISED: "[NOT EXERCISED]",
+    Status.NOT_APPLICABLE: "[NOT APPLICABLE]",
+}
 
 
 def render(report: Report) -> str:
@@ -36,12 +41,12 @@ def render(report: Report) -> str:
             if pv is None:
                 continue
             line = (
-                f"{_TAG[pv.status]:<16}{v.rule_id:<{width}} {v.title}  "
+                f"{_TAG[pv.status]:<17}{v.rule_id:<{width}} {v.title}  "
                 f"(checked {pv.checked}, exercised {pv.exercised}, failed {pv.failed})"
             )
             out.append(line)
             if pv.status is Status.FAIL:
-                out.append(f"{'':16}{'':<{width}} -> {report.explain(v, column)}")
+                out.append(f"{'':17}{'':<{width}} -> {report.explain(v, column)}")
     if report.failures:
         out += ["", f"== failures ({len(report.failures)}) =="]
     for f in report.failures:

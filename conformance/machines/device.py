@@ -17,11 +17,13 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
 from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.recording import note, recorded, score
 from teeio_conformance.conformance.rules import CATALOGUE
+from teeio_conformance.conformance.sut import DEFAULT_DEVICE, load_factory
 from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError, Unsupported
+from teeio_conformance.contract.ide_stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.contract.tdisp import codec as td
+from teeio_conformance.contract.tiers import offers_of
 from teeio_conformance.contract.trace import Trace
-from teeio_conformance.reference_impl.device.ide.stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.strategies.messages import malformed_ide_km_requests, malformed_tdisp_requests
 
 __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]
@@ -56,15 +58,16 @@ class DeviceStack:
         self.profile = profile
         self.device = build_sut(device_factory, timeout, self.trace, profile)
         self.devices = {self.device.name: self.device}
+        self.offers = offers_of(self.device)  # what the device says it can show (contract/tiers.py)
 
     def snapshot(self) -> DeviceOnlySnapshot:
         return DeviceOnlySnapshot(profile=self.profile, devices=(self.device.snapshot(),))
 
 
 def reference_device(trace: Trace, profile: str) -> Any:
-    from teeio_conformance.reference_impl.device.device import Device, DeviceConfig
-
-    return Device(trace, DeviceConfig(num_vfs=1, stop_in_unlocked_idempotent=profile == "tdx"))
+    """The default device: the factory :data:`~teeio_conformance.conformance.sut.DEFAULT_DEVICE` names, loaded by
+    name so the machine itself never imports the reference."""
+    return load_factory(DEFAULT_DEVICE)(trace, profile)
 
 
 @attrs.frozen

@@ -547,7 +547,7 @@ class FullStack(RuleBasedStateMachine):
     @rule(s=slots)
     @recorded
     def host_guest_request_unbound(self, s: Slot) -> None:
-        from teeio_conformance.reference_impl.iommufd import GuestRequest
+        from teeio_conformance.contract.guest_request import GuestRequest
 
         self._do("host_guest_request", self.stack.tsm.guest_request, s.rid, s.vm, GuestRequest(kind="state"))
 

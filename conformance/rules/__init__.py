@@ -7,7 +7,7 @@ two cannot drift apart because the docs are never written by hand.
 from __future__ import annotations
 
 from . import device, host
-from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, violation_type
+from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
     "BY_ID",
@@ -19,6 +19,7 @@ __all__ = [
     "Observation",
     "Rule",
     "RuleViolation",
+    "applicable",
     "violation_type",
 ]
 

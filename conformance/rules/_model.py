@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from teeio_conformance.contract.tiers import EVERYTHING, Needs, Offers, missing
 from teeio_conformance.contract.trace import Event
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Observation",
     "Rule",
     "RuleViolation",
+    "applicable",
     "fold_history",
     "make_rule",
     "violation_type",
@@ -125,6 +127,7 @@ class Rule:
     on: frozenset[str] | None = None  # "callee.operation" names that make this rule relevant
     validator_cases: tuple[str, ...] = ()
     doc: str = ""
+    needs: Needs = attrs.field(factory=Needs)  # what it reads (contract/tiers.py); default: all a stack shows
 
     def applies_to(self, profile: str) -> bool:
         return profile in self.profiles
@@ -140,7 +143,18 @@ class Rule:
             "validator_cases": list(self.validator_cases),
             "on": sorted(self.on) if self.on else None,
             "doc": self.doc,
+            "needs": {
+                "crossings": None if self.needs.crossings is None else sorted(self.needs.crossings),
+                "errors": self.needs.errors,
+                "snapshots": sorted(self.needs.snapshots),
+            },
         }
+
+
+def applicable(rule: Rule, offers: Offers) -> bool:
+    """Can ``rule`` judge a SUT that offers ``offers``? A rule that cannot is NOT APPLICABLE there: never
+    checked, never a PASS, and (unlike NOT EXERCISED) no sign that the run missed something."""
+    return not missing(rule.needs, offers)
 
 
 class RuleViolation(AssertionError):
@@ -171,9 +185,13 @@ def violation_type(rule_id: str) -> type[RuleViolation]:
 class Checker:
     """Checks a catalogue step by step and counts, per rule, checks, hits and failures."""
 
-    def __init__(self, rules: Iterable[Rule], profile: str, *, only: frozenset[str] | None = None) -> None:
+    def __init__(
+        self, rules: Iterable[Rule], profile: str, *, only: frozenset[str] | None = None, offers: Offers = EVERYTHING
+    ) -> None:
         self.profile = profile
-        self.rules = [r for r in rules if r.applies_to(profile) and (only is None or r.id in only)]
+        chosen = [r for r in rules if r.applies_to(profile) and (only is None or r.id in only)]
+        self.rules = [r for r in chosen if applicable(r, offers)]
+        self.not_applicable: frozenset[str] = frozenset(r.id for r in chosen) - {r.id for r in self.rules}
         self._always = [r for r in self.rules if r.on is None]
         self._by_op: dict[str, list[Rule]] = {}
         for r in self.rules:
@@ -217,6 +235,7 @@ def make_rule(
     on: Any = None,
     cases: Any = (),
     doc: str = "",
+    needs: Needs | None = None,
 ) -> Rule:
     """A :class:`Rule` from the catalogue modules' compact arguments (the doc defaults to the check's)."""
     kw: dict[str, Any] = {} if profiles is None else {"profiles": frozenset(profiles)}
@@ -230,5 +249,6 @@ def make_rule(
         on=frozenset(on) if on else None,
         validator_cases=tuple(cases),
         doc=doc or (check.__doc__ or ""),
+        needs=needs or Needs(),
         **kw,
     )

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 
-from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
+from ._model import HELD, Area, Level, Needs, Observation, Rule, fold_history, make_rule
 from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges
 
 M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
@@ -768,6 +770,7 @@ RULES: list[Rule] = [
         "[LIBSPDM-IDEKM] KP_ACK status",
         ide_kp_ack_status,
         on={"device.handle_vendor_message"},
+        needs=Needs(crossings={"device.handle_vendor_message"}, errors=False, snapshots=()),
         cases=("KeyProg.1", "KeyProg.2", "KeyProg.3", "KeyProg.4", "KeyProg.5", "KeyProg.6"),
     ),
     _r(
@@ -787,6 +790,7 @@ RULES: list[Rule] = [
         "[LIBSPDM-IDEKM] K_GOSTOP_ACK",
         ide_gostop_ack,
         on={"device.handle_vendor_message"},
+        needs=Needs(crossings={"device.handle_vendor_message"}, errors=False, snapshots=()),
         cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3", "KSetStop.4"),
     ),
     _r(
@@ -797,6 +801,7 @@ RULES: list[Rule] = [
         "[LIBSPDM-IDEKM] QUERY_RESP",
         ide_query_resp,
         on={"device.handle_vendor_message"},
+        needs=Needs(crossings={"device.handle_vendor_message"}, errors=False, snapshots=()),
         cases=("Query.1", "Query.2"),
     ),
     _r(
@@ -827,4 +832,14 @@ RULES: list[Rule] = [
         on={"tsm.refresh_keys"},
         cases=("KSetGo.3", "KSetGo.4", "KSetStop.3", "KSetStop.4", "Test.KeyRefresh", "Test.KeyRefreshKs1"),
     ),
+]
+
+DEVICE_SNAPSHOT = Needs(snapshots={"devices"})
+"""The TDISP rules and the device's own IDE rules compare the device's snapshot and nothing else, so a device
+alone (an adapter that offers ``snapshots={"devices"}``) feeds them; the rest of its IDE rules read the root port
+(``iommu``) or the TSM too."""
+_DEVICE_ONLY_IDE = frozenset({"IDE-01", "IDE-07"})
+
+RULES = [
+    attrs.evolve(r, needs=DEVICE_SNAPSHOT) if r.area is Area.TDISP or r.id in _DEVICE_ONLY_IDE else r for r in RULES
 ]

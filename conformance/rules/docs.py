@@ -40,7 +40,26 @@ def render_markdown() -> str:
                 f"{r.source.replace('|', '/')} | {cases} |"
             )
         lines.append("")
+    lines += _trace_tier()
     return "\n".join(lines)
+
+
+def _trace_tier() -> list[str]:
+    """The rules a recorded trace can feed (docs/sut-contract.md, "Tiers"): every other rule needs snapshots."""
+    out = [
+        "## Rules a recorded trace can check",
+        "",
+        "These need trace events only (`check-trace`); every other rule reads snapshots and is NOT APPLICABLE to a",
+        "trace. Crossings `*`: any crossing of the stack.",
+        "",
+        "| ID | Crossings it reads | Typed errors |",
+        "|---|---|---|",
+    ]
+    for r in CATALOGUE:
+        if r.needs.trace_only:
+            crossings = "*" if r.needs.crossings is None else ", ".join(sorted(r.needs.crossings)) or "-"
+            out.append(f"| {r.id} | {crossings} | {'yes' if r.needs.errors else 'no'} |")
+    return [*out, ""]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from typing import Any
 from teeio_conformance.contract.errors import AccessFault, CallerError, StackError
 from teeio_conformance.contract.tdisp import codec as td
 
-from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
+from ._model import HELD, Area, Level, Needs, Observation, Rule, fold_history, make_rule
 from ._view import (
     LOCKED,
     bound_vm,
@@ -45,9 +45,30 @@ def _viommu_vm(o: Observation) -> dict[int, str]:
 
 
 # ---------------------------------------------------------------------------------------- FLOW
+def _note_running(running: frozenset[str], e: Any) -> frozenset[str]:
+    """The VMs running after ``e``: from a successful KVM run until the VM is stopped or destroyed."""
+    if e.callee == "kvm" and e.ok and e.arguments:
+        if e.operation == "run":
+            return running | {e.arguments[0]}
+        if e.operation in ("stop", "destroy_vm"):
+            return running - {e.arguments[0]}
+    return running
+
+
+RUN_ORDER = Needs(
+    crossings={"iommufd.viommu_alloc", "iommufd.vdevice_alloc", "kvm.run", "kvm.stop", "kvm.destroy_vm"},
+    errors=False,
+    snapshots=(),
+)
+"""What FLOW-01 reads: the allocations and the VM's run, stop and destroy -- all in a syscall log."""
+
+
 def flow_viommu_before_run(o: Observation) -> str | None:
     """An ordering duty of the VMM: allocations the suite itself makes as a raw host (caller ``harness``,
-    as in the host-lifetimes machine) probe the kernel, which cannot know the order and may accept them."""
+    as in the host-lifetimes machine) probe the kernel, which cannot know the order and may accept them.
+
+    Whether the VM runs is read from the trace (KVM run, stop, destroy before the allocation), not from a
+    snapshot, so a recorded trace or a syscall log (KVM_RUN before IOMMU_VDEVICE_ALLOC) is judged alike."""
     allocs = [
         e
         for e in o.ops("iommufd", "viommu_alloc", ok=True) + o.ops("iommufd", "vdevice_alloc", ok=True)
@@ -56,9 +77,18 @@ def flow_viommu_before_run(o: Observation) -> str | None:
     if not allocs:
         return None
     vms = _viommu_vm(o)
-    for e in allocs:
+    running: frozenset[str] = fold_history(o, "host.running_vms", frozenset, _note_running)
+    pending = sorted(allocs, key=lambda e: e.seq)
+    for ev in o.events:
+        while pending and pending[0].seq < ev.seq:
+            e = pending.pop(0)
+            vm = e.arguments[1] if e.operation == "viommu_alloc" else vms.get(e.arguments[0])
+            if vm is not None and vm in running:
+                return f"{e.operation} for {vm} after KVM run (seq {e.seq})"
+        running = _note_running(running, ev)
+    for e in pending:
         vm = e.arguments[1] if e.operation == "viommu_alloc" else vms.get(e.arguments[0])
-        if vm is not None and vm_state(o.before, vm) == "running":
+        if vm is not None and vm in running:
             return f"{e.operation} for {vm} after KVM run (seq {e.seq})"
     return HELD
 
@@ -104,39 +134,56 @@ def flow_unbind_keeps_vdevice(o: Observation) -> str | None:
     return HELD
 
 
+def _note_live_viommus(live: dict[int, str], e: Any) -> dict[int, str]:
+    """vIOMMU id -> its VM, for the vIOMMUs alive after ``e`` (IDs are never reused within an iommufd)."""
+    if e.callee != "iommufd" or not e.ok:
+        return live
+    if e.operation == "viommu_alloc" and len(e.arguments) > 1:
+        return {**live, e.result: e.arguments[1]}
+    if e.operation == "destroy" and e.arguments and e.arguments[0] in live:
+        return {k: v for k, v in live.items() if k != e.arguments[0]}
+    if e.operation == "close":
+        return {}
+    return live
+
+
+FLOW06_NEEDS = Needs(
+    crossings={"iommufd.viommu_alloc", "iommufd.destroy", "iommufd.close", "kvm.run", "kvm.stop", "kvm.destroy_vm"},
+    errors=False,
+    snapshots=(),
+)
+"""What FLOW-06 reads: vIOMMU allocation and teardown, and the VM's run, stop and destroy -- all in a syscall log."""
+
+
 def flow_no_viommu_teardown_while_running(o: Observation) -> str | None:
     """IOMMU_DESTROY of a running VM's vIOMMU must be refused, whoever asks. Closing the iommufd cannot be
     refused: when the suite itself closes it (a VMM that crashed), what follows is judged by the
-    teardown rules, not this one; a VMM that closes it under a running VM breaks this rule."""
-    gone = {x.id: x for x in objects(o.before, "viommu")}
-    for x in objects(o.after, "viommu"):
-        gone.pop(x.id, None)
-    if any(e.operation == "close" and e.caller == "harness" for e in o.ops("iommufd", "close", ok=True)):
+    teardown rules, not this one; a VMM that closes it under a running VM breaks this rule.
+
+    Judged from the crossings (a successful destroy or close while KVM run holds), so a recorded trace or a
+    syscall log is judged alike; with snapshots, a vIOMMU of a running VM that vanished without one fails too."""
+    if any(e.caller == "harness" for e in o.ops("iommufd", "close", ok=True)):
         return None
-    if not gone and not o.ops("iommufd", "destroy"):
-        return None
-    for v in gone.values():
-        if vm_state(o.before, v.vm) != "running":
-            continue
-        destroy = next(
-            (
-                e
-                for e in o.events
-                if e.callee == "iommufd"
-                and e.operation in ("destroy", "close")
-                and e.ok
-                and (e.operation == "close" or e.arguments[:1] == (v.id,))
-            ),
-            None,
-        )
-        when = destroy.seq if destroy is not None else o.events[-1].seq
-        stopped = any(
-            e.callee == "kvm" and e.operation == "stop" and e.ok and e.arguments[:1] == (v.vm,) and e.seq < when
-            for e in o.events
-        )
-        if not stopped:
-            return f"viommu {v.id} went away while {v.vm} was running"
-    return HELD
+    live: dict[int, str] = fold_history(o, "host.live_viommus", dict, _note_live_viommus)
+    running: frozenset[str] = fold_history(o, "host.running_vms", frozenset, _note_running)
+    touched = False
+    for e in o.events:
+        if e.callee == "iommufd" and e.operation in ("destroy", "close"):
+            touched = True
+            if e.ok:
+                ids = list(live) if e.operation == "close" else [i for i in e.arguments[:1] if i in live]
+                for vid in ids:
+                    if live[vid] in running:
+                        return f"viommu {vid} went away while {live[vid]} was running (seq {e.seq})"
+        live = _note_live_viommus(live, e)
+        running = _note_running(running, e)
+    if o.before is not None and o.after is not None:  # snapshots offered: nothing may vanish silently either
+        after = {x.id for x in objects(o.after, "viommu")}
+        for x in objects(o.before, "viommu"):
+            if x.id not in after and x.id in live and vm_state(o.before, x.vm) == "running" and x.vm in running:
+                return f"viommu {x.id} went away while {x.vm} was running"
+            touched = touched or x.id not in after
+    return HELD if touched else None
 
 
 def flow_tdx_stop_before_unmap(o: Observation) -> str | None:
@@ -864,6 +911,7 @@ RULES: list[Rule] = [
         f"flow steps 15-16 before 10, flow corr. 1 ({SEED})",
         flow_viommu_before_run,
         on={"iommufd.viommu_alloc", "iommufd.vdevice_alloc"},
+        needs=RUN_ORDER,
     ),
     _r(
         "FLOW-02",
@@ -882,6 +930,7 @@ RULES: list[Rule] = [
         "flow steps 14-18; iommufd vdevice carries vPCI/KVM/vIOMMU IDs (flow corr. 4)",
         flow_bind_through_vdevice,
         on={"tsm.bind"},
+        needs=Needs(crossings={"tsm.bind"}, errors=False, snapshots=()),
     ),
     _r(
         "FLOW-04",
@@ -891,6 +940,7 @@ RULES: list[Rule] = [
         f"flow steps 23, 28, 33; flow corr. 4 ({SEED})",
         flow_guest_requests_through_vdevice,
         on={"tsm.guest_request"},
+        needs=Needs(crossings={"tsm.guest_request"}, errors=False, snapshots=()),
     ),
     _r(
         "FLOW-05",
@@ -908,6 +958,7 @@ RULES: list[Rule] = [
         M,
         f"flow step 46 rejected, flow corr. 6 ({SEED})",
         flow_no_viommu_teardown_while_running,
+        needs=FLOW06_NEEDS,
     ),
     _r(
         "FLOW-07",
@@ -936,6 +987,7 @@ RULES: list[Rule] = [
         flow_tdx_guest_sends_start,
         profiles={"tdx"},
         on={"device.handle_vendor_message"},
+        needs=Needs(crossings={"device.handle_vendor_message", "tsm.guest_request"}, errors=False, snapshots=()),
     ),
     _r(
         "FLOW-10",
@@ -966,6 +1018,7 @@ RULES: list[Rule] = [
         flow_cca_host_starts,
         profiles={"cca"},
         on={"device.handle_vendor_message"},
+        needs=Needs(crossings={"device.handle_vendor_message", "tsm.host_start"}, errors=False, snapshots=()),
     ),
     _r(
         "FLOW-13",
@@ -976,6 +1029,7 @@ RULES: list[Rule] = [
         flow_host_tdisp_whitelist,
         profiles={"tdx"},
         on={"tsm.host_tdisp"},
+        needs=Needs(crossings={"tsm.host_tdisp"}, errors=False, snapshots=()),
     ),
     _r(
         "LIFE-01",
@@ -1052,6 +1106,7 @@ RULES: list[Rule] = [
         "[PCI-TSM] pci_tsm_unbind; rules-seed A.18/D.65",
         life_unbind_always_succeeds,
         on={"tsm.unbind"},
+        needs=Needs(crossings={"tsm.unbind"}, snapshots=()),
     ),
     _r(
         "LIFE-10",
@@ -1242,6 +1297,7 @@ RULES: list[Rule] = [
         "PCIe §11.5.5; rules-seed E.71",
         conf_keys_not_host_visible,
         on={"iommu.rp_key_prog"},
+        needs=Needs(errors=False, snapshots=()),  # every host-visible crossing, no state
     ),
     _r(
         "DOWN-01",
@@ -1293,8 +1349,15 @@ RULES: list[Rule] = [
         M,
         "architecture 'Errors'; rules-seed A.6 (clean error, never crash)",
         err_typed_errors_only,
+        needs=Needs(crossings=(), snapshots=()),  # the step's typed error alone
     ),
     _r(
-        "ERR-03", "hardware paths fail with typed faults", Area.ERR, M, "architecture 'Errors'", err_access_faults_typed
+        "ERR-03",
+        "hardware paths fail with typed faults",
+        Area.ERR,
+        M,
+        "architecture 'Errors'",
+        err_access_faults_typed,
+        needs=Needs(snapshots=()),
     ),
 ]

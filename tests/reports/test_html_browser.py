@@ -104,7 +104,7 @@ def test_the_browser_dom_has_the_grid_and_the_failure_chart(page, tmp_path):
     assert re.search(r'<td class="cell fail"[^>]*data-status="fail"><a href="#failure-flow05">FAIL</a>', dom)
     assert 'id="failure-flow05"' in dom and '<table class="swimlane">' in dom
     assert re.search(r'<tr class="violating violating-step\s*"', dom)  # the marked row survived parsing
-    assert '<pre class="chart">' in dom and f"teeio-conformance replay {tmp_path}/failures/flow05.json" in dom
+    assert '<pre class="chart">' in dom and f"teeio-conformance replay {page.parent}/failures/flow05.json" in dom
 
 
 def test_the_browser_renders_a_screenshot(page, tmp_path):
