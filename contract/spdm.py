@@ -55,6 +55,8 @@ __all__ = [
     "CERT_PORTION",
     "DHE_SECP384R1",
     "H",
+    "IN_SESSION_CODES",
+    "SESSION_FLAGS",
     "KEY_SCHEDULE_SPDM",
     "ChainError",
     "Code",
@@ -65,6 +67,9 @@ __all__ = [
     "SpdmResponder",
     "bin_concat",
     "cert_chain_buffer",
+    "get_capabilities",
+    "offer_algorithms",
+    "select_session_algorithms",
     "session_id_of",
     "verify_chain",
 ]
@@ -109,6 +114,10 @@ class Code(enum.IntEnum):
     FINISH = 0xE5
     KEY_UPDATE = 0xE9
     END_SESSION = 0xEC
+
+
+IN_SESSION_CODES = (Code.FINISH, Code.END_SESSION, Code.KEY_UPDATE)
+"""Requests that exist only inside a session; in the clear they get ERROR SessionRequired."""
 
 
 class ErrorCode(enum.IntEnum):
@@ -357,6 +366,15 @@ def _algorithms_ok(algs: fr.Algorithms) -> bool:
         and chosen.get(fr.AlgType.AEAD) == AEAD_AES_256_GCM
         and chosen.get(fr.AlgType.KEY_SCHEDULE) == KEY_SCHEDULE_SPDM
     )
+
+
+REQUESTER_FLAGS = CAP_ENCRYPT | CAP_MAC | fr.CAP_KEY_EX | CAP_KEY_UPD
+
+
+def get_capabilities() -> bytes:
+    """The requester's GET_CAPABILITIES: encryption, MAC, KEY_EX and KEY_UPD (no certificate of its own)."""
+    size = fr.MAX_PAYLOAD - fr.DOE_HEADER.size
+    return fr.GetCapabilities(flags=REQUESTER_FLAGS, data_transfer_size=size, max_spdm_msg_size=size).encode()
 
 
 def offer_algorithms() -> fr.NegotiateAlgorithms:

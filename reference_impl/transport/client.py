@@ -28,6 +28,7 @@ from typing import IO, Any
 import attrs
 
 from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract import spdm as sp
 from teeio_conformance.contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
@@ -56,7 +57,7 @@ class NoResponse(TransportError):
 class EmuClient:
     """One connection to an spdm-emu style responder over PCI DOE."""
 
-    def __init__(self, sock: socket.socket, where: str) -> None:
+    def __init__(self, sock: socket.socket, where: str, *, trusted_root: bytes | None = None) -> None:
         self._sock = sock
         self._reader = fr.StreamReader(sock)
         self.where = where
@@ -65,19 +66,29 @@ class EmuClient:
         self.version: fr.Version | None = None
         self.capabilities: fr.Capabilities | None = None
         self.algorithms: fr.Algorithms | None = None
+        self.requester = sp.SpdmRequester(trusted_root=trusted_root)
+        """The TSM's side of this connection's secure sessions (one mailbox, any number of sessions)."""
 
     @classmethod
     def connect(
-        cls, host: str, port: int, *, timeout: float = 5.0, vca: bool = True, pipelined: bool = False
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 5.0,
+        vca: bool = True,
+        pipelined: bool = False,
+        trusted_root: bytes | None = None,
     ) -> EmuClient:
         """Connect (every receive then waits at most ``timeout`` seconds) and, by default, run VCA
-        (``pipelined``: see :meth:`vca`)."""
+        (``pipelined``: see :meth:`vca`). ``trusted_root`` is the root certificate (DER) the responder's
+        chain must start at before a session is opened; None accepts any self-consistent chain."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise TransportError(f"cannot connect to responder at {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(sock, f"{host}:{port}")
+        client = cls(sock, f"{host}:{port}", trusted_root=trusted_root)
         if vca:
             try:
                 client.vca(pipelined=pipelined)
@@ -183,13 +194,15 @@ class EmuClient:
 
         ``pipelined`` writes all three at once and then reads the answers (see :meth:`send_many`), one
         round trip instead of three; the answers are judged in order either way."""
-        requests = (fr.get_version(), fr.get_capabilities(), fr.negotiate_algorithms())
+        requests = (fr.get_version(), sp.get_capabilities(), sp.offer_algorithms().encode())
         names = ("GET_VERSION", "GET_CAPABILITIES", "NEGOTIATE_ALGORITHMS")
         payloads = iter(self._pipeline([fr.encode_doe(r) for r in requests]) if pipelined else ())
 
         def answer(i: int) -> bytes:
             payload = next(payloads) if pipelined else self.exchange(fr.Command.NORMAL, fr.encode_doe(requests[i]))[1]
-            return self._not_error(self._spdm_body(payload), names[i])
+            body = self._not_error(self._spdm_body(payload), names[i])
+            self.requester.vca(requests[i], body)  # the transcript every session's keys are bound to
+            return body
 
         try:
             version = fr.Version.decode(answer(0))
@@ -210,15 +223,103 @@ class EmuClient:
         self._write(b"".join(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, p) for p in payloads))
         return [self._read(fr.Command.NORMAL)[1] for _ in payloads]
 
-    def send(self, protocol_id: int, message: bytes) -> bytes:
-        """One VENDOR_DEFINED round trip; the answer without its protocol-ID byte.
+    # ------------------------------------------------------------------------------------------ sessions
+    @property
+    def offers_sessions(self) -> bool:
+        """Did the responder's CAPABILITIES claim KEY_EX with encryption and MAC (DSP0274 1.2)?"""
+        need = fr.CAP_KEY_EX | sp.CAP_ENCRYPT | sp.CAP_MAC
+        return self.capabilities is not None and self.capabilities.flags & need == need
+
+    def open_session(self) -> int:
+        """A secure session on this connection (DSP0274 1.2 §10.13-§10.14): the certificate chain
+        (first time only; GET_DIGESTS, then GET_CERTIFICATE in portions, verified against the trusted
+        root), KEY_EXCHANGE, then FINISH inside the session. Returns its session ID; any failure is a
+        TransportError naming the step."""
+        try:
+            if not self.requester.has_chain:
+                self.requester.on_digests(self.spdm(self.requester.get_digests()))
+                while not self.requester.on_certificate(self.spdm(self.requester.get_certificate())):
+                    pass
+            try:
+                sid = self.requester.on_key_exchange_rsp(self.spdm(self.requester.key_exchange()))
+            finally:
+                self.requester.abandon_key_exchange()
+            finish = self.requester.finish(sid)
+            try:
+                answer = self._secured_round(sid, finish, "FINISH")
+                self.requester.on_finish_rsp(sid, finish, answer)
+            except BaseException:
+                self.requester.forget(sid)
+                raise
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: secure session not opened: {exc}") from None
+        return sid
+
+    def end_session(self, session_id: int) -> None:
+        """END_SESSION inside the session; its keys are gone afterwards whatever the answer."""
+        try:
+            answer = self._secured_round(session_id, self.requester.end_session(session_id), "END_SESSION")
+            self.requester.on_end_session_ack(session_id, answer)
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: END_SESSION failed: {exc}") from None
+        finally:
+            self.requester.forget(session_id)
+
+    def key_update(self, session_id: int, op: sp.KeyUpdateOp = sp.KeyUpdateOp.UPDATE_ALL_KEYS, tag: int = 0) -> None:
+        """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17)."""
+        request = self.requester.key_update(session_id, op, tag)
+        try:
+            self.requester.on_key_update_ack(session_id, request, self._secured_round(session_id, request, "KEY_UPDATE"))
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: KEY_UPDATE failed: {exc}") from None
+
+    def _secured_round(self, session_id: int, message: bytes, what: str) -> bytes:
+        _cmd, payload = self.exchange(fr.Command.NORMAL, self._sealed(session_id, message))
+        return self._unseal(session_id, payload, what)
+
+    def _sealed(self, session_id: int, message: bytes) -> bytes:
+        try:
+            return fr.encode_doe(self.requester.seal(session_id, message), fr.DoeType.SECURED_SPDM)
+        except fr.FramingError as exc:
+            raise TransportError(f"cannot seal a message for session {session_id:#010x}: {exc}") from None
+        except StackError as exc:
+            raise TransportError(str(exc)) from None
+
+    def _unseal(self, session_id: int, payload: bytes, what: str) -> bytes:
+        """The SPDM answer inside a secured DOE object. An answer in the clear is an ERROR (DecryptError
+        and the like: the session is over); one that fails its MAC ends the session here too."""
+        if not payload:
+            raise NoResponse(f"responder at {self.where} sent no response to {what} (an empty frame: message dropped)")
+        try:
+            doe_type, body = fr.decode_doe(payload)
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where} sent a bad DOE object: {exc}") from None
+        if doe_type == fr.DoeType.SPDM:
+            answer = self._not_error(self._spdm_body(payload), what)
+            raise TransportError(f"responder at {self.where} answered {what} in a session in the clear ({answer[:4].hex()})")
+        if doe_type != fr.DoeType.SECURED_SPDM:
+            raise TransportError(f"responder at {self.where} answered {what} with DOE data object type {doe_type}")
+        try:
+            return self.requester.open(session_id, body)
+        except fr.FramingError as exc:
+            self.requester.forget(session_id)
+            raise TransportError(f"responder at {self.where}: the answer to {what} does not open: {exc}") from None
+
+    def send(self, protocol_id: int, message: bytes, *, session_id: int | None = None) -> bytes:
+        """One VENDOR_DEFINED round trip, inside ``session_id`` (a secured message) or in the clear;
+        the answer without its protocol-ID byte.
 
         Raises :class:`NoResponse` (a TransportError) when the responder dropped the message."""
         name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
         request = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
-        return self._vendor_answer(protocol_id, self._expect(request, f"a {name} message"))
+        if session_id is None:
+            return self._vendor_answer(protocol_id, self._expect(request, f"a {name} message"))
+        answer = self._secured_round(session_id, request, f"a {name} message")
+        return self._vendor_answer(protocol_id, self._not_error(answer, f"a {name} message"))
 
-    def send_many(self, protocol_id: int, messages: Iterable[bytes]) -> list[bytes | TransportError]:
+    def send_many(
+        self, protocol_id: int, messages: Iterable[bytes], *, session_id: int | None = None
+    ) -> list[bytes | TransportError]:
         """Several VENDOR_DEFINED requests written at once, then their answers in order.
 
         One round trip instead of one per message. Only for a responder known to answer a connection's
@@ -226,16 +327,18 @@ class EmuClient:
         Each item is the answer or the TransportError that request alone met; a broken stream raises,
         as :meth:`send` does."""
         name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
-        payloads = self._pipeline(
-            [
-                fr.encode_doe(fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode())
-                for m in messages
-            ]
-        )
+        vms = [fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode() for m in messages]
+        if session_id is None:
+            payloads = self._pipeline([fr.encode_doe(vm) for vm in vms])
+        else:
+            payloads = self._pipeline([self._sealed(session_id, vm) for vm in vms])
         out: list[bytes | TransportError] = []
         for payload in payloads:
             try:
-                answer = self._not_error(self._spdm_body(payload), f"a {name} message")
+                if session_id is None:
+                    answer = self._not_error(self._spdm_body(payload), f"a {name} message")
+                else:
+                    answer = self._not_error(self._unseal(session_id, payload, f"a {name} message"), f"a {name} message")
                 out.append(self._vendor_answer(protocol_id, answer))
             except TransportError as exc:
                 out.append(exc)
