@@ -29,7 +29,7 @@ import attrs
 
 from teeio_conformance.contract import framing as fr
 from teeio_conformance.contract import spdm as sp
-from teeio_conformance.contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
+from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument, NotFound, StackError, Unsupported
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
@@ -120,6 +120,11 @@ class EmuClient:
         """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE."""
         self._write(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
         return self._read(command)
+
+    @property
+    def unusable(self) -> bool:
+        """Closed, or broken by an earlier failure (the stream may be out of step)."""
+        return self._closed or self._broken is not None
 
     def _usable(self) -> None:
         if self._broken is not None:
@@ -455,10 +460,17 @@ class RemoteDeviceSnapshot:
 class RemoteDevice(Actor):
     """A device in another process, driven over the socket, shaped like the in-process device.
 
-    Every SPDM session is its own connection, the trace records each crossing, and the snapshot asks
-    the device for each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state). What a
-    socket cannot reach -- config space, FLR, TLPs -- is refused as Unsupported, so those rules are
-    NOT EXERCISED rather than failed.
+    ``secure`` (the default) plays the TSM: every SPDM session is a secure session (KEY_EXCHANGE and
+    FINISH, the chain checked against ``trusted_root``) and TDISP / IDE_KM go inside it as secured
+    messages. With ``mailbox="one"`` every session shares one connection, as a TSM drives one DOE
+    mailbox; ``"per-session"`` opens a connection per session. A vendor message with no session is sent
+    in the clear (what a device must refuse). Without ``secure`` (a responder without sessions), every
+    session is its own plaintext connection. Session IDs the machine sees are this adapter's own
+    numbers (1, 2, ...), so records replay alike whatever IDs the responder picks.
+
+    The snapshot asks each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state) over an
+    observer session of its own. What a socket cannot reach -- config space, FLR, TLPs -- is refused as
+    Unsupported, so those rules are NOT EXERCISED rather than failed.
     """
 
     actor_name = "device"
@@ -473,20 +485,28 @@ class RemoteDevice(Actor):
         name: str = "remote",
         timeout: float = 2.0,
         own_server: bool = False,
+        secure: bool = True,
+        mailbox: str = "one",
+        trusted_root: bytes | None = None,
     ) -> None:
         super().__init__(trace)
+        if mailbox not in ("one", "per-session"):
+            raise InvalidArgument(f"mailbox is 'one' or 'per-session', got {mailbox!r}")
         self.name = name
         self.host, self.port, self.timeout = host, port, timeout
         # Our own server (:mod:`.server`) answers a connection's frames in order, so requests may be
         # pipelined, and it is reset before the next example, so closing need not wait for session
         # ends. An unknown responder gets one request at a time and a close that waits.
         self.pipelined = self._reset_follows = own_server
+        self.secure, self.one_mailbox, self.trusted_root = secure, mailbox == "one", trusted_root
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
-        self._sessions: dict[int, EmuClient] = {}
+        self._mailbox: EmuClient | None = None
+        self._sessions: dict[int, tuple[EmuClient, int | None]] = {}  # our ID -> (connection, SPDM session)
         self._next = 1
         self._states: dict[int, td.TdiState] = {f: td.TdiState.CONFIG_UNLOCKED for f in self.function_ids}
-        self._observer: EmuClient | None = None  # its own session, used only for state queries
+        self._observer: tuple[EmuClient, int | None] | None = None  # its own session, for state queries only
+        self._plain: EmuClient | None = None  # messages in the clear, when each session has its own connection
         self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
@@ -500,22 +520,55 @@ class RemoteDevice(Actor):
     def bar_range(self, rid: int) -> tuple[int, int]:
         raise Unsupported("a remote device's BARs are not visible over the socket")
 
+    # ------------------------------------------------------------------------------ connections
+    def _connect(self) -> EmuClient:
+        return EmuClient.connect(
+            self.host, self.port, timeout=self.timeout, pipelined=self.pipelined, trusted_root=self.trusted_root
+        )
+
+    def _mailbox_client(self) -> EmuClient:
+        if self._mailbox is None or self._mailbox.unusable:
+            self._mailbox = self._connect()
+        return self._mailbox
+
+    def _open(self) -> tuple[EmuClient, int | None]:
+        """A connection and, when secure, a new session on it (on the mailbox, or a connection of its own)."""
+        if not self.secure:
+            return self._connect(), None
+        client = self._mailbox_client() if self.one_mailbox else self._connect()
+        try:
+            return client, client.open_session()
+        except BaseException:
+            if client is not self._mailbox:
+                client.close(wait=False)
+            raise
+
+    def _release(self, client: EmuClient, spdm_sid: int | None) -> None:
+        """End a session: END_SESSION inside it (secure), and close its connection unless it is the mailbox."""
+        try:
+            if spdm_sid is not None and not client.unusable:
+                client.end_session(spdm_sid)
+        finally:
+            if client is not self._mailbox:
+                client.close()
+
+    # ------------------------------------------------------------------------------ sessions
     @operation()
     def spdm_connect(self) -> int:
         self._snap = None  # the device may change state from here on
-        client = self._connect()
+        entry = self._open()
         sid = self._next
         self._next += 1
-        self._sessions[sid] = client
+        self._sessions[sid] = entry
         return sid
 
     @operation()
     def spdm_end(self, session_id: int) -> None:
         self._snap = None  # the device may change state from here on
-        client = self._sessions.pop(session_id, None)
-        if client is None:
+        entry = self._sessions.pop(session_id, None)
+        if entry is None:
             raise NotFound(f"no SPDM session {session_id}")
-        client.close()
+        self._release(*entry)
 
     @operation()
     def end_session(self, session_id: int) -> None:
@@ -523,15 +576,36 @@ class RemoteDevice(Actor):
             self.spdm_end(session_id)
 
     @operation()
+    def key_update(self, session_id: int) -> None:
+        """KEY_UPDATE (all keys) inside a live secure session: TDISP and IDE_KM must go on working."""
+        entry = self._sessions.get(session_id)
+        if entry is None or entry[1] is None:
+            raise NotFound(f"no live secure SPDM session {session_id}")
+        entry[0].key_update(entry[1])
+
+    @operation()
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         self._snap = None  # the device may change state from here on
-        client = self._sessions.get(session_id) if session_id is not None else None
-        if client is None:
-            raise NotFound(f"no live SPDM session {session_id} to the remote device")
+        if session_id is None:
+            if not self.secure:
+                raise NotFound("no SPDM session given, and without secure sessions every message needs one")
+            client, spdm_sid = self._clear_client(), None
+        else:
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                raise NotFound(f"no live SPDM session {session_id} to the remote device")
+            client, spdm_sid = entry
         try:
-            return client.send(protocol_id, message)
+            return client.send(protocol_id, message, session_id=spdm_sid)
         except NoResponse:
             return None  # dropped, as the in-process device reports it
+
+    def _clear_client(self) -> EmuClient:
+        if self.one_mailbox:
+            return self._mailbox_client()
+        if self._plain is None or self._plain.unusable:
+            self._plain = self._connect()
+        return self._plain
 
     @staticmethod
     def _unsupported(*args: Any, **kwargs: Any) -> None:
@@ -563,37 +637,37 @@ class RemoteDevice(Actor):
         self._unsupported()
         return b""
 
-    def _connect(self) -> EmuClient:
-        return EmuClient.connect(self.host, self.port, timeout=self.timeout, pipelined=self.pipelined)
-
-    def _ask(self, client: EmuClient, messages: list[bytes]) -> list[bytes | TransportError]:
+    def _ask(self, client: EmuClient, spdm_sid: int | None, messages: list[bytes]) -> list[bytes | TransportError]:
         """TDISP questions, pipelined when the responder allows it; a failure stands in for its answer."""
         if self.pipelined:
             try:
-                return client.send_many(1, messages)
+                return client.send_many(1, messages, session_id=spdm_sid)
             except TransportError as exc:
                 return [exc] * len(messages)
         out: list[bytes | TransportError] = []
         for m in messages:
             try:
-                out.append(client.send(1, m))
+                out.append(client.send(1, m, session_id=spdm_sid))
             except TransportError as exc:
                 out.append(exc)
         return out
 
     @query
     def snapshot(self) -> RemoteDeviceSnapshot:
-        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on a live session (a query).
+        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on the observer's own session (a query).
 
         The questions go out pipelined when allowed (one round trip for all TDIs); the answer is kept until
         this adapter next sends the device anything: a step the socket cannot carry (config space,
         FLR, TLPs) reaches nobody, so the device's state is what it was. Not kept if a query failed."""
         if self._snap is not None:
             return self._snap
-        if self._observer is None:
-            self._observer = self._connect()
         complete = True
-        answers = self._ask(self._observer, self._queries)
+        try:
+            if self._observer is None or self._observer[0].unusable:
+                self._observer = self._open()
+            answers = self._ask(*self._observer, self._queries)
+        except TransportError as exc:
+            answers = [exc] * len(self._queries)
         for fid, raw in zip(self.function_ids, answers, strict=True):
             try:
                 if isinstance(raw, TransportError):
@@ -618,10 +692,14 @@ class RemoteDevice(Actor):
     def close(self) -> None:
         """Close every connection (end of an example)."""
         self._snap = None
-        for client in [*self._sessions.values(), *([self._observer] if self._observer else [])]:
+        clients = {id(c): c for c, _ in self._sessions.values()}
+        for extra in (self._observer[0] if self._observer else None, self._plain, self._mailbox):
+            if extra is not None:
+                clients[id(extra)] = extra
+        for client in clients.values():
             client.close(wait=not self._reset_follows)
         self._sessions.clear()
-        self._observer = None
+        self._observer = self._plain = self._mailbox = None
 
 
 # --- processes
