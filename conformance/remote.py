@@ -44,7 +44,11 @@ REFERENCE_FUNCTION_IDS = (0x3A00, 0x3A01)  # the PF and VF that ``teeio-conforma
 # fmt: off
 REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP-06", "TDISP-07", "TDISP-11",
                           "TDISP-12", "TDISP-13", "TDISP-14", "TDISP-15", "TDISP-16", "IDE-02", "IDE-04", "IDE-05",
-                          "ERR-01", "ERR-02"})
+                          "ERR-01", "ERR-02",
+                          # the session rules, now that sessions are real SPDM sessions on the wire: IDE_KM from
+                          # one session only, a session's end moving its locked TDIs to ERROR (a tracked change),
+                          # and ERROR staying until STOP
+                          "IDE-01", "TDISP-08", "TDISP-09"})
 # fmt: on
 
 
@@ -245,6 +249,14 @@ class RemoteDeviceMachine(DeviceMachine):
     @recorded
     def end_session(self, sid: int) -> None:
         self._do("spdm_end", self.device.spdm_end, sid)
+
+    @rule(sid=DeviceMachine.sessions)
+    @recorded
+    def key_update(self, sid: int) -> None:
+        """KEY_UPDATE of all keys inside a live session (DSP0274 1.2 §10.17); the machine's later messages
+        over the session check that TDISP and IDE_KM go on working under the new keys."""
+        if getattr(self.device, "secure", False):
+            self._do("spdm_key_update", self.device.key_update, sid)
 
     @rule(
         fn=DeviceMachine.tlp.hypothesis_stateful_rule.arguments_strategies["fn"],  # type: ignore[attr-defined]

@@ -124,6 +124,11 @@ class _Replay:
     def _exchange(self, e: Any, nonces: dict, seen_nonces: set[bytes]) -> None:
         raw = bytes(e.arguments[1])
         if not e.ok:
+            if e.error == "SpdmErrorAnswer" and len(raw) < td.HEADER_LEN:
+                # no TDISP header, so no INTERFACE_ID a TDISP_ERROR could echo (PCIe §11.3.1): the SPDM
+                # layer's ERROR is the answer left (DSP0274 1.2 §10.10, VENDOR_DEFINED payload malformed)
+                self.ok("TDISP-12")
+                return
             self.flag("TDISP-12", f"a TDISP request raised {e.error} instead of answering TDISP_ERROR")
             return
         try:
@@ -155,6 +160,11 @@ class _Replay:
         sid = session_of(e)
         state = self.states[rid]
         code = td.RequestCode(req.code)
+        if self.o.action.endswith("_before_version") and isinstance(resp, td.TdispError):
+            # a TSM sends GET_TDISP_VERSION for a TDI first (PCIe §11.3.6); a device may refuse a request
+            # for a TDI not yet named that way (DMTF spdm-emu answers INVALID_INTERFACE), changing nothing
+            self.last_kind[rid] = "illegal"
+            return
         if sid not in self.live_sessions:
             # TDISP outside a live secure session (PCIe §11.2.2): any TDISP_ERROR, and no state change
             if not isinstance(resp, td.TdispError):

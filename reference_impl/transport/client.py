@@ -39,6 +39,7 @@ __all__ = [
     "RemoteDevice",
     "RemoteDeviceSnapshot",
     "RemoteResponder",
+    "SpdmErrorAnswer",
     "TransportError",
     "spawn",
 ]
@@ -52,6 +53,17 @@ class TransportError(ConformanceViolation):
 
 class NoResponse(TransportError):
     """The responder answered with an empty frame: it dropped the message (no response)."""
+
+
+class SpdmErrorAnswer(TransportError):
+    """The responder answered with an SPDM ERROR (``code``, ``data``) instead of the message asked for.
+
+    A typed error of its own so a rule can tell it from a dead or garbage-speaking responder: SPDM ERROR
+    is the one answer a responder can give to a vendor payload too short to hold a TDISP header."""
+
+    def __init__(self, message: str, *, code: int, data: int) -> None:
+        super().__init__(message)
+        self.code, self.data = code, data
 
 
 class EmuClient:
@@ -187,9 +199,11 @@ class EmuClient:
                 err = fr.SpdmError.decode(answer)
             except fr.FramingError as exc:
                 raise TransportError(f"responder at {self.where} answered {what} with a bad ERROR: {exc}") from None
-            raise TransportError(
+            raise SpdmErrorAnswer(
                 f"responder at {self.where} answered {what} with SPDM ERROR {err.code:#x} "
-                f"({err.name}, data {err.data:#x})"
+                f"({err.name}, data {err.data:#x})",
+                code=err.code,
+                data=err.data,
             )
         return answer
 
@@ -508,6 +522,7 @@ class RemoteDevice(Actor):
         self._observer: tuple[EmuClient, int | None] | None = None  # its own session, for state queries only
         self._plain: EmuClient | None = None  # messages in the clear, when each session has its own connection
         self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
+        self._locked_by: dict[int, int] = {}  # TDI -> the session whose LOCK_INTERFACE it accepted last
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
         ]
@@ -596,9 +611,22 @@ class RemoteDevice(Actor):
                 raise NotFound(f"no live SPDM session {session_id} to the remote device")
             client, spdm_sid = entry
         try:
-            return client.send(protocol_id, message, session_id=spdm_sid)
+            answer = client.send(protocol_id, message, session_id=spdm_sid)
         except NoResponse:
             return None  # dropped, as the in-process device reports it
+        if protocol_id == 1 and session_id is not None and message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+            self._note_lock(answer, session_id)
+        return answer
+
+    def _note_lock(self, answer: bytes, session_id: int) -> None:
+        """Remember which session locked a TDI, as the TSM that sent the LOCK knows: the device does not say,
+        and the rules need it to know what a session's end does (TDISP-09) and where START belongs."""
+        try:
+            resp = td.decode_response(answer)
+        except StackError:
+            return
+        if isinstance(resp, td.LockInterfaceResponse):
+            self._locked_by[resp.interface_id.function_id] = session_id
 
     def _clear_client(self) -> EmuClient:
         if self.one_mailbox:
@@ -680,8 +708,17 @@ class RemoteDevice(Actor):
                 self._states[fid] = td.TdiState(resp.tdi_state)
             else:
                 complete = False
+        for fid, state in self._states.items():
+            if state is td.TdiState.CONFIG_UNLOCKED:
+                self._locked_by.pop(fid, None)
         fns = tuple(
-            RemoteFunction(rid=f, function_id=f, is_pf=i == 0, tdi_state=self._states[f])
+            RemoteFunction(
+                rid=f,
+                function_id=f,
+                is_pf=i == 0,
+                tdi_state=self._states[f],
+                locked_session=self._locked_by.get(f) if self._states[f] is not td.TdiState.CONFIG_UNLOCKED else None,
+            )
             for i, f in enumerate(self.function_ids)
         )
         snap = RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
