@@ -269,6 +269,27 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
     with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)
+    _write_also_broken(report_dir, safe, record, exc)
+
+
+def _write_also_broken(report_dir: str, safe: str, record: dict[str, Any], exc: BaseException) -> None:
+    """One more record, on the same steps, for every other rule the failing step broke: each failing rule
+    gets a reproducer (replay accepts a step that breaks the recorded rule among others)."""
+    from teeio_conformance.conformance.rules import CATALOGUE
+
+    titles = {r.id: r for r in CATALOGUE}
+    for rule_id, message in list(getattr(exc, "teeio_broken", ()))[1:]:
+        rule = titles.get(rule_id)
+        extra = dict(
+            record,
+            rule_id=rule_id,
+            rule_title=rule.title if rule else rule_id,
+            rule_source=rule.source if rule else "",
+            message=message,
+        )
+        name = f"{safe}-also-{rule_id}.json"
+        with open(os.path.join(report_dir, "failures", name), "w", encoding="utf-8") as fh:
+            json.dump(extra, fh, indent=1, default=repr)
 
 
 def _device_spec(item: pytest.Item) -> Any:
