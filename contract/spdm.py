@@ -31,6 +31,7 @@ import datetime
 import enum
 import hashlib
 import hmac
+import itertools
 import os
 import struct
 from collections.abc import Callable
@@ -54,13 +55,13 @@ __all__ = [
     "CAP_MAC",
     "CERT_PORTION",
     "DHE_SECP384R1",
-    "H",
     "IN_SESSION_CODES",
-    "SESSION_FLAGS",
     "KEY_SCHEDULE_SPDM",
+    "SESSION_FLAGS",
     "ChainError",
     "Code",
     "ErrorCode",
+    "H",
     "KeyUpdateOp",
     "SessionError",
     "SpdmRequester",
@@ -297,7 +298,7 @@ def verify_chain(buffer: bytes, trusted_root: bytes | None) -> ec.EllipticCurveP
     except ValueError as exc:
         raise ChainError(f"a certificate does not parse: {exc}") from None
     now = datetime.datetime.now(datetime.UTC)
-    for issuer, cert in zip(certs, certs[1:], strict=False):
+    for issuer, cert in itertools.pairwise(certs):
         try:
             ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         except x509.ExtensionNotFound:
@@ -403,11 +404,17 @@ def select_session_algorithms(req: fr.NegotiateAlgorithms) -> fr.Algorithms | No
         and offered.get(fr.AlgType.KEY_SCHEDULE, 0) & KEY_SCHEDULE_SPDM
     ):
         return None
-    pick = {fr.AlgType.DHE: DHE_SECP384R1, fr.AlgType.AEAD: AEAD_AES_256_GCM, fr.AlgType.KEY_SCHEDULE: 1}
+    pick: dict[int, int] = {
+        fr.AlgType.DHE: DHE_SECP384R1,
+        fr.AlgType.AEAD: AEAD_AES_256_GCM,
+        fr.AlgType.KEY_SCHEDULE: 1,
+    }
     return fr.Algorithms(
         base_hash_sel=fr.HASH_SHA_384,
         base_asym_sel=fr.ASYM_ECDSA_P384,
-        alg_structs=tuple(fr.AlgStruct(alg_type=s.alg_type, supported=pick.get(s.alg_type, 0)) for s in req.alg_structs),
+        alg_structs=tuple(
+            fr.AlgStruct(alg_type=s.alg_type, supported=pick.get(s.alg_type, 0)) for s in req.alg_structs
+        ),
     )
 
 

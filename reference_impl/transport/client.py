@@ -288,7 +288,9 @@ class EmuClient:
         """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17)."""
         request = self.requester.key_update(session_id, op, tag)
         try:
-            self.requester.on_key_update_ack(session_id, request, self._secured_round(session_id, request, "KEY_UPDATE"))
+            self.requester.on_key_update_ack(
+                session_id, request, self._secured_round(session_id, request, "KEY_UPDATE")
+            )
         except fr.FramingError as exc:
             raise TransportError(f"responder at {self.where}: KEY_UPDATE failed: {exc}") from None
 
@@ -315,7 +317,9 @@ class EmuClient:
             raise TransportError(f"responder at {self.where} sent a bad DOE object: {exc}") from None
         if doe_type == fr.DoeType.SPDM:
             answer = self._not_error(self._spdm_body(payload), what)
-            raise TransportError(f"responder at {self.where} answered {what} in a session in the clear ({answer[:4].hex()})")
+            raise TransportError(
+                f"responder at {self.where} answered {what} in a session in the clear ({answer[:4].hex()})"
+            )
         if doe_type != fr.DoeType.SECURED_SPDM:
             raise TransportError(f"responder at {self.where} answered {what} with DOE data object type {doe_type}")
         try:
@@ -357,7 +361,9 @@ class EmuClient:
                 if session_id is None:
                     answer = self._not_error(self._spdm_body(payload), f"a {name} message")
                 else:
-                    answer = self._not_error(self._unseal(session_id, payload, f"a {name} message"), f"a {name} message")
+                    answer = self._not_error(
+                        self._unseal(session_id, payload, f"a {name} message"), f"a {name} message"
+                    )
                 out.append(self._vendor_answer(protocol_id, answer))
             except TransportError as exc:
                 out.append(exc)

@@ -140,7 +140,7 @@ def test_a_foreign_root_a_forged_signature_and_a_wrong_verify_data_are_refused()
 
 @given(st.binary(max_size=200), st.sampled_from([c.value for c in sp.Code if c & 0x80]))
 def test_bad_requests_get_spdm_errors_never_exceptions(body, code):
-    req, rsp = _pair()
+    _req, rsp = _pair()
     before = rsp.sessions
     answer = rsp.handle(bytes([fr.SPDM_VERSION, code]) + body)
     assert answer[1] in (sp.Code.DIGESTS, sp.Code.CERTIFICATE, sp.Code.KEY_EXCHANGE_RSP, fr.SpdmCode.ERROR)
