@@ -24,7 +24,7 @@ from hypothesis.stateful import consumes, rule
 from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
 from teeio_conformance.conformance.machines.recording import recorded
 from teeio_conformance.contract.errors import InvalidArgument
-from teeio_conformance.reference_impl.transport.client import RemoteDevice, spawn
+from teeio_conformance.reference_impl.transport.client import KeptMailbox, RemoteDevice, spawn
 
 __all__ = [
     "REFERENCE_FUNCTION_IDS",
@@ -77,11 +77,29 @@ def parse_function_ids(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def remote_device_factory(host: str, port: int, function_ids: tuple[int, ...]) -> Any:
-    """Every example talks to the same responder: it must start each example in a fresh state."""
+def remote_device_factory(
+    host: str,
+    port: int,
+    function_ids: tuple[int, ...],
+    *,
+    secure: bool = True,
+    trusted_root: bytes | None = None,
+    pipelined: bool = False,
+) -> Any:
+    """Every example talks to the same responder. With secure sessions each example is isolated by protocol
+    at its end (STOP of every TDI, END_SESSION of every session: :meth:`RemoteDevice.close`); a responder
+    without sessions must start each example in a fresh state by itself. ``pipelined``: the responder
+    answers a connection's frames in order (``serve-device`` says so in its ready line), so the snapshot's
+    state queries may go out together."""
+
+    kept = KeptMailbox()  # one connection for the whole run: spdm-emu serves only one
 
     def make(trace: Any, profile: str) -> RemoteDevice:
-        return RemoteDevice(trace, host, port, function_ids)
+        dev = RemoteDevice(
+            trace, host, port, function_ids, secure=secure, trusted_root=trusted_root, isolate=secure, keep=kept
+        )
+        dev.pipelined = pipelined
+        return dev
 
     return make
 

@@ -788,6 +788,22 @@ class SpdmRequester:
         self._chain, self._leaf, self._ct = chain, leaf, _hash(chain)
         return True
 
+    @property
+    def chain(self) -> bytes:
+        """The verified certificate chain (empty until one is)."""
+        return self._chain if self._leaf is not None else b""
+
+    @property
+    def leaf_key(self) -> ec.EllipticCurvePublicKey | None:
+        return self._leaf
+
+    def adopt_chain(self, chain: bytes, leaf: ec.EllipticCurvePublicKey) -> None:
+        """Take a chain this TSM verified earlier against the same trusted root (its cache), when the DIGESTS
+        just read names it: no GET_CERTIFICATE and no second verification needed (DSP0274 §10.6)."""
+        if self.digest is None or _hash(chain) != self.digest:
+            raise ChainError("a cached chain is adopted only when DIGESTS names it")
+        self._chain, self._leaf, self._ct = chain, leaf, _hash(chain)
+
     # -- key exchange
     def key_exchange(self) -> bytes:
         if self._leaf is None:

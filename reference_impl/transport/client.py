@@ -36,6 +36,7 @@ from teeio_conformance.contract.trace import Actor, Trace, operation, query
 __all__ = [
     "EmuClient",
     "NoResponse",
+    "KeptMailbox",
     "RemoteDevice",
     "RemoteDeviceSnapshot",
     "RemoteResponder",
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 _PROTOCOL_NAMES = {0: "IDE_KM", 1: "TDISP"}
+
+
+_VERIFIED_CHAINS: dict[tuple[bytes | None, bytes], tuple[bytes, Any]] = {}
+"""(trusted root, chain digest) -> (chain, leaf key): chains this process verified, as a TSM caches them."""
 
 
 class TransportError(ConformanceViolation):
@@ -256,9 +261,16 @@ class EmuClient:
         TransportError naming the step."""
         try:
             if not self.requester.has_chain:
-                self.requester.on_digests(self.spdm(self.requester.get_digests()))
-                while not self.requester.on_certificate(self.spdm(self.requester.get_certificate())):
-                    pass
+                digest = self.requester.on_digests(self.spdm(self.requester.get_digests()))
+                cached = _VERIFIED_CHAINS.get((self.requester.trusted_root, digest))
+                if cached is not None:
+                    self.requester.adopt_chain(*cached)
+                else:
+                    while not self.requester.on_certificate(self.spdm(self.requester.get_certificate())):
+                        pass
+                    leaf = self.requester.leaf_key
+                    if leaf is not None and len(_VERIFIED_CHAINS) < 64:
+                        _VERIFIED_CHAINS[(self.requester.trusted_root, digest)] = (self.requester.chain, leaf)
             try:
                 sid = self.requester.on_key_exchange_rsp(self.spdm(self.requester.key_exchange()))
             finally:
@@ -477,6 +489,18 @@ class RemoteDeviceSnapshot:
     secrets: tuple[bytes, ...] = ()
 
 
+@attrs.define
+class KeptMailbox:
+    """A mailbox connection and its observer session, kept from one example to the next.
+
+    Saves each example a connection, VCA, the certificate chain and the observer's handshake -- and lets
+    the suite drive a responder that serves a single connection, as DMTF spdm-emu does (it exits when
+    that connection closes). Each example still gets its own sessions, ended at its close."""
+
+    client: EmuClient | None = None
+    observer: int | None = None
+
+
 class RemoteDevice(Actor):
     """A device in another process, driven over the socket, shaped like the in-process device.
 
@@ -508,6 +532,8 @@ class RemoteDevice(Actor):
         secure: bool = True,
         mailbox: str = "one",
         trusted_root: bytes | None = None,
+        isolate: bool = False,
+        keep: KeptMailbox | None = None,
     ) -> None:
         super().__init__(trace)
         if mailbox not in ("one", "per-session"):
@@ -519,6 +545,9 @@ class RemoteDevice(Actor):
         # ends. An unknown responder gets one request at a time and a close that waits.
         self.pipelined = self._reset_follows = own_server
         self.secure, self.one_mailbox, self.trusted_root = secure, mailbox == "one", trusted_root
+        self.isolate = isolate
+        self._keep = keep if secure and isolate and mailbox == "one" else None
+        self.messages = 0  # TDISP / IDE_KM messages sent (the machine's and the snapshot's)
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
         self._mailbox: EmuClient | None = None
@@ -549,7 +578,13 @@ class RemoteDevice(Actor):
 
     def _mailbox_client(self) -> EmuClient:
         if self._mailbox is None or self._mailbox.unusable:
-            self._mailbox = self._connect()
+            kept = self._keep
+            if kept is not None and kept.client is not None and not kept.client.unusable:
+                self._mailbox = kept.client
+            else:
+                self._mailbox = self._connect()
+                if kept is not None:
+                    kept.client, kept.observer = self._mailbox, None
         return self._mailbox
 
     def _open(self) -> tuple[EmuClient, int | None]:
@@ -616,6 +651,7 @@ class RemoteDevice(Actor):
             if entry is None:
                 raise NotFound(f"no live SPDM session {session_id} to the remote device")
             client, spdm_sid = entry
+        self.messages += 1
         try:
             answer = client.send(protocol_id, message, session_id=spdm_sid)
         except NoResponse:
@@ -673,6 +709,7 @@ class RemoteDevice(Actor):
 
     def _ask(self, client: EmuClient, spdm_sid: int | None, messages: list[bytes]) -> list[bytes | TransportError]:
         """TDISP questions, pipelined when the responder allows it; a failure stands in for its answer."""
+        self.messages += len(messages)
         if self.pipelined:
             try:
                 return client.send_many(1, messages, session_id=spdm_sid)
@@ -698,7 +735,13 @@ class RemoteDevice(Actor):
         complete = True
         try:
             if self._observer is None or self._observer[0].unusable:
-                self._observer = self._open()
+                kept = self._keep
+                if kept is not None and kept.observer is not None and kept.client is self._mailbox_client():
+                    self._observer = (kept.client, kept.observer)
+                else:
+                    self._observer = self._open()
+                    if kept is not None:
+                        kept.observer = self._observer[1]
             answers = self._ask(*self._observer, self._queries)
         except TransportError as exc:
             answers = [exc] * len(self._queries)
@@ -731,9 +774,40 @@ class RemoteDevice(Actor):
         self._snap = snap if complete else None
         return snap
 
+    def _isolate(self) -> None:
+        """Leave the responder as the next example must find it, without a fresh process: STOP every TDI
+        that is not CONFIG_UNLOCKED (over its locking session, else the observer's), then END_SESSION every
+        session, which drops the key owner and every session binding (PCIe §11.3.16, §11.4.5)."""
+        if self._observer is not None and not self._observer[0].unusable:
+            client, spdm_sid = self._observer
+            for fid in self.function_ids:
+                if self._states.get(fid) is td.TdiState.CONFIG_UNLOCKED and self._snap is not None:
+                    continue
+                owner = self._sessions.get(self._locked_by.get(fid, -1))
+                via, via_sid = owner if owner is not None and not owner[0].unusable else (client, spdm_sid)
+                stop = td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid)))
+                try:
+                    via.send(1, stop, session_id=via_sid)
+                except TransportError:
+                    pass
+        kept = self._keep is not None and self._mailbox is not None and not self._mailbox.unusable
+        observer = [] if kept or self._observer is None else [self._observer]
+        for entry in [*self._sessions.values(), *observer]:
+            try:
+                self._release(*entry)
+            except TransportError:
+                pass
+        self._sessions.clear()
+        self._observer = None
+        self._locked_by.clear()
+        if kept:
+            self._mailbox = None  # handed on to the next example, with its observer session
+
     @operation()
     def close(self) -> None:
-        """Close every connection (end of an example)."""
+        """Close every connection (end of an example); with ``isolate``, reset the device by protocol first."""
+        if self.isolate and self.secure:
+            self._isolate()
         self._snap = None
         clients = {id(c): c for c, _ in self._sessions.values()}
         for extra in (self._observer[0] if self._observer else None, self._plain, self._mailbox):

@@ -244,6 +244,7 @@ class EmuServer:
             "transport": "PCI_DOE",
             "spdm_version": "1.2",
             "sessions": self.secure,
+            "pipelining": True,  # a connection's frames are answered in order, so requests may be pipelined
         }
 
     # ---------------------------------------------------------------------------------- lifecycle
