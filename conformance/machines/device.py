@@ -131,11 +131,33 @@ class DeviceMachine(RuleBasedStateMachine):
                 td.TdiState.CONFIG_LOCKED,
                 td.TdiState.RUN,
             ):
-                self._tdisp(
-                    "tdisp_report_whole",
-                    max(live),
-                    td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
+                self._report_whole(max(live), rid)
+
+    def _report_whole(self, sid: int, rid: int) -> None:
+        """The whole interface report as one step, read portion by portion (GET_DEVICE_INTERFACE_REPORT
+        with OFFSET moving on while REMAINDER_LENGTH is not 0, PCIe §11.3.10-§11.3.11), so the rules can
+        put it back together and judge its content (TDISP-16) whatever portion size the device serves."""
+        iid = td.InterfaceId(function_id=rid)
+
+        def go() -> None:
+            offset = 0
+            for _ in range(64):
+                raw = self.device.handle_vendor_message(
+                    1,
+                    td.encode(td.GetDeviceInterfaceReport(interface_id=iid, offset=offset, length=0x400)),
+                    session_id=sid,
                 )
+                try:
+                    resp = td.decode_response(raw) if raw is not None else None
+                except StackError:
+                    return
+                if not isinstance(resp, td.DeviceInterfaceReport) or not resp.portion or not resp.remainder_length:
+                    return
+                offset += len(resp.portion)
+                if offset > 0xFFFF:
+                    return
+
+        self._do("tdisp_report_whole", go)
 
     # ------------------------------------------------------------------ sessions and keys
     @rule(target=sessions)
@@ -443,9 +465,11 @@ class DeviceMachine(RuleBasedStateMachine):
             "version": td.GetTdispVersion(interface_id=iid),
             "caps": td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
             "report": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
-            "report_whole": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
             "report_bad_offset": td.GetDeviceInterfaceReport(interface_id=iid, offset=0xFFFF, length=1),
-        }[kind]
+        }.get(kind)
+        if msg is None:  # report_whole: every portion, as one step
+            self._report_whole(sid, iid.function_id)
+            return
         self._tdisp(f"tdisp_{kind}", sid, msg)
 
     @rule(sid=sessions, data=st.data())

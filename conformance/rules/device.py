@@ -311,8 +311,31 @@ class _Replay:
             self.flag("TDISP-11", f"report portion of {len(resp.portion)} bytes for LENGTH {req.length}")
             return
         self.ok("TDISP-11")
-        if req.offset == 0 and resp.remainder_length == 0:
-            self._report_content(rid, resp.portion)
+        self._reassemble(rid, req.offset, resp.portion, resp.remainder_length)
+
+    def _reassemble(self, rid: int, offset: int, portion: bytes, remainder: int) -> None:
+        """Put a report read in portions back together (each at the offset where the last ended) and judge
+        the whole once REMAINDER_LENGTH is 0; the report's total length may not change between portions."""
+        parts: dict[int, tuple[bytearray, int]] = self.__dict__.setdefault("report_parts", {})
+        if offset == 0:
+            parts[rid] = (bytearray(), len(portion) + remainder)
+        got = parts.get(rid)
+        if got is None or offset != len(got[0]):
+            parts.pop(rid, None)
+            return
+        buf, total = got
+        if offset + len(portion) + remainder != total:
+            self.flag(
+                "TDISP-11",
+                f"report portions of TDI {rid:#06x} disagree on its length ({total} then "
+                f"{offset + len(portion) + remainder})",
+            )
+            parts.pop(rid, None)
+            return
+        buf += portion
+        if remainder == 0:
+            parts.pop(rid, None)
+            self._report_content(rid, bytes(buf))
 
     def _report_content(self, rid: int, data: bytes) -> None:
         try:

@@ -3,8 +3,10 @@ caught over the socket, one mailbox for every session, and malformed steps that 
 
 from __future__ import annotations
 
+import copy
 import struct
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -288,3 +290,40 @@ def test_a_malformed_step_records_its_bytes_and_the_record_replays():
     assert again.value.rule.id == "ERR-02"
     with pytest.raises(InvalidArgument):
         Machine().malformed_tdisp(sid=1, raw_hex="zz")
+
+
+# ------------------------------------------------------------------ reports read in portions
+class PortionedServedDevice(ServedDevice):
+    """Serves the interface report in 0x20-byte portions, as DMTF spdm-emu does."""
+
+    def _on_get_device_interface_report(self, fn, req, sid):  # type: ignore[no-untyped-def]
+        return super()._on_get_device_interface_report(fn, attrs.evolve(req, length=min(req.length, 0x20)), sid)
+
+
+def _exercised(machine: type) -> tuple[dict[str, int], dict[str, int]]:
+    from teeio_conformance.conformance.harness import VERDICTS, Verdicts, verdicts_untouched
+
+    with verdicts_untouched():
+        vars(VERDICTS).clear()
+        vars(VERDICTS).update(copy.deepcopy(vars(Verdicts())))
+        run_state_machine_as_test(machine, settings=settings(FAST, max_examples=60, stateful_step_count=15))
+        return dict(VERDICTS.exercised), dict(VERDICTS.failed)
+
+
+def test_a_report_served_in_portions_is_put_back_together_and_judged():
+    class Machine(RemoteDeviceMachine):
+        config = config_for(
+            spawned_device_factory(served_device_factory(TDX_DEVICE, cls=PortionedServedDevice), (0x3A00, 0x3A01))
+        )
+
+    exercised, failed = _exercised(Machine)
+    assert exercised.get("TDISP-16") and not failed.get("TDISP-16") and not failed.get("TDISP-11")
+
+    unordered = type("PortionedUnordered", (_served_mutant("device-report-ranges-unordered"), PortionedServedDevice), {})
+
+    class Broken(RemoteDeviceMachine):
+        config = config_for(spawned_device_factory(served_device_factory(TDX_DEVICE, cls=unordered), (0x3A00, 0x3A01)))
+
+    with pytest.raises(RuleViolation) as info:
+        run_state_machine_as_test(Broken, settings=settings(FAST, max_examples=300))
+    assert "TDISP-16" in dict(info.value.teeio_broken)  # type: ignore[attr-defined]
