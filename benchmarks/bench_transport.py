@@ -82,7 +82,16 @@ def machine_vs_raw(rounds: int, seconds: float, examples: int) -> dict[str, Any]
 
     try:
         proc, info = spawn(
-            [sys.executable, "-m", "teeio_conformance.conformance.cli", "serve-device", "--port", "0", "--profile", "tdx"],
+            [
+                sys.executable,
+                "-m",
+                "teeio_conformance.conformance.cli",
+                "serve-device",
+                "--port",
+                "0",
+                "--profile",
+                "tdx",
+            ],
             timeout=30,
         )
     except TransportError as exc:

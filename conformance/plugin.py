@@ -60,6 +60,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: 0x3a00,0x3a01, those serve-device serves)",
     )
     g.addoption(
+        "--device-plaintext",
+        action="store_true",
+        default=False,
+        help="with --device-spawn / --device-at: the responder has no SPDM secure sessions; TDISP and IDE_KM "
+        "go in the clear, a connection per session (the session rules then prove nothing about sessions)",
+    )
+    g.addoption(
         "--minimize-seconds",
         type=float,
         default=20.0,
@@ -88,13 +95,14 @@ def _device_target(config: pytest.Config) -> DeviceTarget | None:
     Imported only when asked for: what a run imports of the project feeds Hypothesis' pool of constants,
     so the plain run's derandomized search stays what it was."""
     given = [config.getoption(o) for o in ("--device-spawn", "--device-at", "--device-functions")]
-    if all(v is None for v in given):
+    plaintext = bool(config.getoption("--device-plaintext"))
+    if all(v is None for v in given) and not plaintext:
         return None
     from teeio_conformance.conformance.remote import DeviceTarget
     from teeio_conformance.contract.errors import InvalidArgument
 
     try:
-        return DeviceTarget.from_options(*given)
+        return DeviceTarget.from_options(*given, plaintext=plaintext)
     except InvalidArgument as exc:
         raise pytest.UsageError(str(exc)) from exc
 

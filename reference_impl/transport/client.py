@@ -35,8 +35,8 @@ from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
 __all__ = [
     "EmuClient",
-    "NoResponse",
     "KeptMailbox",
+    "NoResponse",
     "RemoteDevice",
     "RemoteDeviceSnapshot",
     "RemoteResponder",

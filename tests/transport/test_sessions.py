@@ -319,7 +319,9 @@ def test_a_report_served_in_portions_is_put_back_together_and_judged():
     exercised, failed = _exercised(Machine)
     assert exercised.get("TDISP-16") and not failed.get("TDISP-16") and not failed.get("TDISP-11")
 
-    unordered = type("PortionedUnordered", (_served_mutant("device-report-ranges-unordered"), PortionedServedDevice), {})
+    unordered = type(
+        "PortionedUnordered", (_served_mutant("device-report-ranges-unordered"), PortionedServedDevice), {}
+    )
 
     class Broken(RemoteDeviceMachine):
         config = config_for(spawned_device_factory(served_device_factory(TDX_DEVICE, cls=unordered), (0x3A00, 0x3A01)))
@@ -327,3 +329,33 @@ def test_a_report_served_in_portions_is_put_back_together_and_judged():
     with pytest.raises(RuleViolation) as info:
         run_state_machine_as_test(Broken, settings=settings(FAST, max_examples=300))
     assert "TDISP-16" in dict(info.value.teeio_broken)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ plaintext stays an option
+def test_plaintext_is_an_option_of_the_target_and_the_machine_runs_without_sessions():
+    from teeio_conformance.conformance.remote import DeviceTarget
+
+    target = DeviceTarget.from_options(None, "127.0.0.1:2323", None, plaintext=True)
+    assert target.spec is not None and target.spec["plaintext"] is True and "plaintext" in target.name
+    assert DeviceTarget.from_spec(dict(target.spec)) == target
+    with pytest.raises(InvalidArgument, match="goes with"):
+        DeviceTarget.from_options(None, None, None, plaintext=True)
+    with pytest.raises(InvalidArgument, match="plaintext"):
+        DeviceTarget.from_spec({"at": "127.0.0.1:1", "functions": [1], "plaintext": "yes"})
+
+    handles = []
+
+    def factory(trace, profile):
+        handle = start_in_thread(served_device_factory(TDX_DEVICE), secure=False)
+        handles.append(handle)
+        return RemoteDevice(trace, handle.host, handle.port, (0x3A00, 0x3A01), secure=False)
+
+    class Machine(RemoteDeviceMachine):
+        config = config_for(factory)
+
+    try:
+        run_state_machine_as_test(Machine, settings=settings(FAST, max_examples=10))
+    finally:
+        for h in handles:
+            h.stop()
+    assert handles and all(h.server.responder_errors == 0 for h in handles)
