@@ -100,6 +100,9 @@ SESSION_FLAGS = CAP_CERT | CAP_ENCRYPT | CAP_MAC | fr.CAP_KEY_EX | CAP_KEY_UPD
 DHE_SECP384R1 = 0x0010
 AEAD_AES_256_GCM = 0x0002
 KEY_SCHEDULE_SPDM = 0x0001
+OPAQUE_DATA_FMT_1 = 0x02
+"""OtherParamsSupport: opaque data in the general format 1 (DSP0274 1.2); libspdm refuses KEY_EXCHANGE
+in SPDM 1.2 unless this format was negotiated."""
 
 
 class Code(enum.IntEnum):
@@ -379,15 +382,17 @@ def get_capabilities() -> bytes:
 
 
 def offer_algorithms() -> fr.NegotiateAlgorithms:
-    """The requester's NEGOTIATE_ALGORITHMS: the one suite sessions use, plus what VCA offered before."""
+    """The requester's NEGOTIATE_ALGORITHMS: the one suite sessions use, plus what VCA offered before. No
+    ReqBaseAsymAlg table: this requester has no key of its own, and an empty AlgSupported is refused by
+    libspdm (InvalidRequest)."""
     return fr.NegotiateAlgorithms(
         measurement_specification=fr.MEAS_SPEC_DMTF,
+        other_params_support=OPAQUE_DATA_FMT_1,
         base_asym_algo=fr.ASYM_ECDSA_P256 | fr.ASYM_ECDSA_P384,
         base_hash_algo=fr.HASH_SHA_256 | fr.HASH_SHA_384,
         alg_structs=(
             fr.AlgStruct(alg_type=fr.AlgType.DHE, supported=DHE_SECP384R1),
             fr.AlgStruct(alg_type=fr.AlgType.AEAD, supported=AEAD_AES_256_GCM),
-            fr.AlgStruct(alg_type=fr.AlgType.REQ_BASE_ASYM_ALG, supported=0),
             fr.AlgStruct(alg_type=fr.AlgType.KEY_SCHEDULE, supported=KEY_SCHEDULE_SPDM),
         ),
     )
@@ -410,6 +415,7 @@ def select_session_algorithms(req: fr.NegotiateAlgorithms) -> fr.Algorithms | No
         fr.AlgType.KEY_SCHEDULE: 1,
     }
     return fr.Algorithms(
+        other_params_selection=req.other_params_support & OPAQUE_DATA_FMT_1,
         base_hash_sel=fr.HASH_SHA_384,
         base_asym_sel=fr.ASYM_ECDSA_P384,
         alg_structs=tuple(
@@ -687,20 +693,16 @@ class SpdmResponder:
         if op == KeyUpdateOp.UPDATE_KEY:
             s.requests = s.requests.updated()
         elif op == KeyUpdateOp.UPDATE_ALL_KEYS:
-            s.requests = s.requests.updated()
-
-            def responses() -> None:
-                s.responses = s.responses.updated()
-
-            s.after_seal = responses
+            # both directions move on, and the ACK already goes under the new response key (as libspdm,
+            # DMTF's reference, commits the responder key before answering)
+            s.requests, s.responses = s.requests.updated(), s.responses.updated()
         elif op != KeyUpdateOp.VERIFY_NEW_KEY:
             raise _bad(f"KEY_UPDATE operation {op} is reserved")
         return _msg(Code.KEY_UPDATE_ACK, op, tag)
 
     def seal(self, session_id: int, response: bytes) -> bytes:
         """``response`` as a secured message of the session, then the change it announced (data keys
-        after FINISH_RSP, the session gone after END_SESSION_ACK, new response keys after an
-        UPDATE_ALL_KEYS ack)."""
+        after FINISH_RSP, the session gone after END_SESSION_ACK)."""
         s = self._sessions.get(session_id)
         if s is None:
             raise _bad(f"no session {session_id:#010x} to answer in")
@@ -884,7 +886,12 @@ class SpdmRequester:
         return s
 
     def seal(self, session_id: int, message: bytes) -> bytes:
-        return _seal(self._session(session_id).requests, session_id, message)
+        s = self._session(session_id)
+        record = _seal(s.requests, session_id, message)
+        change, s.after_seal = s.after_seal, None
+        if change is not None:
+            change()
+        return record
 
     def open(self, session_id: int, record: bytes) -> bytes:
         """The response inside a secured message of ``session_id``."""
@@ -905,7 +912,15 @@ class SpdmRequester:
         self._sessions.pop(session_id, None)
 
     def key_update(self, session_id: int, op: KeyUpdateOp, tag: int) -> bytes:
-        self._session(session_id, _Phase.ESTABLISHED)
+        """KEY_UPDATE; for UPDATE_ALL_KEYS the ACK comes under the new response key, so that key is taken
+        as soon as the request is sealed."""
+        s = self._session(session_id, _Phase.ESTABLISHED)
+        if op == KeyUpdateOp.UPDATE_ALL_KEYS:
+
+            def responses() -> None:
+                s.responses = s.responses.updated()
+
+            s.after_seal = responses
         return _msg(Code.KEY_UPDATE, int(op), tag & 0xFF)
 
     def on_key_update_ack(self, session_id: int, request: bytes, rsp: bytes) -> None:
@@ -917,5 +932,3 @@ class SpdmRequester:
             raise _bad(f"KEY_UPDATE_ACK echoes {rsp[2:4].hex()}, the request said {request[2:4].hex()}")
         if request[2] in (KeyUpdateOp.UPDATE_KEY, KeyUpdateOp.UPDATE_ALL_KEYS):
             s.requests = s.requests.updated()
-        if request[2] == KeyUpdateOp.UPDATE_ALL_KEYS:
-            s.responses = s.responses.updated()
