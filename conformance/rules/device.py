@@ -473,13 +473,25 @@ def ide_second_session_dropped(o: Observation) -> str | None:
     return HELD
 
 
+def _decodes_as_ide_km(raw: bytes) -> bool:
+    try:
+        km.decode(raw)
+    except StackError:
+        return False
+    return True
+
+
 def ide_kp_ack_status(o: Observation) -> str | None:
     evs = list(_ide_km_exchanges(o))
     hit = False
     for e in evs:
-        if not e.ok:
-            return f"IDE_KM request raised {e.error} instead of answering"
         raw = bytes(e.arguments[1])
+        if not e.ok:
+            if e.error == "SpdmErrorAnswer" and not _decodes_as_ide_km(raw):
+                # IDE_KM has no error message of its own (PCIe §6.33.3): for bytes that are no IDE_KM
+                # request the SPDM layer's ERROR (DSP0274 1.2 §10.10, InvalidRequest) is a fair answer
+                continue
+            return f"IDE_KM request raised {e.error} instead of answering"
         if not raw or raw[0] != km.ObjectId.KEY_PROG or e.result is None:
             continue
         hit = True
