@@ -477,7 +477,8 @@ class _Session:
     requests: _Direction  # requester -> responder
     responses: _Direction
     phase: _Phase = _Phase.HANDSHAKE
-    after_seal: Callable[[], None] | None = None  # the responder's change once its answer is sealed
+    after_seal: Callable[[], None] | None = None  # the change once a message is sealed
+    fallback: _Direction | None = None  # the requester's old response key while an UPDATE_ALL_KEYS is answered
 
     def to_data_phase(self) -> None:
         req, rsp = self.secrets.data(_hash(self.transcript))
@@ -897,7 +898,15 @@ class SpdmRequester:
         """The response inside a secured message of ``session_id``."""
         if session_id_of(record) != session_id:
             raise _bad(f"answer for session {session_id_of(record):#010x}, asked in {session_id:#010x}")
-        return _open(self._session(session_id).responses, record)
+        s = self._session(session_id)
+        try:
+            return _open(s.responses, record)
+        except SessionError:
+            if s.fallback is None:
+                raise
+            answer = _open(s.fallback, record)  # the UPDATE_ALL_KEYS was refused under the old key
+            s.responses, s.fallback = s.fallback, None
+            return answer
 
     def end_session(self, session_id: int) -> bytes:
         self._session(session_id, _Phase.ESTABLISHED)
@@ -918,7 +927,7 @@ class SpdmRequester:
         if op == KeyUpdateOp.UPDATE_ALL_KEYS:
 
             def responses() -> None:
-                s.responses = s.responses.updated()
+                s.fallback, s.responses = s.responses, s.responses.updated()
 
             s.after_seal = responses
         return _msg(Code.KEY_UPDATE, int(op), tag & 0xFF)
@@ -926,6 +935,7 @@ class SpdmRequester:
     def on_key_update_ack(self, session_id: int, request: bytes, rsp: bytes) -> None:
         """Move to the new keys the request announced once the ACK echoes it (DSP0274 §10.17)."""
         s = self._session(session_id, _Phase.ESTABLISHED)
+        s.fallback = None
         self._check(rsp, Code.KEY_UPDATE_ACK, "KEY_UPDATE")
         _head(rsp, Code.KEY_UPDATE_ACK, 4, "KEY_UPDATE_ACK")
         if rsp[2:4] != request[2:4]:

@@ -297,7 +297,13 @@ class EmuClient:
             self.requester.forget(session_id)
 
     def key_update(self, session_id: int, op: sp.KeyUpdateOp = sp.KeyUpdateOp.UPDATE_ALL_KEYS, tag: int = 0) -> None:
-        """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17)."""
+        """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17); an update is followed by
+        VerifyNewKey under the new keys, as the spec's flow has it (libspdm refuses a second update before)."""
+        self._key_update(session_id, op, tag)
+        if op != sp.KeyUpdateOp.VERIFY_NEW_KEY:
+            self._key_update(session_id, sp.KeyUpdateOp.VERIFY_NEW_KEY, (tag + 1) & 0xFF)
+
+    def _key_update(self, session_id: int, op: sp.KeyUpdateOp, tag: int) -> None:
         request = self.requester.key_update(session_id, op, tag)
         try:
             self.requester.on_key_update_ack(
@@ -602,7 +608,7 @@ class RemoteDevice(Actor):
     def _release(self, client: EmuClient, spdm_sid: int | None) -> None:
         """End a session: END_SESSION inside it (secure), and close its connection unless it is the mailbox."""
         try:
-            if spdm_sid is not None and not client.unusable:
+            if spdm_sid is not None and not client.unusable and spdm_sid in client.requester.sessions:
                 client.end_session(spdm_sid)
         finally:
             if client is not self._mailbox:
@@ -788,14 +794,14 @@ class RemoteDevice(Actor):
                 stop = td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid)))
                 try:
                     via.send(1, stop, session_id=via_sid)
-                except TransportError:
+                except StackError:
                     pass
         kept = self._keep is not None and self._mailbox is not None and not self._mailbox.unusable
         observer = [] if kept or self._observer is None else [self._observer]
         for entry in [*self._sessions.values(), *observer]:
             try:
                 self._release(*entry)
-            except TransportError:
+            except StackError:
                 pass
         self._sessions.clear()
         self._observer = None
