@@ -15,8 +15,9 @@ inside an SPDM secure session (the server's default).
 
 The headline since secure sessions: the device machine's TDISP / IDE_KM messages per second against an
 external ``serve-device`` process (``--device-at`` style: one kept mailbox connection, sessions ended
-and TDIs stopped between examples), as a ratio of that same process's raw request rate (one
-GET_DEVICE_INTERFACE_STATE at a time inside one session). The two are measured in alternating rounds
+and TDIs stopped between examples; the snapshot's state queries ride pipelined behind each message and
+are not counted), as a ratio of that same process's raw request rate (one GET_DEVICE_INTERFACE_STATE
+at a time inside one session). The two are measured in alternating rounds
 and the ratio is the median of the rounds' ratios: on a shared machine the load moves within seconds,
 and only measurements taken side by side compare. Target: >= 50%.
 

@@ -367,21 +367,23 @@ class EmuClient:
         frames one after another, as :mod:`.server` does: SPDM itself allows one outstanding request.
         Each item is the answer or the TransportError that request alone met; a broken stream raises,
         as :meth:`send` does."""
-        name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
-        vms = [fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode() for m in messages]
-        if session_id is None:
-            payloads = self._pipeline([fr.encode_doe(vm) for vm in vms])
-        else:
-            payloads = self._pipeline([self._sealed(session_id, vm) for vm in vms])
+        return self.send_batch([(protocol_id, m, session_id) for m in messages])
+
+    def send_batch(self, items: list[tuple[int, bytes, int | None]]) -> list[bytes | TransportError]:
+        """Like :meth:`send_many`, for (protocol, message, session) items that may differ: each goes in its
+        own session (sealed) or in the clear, all written at once, answers read in order."""
+        frames = []
+        for protocol_id, message, session_id in items:
+            vm = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
+            frames.append(fr.encode_doe(vm) if session_id is None else self._sealed(session_id, vm))
         out: list[bytes | TransportError] = []
-        for payload in payloads:
+        for (protocol_id, _m, session_id), payload in zip(items, self._pipeline(frames), strict=True):
+            what = f"a {_PROTOCOL_NAMES.get(protocol_id, f'protocol {protocol_id}')} message"
             try:
                 if session_id is None:
-                    answer = self._not_error(self._spdm_body(payload), f"a {name} message")
+                    answer = self._not_error(self._spdm_body(payload), what)
                 else:
-                    answer = self._not_error(
-                        self._unseal(session_id, payload, f"a {name} message"), f"a {name} message"
-                    )
+                    answer = self._not_error(self._unseal(session_id, payload, what), what)
                 out.append(self._vendor_answer(protocol_id, answer))
             except TransportError as exc:
                 out.append(exc)
@@ -553,7 +555,8 @@ class RemoteDevice(Actor):
         self.secure, self.one_mailbox, self.trusted_root = secure, mailbox == "one", trusted_root
         self.isolate = isolate
         self._keep = keep if secure and isolate and mailbox == "one" else None
-        self.messages = 0  # TDISP / IDE_KM messages sent (the machine's and the snapshot's)
+        self.messages = 0  # TDISP / IDE_KM messages the machine sent
+        self.queries = 0  # state queries the snapshot sent (not counted in ``messages``)
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
         self._mailbox: EmuClient | None = None
@@ -658,10 +661,36 @@ class RemoteDevice(Actor):
                 raise NotFound(f"no live SPDM session {session_id} to the remote device")
             client, spdm_sid = entry
         self.messages += 1
-        try:
-            answer = client.send(protocol_id, message, session_id=spdm_sid)
-        except NoResponse:
-            return None  # dropped, as the in-process device reports it
+        observer = self._observer
+        if (
+            self.pipelined
+            and observer is not None
+            and observer[0] is client
+            and not client.unusable
+            and (observer[1] is None or observer[1] in client.requester.sessions)
+            and (spdm_sid is None or spdm_sid in client.requester.sessions)
+        ):
+            # the snapshot's state queries ride behind the message on the same mailbox: answered after it,
+            # in order, so they say the state the message left -- one round trip instead of two
+            self.queries += len(self._queries)
+            answers = client.send_batch(
+                [(protocol_id, message, spdm_sid), *((1, q, observer[1]) for q in self._queries)]
+            )
+            first = answers[0]
+            if isinstance(first, bytes) and protocol_id == 1 and session_id is not None:
+                if message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+                    self._note_lock(first, session_id)
+            self._snap = self._snapshot_from(answers[1:])
+            if isinstance(first, NoResponse):
+                return None
+            if isinstance(first, TransportError):
+                raise first
+            return first
+        else:
+            try:
+                answer = client.send(protocol_id, message, session_id=spdm_sid)
+            except NoResponse:
+                return None  # dropped, as the in-process device reports it
         if protocol_id == 1 and session_id is not None and message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
             self._note_lock(answer, session_id)
         return answer
@@ -715,7 +744,7 @@ class RemoteDevice(Actor):
 
     def _ask(self, client: EmuClient, spdm_sid: int | None, messages: list[bytes]) -> list[bytes | TransportError]:
         """TDISP questions, pipelined when the responder allows it; a failure stands in for its answer."""
-        self.messages += len(messages)
+        self.queries += len(messages)
         if self.pipelined:
             try:
                 return client.send_many(1, messages, session_id=spdm_sid)
@@ -738,7 +767,6 @@ class RemoteDevice(Actor):
         FLR, TLPs) reaches nobody, so the device's state is what it was. Not kept if a query failed."""
         if self._snap is not None:
             return self._snap
-        complete = True
         try:
             if self._observer is None or self._observer[0].unusable:
                 kept = self._keep
@@ -751,6 +779,15 @@ class RemoteDevice(Actor):
             answers = self._ask(*self._observer, self._queries)
         except TransportError as exc:
             answers = [exc] * len(self._queries)
+        snap = self._snapshot_from(answers)
+        if snap is None:
+            return self._build_snapshot()
+        self._snap = snap
+        return snap
+
+    def _snapshot_from(self, answers: list[bytes | TransportError]) -> RemoteDeviceSnapshot | None:
+        """The snapshot the state queries' answers give; None (nothing cached) if any failed."""
+        complete = True
         for fid, raw in zip(self.function_ids, answers, strict=True):
             try:
                 if isinstance(raw, TransportError):
@@ -763,6 +800,9 @@ class RemoteDevice(Actor):
                 self._states[fid] = td.TdiState(resp.tdi_state)
             else:
                 complete = False
+        return self._build_snapshot() if complete else None
+
+    def _build_snapshot(self) -> RemoteDeviceSnapshot:
         for fid, state in self._states.items():
             if state is td.TdiState.CONFIG_UNLOCKED:
                 self._locked_by.pop(fid, None)
@@ -776,9 +816,7 @@ class RemoteDevice(Actor):
             )
             for i, f in enumerate(self.function_ids)
         )
-        snap = RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
-        self._snap = snap if complete else None
-        return snap
+        return RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
 
     def _isolate(self) -> None:
         """Leave the responder as the next example must find it, without a fresh process: STOP every TDI
