@@ -26,6 +26,7 @@ from teeio_conformance.reference_impl.transport.served import ServedDevice, serv
 from teeio_conformance.reference_impl.transport.server import start_in_thread
 
 IDENTITY = DeviceIdentity(seed=3)
+FID_PF = 0x3A00
 STATE = td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=0x3A00)))
 TDX_DEVICE = DeviceConfig(stop_in_unlocked_idempotent=True)
 FAST = settings(
@@ -359,3 +360,19 @@ def test_plaintext_is_an_option_of_the_target_and_the_machine_runs_without_sessi
         for h in handles:
             h.stop()
     assert handles and all(h.server.responder_errors == 0 for h in handles)
+
+
+def test_a_version_mismatch_answer_in_another_version_decodes_and_nothing_else_does():
+    """A TDISP_ERROR VERSION_MISMATCH may carry the version the request named (PCIe §11.3.1); it decodes.
+    Any other response in a version other than 1.x is still refused."""
+    iid = td.InterfaceId(function_id=FID_PF)
+    mismatch = bytearray(td.encode(td.TdispError(interface_id=iid, error_code=td.ErrorCode.VERSION_MISMATCH)))
+    mismatch[0] = 0x20
+    decoded = td.decode_response(bytes(mismatch))
+    assert isinstance(decoded, td.TdispError) and decoded.error_code == td.ErrorCode.VERSION_MISMATCH
+    other = bytearray(td.encode(td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)))
+    other[0] = 0x20
+    with pytest.raises(td.TdispDecodeError):
+        td.decode_response(bytes(other))
+    with pytest.raises(td.TdispDecodeError):
+        td.decode_request(bytes(mismatch))  # a request is never accepted in another version
