@@ -68,6 +68,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for option in ("device_spawn", "device_at", "device_functions"):
         if getattr(args, option, None) is not None:
             argv.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
+    if getattr(args, "device_plaintext", False):
+        argv.append("--device-plaintext")
     argv += [a for a in args.pytest_args if a != "--"]
     status = int(pytest.main(argv))
     if args.report_dir:
@@ -132,6 +134,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device-at", default=None, metavar="HOST:PORT", help="... or one listening there")
     run.add_argument("--device-functions", default=None, metavar="ID,...", help="with --device-at: its TDIs, PF first")
+    run.add_argument(
+        "--device-plaintext", action="store_true", help="the responder has no SPDM secure sessions (TDISP in the clear)"
+    )
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
     run.set_defaults(func=_cmd_run)
 

@@ -439,7 +439,9 @@ class StepRunner:
         broken = self.checker.check(obs)
         if broken:
             rule, message = broken[0]
-            raise violation_type(rule.id)(rule, message, action)
+            violation = violation_type(rule.id)(rule, message, action)
+            violation.teeio_broken = [(r.id, m) for r, m in broken]  # type: ignore[attr-defined]  # each, for records
+            raise violation
         return result, error
 
     def finish(self) -> None:

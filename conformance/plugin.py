@@ -68,6 +68,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "this long after its step limit (default: the step limit, at least 5 s)",
     )
     g.addoption(
+        "--device-plaintext",
+        action="store_true",
+        default=False,
+        help="with --device-spawn / --device-at: the responder has no SPDM secure sessions; TDISP and IDE_KM "
+        "go in the clear, a connection per session (the session rules then prove nothing about sessions)",
+    )
+    g.addoption(
         "--minimize-seconds",
         type=float,
         default=20.0,
@@ -103,13 +110,14 @@ def _device_target(config: pytest.Config) -> DeviceTarget | None:
     Imported only when asked for: what a run imports of the project feeds Hypothesis' pool of constants,
     so the plain run's derandomized search stays what it was."""
     given = [config.getoption(o) for o in ("--device-spawn", "--device-at", "--device-functions")]
-    if all(v is None for v in given):
+    plaintext = bool(config.getoption("--device-plaintext"))
+    if all(v is None for v in given) and not plaintext:
         return None
     from teeio_conformance.conformance.remote import DeviceTarget
     from teeio_conformance.contract.errors import InvalidArgument
 
     try:
-        return DeviceTarget.from_options(*given)
+        return DeviceTarget.from_options(*given, plaintext=plaintext)
     except InvalidArgument as exc:
         raise pytest.UsageError(str(exc)) from exc
 
@@ -428,6 +436,27 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0, *, minimiz
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
     with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)
+    _write_also_broken(report_dir, safe, record, exc)
+
+
+def _write_also_broken(report_dir: str, safe: str, record: dict[str, Any], exc: BaseException) -> None:
+    """One more record, on the same steps, for every other rule the failing step broke: each failing rule
+    gets a reproducer (replay accepts a step that breaks the recorded rule among others)."""
+    from teeio_conformance.conformance.rules import CATALOGUE
+
+    titles = {r.id: r for r in CATALOGUE}
+    for rule_id, message in list(getattr(exc, "teeio_broken", ()))[1:]:
+        rule = titles.get(rule_id)
+        extra = dict(
+            record,
+            rule_id=rule_id,
+            rule_title=rule.title if rule else rule_id,
+            rule_source=rule.source if rule else "",
+            message=message,
+        )
+        name = f"{safe}-also-{rule_id}.json"
+        with open(os.path.join(report_dir, "failures", name), "w", encoding="utf-8") as fh:
+            json.dump(extra, fh, indent=1, default=repr)
 
 
 def _device_spec(item: pytest.Item) -> Any:

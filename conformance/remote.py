@@ -24,7 +24,7 @@ from hypothesis.stateful import consumes, rule
 from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
 from teeio_conformance.conformance.machines.recording import recorded
 from teeio_conformance.contract.errors import InvalidArgument
-from teeio_conformance.reference_impl.transport.client import RemoteDevice, spawn
+from teeio_conformance.reference_impl.transport.client import KeptMailbox, RemoteDevice, spawn
 
 __all__ = [
     "REFERENCE_FUNCTION_IDS",
@@ -44,7 +44,11 @@ REFERENCE_FUNCTION_IDS = (0x3A00, 0x3A01)  # the PF and VF that ``teeio-conforma
 # fmt: off
 REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP-06", "TDISP-07", "TDISP-11",
                           "TDISP-12", "TDISP-13", "TDISP-14", "TDISP-15", "TDISP-16", "IDE-02", "IDE-04", "IDE-05",
-                          "ERR-01", "ERR-02"})
+                          "ERR-01", "ERR-02",
+                          # the session rules, now that sessions are real SPDM sessions on the wire: IDE_KM from
+                          # one session only, a session's end moving its locked TDIs to ERROR (a tracked change),
+                          # and ERROR staying until STOP
+                          "IDE-01", "TDISP-08", "TDISP-09"})
 # fmt: on
 
 
@@ -73,11 +77,29 @@ def parse_function_ids(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def remote_device_factory(host: str, port: int, function_ids: tuple[int, ...]) -> Any:
-    """Every example talks to the same responder: it must start each example in a fresh state."""
+def remote_device_factory(
+    host: str,
+    port: int,
+    function_ids: tuple[int, ...],
+    *,
+    secure: bool = True,
+    trusted_root: bytes | None = None,
+    pipelined: bool = False,
+) -> Any:
+    """Every example talks to the same responder. With secure sessions each example is isolated by protocol
+    at its end (STOP of every TDI, END_SESSION of every session: :meth:`RemoteDevice.close`); a responder
+    without sessions must start each example in a fresh state by itself. ``pipelined``: the responder
+    answers a connection's frames in order (``serve-device`` says so in its ready line), so the snapshot's
+    state queries may go out together."""
+
+    kept = KeptMailbox()  # one connection for the whole run: spdm-emu serves only one
 
     def make(trace: Any, profile: str) -> RemoteDevice:
-        return RemoteDevice(trace, host, port, function_ids)
+        dev = RemoteDevice(
+            trace, host, port, function_ids, secure=secure, trusted_root=trusted_root, isolate=secure, keep=kept
+        )
+        dev.pipelined = pipelined
+        return dev
 
     return make
 
@@ -121,8 +143,15 @@ def spawned_device_factory(responder_factory: Any, function_ids: tuple[int, ...]
 class _SpawnedDevice(RemoteDevice):
     """A remote device whose responder process lives for one example: closing it ends the process."""
 
-    def __init__(self, trace: Any, proc: subprocess.Popen[bytes], info: dict[str, Any]) -> None:
-        super().__init__(trace, info["host"], int(info["port"]), tuple(info.get("function_ids") or ()))
+    def __init__(self, trace: Any, proc: subprocess.Popen[bytes], info: dict[str, Any], secure: bool = True) -> None:
+        sessions = info.get("sessions")  # a ready line may say whether the responder speaks secure sessions
+        super().__init__(
+            trace,
+            info["host"],
+            int(info["port"]),
+            tuple(info.get("function_ids") or ()),
+            secure=sessions if isinstance(sessions, bool) else secure,
+        )
         self._proc = proc
 
     def close(self) -> None:
@@ -140,7 +169,7 @@ def _split(command: str) -> list[str]:
         raise InvalidArgument(f"--device-spawn {command!r}: {exc}") from None
 
 
-def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 10.0) -> Any:
+def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 10.0, secure: bool = True) -> Any:
     """Start ``command`` for every example -- a power-on responder each time, so a failing sequence
     replays and shrinks from the same start -- and drive it at the host and port of its ready line.
 
@@ -157,7 +186,7 @@ def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 
             proc.kill()
             proc.wait()
             raise InvalidArgument(f"{argv[0]}: its ready line names no function_ids to address")
-        return _SpawnedDevice(trace, proc, info)
+        return _SpawnedDevice(trace, proc, info, secure)
 
     return make
 
@@ -166,8 +195,9 @@ def spawning_device_factory(command: str | list[str], *, ready_timeout: float = 
 class DeviceTarget:
     """What the device machine drives: the in-process reference device (``spec`` None), a responder a
     command starts for every example (``{"spawn": CMD}``), or one listening already (``{"at":
-    "HOST:PORT", "functions": [ID, ...]}``). The spec is what a failure record keeps, so a replay
-    drives the same responder."""
+    "HOST:PORT", "functions": [ID, ...]}``); either with ``"plaintext": true`` for a responder without
+    SPDM secure sessions (TDISP and IDE_KM then go in the clear, a connection per session). The spec is
+    what a failure record keeps, so a replay drives the same responder the same way."""
 
     spec: Mapping[str, Any] | None = None
 
@@ -179,23 +209,30 @@ class DeviceTarget:
     def name(self) -> str:
         if self.spec is None:
             return "reference device (in process)"
+        how = " (plaintext, no secure sessions)" if self.spec.get("plaintext") else ""
         if "spawn" in self.spec:
-            return f"responder spawned per example by {self.spec['spawn']!r}"
-        return f"responder at {self.spec['at']}"
+            return f"responder spawned per example by {self.spec['spawn']!r}{how}"
+        return f"responder at {self.spec['at']}{how}"
 
     def factory(self) -> Any:
         """A device factory ``(trace, profile) -> device``; None for the in-process reference device."""
         if self.spec is None:
             return None
+        secure = not self.spec.get("plaintext", False)
         if "spawn" in self.spec:
-            return spawning_device_factory(str(self.spec["spawn"]))
+            return spawning_device_factory(str(self.spec["spawn"]), secure=secure)
         host, port = parse_address(str(self.spec["at"]))
-        return remote_device_factory(host, port, tuple(self.spec["functions"]))
+        return remote_device_factory(host, port, tuple(self.spec["functions"]), secure=secure)
 
     @classmethod
-    def from_options(cls, spawn: str | None, at: str | None, functions: str | None) -> DeviceTarget:
-        """From ``--device-spawn`` / ``--device-at`` / ``--device-functions``; :class:`InvalidArgument` if
-        they do not fit together."""
+    def from_options(
+        cls, spawn: str | None, at: str | None, functions: str | None, *, plaintext: bool = False
+    ) -> DeviceTarget:
+        """From ``--device-spawn`` / ``--device-at`` / ``--device-functions`` / ``--device-plaintext``;
+        :class:`InvalidArgument` if they do not fit together."""
+        if plaintext and spawn is None and at is None:
+            raise InvalidArgument("--device-plaintext goes with --device-spawn or --device-at")
+        extra = {"plaintext": True} if plaintext else {}
         if spawn is not None and at is not None:
             raise InvalidArgument("--device-spawn and --device-at each name the device: give one")
         if functions is not None and at is None:
@@ -203,11 +240,11 @@ class DeviceTarget:
         if spawn is not None:
             if not _split(spawn):
                 raise InvalidArgument("--device-spawn needs a command")
-            return cls({"spawn": spawn})
+            return cls({"spawn": spawn, **extra})
         if at is not None:
             host, port = parse_address(at)
             ids = parse_function_ids(functions) if functions is not None else REFERENCE_FUNCTION_IDS
-            return cls({"at": f"{host}:{port}", "functions": list(ids)})
+            return cls({"at": f"{host}:{port}", "functions": list(ids), **extra})
         return cls()
 
     @classmethod
@@ -215,17 +252,21 @@ class DeviceTarget:
         """From a failure record's ``device`` field (checked: a record may be corrupt or foreign)."""
         if spec is None:
             return cls()
-        if isinstance(spec, dict) and set(spec) == {"spawn"} and isinstance(spec["spawn"], str):
-            return cls.from_options(spec["spawn"], None, None)
+        plaintext = isinstance(spec, dict) and spec.get("plaintext") is True
+        if isinstance(spec, dict) and spec.get("plaintext", True) is not True:
+            raise InvalidArgument(f"field 'device': 'plaintext' must be true when given, got {spec['plaintext']!r}")
+        keys = set(spec) - {"plaintext"} if isinstance(spec, dict) else set()
+        if isinstance(spec, dict) and keys == {"spawn"} and isinstance(spec["spawn"], str):
+            return cls.from_options(spec["spawn"], None, None, plaintext=plaintext)
         if (
             isinstance(spec, dict)
-            and set(spec) == {"at", "functions"}
+            and keys == {"at", "functions"}
             and isinstance(spec["at"], str)
             and isinstance(spec["functions"], list)
             and spec["functions"]
             and all(isinstance(f, int) and not isinstance(f, bool) for f in spec["functions"])
         ):
-            return cls.from_options(None, spec["at"], ",".join(str(f) for f in spec["functions"]))
+            return cls.from_options(None, spec["at"], ",".join(str(f) for f in spec["functions"]), plaintext=plaintext)
         raise InvalidArgument(
             "field 'device' must be {'spawn': CMD} or {'at': 'HOST:PORT', 'functions': [ID, ...]}, "
             f"got {str(spec)[:80]}"
@@ -245,6 +286,14 @@ class RemoteDeviceMachine(DeviceMachine):
     @recorded
     def end_session(self, sid: int) -> None:
         self._do("spdm_end", self.device.spdm_end, sid)
+
+    @rule(sid=DeviceMachine.sessions)
+    @recorded
+    def key_update(self, sid: int) -> None:
+        """KEY_UPDATE of all keys inside a live session (DSP0274 1.2 §10.17); the machine's later messages
+        over the session check that TDISP and IDE_KM go on working under the new keys."""
+        if getattr(self.device, "secure", False):
+            self._do("spdm_key_update", self.device.key_update, sid)
 
     @rule(
         fn=DeviceMachine.tlp.hypothesis_stateful_rule.arguments_strategies["fn"],  # type: ignore[attr-defined]

@@ -372,6 +372,9 @@ def execute(prepared: Prepared) -> ReplayResult:
                 getattr(machine, method)(**kwargs)
             except Exception as exc:
                 rule_id, detail = _classify(exc)
+                also = dict(getattr(exc, "teeio_broken", ()))  # every rule the step broke, not only the first
+                if f.rule_id in also:
+                    rule_id, detail = f.rule_id, also[f.rule_id]
                 broken = (rule_id, detail, steps_run, method)
                 break
         try:

@@ -794,7 +794,36 @@ def spdm_length(data: bytes) -> int:
         return len(data) if extended is None else 4 + extended
     if code == SpdmCode.GET_VERSION:
         return 4
-    return len(data)
+    session = _session_length(code, data)
+    return len(data) if session is None else session
+
+
+def _session_length(code: int, data: bytes) -> int | None:
+    """Lengths of the session messages (DSP0274 1.2 §10.6-§10.19) for the one suite sessions use:
+    SHA-384 (48), ECDSA P-384 (96-byte signatures), ECDHE secp384r1 (96-byte exchange data)."""
+    h, dhe, sig = 48, 96, 96
+
+    def u16(at: int) -> int | None:
+        return int.from_bytes(data[at : at + 2], "little") if len(data) >= at + 2 else None
+
+    if code in (0x81, 0xEC, 0x6C, 0xE9, 0x69, 0x65):  # GET_DIGESTS, END_SESSION(_ACK), KEY_UPDATE(_ACK), FINISH_RSP
+        return 4
+    if code == 0x82:  # GET_CERTIFICATE
+        return 8
+    if code == 0x01 and len(data) >= 4:  # DIGESTS: one digest per slot in the mask
+        return 4 + h * bin(data[3]).count("1")
+    if code == 0x02:  # CERTIFICATE
+        n = u16(4)
+        return None if n is None else 8 + n
+    if code == 0xE5 and len(data) >= 3:  # FINISH, with a signature when Param1 bit 0 says so
+        return 4 + (sig if data[2] & 1 else 0) + h
+    if code == 0xE4:  # KEY_EXCHANGE
+        n = u16(40 + dhe)
+        return None if n is None else 40 + dhe + 2 + n
+    if code == 0x64:  # KEY_EXCHANGE_RSP (no measurement summary hash)
+        n = u16(40 + dhe)
+        return None if n is None else 40 + dhe + 2 + n + sig + h
+    return None
 
 
 def strip_doe_padding(body: bytes) -> bytes:

@@ -12,14 +12,14 @@ from typing import Any
 
 import attrs
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, multiple, rule
 
 from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.recording import note, recorded, score
 from teeio_conformance.conformance.rules import CATALOGUE
 from teeio_conformance.conformance.sut import DEFAULT_DEVICE, load_factory
 from teeio_conformance.contract import ide_km as km
-from teeio_conformance.contract.errors import StackError, Unsupported
+from teeio_conformance.contract.errors import InvalidArgument, StackError, Unsupported
 from teeio_conformance.contract.ide_stream import IdeStreamEndpoint, StreamState, Tlp
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.tiers import offers_of
@@ -106,7 +106,7 @@ class DeviceMachine(RuleBasedStateMachine):
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
-    def _tdisp(self, action: str, sid: int, msg: Any) -> Any:
+    def _tdisp(self, action: str, sid: int | None, msg: Any) -> Any:
         raw = self._do(action, self.device.handle_vendor_message, 1, td.encode(msg), session_id=sid)
         try:
             return td.decode_response(raw) if raw is not None else None
@@ -134,17 +134,70 @@ class DeviceMachine(RuleBasedStateMachine):
                 td.TdiState.CONFIG_LOCKED,
                 td.TdiState.RUN,
             ):
-                self._tdisp(
-                    "tdisp_report_whole",
-                    max(live),
-                    td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
+                self._report_whole(max(live), rid)
+
+    def _report_whole(self, sid: int, rid: int) -> None:
+        """The whole interface report as one step, read portion by portion (GET_DEVICE_INTERFACE_REPORT
+        with OFFSET moving on while REMAINDER_LENGTH is not 0, PCIe §11.3.10-§11.3.11), so the rules can
+        put it back together and judge its content (TDISP-16) whatever portion size the device serves."""
+        iid = td.InterfaceId(function_id=rid)
+
+        def go() -> None:
+            offset = 0
+            for _ in range(64):
+                raw = self.device.handle_vendor_message(
+                    1,
+                    td.encode(td.GetDeviceInterfaceReport(interface_id=iid, offset=offset, length=0x400)),
+                    session_id=sid,
                 )
+                try:
+                    resp = td.decode_response(raw) if raw is not None else None
+                except StackError:
+                    return
+                if not isinstance(resp, td.DeviceInterfaceReport) or not resp.portion or not resp.remainder_length:
+                    return
+                offset += len(resp.portion)
+                if offset > 0xFFFF:
+                    return
+
+        self._do("tdisp_report_whole", go)
 
     # ------------------------------------------------------------------ sessions and keys
     @rule(target=sessions)
     @recorded
     def open_session(self) -> Any:
-        return self._do("spdm_connect", self.device.spdm_connect)
+        sid = self._connect()
+        return multiple() if sid is None else sid  # a session that did not open is never used
+
+    def _connect(self) -> int | None:
+        """Open an SPDM session, then GET_TDISP_VERSION for every TDI over it, as a TSM does before any
+        other TDISP request (PCIe §11.3.6; DMTF spdm-emu refuses a TDI until it has been named so)."""
+        sid: int | None = self._do("spdm_connect", self.device.spdm_connect)
+        if sid is not None:
+            for rid in self.rids:
+                self._tdisp("tdisp_version", sid, td.GetTdispVersion(interface_id=td.InterfaceId(function_id=rid)))
+        return sid
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def tdisp_before_version(self, fn: int) -> None:
+        """A state query over a fresh session before any GET_TDISP_VERSION: the named case of a TSM that
+        skips the version exchange. The right answer or a TDISP_ERROR are both accepted; no state change."""
+        sid = self._do("spdm_connect", self.device.spdm_connect)
+        if sid is not None:
+            iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
+            self._tdisp("tdisp_state_before_version", sid, td.GetDeviceInterfaceState(interface_id=iid))
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def tdisp_outside_session(self, fn: int) -> None:
+        """A state query with no SPDM session at all (in the clear, over a socket): TDISP is spoken only
+        inside a secure session (PCIe §11.2.2), so it must get a TDISP_ERROR (TDISP-12). Not for a responder
+        driven without sessions (``--device-plaintext``): there every message is outside one."""
+        if not getattr(self.device, "secure", True):
+            return
+        iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
+        self._tdisp("tdisp_outside_session", None, td.GetDeviceInterfaceState(interface_id=iid))
 
     @rule(target=sessions, fn=st.integers(0, 1), stage=st.sampled_from(["running", "locked", "keyed"]))
     @recorded
@@ -152,10 +205,11 @@ class DeviceMachine(RuleBasedStateMachine):
         """A session with keys, then LOCK and START of one TDI, as one step (each message checked).
 
         Deepest stage first, so failures shrink to one deep bring-up (see the full-stack machine's)."""
-        return self._bring_up(fn, stage)
+        sid = self._bring_up(fn, stage)
+        return multiple() if sid is None else sid
 
     def _bring_up(self, fn: int, stage: str) -> Any:
-        sid = self._do("spdm_connect", self.device.spdm_connect)
+        sid = self._connect()
         if sid is None:
             return None
         self._program_keys(sid, 0)
@@ -231,7 +285,7 @@ class DeviceMachine(RuleBasedStateMachine):
         search missed a device acknowledging every KEY_PROG with SUCCESS on 2 of 6 seeds, and one that
         crashes on a short TDISP request on 1 of 6."""
         live = [sid for d in self.run._snap.devices for sid in d.sessions]
-        sid = live[-1] if live else self._do("spdm_connect", self.device.spdm_connect)
+        sid = live[-1] if live else self._connect()
         if sid is None:
             return
         if protocol == "ide_km":
@@ -417,22 +471,40 @@ class DeviceMachine(RuleBasedStateMachine):
             "version": td.GetTdispVersion(interface_id=iid),
             "caps": td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
             "report": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
-            "report_whole": td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x400),
             "report_bad_offset": td.GetDeviceInterfaceReport(interface_id=iid, offset=0xFFFF, length=1),
-        }[kind]
+        }.get(kind)
+        if msg is None:  # report_whole: every portion, as one step
+            self._report_whole(sid, iid.function_id)
+            return
         self._tdisp(f"tdisp_{kind}", sid, msg)
 
     @rule(sid=sessions, data=st.data())
     @recorded
-    def malformed_tdisp(self, sid: int, data: Any) -> None:
-        raw = data.draw(malformed_tdisp_requests(valid_function_ids=tuple(self.rids)), label="bytes")
+    def malformed_tdisp(self, sid: int, data: Any = None, raw_hex: str | None = None) -> None:
+        """Malformed TDISP bytes. The drawn bytes are recorded as ``raw_hex`` (replacing the draw), so a
+        failure record replays the very bytes that failed."""
+        raw = self._malformed_bytes(data, raw_hex, malformed_tdisp_requests(valid_function_ids=tuple(self.rids)), sid)
         self._do("malformed_tdisp", self.device.handle_vendor_message, 1, raw, session_id=sid)
 
     @rule(sid=sessions, data=st.data())
     @recorded
-    def malformed_ide_km(self, sid: int, data: Any) -> None:
-        raw = data.draw(malformed_ide_km_requests(), label="bytes")
+    def malformed_ide_km(self, sid: int, data: Any = None, raw_hex: str | None = None) -> None:
+        raw = self._malformed_bytes(data, raw_hex, malformed_ide_km_requests(), sid)
         self._do("malformed_ide_km", self.device.handle_vendor_message, 0, raw, session_id=sid)
+
+    def _malformed_bytes(self, data: Any, raw_hex: str | None, strategy: Any, sid: int) -> bytes:
+        if raw_hex is not None:
+            try:
+                return bytes.fromhex(raw_hex)
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"raw_hex must be a hex string, got {raw_hex!r:.60}") from None
+        if data is None:
+            raise InvalidArgument("a malformed-message step needs drawn data or raw_hex")
+        raw: bytes = data.draw(strategy, label="bytes")
+        log = self.__dict__.get("replay_log")
+        if log:
+            log[-1]["kwargs"] = {"sid": sid, "raw_hex": raw.hex()}
+        return raw
 
     # ------------------------------------------------------------------ faults and TLPs
     @rule(fn=st.integers(0, 1))
@@ -507,7 +579,7 @@ class DeviceMachine(RuleBasedStateMachine):
                 return
         f = next((f for f in locked if f.rid == rid), locked[0])
         others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != f.locked_session]
-        sid = others[-1] if others else self._do("spdm_connect", self.device.spdm_connect)
+        sid = others[-1] if others else self._connect()
         if sid is not None:
             note("START over a session other than the locking one")
             self._start(sid, self.rids.index(f.rid), True)

@@ -126,6 +126,11 @@ class _Replay:
     def _exchange(self, e: Any, nonces: dict, seen_nonces: set[bytes]) -> None:
         raw = bytes(e.arguments[1])
         if not e.ok:
+            if e.error == "SpdmErrorAnswer" and len(raw) < td.HEADER_LEN:
+                # no TDISP header, so no INTERFACE_ID a TDISP_ERROR could echo (PCIe §11.3.1): the SPDM
+                # layer's ERROR is the answer left (DSP0274 1.2 §10.10, VENDOR_DEFINED payload malformed)
+                self.ok("TDISP-12")
+                return
             self.flag("TDISP-12", f"a TDISP request raised {e.error} instead of answering TDISP_ERROR")
             return
         try:
@@ -157,6 +162,11 @@ class _Replay:
         sid = session_of(e)
         state = self.states[rid]
         code = td.RequestCode(req.code)
+        if self.o.action.endswith("_before_version") and isinstance(resp, td.TdispError):
+            # a TSM sends GET_TDISP_VERSION for a TDI first (PCIe §11.3.6); a device may refuse a request
+            # for a TDI not yet named that way (DMTF spdm-emu answers INVALID_INTERFACE), changing nothing
+            self.last_kind[rid] = "illegal"
+            return
         if sid not in self.live_sessions:
             # TDISP outside a live secure session (PCIe §11.2.2): any TDISP_ERROR, and no state change
             if not isinstance(resp, td.TdispError):
@@ -303,8 +313,31 @@ class _Replay:
             self.flag("TDISP-11", f"report portion of {len(resp.portion)} bytes for LENGTH {req.length}")
             return
         self.ok("TDISP-11")
-        if req.offset == 0 and resp.remainder_length == 0:
-            self._report_content(rid, resp.portion)
+        self._reassemble(rid, req.offset, resp.portion, resp.remainder_length)
+
+    def _reassemble(self, rid: int, offset: int, portion: bytes, remainder: int) -> None:
+        """Put a report read in portions back together (each at the offset where the last ended) and judge
+        the whole once REMAINDER_LENGTH is 0; the report's total length may not change between portions."""
+        parts: dict[int, tuple[bytearray, int]] = self.__dict__.setdefault("report_parts", {})
+        if offset == 0:
+            parts[rid] = (bytearray(), len(portion) + remainder)
+        got = parts.get(rid)
+        if got is None or offset != len(got[0]):
+            parts.pop(rid, None)
+            return
+        buf, total = got
+        if offset + len(portion) + remainder != total:
+            self.flag(
+                "TDISP-11",
+                f"report portions of TDI {rid:#06x} disagree on its length ({total} then "
+                f"{offset + len(portion) + remainder})",
+            )
+            parts.pop(rid, None)
+            return
+        buf += portion
+        if remainder == 0:
+            parts.pop(rid, None)
+            self._report_content(rid, bytes(buf))
 
     def _report_content(self, rid: int, data: bytes) -> None:
         try:
@@ -442,13 +475,25 @@ def ide_second_session_dropped(o: Observation) -> str | None:
     return HELD
 
 
+def _decodes_as_ide_km(raw: bytes) -> bool:
+    try:
+        km.decode(raw)
+    except StackError:
+        return False
+    return True
+
+
 def ide_kp_ack_status(o: Observation) -> str | None:
     evs = list(_ide_km_exchanges(o))
     hit = False
     for e in evs:
-        if not e.ok:
-            return f"IDE_KM request raised {e.error} instead of answering"
         raw = bytes(e.arguments[1])
+        if not e.ok:
+            if e.error == "SpdmErrorAnswer" and not _decodes_as_ide_km(raw):
+                # IDE_KM has no error message of its own (PCIe §6.33.3): for bytes that are no IDE_KM
+                # request the SPDM layer's ERROR (DSP0274 1.2 §10.10, InvalidRequest) is a fair answer
+                continue
+            return f"IDE_KM request raised {e.error} instead of answering"
         if not raw or raw[0] != km.ObjectId.KEY_PROG or e.result is None:
             continue
         hit = True

@@ -834,7 +834,7 @@ def _decode(data: bytes | bytearray | memoryview, table: dict[int, type[_Message
         )
     version, message_type, _reserved, function_id, reserved64 = _HEADER.unpack_from(data)
     iid = InterfaceId(function_id=function_id, reserved=reserved64)
-    if version >> 4 != TDISP_VERSION_1_0 >> 4:
+    if version >> 4 != TDISP_VERSION_1_0 >> 4 and not _version_mismatch_error(what, message_type, data):
         raise TdispDecodeError(
             f"TDISP version {version:#04x} is not 1.x",
             code=ErrorCode.VERSION_MISMATCH,
@@ -855,6 +855,17 @@ def _decode(data: bytes | bytearray | memoryview, table: dict[int, type[_Message
         raise TdispDecodeError(
             str(exc), code=ErrorCode.INVALID_REQUEST, interface_id=iid, message_type=message_type
         ) from None
+
+
+def _version_mismatch_error(what: str, message_type: int, data: bytes) -> bool:
+    """A TDISP_ERROR VERSION_MISMATCH in another version than 1.x: well formed, since a responder may
+    answer a request in a version it does not speak in that version's header (PCIe §11.3.1, Table 11-28)."""
+    return (
+        what == "response"
+        and message_type == ResponseCode.TDISP_ERROR
+        and len(data) >= HEADER_LEN + 8
+        and struct.unpack_from("<I", data, HEADER_LEN)[0] == ErrorCode.VERSION_MISMATCH
+    )
 
 
 def decode_request(data: bytes | bytearray | memoryview) -> Request:

@@ -210,6 +210,20 @@ class ReportRangesUnordered(Device):
         ).encode()
 
 
+class TdispOutsideSession(Device):
+    """TDISP with no SPDM session is answered as if it came over a live one (PCIe §11.2.2: TDISP only in
+    a secure session)."""
+
+    def _tdisp(self, message: bytes, session_id: int | None) -> td.Response:
+        if session_id is not None:
+            return super()._tdisp(message, session_id)
+        self._sessions.add(0)  # a phantom session for the one request
+        try:
+            return super()._tdisp(message, 0)
+        finally:
+            self._sessions.discard(0)
+
+
 class SecondSessionKeys(Device):
     """IDE_KM from a second SPDM session is answered (and may reprogram keys)."""
 
@@ -411,6 +425,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             StartFromAnySession.__doc__,
             device=StartFromAnySession,
+        ),
+        m(
+            "device-tdisp-outside-session",
+            "TDISP-12",
+            dev,
+            "tdx",
+            TdispOutsideSession.__doc__,
+            device=TdispOutsideSession,
         ),
         m(
             "device-report-ranges-unordered",

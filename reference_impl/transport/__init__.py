@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "SessionOpener", "VendorResponder"]
+__all__ = ["PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "SessionOpener", "SpdmIdentity", "VendorResponder"]
 
 PROTOCOL_IDE_KM = 0
 """PCI-SIG protocol ID of IDE_KM inside a VENDOR_DEFINED message (PCIe 6.x §6.33.3)."""
@@ -51,3 +51,16 @@ class SessionOpener(Protocol):
     """
 
     def spdm_connect(self) -> int: ...
+
+
+@runtime_checkable
+class SpdmIdentity(Protocol):
+    """Optional: a responder with its own SPDM identity for secure sessions.
+
+    ``certificate_chain`` is the DER chain, root first; ``spdm_sign`` signs with the leaf key (ECDSA
+    P-384 / SHA-384, DER signature). A responder without one is served under a fixed reference identity.
+    """
+
+    def certificate_chain(self) -> tuple[bytes, ...]: ...
+
+    def spdm_sign(self, data: bytes) -> bytes: ...

@@ -28,21 +28,28 @@ from typing import IO, Any
 import attrs
 
 from teeio_conformance.contract import framing as fr
-from teeio_conformance.contract.errors import ConformanceViolation, NotFound, StackError, Unsupported
+from teeio_conformance.contract import spdm as sp
+from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument, NotFound, StackError, Unsupported
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
 __all__ = [
     "EmuClient",
+    "KeptMailbox",
     "NoResponse",
     "RemoteDevice",
     "RemoteDeviceSnapshot",
     "RemoteResponder",
+    "SpdmErrorAnswer",
     "TransportError",
     "spawn",
 ]
 
 _PROTOCOL_NAMES = {0: "IDE_KM", 1: "TDISP"}
+
+
+_VERIFIED_CHAINS: dict[tuple[bytes | None, bytes], tuple[bytes, Any]] = {}
+"""(trusted root, chain digest) -> (chain, leaf key): chains this process verified, as a TSM caches them."""
 
 
 class TransportError(ConformanceViolation):
@@ -53,10 +60,21 @@ class NoResponse(TransportError):
     """The responder answered with an empty frame: it dropped the message (no response)."""
 
 
+class SpdmErrorAnswer(TransportError):
+    """The responder answered with an SPDM ERROR (``code``, ``data``) instead of the message asked for.
+
+    A typed error of its own so a rule can tell it from a dead or garbage-speaking responder: SPDM ERROR
+    is the one answer a responder can give to a vendor payload too short to hold a TDISP header."""
+
+    def __init__(self, message: str, *, code: int, data: int) -> None:
+        super().__init__(message)
+        self.code, self.data = code, data
+
+
 class EmuClient:
     """One connection to an spdm-emu style responder over PCI DOE."""
 
-    def __init__(self, sock: socket.socket, where: str) -> None:
+    def __init__(self, sock: socket.socket, where: str, *, trusted_root: bytes | None = None) -> None:
         self._sock = sock
         self._reader = fr.StreamReader(sock)
         self.where = where
@@ -65,19 +83,29 @@ class EmuClient:
         self.version: fr.Version | None = None
         self.capabilities: fr.Capabilities | None = None
         self.algorithms: fr.Algorithms | None = None
+        self.requester = sp.SpdmRequester(trusted_root=trusted_root)
+        """The TSM's side of this connection's secure sessions (one mailbox, any number of sessions)."""
 
     @classmethod
     def connect(
-        cls, host: str, port: int, *, timeout: float = 5.0, vca: bool = True, pipelined: bool = False
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 5.0,
+        vca: bool = True,
+        pipelined: bool = False,
+        trusted_root: bytes | None = None,
     ) -> EmuClient:
         """Connect (every receive then waits at most ``timeout`` seconds) and, by default, run VCA
-        (``pipelined``: see :meth:`vca`)."""
+        (``pipelined``: see :meth:`vca`). ``trusted_root`` is the root certificate (DER) the responder's
+        chain must start at before a session is opened; None accepts any self-consistent chain."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise TransportError(f"cannot connect to responder at {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(sock, f"{host}:{port}")
+        client = cls(sock, f"{host}:{port}", trusted_root=trusted_root)
         if vca:
             try:
                 client.vca(pipelined=pipelined)
@@ -109,6 +137,11 @@ class EmuClient:
         """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE."""
         self._write(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
         return self._read(command)
+
+    @property
+    def unusable(self) -> bool:
+        """Closed, or broken by an earlier failure (the stream may be out of step)."""
+        return self._closed or self._broken is not None
 
     def _usable(self) -> None:
         if self._broken is not None:
@@ -171,9 +204,11 @@ class EmuClient:
                 err = fr.SpdmError.decode(answer)
             except fr.FramingError as exc:
                 raise TransportError(f"responder at {self.where} answered {what} with a bad ERROR: {exc}") from None
-            raise TransportError(
+            raise SpdmErrorAnswer(
                 f"responder at {self.where} answered {what} with SPDM ERROR {err.code:#x} "
-                f"({err.name}, data {err.data:#x})"
+                f"({err.name}, data {err.data:#x})",
+                code=err.code,
+                data=err.data,
             )
         return answer
 
@@ -183,13 +218,15 @@ class EmuClient:
 
         ``pipelined`` writes all three at once and then reads the answers (see :meth:`send_many`), one
         round trip instead of three; the answers are judged in order either way."""
-        requests = (fr.get_version(), fr.get_capabilities(), fr.negotiate_algorithms())
+        requests = (fr.get_version(), sp.get_capabilities(), sp.offer_algorithms().encode())
         names = ("GET_VERSION", "GET_CAPABILITIES", "NEGOTIATE_ALGORITHMS")
         payloads = iter(self._pipeline([fr.encode_doe(r) for r in requests]) if pipelined else ())
 
         def answer(i: int) -> bytes:
             payload = next(payloads) if pipelined else self.exchange(fr.Command.NORMAL, fr.encode_doe(requests[i]))[1]
-            return self._not_error(self._spdm_body(payload), names[i])
+            body = self._not_error(self._spdm_body(payload), names[i])
+            self.requester.vca(requests[i], body)  # the transcript every session's keys are bound to
+            return body
 
         try:
             version = fr.Version.decode(answer(0))
@@ -210,32 +247,143 @@ class EmuClient:
         self._write(b"".join(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, p) for p in payloads))
         return [self._read(fr.Command.NORMAL)[1] for _ in payloads]
 
-    def send(self, protocol_id: int, message: bytes) -> bytes:
-        """One VENDOR_DEFINED round trip; the answer without its protocol-ID byte.
+    # ------------------------------------------------------------------------------------------ sessions
+    @property
+    def offers_sessions(self) -> bool:
+        """Did the responder's CAPABILITIES claim KEY_EX with encryption and MAC (DSP0274 1.2)?"""
+        need = fr.CAP_KEY_EX | sp.CAP_ENCRYPT | sp.CAP_MAC
+        return self.capabilities is not None and self.capabilities.flags & need == need
+
+    def open_session(self) -> int:
+        """A secure session on this connection (DSP0274 1.2 §10.13-§10.14): the certificate chain
+        (first time only; GET_DIGESTS, then GET_CERTIFICATE in portions, verified against the trusted
+        root), KEY_EXCHANGE, then FINISH inside the session. Returns its session ID; any failure is a
+        TransportError naming the step."""
+        try:
+            if not self.requester.has_chain:
+                digest = self.requester.on_digests(self.spdm(self.requester.get_digests()))
+                cached = _VERIFIED_CHAINS.get((self.requester.trusted_root, digest))
+                if cached is not None:
+                    self.requester.adopt_chain(*cached)
+                else:
+                    while not self.requester.on_certificate(self.spdm(self.requester.get_certificate())):
+                        pass
+                    leaf = self.requester.leaf_key
+                    if leaf is not None and len(_VERIFIED_CHAINS) < 64:
+                        _VERIFIED_CHAINS[(self.requester.trusted_root, digest)] = (self.requester.chain, leaf)
+            try:
+                sid = self.requester.on_key_exchange_rsp(self.spdm(self.requester.key_exchange()))
+            finally:
+                self.requester.abandon_key_exchange()
+            finish = self.requester.finish(sid)
+            try:
+                answer = self._secured_round(sid, finish, "FINISH")
+                self.requester.on_finish_rsp(sid, finish, answer)
+            except BaseException:
+                self.requester.forget(sid)
+                raise
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: secure session not opened: {exc}") from None
+        return sid
+
+    def end_session(self, session_id: int) -> None:
+        """END_SESSION inside the session; its keys are gone afterwards whatever the answer."""
+        try:
+            answer = self._secured_round(session_id, self.requester.end_session(session_id), "END_SESSION")
+            self.requester.on_end_session_ack(session_id, answer)
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: END_SESSION failed: {exc}") from None
+        finally:
+            self.requester.forget(session_id)
+
+    def key_update(self, session_id: int, op: sp.KeyUpdateOp = sp.KeyUpdateOp.UPDATE_ALL_KEYS, tag: int = 0) -> None:
+        """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17); an update is followed by
+        VerifyNewKey under the new keys, as the spec's flow has it (libspdm refuses a second update before)."""
+        self._key_update(session_id, op, tag)
+        if op != sp.KeyUpdateOp.VERIFY_NEW_KEY:
+            self._key_update(session_id, sp.KeyUpdateOp.VERIFY_NEW_KEY, (tag + 1) & 0xFF)
+
+    def _key_update(self, session_id: int, op: sp.KeyUpdateOp, tag: int) -> None:
+        request = self.requester.key_update(session_id, op, tag)
+        try:
+            self.requester.on_key_update_ack(
+                session_id, request, self._secured_round(session_id, request, "KEY_UPDATE")
+            )
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where}: KEY_UPDATE failed: {exc}") from None
+
+    def _secured_round(self, session_id: int, message: bytes, what: str) -> bytes:
+        _cmd, payload = self.exchange(fr.Command.NORMAL, self._sealed(session_id, message))
+        return self._unseal(session_id, payload, what)
+
+    def _sealed(self, session_id: int, message: bytes) -> bytes:
+        try:
+            return fr.encode_doe(self.requester.seal(session_id, message), fr.DoeType.SECURED_SPDM)
+        except fr.FramingError as exc:
+            raise TransportError(f"cannot seal a message for session {session_id:#010x}: {exc}") from None
+        except StackError as exc:
+            raise TransportError(str(exc)) from None
+
+    def _unseal(self, session_id: int, payload: bytes, what: str) -> bytes:
+        """The SPDM answer inside a secured DOE object. An answer in the clear is an ERROR (DecryptError
+        and the like: the session is over); one that fails its MAC ends the session here too."""
+        if not payload:
+            raise NoResponse(f"responder at {self.where} sent no response to {what} (an empty frame: message dropped)")
+        try:
+            doe_type, body = fr.decode_doe(payload)
+        except fr.FramingError as exc:
+            raise TransportError(f"responder at {self.where} sent a bad DOE object: {exc}") from None
+        if doe_type == fr.DoeType.SPDM:
+            answer = self._not_error(self._spdm_body(payload), what)
+            raise TransportError(
+                f"responder at {self.where} answered {what} in a session in the clear ({answer[:4].hex()})"
+            )
+        if doe_type != fr.DoeType.SECURED_SPDM:
+            raise TransportError(f"responder at {self.where} answered {what} with DOE data object type {doe_type}")
+        try:
+            return self.requester.open(session_id, body)
+        except fr.FramingError as exc:
+            self.requester.forget(session_id)
+            raise TransportError(f"responder at {self.where}: the answer to {what} does not open: {exc}") from None
+
+    def send(self, protocol_id: int, message: bytes, *, session_id: int | None = None) -> bytes:
+        """One VENDOR_DEFINED round trip, inside ``session_id`` (a secured message) or in the clear;
+        the answer without its protocol-ID byte.
 
         Raises :class:`NoResponse` (a TransportError) when the responder dropped the message."""
         name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
         request = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
-        return self._vendor_answer(protocol_id, self._expect(request, f"a {name} message"))
+        if session_id is None:
+            return self._vendor_answer(protocol_id, self._expect(request, f"a {name} message"))
+        answer = self._secured_round(session_id, request, f"a {name} message")
+        return self._vendor_answer(protocol_id, self._not_error(answer, f"a {name} message"))
 
-    def send_many(self, protocol_id: int, messages: Iterable[bytes]) -> list[bytes | TransportError]:
+    def send_many(
+        self, protocol_id: int, messages: Iterable[bytes], *, session_id: int | None = None
+    ) -> list[bytes | TransportError]:
         """Several VENDOR_DEFINED requests written at once, then their answers in order.
 
         One round trip instead of one per message. Only for a responder known to answer a connection's
         frames one after another, as :mod:`.server` does: SPDM itself allows one outstanding request.
         Each item is the answer or the TransportError that request alone met; a broken stream raises,
         as :meth:`send` does."""
-        name = _PROTOCOL_NAMES.get(protocol_id, f"protocol {protocol_id}")
-        payloads = self._pipeline(
-            [
-                fr.encode_doe(fr.VendorMessage(request=True, protocol_id=protocol_id, message=m).encode())
-                for m in messages
-            ]
-        )
+        return self.send_batch([(protocol_id, m, session_id) for m in messages])
+
+    def send_batch(self, items: list[tuple[int, bytes, int | None]]) -> list[bytes | TransportError]:
+        """Like :meth:`send_many`, for (protocol, message, session) items that may differ: each goes in its
+        own session (sealed) or in the clear, all written at once, answers read in order."""
+        frames = []
+        for protocol_id, message, session_id in items:
+            vm = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
+            frames.append(fr.encode_doe(vm) if session_id is None else self._sealed(session_id, vm))
         out: list[bytes | TransportError] = []
-        for payload in payloads:
+        for (protocol_id, _m, session_id), payload in zip(items, self._pipeline(frames), strict=True):
+            what = f"a {_PROTOCOL_NAMES.get(protocol_id, f'protocol {protocol_id}')} message"
             try:
-                answer = self._not_error(self._spdm_body(payload), f"a {name} message")
+                if session_id is None:
+                    answer = self._not_error(self._spdm_body(payload), what)
+                else:
+                    answer = self._not_error(self._unseal(session_id, payload, what), what)
                 out.append(self._vendor_answer(protocol_id, answer))
             except TransportError as exc:
                 out.append(exc)
@@ -349,13 +497,32 @@ class RemoteDeviceSnapshot:
     secrets: tuple[bytes, ...] = ()
 
 
+@attrs.define
+class KeptMailbox:
+    """A mailbox connection and its observer session, kept from one example to the next.
+
+    Saves each example a connection, VCA, the certificate chain and the observer's handshake -- and lets
+    the suite drive a responder that serves a single connection, as DMTF spdm-emu does (it exits when
+    that connection closes). Each example still gets its own sessions, ended at its close."""
+
+    client: EmuClient | None = None
+    observer: int | None = None
+
+
 class RemoteDevice(Actor):
     """A device in another process, driven over the socket, shaped like the in-process device.
 
-    Every SPDM session is its own connection, the trace records each crossing, and the snapshot asks
-    the device for each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state). What a
-    socket cannot reach -- config space, FLR, TLPs -- is refused as Unsupported, so those rules are
-    NOT EXERCISED rather than failed.
+    ``secure`` (the default) plays the TSM: every SPDM session is a secure session (KEY_EXCHANGE and
+    FINISH, the chain checked against ``trusted_root``) and TDISP / IDE_KM go inside it as secured
+    messages. With ``mailbox="one"`` every session shares one connection, as a TSM drives one DOE
+    mailbox; ``"per-session"`` opens a connection per session. A vendor message with no session is sent
+    in the clear (what a device must refuse). Without ``secure`` (a responder without sessions), every
+    session is its own plaintext connection. Session IDs the machine sees are this adapter's own
+    numbers (1, 2, ...), so records replay alike whatever IDs the responder picks.
+
+    The snapshot asks each TDI's state (GET_DEVICE_INTERFACE_STATE, which never changes state) over an
+    observer session of its own. What a socket cannot reach -- config space, FLR, TLPs -- is refused as
+    Unsupported, so those rules are NOT EXERCISED rather than failed.
     """
 
     actor_name = "device"
@@ -370,21 +537,36 @@ class RemoteDevice(Actor):
         name: str = "remote",
         timeout: float = 2.0,
         own_server: bool = False,
+        secure: bool = True,
+        mailbox: str = "one",
+        trusted_root: bytes | None = None,
+        isolate: bool = False,
+        keep: KeptMailbox | None = None,
     ) -> None:
         super().__init__(trace)
+        if mailbox not in ("one", "per-session"):
+            raise InvalidArgument(f"mailbox is 'one' or 'per-session', got {mailbox!r}")
         self.name = name
         self.host, self.port, self.timeout = host, port, timeout
         # Our own server (:mod:`.server`) answers a connection's frames in order, so requests may be
         # pipelined, and it is reset before the next example, so closing need not wait for session
         # ends. An unknown responder gets one request at a time and a close that waits.
         self.pipelined = self._reset_follows = own_server
+        self.secure, self.one_mailbox, self.trusted_root = secure, mailbox == "one", trusted_root
+        self.isolate = isolate
+        self._keep = keep if secure and isolate and mailbox == "one" else None
+        self.messages = 0  # TDISP / IDE_KM messages the machine sent
+        self.queries = 0  # state queries the snapshot sent (not counted in ``messages``)
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
-        self._sessions: dict[int, EmuClient] = {}
+        self._mailbox: EmuClient | None = None
+        self._sessions: dict[int, tuple[EmuClient, int | None]] = {}  # our ID -> (connection, SPDM session)
         self._next = 1
         self._states: dict[int, td.TdiState] = {f: td.TdiState.CONFIG_UNLOCKED for f in self.function_ids}
-        self._observer: EmuClient | None = None  # its own session, used only for state queries
+        self._observer: tuple[EmuClient, int | None] | None = None  # its own session, for state queries only
+        self._plain: EmuClient | None = None  # messages in the clear, when each session has its own connection
         self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
+        self._locked_by: dict[int, int] = {}  # TDI -> the session whose LOCK_INTERFACE it accepted last
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
         ]
@@ -397,22 +579,61 @@ class RemoteDevice(Actor):
     def bar_range(self, rid: int) -> tuple[int, int]:
         raise Unsupported("a remote device's BARs are not visible over the socket")
 
+    # ------------------------------------------------------------------------------ connections
+    def _connect(self) -> EmuClient:
+        return EmuClient.connect(
+            self.host, self.port, timeout=self.timeout, pipelined=self.pipelined, trusted_root=self.trusted_root
+        )
+
+    def _mailbox_client(self) -> EmuClient:
+        if self._mailbox is None or self._mailbox.unusable:
+            kept = self._keep
+            if kept is not None and kept.client is not None and not kept.client.unusable:
+                self._mailbox = kept.client
+            else:
+                self._mailbox = self._connect()
+                if kept is not None:
+                    kept.client, kept.observer = self._mailbox, None
+        return self._mailbox
+
+    def _open(self) -> tuple[EmuClient, int | None]:
+        """A connection and, when secure, a new session on it (on the mailbox, or a connection of its own)."""
+        if not self.secure:
+            return self._connect(), None
+        client = self._mailbox_client() if self.one_mailbox else self._connect()
+        try:
+            return client, client.open_session()
+        except BaseException:
+            if client is not self._mailbox:
+                client.close(wait=False)
+            raise
+
+    def _release(self, client: EmuClient, spdm_sid: int | None) -> None:
+        """End a session: END_SESSION inside it (secure), and close its connection unless it is the mailbox."""
+        try:
+            if spdm_sid is not None and not client.unusable and spdm_sid in client.requester.sessions:
+                client.end_session(spdm_sid)
+        finally:
+            if client is not self._mailbox:
+                client.close()
+
+    # ------------------------------------------------------------------------------ sessions
     @operation()
     def spdm_connect(self) -> int:
         self._snap = None  # the device may change state from here on
-        client = self._connect()
+        entry = self._open()
         sid = self._next
         self._next += 1
-        self._sessions[sid] = client
+        self._sessions[sid] = entry
         return sid
 
     @operation()
     def spdm_end(self, session_id: int) -> None:
         self._snap = None  # the device may change state from here on
-        client = self._sessions.pop(session_id, None)
-        if client is None:
+        entry = self._sessions.pop(session_id, None)
+        if entry is None:
             raise NotFound(f"no SPDM session {session_id}")
-        client.close()
+        self._release(*entry)
 
     @operation()
     def end_session(self, session_id: int) -> None:
@@ -420,15 +641,76 @@ class RemoteDevice(Actor):
             self.spdm_end(session_id)
 
     @operation()
+    def key_update(self, session_id: int) -> None:
+        """KEY_UPDATE (all keys) inside a live secure session: TDISP and IDE_KM must go on working."""
+        entry = self._sessions.get(session_id)
+        if entry is None or entry[1] is None:
+            raise NotFound(f"no live secure SPDM session {session_id}")
+        entry[0].key_update(entry[1])
+
+    @operation()
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         self._snap = None  # the device may change state from here on
-        client = self._sessions.get(session_id) if session_id is not None else None
-        if client is None:
-            raise NotFound(f"no live SPDM session {session_id} to the remote device")
+        if session_id is None:
+            if not self.secure:
+                raise NotFound("no SPDM session given, and without secure sessions every message needs one")
+            client, spdm_sid = self._clear_client(), None
+        else:
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                raise NotFound(f"no live SPDM session {session_id} to the remote device")
+            client, spdm_sid = entry
+        self.messages += 1
+        observer = self._observer
+        if (
+            self.pipelined
+            and observer is not None
+            and observer[0] is client
+            and not client.unusable
+            and (observer[1] is None or observer[1] in client.requester.sessions)
+            and (spdm_sid is None or spdm_sid in client.requester.sessions)
+        ):
+            # the snapshot's state queries ride behind the message on the same mailbox: answered after it,
+            # in order, so they say the state the message left -- one round trip instead of two
+            self.queries += len(self._queries)
+            answers = client.send_batch(
+                [(protocol_id, message, spdm_sid), *((1, q, observer[1]) for q in self._queries)]
+            )
+            first = answers[0]
+            if isinstance(first, bytes) and protocol_id == 1 and session_id is not None:
+                if message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+                    self._note_lock(first, session_id)
+            self._snap = self._snapshot_from(answers[1:])
+            if isinstance(first, NoResponse):
+                return None
+            if isinstance(first, TransportError):
+                raise first
+            return first
+        else:
+            try:
+                answer = client.send(protocol_id, message, session_id=spdm_sid)
+            except NoResponse:
+                return None  # dropped, as the in-process device reports it
+        if protocol_id == 1 and session_id is not None and message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+            self._note_lock(answer, session_id)
+        return answer
+
+    def _note_lock(self, answer: bytes, session_id: int) -> None:
+        """Remember which session locked a TDI, as the TSM that sent the LOCK knows: the device does not say,
+        and the rules need it to know what a session's end does (TDISP-09) and where START belongs."""
         try:
-            return client.send(protocol_id, message)
-        except NoResponse:
-            return None  # dropped, as the in-process device reports it
+            resp = td.decode_response(answer)
+        except StackError:
+            return
+        if isinstance(resp, td.LockInterfaceResponse):
+            self._locked_by[resp.interface_id.function_id] = session_id
+
+    def _clear_client(self) -> EmuClient:
+        if self.one_mailbox:
+            return self._mailbox_client()
+        if self._plain is None or self._plain.unusable:
+            self._plain = self._connect()
+        return self._plain
 
     @staticmethod
     def _unsupported(*args: Any, **kwargs: Any) -> None:
@@ -460,37 +742,52 @@ class RemoteDevice(Actor):
         self._unsupported()
         return b""
 
-    def _connect(self) -> EmuClient:
-        return EmuClient.connect(self.host, self.port, timeout=self.timeout, pipelined=self.pipelined)
-
-    def _ask(self, client: EmuClient, messages: list[bytes]) -> list[bytes | TransportError]:
+    def _ask(self, client: EmuClient, spdm_sid: int | None, messages: list[bytes]) -> list[bytes | TransportError]:
         """TDISP questions, pipelined when the responder allows it; a failure stands in for its answer."""
+        self.queries += len(messages)
         if self.pipelined:
             try:
-                return client.send_many(1, messages)
+                return client.send_many(1, messages, session_id=spdm_sid)
             except TransportError as exc:
                 return [exc] * len(messages)
         out: list[bytes | TransportError] = []
         for m in messages:
             try:
-                out.append(client.send(1, m))
+                out.append(client.send(1, m, session_id=spdm_sid))
             except TransportError as exc:
                 out.append(exc)
         return out
 
     @query
     def snapshot(self) -> RemoteDeviceSnapshot:
-        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on a live session (a query).
+        """Each TDI's state, asked with GET_DEVICE_INTERFACE_STATE on the observer's own session (a query).
 
         The questions go out pipelined when allowed (one round trip for all TDIs); the answer is kept until
         this adapter next sends the device anything: a step the socket cannot carry (config space,
         FLR, TLPs) reaches nobody, so the device's state is what it was. Not kept if a query failed."""
         if self._snap is not None:
             return self._snap
-        if self._observer is None:
-            self._observer = self._connect()
+        try:
+            if self._observer is None or self._observer[0].unusable:
+                kept = self._keep
+                if kept is not None and kept.observer is not None and kept.client is self._mailbox_client():
+                    self._observer = (kept.client, kept.observer)
+                else:
+                    self._observer = self._open()
+                    if kept is not None:
+                        kept.observer = self._observer[1]
+            answers = self._ask(*self._observer, self._queries)
+        except TransportError as exc:
+            answers = [exc] * len(self._queries)
+        snap = self._snapshot_from(answers)
+        if snap is None:
+            return self._build_snapshot()
+        self._snap = snap
+        return snap
+
+    def _snapshot_from(self, answers: list[bytes | TransportError]) -> RemoteDeviceSnapshot | None:
+        """The snapshot the state queries' answers give; None (nothing cached) if any failed."""
         complete = True
-        answers = self._ask(self._observer, self._queries)
         for fid, raw in zip(self.function_ids, answers, strict=True):
             try:
                 if isinstance(raw, TransportError):
@@ -503,22 +800,67 @@ class RemoteDevice(Actor):
                 self._states[fid] = td.TdiState(resp.tdi_state)
             else:
                 complete = False
+        return self._build_snapshot() if complete else None
+
+    def _build_snapshot(self) -> RemoteDeviceSnapshot:
+        for fid, state in self._states.items():
+            if state is td.TdiState.CONFIG_UNLOCKED:
+                self._locked_by.pop(fid, None)
         fns = tuple(
-            RemoteFunction(rid=f, function_id=f, is_pf=i == 0, tdi_state=self._states[f])
+            RemoteFunction(
+                rid=f,
+                function_id=f,
+                is_pf=i == 0,
+                tdi_state=self._states[f],
+                locked_session=self._locked_by.get(f) if self._states[f] is not td.TdiState.CONFIG_UNLOCKED else None,
+            )
             for i, f in enumerate(self.function_ids)
         )
-        snap = RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
-        self._snap = snap if complete else None
-        return snap
+        return RemoteDeviceSnapshot(name=self.name, functions=fns, sessions=tuple(sorted(self._sessions)))
+
+    def _isolate(self) -> None:
+        """Leave the responder as the next example must find it, without a fresh process: STOP every TDI
+        that is not CONFIG_UNLOCKED (over its locking session, else the observer's), then END_SESSION every
+        session, which drops the key owner and every session binding (PCIe §11.3.16, §11.4.5)."""
+        if self._observer is not None and not self._observer[0].unusable:
+            client, spdm_sid = self._observer
+            for fid in self.function_ids:
+                if self._states.get(fid) is td.TdiState.CONFIG_UNLOCKED and self._snap is not None:
+                    continue
+                owner = self._sessions.get(self._locked_by.get(fid, -1))
+                via, via_sid = owner if owner is not None and not owner[0].unusable else (client, spdm_sid)
+                stop = td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid)))
+                try:
+                    via.send(1, stop, session_id=via_sid)
+                except StackError:
+                    pass
+        kept = self._keep is not None and self._mailbox is not None and not self._mailbox.unusable
+        observer = [] if kept or self._observer is None else [self._observer]
+        for entry in [*self._sessions.values(), *observer]:
+            try:
+                self._release(*entry)
+            except StackError:
+                pass
+        self._sessions.clear()
+        self._observer = None
+        self._locked_by.clear()
+        if kept:
+            self._mailbox = None  # handed on to the next example, with its observer session
 
     @operation()
     def close(self) -> None:
-        """Close every connection (end of an example)."""
+        """Close every connection (end of an example); with ``isolate``, reset the device by protocol first."""
+        if self.isolate and self.secure:
+            self._isolate()
         self._snap = None
-        for client in [*self._sessions.values(), *([self._observer] if self._observer else [])]:
+        clients = {id(c): c for c, _ in self._sessions.values()}
+        for extra in (self._observer[0] if self._observer else None, self._plain, self._mailbox):
+            if extra is not None:
+                clients[id(extra)] = extra
+        for client in clients.values():
             client.close(wait=not self._reset_follows)
         self._sessions.clear()
-        self._observer = None
+        self._observer = self._plain = self._mailbox = None
 
 
 # --- processes

@@ -16,11 +16,21 @@ What a connection sees, as spdm-emu's ``spdm_responder_emu`` would show it:
   **empty NORMAL frame**: no DOE object at all. The client reports that as "no response". (spdm-emu's
   requester would instead wait and time out; the empty frame keeps the stream in step.)
 
-Sessions: each connection that completes VCA is one session, numbered by the server's counter (or by
-the responder's own ``spdm_connect`` when it has one, see :class:`~reference_impl.transport.SessionOpener`).
-The ID is passed with every vendor message of that connection, and ``end_session`` is called when the
-connection closes or a new GET_VERSION resets it. Connections are served concurrently (a requester
-may hold several sessions); the responder sees one call at a time.
+Sessions (``secure``, the default): SPDM 1.2 secure sessions as :mod:`~teeio_conformance.contract.spdm`
+speaks them -- GET_DIGESTS, GET_CERTIFICATE, KEY_EXCHANGE in the clear; FINISH, END_SESSION, KEY_UPDATE
+and VENDOR_DEFINED inside secured messages (DOE type 2). One connection (one DOE mailbox) holds any
+number of sessions. Each session, once FINISH completes, is opened on the responder (its own
+``spdm_connect`` when it has one, see :class:`~reference_impl.transport.SessionOpener`, else the
+server's counter) and that ID goes with every vendor message inside the session; END_SESSION, a
+secured message that fails to decrypt, a GET_VERSION or the connection closing ends it
+(``end_session``). A VENDOR_DEFINED message in the clear reaches the responder with no session
+(``session_id=None``): TDISP and IDE_KM belong inside a session (PCIe 6.x §11.2.2, §6.33.3), and
+whether the device refuses them is what the suite checks.
+
+Plaintext (``secure=False``, ``serve-device --plaintext``), for requesters without sessions: each
+connection that completes VCA is one session, numbered as above, used for every vendor message of that
+connection and ended when it closes or a new GET_VERSION resets it. Connections are served
+concurrently; the responder sees one call at a time.
 
 Reset (:meth:`EmuServer.reset`, in-process only): the server drops every open connection and serves
 a fresh responder from then on. Each connection stays bound to the responder it was accepted under,
@@ -33,8 +43,9 @@ a frame within that time of starting it -- is closed; at most ``max_open`` conne
 (more are closed as they arrive); the payloads being read across all connections are bounded by
 ``max_buffered`` bytes (a frame that would pass it closes its connection before its payload is read).
 
-Secure sessions (DSP0277 secured messages, DOE type 2) are the next step: :class:`Channel` is the seam.
-Today :class:`PlaintextChannel` passes SPDM through and refuses secured messages.
+:class:`Channel` turns a plain DOE body into an SPDM request (:class:`PlaintextChannel`, which refuses
+secured messages when sessions are off); secured messages go to the connection's
+:class:`~teeio_conformance.contract.spdm.SpdmResponder`.
 """
 
 from __future__ import annotations
@@ -54,8 +65,15 @@ from typing import Any, Protocol
 import attrs
 
 from teeio_conformance.contract import framing as fr
+from teeio_conformance.contract import spdm as sp
 from teeio_conformance.contract.errors import InvalidArgument
-from teeio_conformance.reference_impl.transport import PROTOCOL_IDE_KM, PROTOCOL_TDISP, SessionOpener, VendorResponder
+from teeio_conformance.reference_impl.transport import (
+    PROTOCOL_IDE_KM,
+    PROTOCOL_TDISP,
+    SessionOpener,
+    SpdmIdentity,
+    VendorResponder,
+)
 
 __all__ = [
     "TEST_REPLY",
@@ -135,14 +153,16 @@ class _DeadlineReader(fr.StreamReader):
 
 
 RESPONDER_FLAGS = 0
-"""CAPABILITIES flags: none. The server answers VCA and VENDOR_DEFINED only, so it claims no CERT,
-CHAL, MEAS or KEY_EX capability (a requester would otherwise go on to ask for certificates)."""
+"""CAPABILITIES flags without sessions: none. The server then answers VCA and VENDOR_DEFINED only, so
+it claims no CERT, CHAL, MEAS or KEY_EX capability (a requester would otherwise ask for certificates)."""
+SECURE_FLAGS = sp.SESSION_FLAGS
+"""CAPABILITIES flags with sessions: CERT, ENCRYPT, MAC, KEY_EX and KEY_UPD (DSP0274 1.2 Table 'Flag fields')."""
 
 
-def responder_capabilities() -> fr.Capabilities:
+def responder_capabilities(flags: int = RESPONDER_FLAGS) -> fr.Capabilities:
     """The fixed CAPABILITIES answer: it can receive one full DOE object's worth of SPDM."""
     size = fr.MAX_PAYLOAD - fr.DOE_HEADER.size
-    return fr.Capabilities(ct_exponent=0, flags=RESPONDER_FLAGS, data_transfer_size=size, max_spdm_msg_size=size)
+    return fr.Capabilities(ct_exponent=0, flags=flags, data_transfer_size=size, max_spdm_msg_size=size)
 
 
 def select_algorithms(req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS) -> fr.Algorithms:
@@ -156,6 +176,20 @@ def select_algorithms(req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS)
         base_asym_sel=fr.ASYM_ECDSA_P384 if signs and req.base_asym_algo & fr.ASYM_ECDSA_P384 else 0,
         alg_structs=tuple(fr.AlgStruct(alg_type=s.alg_type) for s in req.alg_structs),
     )
+
+
+_SESSION_CODES = (sp.Code.GET_DIGESTS, sp.Code.GET_CERTIFICATE, sp.Code.KEY_EXCHANGE, *sp.IN_SESSION_CODES)
+
+
+def _identity(responder: VendorResponder) -> tuple[tuple[bytes, ...], Callable[[bytes], bytes]]:
+    """The certificate chain and signer a responder offers (:class:`~reference_impl.transport.SpdmIdentity`),
+    or a fixed reference identity (seed 0) for one that has none, such as a test double."""
+    if isinstance(responder, SpdmIdentity):
+        return tuple(responder.certificate_chain()), responder.spdm_sign
+    from teeio_conformance.reference_impl.device.identity import DeviceIdentity
+
+    fallback = DeviceIdentity(seed=0)
+    return fallback.certificate_chain(), fallback.sign
 
 
 class Channel(Protocol):
@@ -195,12 +229,15 @@ class _Stage(enum.IntEnum):
 
 @attrs.define
 class _ConnState:
-    """One connection's SPDM state: the responder it is bound to, how far VCA got, the session it opened."""
+    """One connection's SPDM state: the responder it is bound to, how far VCA got, the session it opened
+    (plaintext), or its secure sessions and the responder's session for each (``secure``)."""
 
     channel: Channel
     responder: _Locked
     stage: _Stage = _Stage.NONE
     session_id: int | None = None
+    spdm: sp.SpdmResponder | None = None
+    device_sessions: dict[int, int] = attrs.Factory(dict)  # SPDM session ID -> the responder's session
 
     @property
     def version(self) -> int:
@@ -216,6 +253,7 @@ class _Locked:
         self._lock = threading.Lock()
         self._next_session = 1
         self.function_ids = tuple(inner.function_ids)
+        self.inner = inner
 
     def open_session(self) -> int:
         with self._lock:
@@ -247,6 +285,7 @@ class EmuServer:
         idle_timeout: float | None = IDLE_TIMEOUT,
         max_open: int = MAX_OPEN,
         max_buffered: int = MAX_BUFFERED,
+        secure: bool = True,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise InvalidArgument(f"idle_timeout must be positive seconds (or None), got {idle_timeout!r}")
@@ -258,6 +297,7 @@ class EmuServer:
         self.refused_connections = 0  # closed on arrival: max_open were open
         self.dropped_connections = 0  # closed for idling or for a frame over the buffer budget
         self._listener = listener
+        self.secure = secure
         self._responder = _Locked(responder)
         self._max_connections = max_connections
         self._channel_factory = channel_factory
@@ -278,6 +318,8 @@ class EmuServer:
             "function_ids": list(self.function_ids),
             "transport": "PCI_DOE",
             "spdm_version": "1.2",
+            "sessions": self.secure,
+            "pipelining": True,  # a connection's frames are answered in order, so requests may be pipelined
         }
 
     # ---------------------------------------------------------------------------------- lifecycle
@@ -371,6 +413,9 @@ class EmuServer:
     # ---------------------------------------------------------------------------------- one connection
     def _serve_connection(self, conn: socket.socket, responder: _Locked) -> None:
         state = _ConnState(channel=self._channel_factory(), responder=responder)
+        if self.secure:
+            chain, sign = _identity(responder.inner)
+            state.spdm = sp.SpdmResponder(chain, sign)
         reader = _DeadlineReader(conn, self.idle_timeout)
         out = bytearray()
 
@@ -442,6 +487,8 @@ class EmuServer:
             doe_type, body = fr.decode_doe(payload)
             if doe_type == fr.DoeType.DISCOVERY:
                 return fr.encode_doe(self._discovery(body), fr.DoeType.DISCOVERY)
+            if doe_type == fr.DoeType.SECURED_SPDM and state.spdm is not None:
+                return self._secured(state, state.spdm, body)
             request = state.channel.open(doe_type, body)
         except fr.FramingError as exc:
             answer = self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST)
@@ -451,6 +498,55 @@ class EmuServer:
             return b""
         doe_type, sealed = state.channel.seal(answer)
         return fr.encode_doe(sealed, doe_type)
+
+    def _secured(self, state: _ConnState, spdm: sp.SpdmResponder, record: bytes) -> bytes:
+        """One secured message (DSP0277) in, its secured answer out. A record that does not open is
+        answered in the clear with ERROR (DecryptError ends that session: DSP0277 §6, the keys can no
+        longer be trusted to be in step); a dropped vendor message with an empty frame."""
+        try:
+            sid, request = spdm.open(record)
+        except fr.FramingError as exc:
+            if exc.code == sp.ErrorCode.DECRYPT_ERROR:
+                spdm.drop(sp.session_id_of(record))
+                self._sync(state, spdm)
+            return fr.encode_doe(self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST))
+        answer: bytes | None
+        if request[1] == fr.SpdmCode.VENDOR_DEFINED_REQUEST:
+            device_sid = state.device_sessions.get(sid)
+            if not spdm.established(sid) or device_sid is None:
+                answer = self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+            else:
+                try:
+                    answer = self._vendor(state, request, device_sid)
+                except fr.FramingError as exc:
+                    answer = self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST)
+            if answer is None:
+                return b""
+        elif request[1] in (fr.SpdmCode.GET_VERSION, fr.SpdmCode.GET_CAPABILITIES, fr.SpdmCode.NEGOTIATE_ALGORITHMS):
+            answer = self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)  # VCA is never inside a session
+        else:
+            answer = spdm.handle_in_session(sid, request)
+        sealed = spdm.seal(sid, answer)
+        self._sync(state, spdm)
+        return fr.encode_doe(sealed, fr.DoeType.SECURED_SPDM)
+
+    def _sync(self, state: _ConnState, spdm: sp.SpdmResponder) -> None:
+        """Open or end the responder's session for every SPDM session established or ended since last time."""
+        for event, sid in spdm.take_events():
+            if event == "established":
+                try:
+                    state.device_sessions[sid] = state.responder.open_session()
+                except Exception:  # a responder bug must not take the server down: that session is unusable
+                    self.responder_errors += 1
+                    spdm.drop(sid)
+                    spdm.take_events()
+            else:
+                device_sid = state.device_sessions.pop(sid, None)
+                if device_sid is not None:
+                    try:
+                        state.responder.end_session(device_sid)
+                    except Exception:
+                        self.responder_errors += 1
 
     @staticmethod
     def _discovery(body: bytes) -> bytes:
@@ -476,13 +572,18 @@ class EmuServer:
                 fr.GetVersion.decode(req)
             except fr.FramingError:
                 return fr.spdm_error(fr.SpdmErrorCode.INVALID_REQUEST, fr.SPDM_VERSION_10)
-            self._end(state)  # GET_VERSION resets the connection: a session open on it ends
+            self._end(state)  # GET_VERSION resets the connection: every session open on it ends
             state.stage = _Stage.VERSION
-            return fr.Version(entries=(fr.SPDM_VERSION << 8,)).encode()
+            answer = fr.Version(entries=(fr.SPDM_VERSION << 8,)).encode()
+            if state.spdm is not None:
+                state.spdm.vca(req, answer)
+            return answer
+        session_codes = _SESSION_CODES if state.spdm is not None else ()
         if code not in (
             fr.SpdmCode.GET_CAPABILITIES,
             fr.SpdmCode.NEGOTIATE_ALGORITHMS,
             fr.SpdmCode.VENDOR_DEFINED_REQUEST,
+            *session_codes,
         ):
             return self._error(state, fr.SpdmErrorCode.UNSUPPORTED_REQUEST, code)
         if state.stage is _Stage.NONE:
@@ -494,7 +595,11 @@ class EmuServer:
                 return self._capabilities(state, req)
             if code == fr.SpdmCode.NEGOTIATE_ALGORITHMS:
                 return self._algorithms(state, req)
-            return self._vendor(state, req)
+            if code in session_codes and state.spdm is not None:
+                if state.stage is not _Stage.READY:
+                    return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
+                return state.spdm.handle(req)
+            return self._vendor(state, req, state.session_id)
         except fr.FramingError as exc:
             data = code if exc.code == fr.SpdmErrorCode.UNSUPPORTED_REQUEST else 0
             return self._error(state, exc.code or fr.SpdmErrorCode.INVALID_REQUEST, data)
@@ -506,12 +611,23 @@ class EmuServer:
         if caps.data_transfer_size < fr.MIN_DATA_TRANSFER_SIZE_12 or caps.max_spdm_msg_size < caps.data_transfer_size:
             return self._error(state, fr.SpdmErrorCode.INVALID_REQUEST)  # DSP0274 1.2 GET_CAPABILITIES sizes
         state.stage = _Stage.CAPABILITIES
-        return responder_capabilities().encode()
+        answer = responder_capabilities(SECURE_FLAGS if state.spdm is not None else RESPONDER_FLAGS).encode()
+        if state.spdm is not None:
+            state.spdm.vca(req, answer)
+        return answer
 
     def _algorithms(self, state: _ConnState, req: bytes) -> bytes:
         if state.stage is not _Stage.CAPABILITIES:
             return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
-        answer = select_algorithms(fr.NegotiateAlgorithms.decode(req)).encode()
+        offer = fr.NegotiateAlgorithms.decode(req)
+        if state.spdm is not None:
+            # sessions: the session suite when offered, else what a responder without it would select
+            algs = sp.select_session_algorithms(offer) or select_algorithms(offer, SECURE_FLAGS)
+            answer = algs.encode()
+            state.spdm.vca(req, answer, algorithms=algs)
+            state.stage = _Stage.READY
+            return answer
+        answer = select_algorithms(offer).encode()
         try:
             state.session_id = state.responder.open_session()
         except Exception:  # a responder bug must not take the server down
@@ -520,14 +636,14 @@ class EmuServer:
         state.stage = _Stage.READY
         return answer
 
-    def _vendor(self, state: _ConnState, req: bytes) -> bytes | None:
+    def _vendor(self, state: _ConnState, req: bytes, session_id: int | None) -> bytes | None:
         if state.stage is not _Stage.READY:
             return self._error(state, fr.SpdmErrorCode.UNEXPECTED_REQUEST)
         vm = fr.VendorMessage.decode(req, request=True)
         if vm.protocol_id not in (PROTOCOL_IDE_KM, PROTOCOL_TDISP):
             return self._error(state, fr.SpdmErrorCode.UNSUPPORTED_REQUEST, fr.SpdmCode.VENDOR_DEFINED_REQUEST)
         try:
-            answer = state.responder.handle_vendor_message(vm.protocol_id, vm.message, session_id=state.session_id)
+            answer = state.responder.handle_vendor_message(vm.protocol_id, vm.message, session_id=session_id)
             if answer is None:
                 return None
             return fr.VendorMessage(request=False, protocol_id=vm.protocol_id, message=bytes(answer)).encode()
@@ -536,7 +652,10 @@ class EmuServer:
             return self._error(state, fr.SpdmErrorCode.UNSPECIFIED)
 
     def _end(self, state: _ConnState) -> None:
-        """Tell the responder the connection's session is over (close, or a GET_VERSION reset)."""
+        """Tell the responder the connection's sessions are over (close, or a GET_VERSION reset)."""
+        if state.spdm is not None:
+            state.spdm.reset()
+            self._sync(state, state.spdm)
         sid, state.session_id, state.stage = state.session_id, None, _Stage.NONE
         if sid is not None:
             try:
@@ -571,6 +690,7 @@ def serve(
     idle_timeout: float | None = IDLE_TIMEOUT,
     max_open: int = MAX_OPEN,
     max_buffered: int = MAX_BUFFERED,
+    secure: bool = True,
 ) -> None:
     """Serve one responder until a SHUTDOWN frame (or ``max_connections`` connections have come and gone).
 
@@ -585,6 +705,7 @@ def serve(
             idle_timeout=idle_timeout,
             max_open=max_open,
             max_buffered=max_buffered,
+            secure=secure,
         )
     except BaseException:
         listener.close()
@@ -637,6 +758,7 @@ def start_in_thread(
     idle_timeout: float | None = IDLE_TIMEOUT,
     max_open: int = MAX_OPEN,
     max_buffered: int = MAX_BUFFERED,
+    secure: bool = True,
 ) -> ServerHandle:
     """A server on a loopback port (a free one by default), listening before this returns."""
     listener = _listen(host, port, allow_remote=False)
@@ -648,6 +770,7 @@ def start_in_thread(
             idle_timeout=idle_timeout,
             max_open=max_open,
             max_buffered=max_buffered,
+            secure=secure,
         )
     except BaseException:
         listener.close()
@@ -689,6 +812,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help=f"frame payload bytes read at once across connections (default {MAX_BUFFERED})",
     )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no SPDM secure sessions: each connection is one session and TDISP / IDE_KM travel in the clear",
+    )
 
 
 def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponder]) -> int:
@@ -709,6 +837,7 @@ def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponde
             idle_timeout=idle if idle else None,
             max_open=getattr(args, "max_open", MAX_OPEN),
             max_buffered=getattr(args, "max_buffered", MAX_BUFFERED),
+            secure=not getattr(args, "plaintext", False),
         )
     except InvalidArgument as exc:
         sys.stderr.write(f"teeio-conformance serve-device: {exc}\n")

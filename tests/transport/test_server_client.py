@@ -66,7 +66,7 @@ class FakeResponder:
 @pytest.fixture
 def served() -> Iterator[tuple[srv.ServerHandle, FakeResponder]]:
     responder = FakeResponder()
-    handle = srv.start_in_thread(lambda: responder)
+    handle = srv.start_in_thread(lambda: responder, secure=False)
     yield handle, responder
     handle.stop()
     assert not handle.thread.is_alive()
@@ -126,7 +126,9 @@ def test_vca_then_vendor_round_trips(served):
         assert client.version == fr.Version(entries=(0x1200,))
         assert client.capabilities is not None and client.capabilities.flags == 0  # claims nothing it lacks
         assert client.capabilities.data_transfer_size >= fr.MIN_DATA_TRANSFER_SIZE_12
-        assert client.algorithms == fr.Algorithms()  # no signing capability: nothing selected
+        algs = client.algorithms  # no signing or session capability: nothing selected, one empty table per asked
+        assert algs is not None and (algs.base_hash_sel, algs.base_asym_sel) == (0, 0)
+        assert algs.alg_structs and all(t.supported == 0 for t in algs.alg_structs)
         assert client.send(1, GET_TDISP_VERSION) == TDISP_ERROR
         for i in range(200):
             assert client.send(i % 2, b"m%d" % i) == b"echo:m%d" % i
@@ -367,7 +369,7 @@ def test_the_server_survives_10000_malformed_frames_and_still_answers():
 
     Every frame that does not close its connection gets exactly one well-formed answer."""
     responder = FakeResponder()
-    handle = srv.start_in_thread(lambda: responder)
+    handle = srv.start_in_thread(lambda: responder, secure=False)
     rng = random.Random(20261125)
     valid = [
         fr.get_version(),
@@ -437,7 +439,7 @@ _property_server: list[srv.ServerHandle] = []
 @given(st.binary(max_size=64), st.sampled_from([fr.DoeType.SPDM, fr.DoeType.DISCOVERY, fr.DoeType.SECURED_SPDM]))
 def test_any_doe_payload_gets_one_well_formed_answer(body, doe_type):
     if not _property_server:
-        _property_server.append(srv.start_in_thread(FakeResponder))
+        _property_server.append(srv.start_in_thread(FakeResponder, secure=False))
     raw = Raw(_property_server[0].port)
     try:
         answer = raw.frame(fr.Command.NORMAL, fr.encode_doe(body, doe_type))
@@ -499,7 +501,7 @@ SERVE_SCRIPT = textwrap.dedent(
 
     parser = argparse.ArgumentParser()
     server.add_arguments(parser)
-    raise SystemExit(server.run(parser.parse_args(["--port", "0"]), Echo))
+    raise SystemExit(server.run(parser.parse_args(["--port", "0", "--plaintext"]), Echo))
     """
 )
 
@@ -700,7 +702,7 @@ def test_reset_serves_a_fresh_responder_and_drops_every_older_connection():
     """After reset() new connections meet the new responder with session numbering from 1; a connection
     from before is closed and its session ends on the old responder, never reaching the new one."""
     responders = [FakeResponder(), FakeResponder()]
-    handle = srv.start_in_thread(lambda: responders.pop(0))
+    handle = srv.start_in_thread(lambda: responders.pop(0), secure=False)
     old = cast(FakeResponder, handle.server._responder._inner)
     try:
         before = EmuClient.connect(handle.host, handle.port)
@@ -722,7 +724,7 @@ def test_reset_serves_a_fresh_responder_and_drops_every_older_connection():
 
 
 def test_reset_without_a_factory_is_refused():
-    server = srv.start_in_thread(FakeResponder)
+    server = srv.start_in_thread(FakeResponder, secure=False)
     try:
         bare = srv.ServerHandle(
             host=server.host,

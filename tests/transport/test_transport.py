@@ -51,9 +51,14 @@ def served():
 
 
 def test_round_trips_and_sessions_over_loopback(served):
+    """TDISP inside a secure session is answered; the same request in the clear is refused by the device."""
     client = EmuClient.connect(served.host, served.port)
-    raw = client.send(1, td.encode(td.GetTdispVersion(interface_id=td.InterfaceId(function_id=0x3A00))))
+    sid = client.open_session()
+    version = td.encode(td.GetTdispVersion(interface_id=td.InterfaceId(function_id=0x3A00)))
+    raw = client.send(1, version, session_id=sid)
     assert td.decode_response(raw) == td.TdispVersion(interface_id=td.InterfaceId(function_id=0x3A00), versions=(0x10,))
+    refused = td.decode_response(client.send(1, version))
+    assert isinstance(refused, td.TdispError) and refused.error_code == td.ErrorCode.INVALID_REQUEST
     client.close()
 
 
