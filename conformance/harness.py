@@ -152,7 +152,8 @@ class StepRunner:
         )
         broken = self.checker.check(obs)
         if broken:
-            rule, message = broken[0]
+            # a liveness rule (area LIVE) says only that a lifecycle step failed; a rule that names the cause wins
+            rule, message = min(broken, key=lambda b: b[0].area.name == "LIVE")
             raise violation_type(rule.id)(rule, message, action)
         return result, error
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, precondition, rule
 
 from teeio_conformance.conformance.harness import StepRunner
 from teeio_conformance.conformance.machines.recording import note, recorded, score
@@ -632,3 +632,67 @@ class FullStack(RuleBasedStateMachine):
             if name == self.device_name and frid == rid:
                 return int(fd)
         return None
+
+    # ------------------------------------------------------------------ liveness (issue 14)
+    def _fresh(self) -> bool:
+        """Nothing has happened yet but the first VM's creation: no link, no assignment, no VM running."""
+        snap = self.run._snap
+        return (
+            not snap.tsm.connected
+            and not snap.vmm.assignments
+            and all(v.state.value == "created" for v in snap.kvm.vms)
+            and not snap.iommufd.objects
+        )
+
+    @rule()
+    @precondition(lambda self: self._fresh())
+    @recorded
+    def lifecycle(self) -> None:
+        """The corrected lifecycle end to end on this stack's first function, as a well-behaved host and guest
+        (``conformance/rules/liveness.py``): one checked step per lifecycle step, stopping at the first that
+        is refused. Only on a fresh stack (drawn in any other state a step could rightly be refused);
+        ``conformance/test_liveness.py`` runs it once per profile before the search."""
+        from teeio_conformance.conformance.rules.liveness import PREFIX, SHARED_PAYLOAD
+
+        stack, dev, rid, virt = self.stack, self.device, self.device.pf_rid, VIRT_BASE
+        vm = ""
+
+        def guest() -> Any:
+            return stack.guests[vm]
+
+        def host_mmap() -> None:
+            fd = self._fd(rid)
+            stack.vfio.mmap_bar(-1 if fd is None else fd, rid)
+
+        def host_read() -> bytes:
+            fd = self._fd(rid)
+            data: bytes = stack.vfio.host_mmio_read(-1 if fd is None else fd, rid, 0, 4)
+            return data
+
+        steps: list[tuple[str, Any]] = [
+            ("connect_ide", lambda: stack.vmm.connect_ide(self.device_name)),
+            ("create_vm", stack.create_vm),
+            ("assign", lambda: stack.vmm.assign(vm, self.device_name, rid, virt)),
+            ("run", lambda: stack.vmm.run(vm)),
+            ("enumerate", lambda: guest().enumerate(virt)),
+            ("bind", lambda: guest().connect(virt)),
+            ("attest", lambda: guest().attest(virt)),
+            ("accept", lambda: guest().accept(virt)),
+            ("start", lambda: guest().start(virt)),
+            ("private_mmio", lambda: guest().read_private_mmio(virt)),
+            ("private_dma", lambda: dev.issue_dma(rid, PRIVATE_GPA, b"device->guest private data", t_bit=True)),
+            ("unbind", lambda: guest().disconnect(virt)),
+            ("enumerate_again", lambda: guest().enumerate(virt)),
+            ("host_mmap", host_mmap),
+            ("host_read", host_read),
+            ("shared_dma", lambda: dev.issue_dma(rid, SHARED_GPA, SHARED_PAYLOAD, t_bit=False)),
+            ("vm_stop", lambda: stack.vmm.stop_vm(vm)),
+            ("disconnect", lambda: stack.tsm.disconnect(self.device_name)),
+        ]
+        for name, call in steps:
+            result, error = self.run.step(PREFIX + name, call)
+            note(f"{PREFIX}{name}: {'refused ' + type(error).__name__ if error else 'ok'}")
+            if error is not None:
+                return  # the liveness rule reported it, unless it is not checked in this run
+            if name == "create_vm":
+                vm = str(result)

@@ -54,6 +54,7 @@ class Area(enum.Enum):
     CONF = "confidentiality and isolation"
     DOWN = "teardown convergence"
     ERR = "error contract"
+    LIVE = "liveness: the lifecycle completes on the SUT"
 
 
 ALL_PROFILES = frozenset({"tdx", "sev-tio", "cca"})
