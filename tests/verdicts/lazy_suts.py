@@ -80,4 +80,59 @@ def fixed_nonce(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1,
     return _stack(profile, num_devices, num_vfs, trace, tsm_factory=_FixedNonceTsm)
 
 
-__all__ = ["fixed_nonce", "never_recovers", "refuses_lock", "refuses_reports", "start_does_nothing"]
+__all__ = [
+    "acks_bad_key_prog",
+    "fixed_nonce",
+    "never_recovers",
+    "refuses_lock",
+    "refuses_reports",
+    "start_does_nothing",
+    "wrong_dsm_caps",
+]
+
+
+# ---------------------------------------------------------------------------- lying devices
+class _AcksBadKeyProg(Device):
+    """Every decodable KEY_PROG it answers gets KP_ACK SUCCESS -- bad port, stream, sub-stream or IV alike."""
+
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        from teeio_conformance.contract import ide_km as km
+
+        answer = super().handle_vendor_message(protocol_id, message, session_id=session_id)
+        if protocol_id != 0 or answer is None or message[:1] != bytes([km.ObjectId.KEY_PROG]):
+            return answer
+        try:
+            req = km.decode(bytes(message))
+        except Exception:
+            return answer  # undecodable: the honest answer stands
+        ack = km.KpAck(
+            stream_id=req.stream_id,
+            status=km.KpAckStatus.SUCCESS,
+            key_sub_stream=req.key_sub_stream,
+            port_index=req.port_index,
+        )
+        return km.encode(ack)
+
+
+class _WrongDsmCaps(Device):
+    """GET_TDISP_CAPABILITIES claims a DSM capability TDISP 1.0 does not define, and a 48-bit address width."""
+
+    def _on_get_tdisp_capabilities(self, fn: Any, req: Any, sid: int) -> td.Response:
+        good: Any = super()._on_get_tdisp_capabilities(fn, req, sid)
+        return td.TdispCapabilities(
+            interface_id=req.interface_id,
+            dsm_caps=0x3,
+            req_msgs_supported=good.req_msgs_supported,
+            lock_interface_flags_supported=good.lock_interface_flags_supported,
+            dev_addr_width=48,
+            num_req_this=good.num_req_this,
+            num_req_all=good.num_req_all,
+        )
+
+
+def acks_bad_key_prog(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Any:
+    return _stack(profile, num_devices, num_vfs, trace, device_factory=_AcksBadKeyProg)
+
+
+def wrong_dsm_caps(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Any:
+    return _stack(profile, num_devices, num_vfs, trace, device_factory=_WrongDsmCaps)
