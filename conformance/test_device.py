@@ -45,8 +45,14 @@ def test_device_tdisp_and_ide_km(
         run_state_machine_as_test(Remote)
         return
 
-    cfg = DeviceMachineConfig(profile=tdisp_profile, timeout=step_timeout)
-    if request.config.getoption("--sut") != DEFAULT_SUT:
+    own = None if request.config.getoption("--sut") == DEFAULT_SUT else sut_factory
+    run_device_machine(tdisp_profile, step_timeout, own)
+
+
+def run_device_machine(profile: str, step_timeout: float, sut_factory: Any = None) -> None:
+    """The device machine on the SUT's device (the reference device when ``sut_factory`` is None)."""
+    cfg = DeviceMachineConfig(profile=profile, timeout=step_timeout)
+    if sut_factory is not None:
         cfg = attrs.evolve(cfg, device_factory=sut_device_factory(sut_factory))
 
     class Machine(DeviceMachine):

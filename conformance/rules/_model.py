@@ -55,6 +55,7 @@ class Area(enum.Enum):
     DOWN = "teardown convergence"
     ERR = "error contract"
     LIVE = "liveness: the lifecycle completes on the SUT"
+    ATT = "attestation evidence"
 
 
 ALL_PROFILES = frozenset({"tdx", "sev-tio", "cca"})

@@ -113,9 +113,6 @@ def _assign(o: Observation, ctx: dict[str, Any]) -> str | None:
         return f"the VMM holds no assignment of {rid:#x} to {vm}"
     if not any(f[2] == rid for f in snap.vfio.open_fds):
         return f"VFIO has no open device for {rid:#x} (step 2)"
-    vdevs = [x for x in snap.iommufd.objects if x.kind.value == "vdevice" and x.rid == rid and x.virt_id == virt_id]
-    if not vdevs:
-        return f"IOMMUFD has no vdevice for {rid:#x} at virtual ID {virt_id:#x} (steps 15-16, before run)"
     if not any(m.mapping.value == "shared" for m in _slots(snap, vm, rid)):
         return f"KVM has no shared memslot of {rid:#x}'s MMIO dmabuf for {vm} (steps 3-6)"
     if _vdev(snap, vm, virt_id) is None:
@@ -302,7 +299,7 @@ def _s(action: str, rule: str, flow: str, what: str, post: Any) -> LifeStep:
 LIFECYCLE: tuple[LifeStep, ...] = (
     _s("connect_ide", "LIVE-01", "1", "SPDM session, IDE keys, stream Secure", _connect_ide),
     _s("create_vm", "LIVE-01", "-", "a VM with its guest", _create_vm),
-    _s("assign", "LIVE-01", "2-9, 15-16", "VFIO, dmabuf memslot, vIOMMU and vdevice before run", _assign),
+    _s("assign", "LIVE-01", "2-9, 15-16", "VFIO device, dmabuf memslot and vPCI function", _assign),
     _s("run", "LIVE-01", "10", "KVM run", _run),
     _s("enumerate", "LIVE-01", "11", "the guest sees the shared device (T=0)", _enumerate),
     _s("bind", "LIVE-02", "12-19", "guest bind: LOCK_INTERFACE, TDI CONFIG_LOCKED", _bind),

@@ -23,10 +23,11 @@ class VmmRunDoesNothing(Vmm):
 
 
 class DeviceRefusesLock(Device):
-    """The device answers every LOCK_INTERFACE with TDISP_ERROR (UNSPECIFIED), valid or not."""
+    """The device answers every LOCK_INTERFACE with TDISP_ERROR BUSY -- a transient refusal the spec allows
+    once, here forever, so no TDI is ever locked."""
 
     def _on_lock_interface(self, fn: Any, req: Any, sid: int) -> td.Response:
-        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSPECIFIED)
+        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.BUSY)
 
 
 class DeviceDropsTrustedDma(Device):

@@ -22,7 +22,7 @@ CASES = [
     ("refuses_reports", "TDISP-11", "lifecycle_attest"),
     ("start_does_nothing", "TDISP-05", "lifecycle_start"),
     ("never_recovers", "LIVE-05", "lifecycle_enumerate_again"),
-    ("fixed_nonce", "LIVE-02", "lifecycle_attest"),
+    ("fixed_nonce", "ATT-01", "lifecycle_attest"),
     ("acks_bad_key_prog", "IDE-02", None),
     ("wrong_dsm_caps", "TDISP-14", None),
 ]
