@@ -154,7 +154,12 @@ class StepRunner:
         if broken:
             # a liveness rule (area LIVE) says only that a lifecycle step failed; a rule that names the cause wins
             rule, message = min(broken, key=lambda b: b[0].area.name == "LIVE")
-            raise violation_type(rule.id)(rule, message, action)
+            violation = violation_type(rule.id)(rule, message, action)
+            others = tuple(r.id for r, _ in broken if r.id != rule.id)
+            violation.also_broken = others  # type: ignore[attr-defined]
+            if others:
+                violation.add_note(f"the same step also broke: {', '.join(others)}")
+            raise violation
         return result, error
 
     def finish(self) -> None:

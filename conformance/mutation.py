@@ -148,7 +148,9 @@ USER_TESTS = {
 def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | None = None) -> CatchResult:
     """Run ``mutant`` the way ``teeio-conformance run --sut <mutant> --tdisp-profile <its profile> -- -x``
     does: the SUT factory its name gives, the conformance tests' own functions (liveness first), the whole
-    catalogue, the ``ci`` settings profile, no retry; the first failure's rule is the verdict.
+    catalogue, the ``ci`` settings profile, no retry. The first failing step is the verdict: the mutant is
+    caught when its own rule is the one reported or among the others that same step broke (the harness
+    reports one and notes the rest, e.g. a bind that creates a vdevice breaks FLOW-02 and LIFE-01 at once).
 
     Reduced, to keep CI time in check, in two ways that do not change which rule fails first: only the
     tests that drive the mutant's broken actor run (a host mutant's device is the reference one, so the
@@ -191,10 +193,11 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
                 found = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
                 rid, detail = _classify_exc(found)
                 steps = list(getattr(found, "teeio_steps", []) or [])
+                also = tuple(getattr(found, "also_broken", ()))  # rules the same step broke too
                 return CatchResult(
                     mutant.name,
                     mutant.rule_id,
-                    rid == mutant.rule_id,
+                    mutant.rule_id == rid or mutant.rule_id in also,
                     rid,
                     len(steps) or None,
                     time.perf_counter() - t0,

@@ -111,7 +111,16 @@ def _device_facts(o: Observation) -> dict[str, Any]:
     return acc
 
 
-def _report_totals(o: Observation) -> dict[int, int]:
+def _report_totals(o: Observation, *, before: bool = False) -> dict[int, int]:
+    """rid -> the report length the device gave (with ``before``: from the history only, not this step)."""
+    if before:
+        base = fold_history(
+            o,
+            "device.facts",
+            lambda: {"lock_flags": None, "reports": {}, "max_port": None, "keyed": set()},
+            _note_device_facts,
+        )
+        return dict(base["reports"])
     return dict(_device_facts(o)["reports"])
 
 
@@ -380,6 +389,11 @@ class _Replay:
             return
         if not isinstance(resp, td.DeviceInterfaceReport):
             self.flag("TDISP-11", f"report request answered {type(resp).__name__}")
+            return
+        known = _report_totals(self.o, before=True).get(rid)
+        if known is not None and req.offset >= known:
+            # OFFSET beyond the report the device itself said it has (DeviceReport.3): INVALID_REQUEST
+            self.flag("TDISP-11", f"a report portion was served at OFFSET {req.offset:#x} of a {known}-byte report")
             return
         if req.length == 0 or len(resp.portion) > req.length or not resp.portion:
             self.flag("TDISP-11", f"report portion of {len(resp.portion)} bytes for LENGTH {req.length}")
@@ -1023,7 +1037,18 @@ RULES: list[Rule] = [
         "[LIBSPDM-IDEKM] K_GOSTOP_ACK",
         ide_gostop_ack,
         on={"device.handle_vendor_message"},
-        cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3", "KSetStop.4"),
+        cases=(
+            "KSetGo.1",
+            "KSetGo.2",
+            "KSetGo.3",
+            "KSetGo.4",
+            "KSetStop.1",
+            "KSetStop.2",
+            "KSetStop.3",
+            "KSetStop.4",
+            "Test.KeyRefresh",
+            "Test.KeyRefreshKs1",
+        ),
     ),
     _r(
         "IDE-05",
@@ -1033,7 +1058,7 @@ RULES: list[Rule] = [
         "[LIBSPDM-IDEKM] QUERY_RESP",
         ide_query_resp,
         on={"device.handle_vendor_message"},
-        cases=("Query.1", "Query.2"),
+        cases=("Query.1", "Query.2", "SpdmSession.2"),
     ),
     _r(
         "IDE-06",
