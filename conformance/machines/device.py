@@ -583,3 +583,24 @@ class DeviceMachine(RuleBasedStateMachine):
             )
             for name, msg in bad:
                 self._do(f"key_prog_bad_{name}", self.device.handle_vendor_message, 0, km.encode(msg), session_id=sid)
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def stop_from_other_session(self, fn: int) -> None:
+        """STOP to a CONFIG_LOCKED or RUN TDI (``fn``'s if it is, else the first that is; with none, ``fn``'s
+        after a LOCK) over a live session that did not lock it -- opened first if there is none. The
+        locking session owns the TDI while it lives (TDISP-17)."""
+        rid = self.rids[fn % len(self.rids)]
+        locked = self._tdis_in(td.TdiState.CONFIG_LOCKED) + self._tdis_in(td.TdiState.RUN)
+        if not locked:
+            self._bring_up(fn % len(self.rids), "locked")
+            locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
+            if not locked:
+                return
+        f = next((f for f in locked if f.rid == rid), locked[0])
+        owner = f.locked_session if f.locked_session is not None else self.locked_by.get(f.rid)
+        others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != owner]
+        sid = others[-1] if others else self._do("spdm_connect", self.device.spdm_connect)
+        if isinstance(sid, int):
+            note("STOP over a session other than the locking one")
+            self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid)))

@@ -270,6 +270,8 @@ class _Replay:
             self._lock(rid, req, resp, sid, seen_nonces, nonces)
         elif code is td.RequestCode.START_INTERFACE:
             self._start(rid, req, resp, sid, nonces)
+        elif code is td.RequestCode.STOP_INTERFACE and self._foreign_stop(rid, sid, resp):
+            return
         elif code is td.RequestCode.STOP_INTERFACE:
             if not isinstance(resp, td.StopInterfaceResponse):
                 self.flag("TDISP-07", f"STOP in {state.name} answered {type(resp).__name__} {_err(resp)}")
@@ -294,6 +296,21 @@ class _Replay:
                 )
             else:
                 self.ok("TDISP-02")
+
+    def _foreign_stop(self, rid: int, sid: int | None, resp: Any) -> bool:
+        """A STOP for a TDI whose locking session still lives, over another session (TDISP-17): refused with
+        TDISP_ERROR, the TDI unchanged. True when this was such a STOP (judged here)."""
+        owner = self.lock_session.get(rid)
+        if owner is None or owner not in self.live_sessions or sid == owner:
+            return False
+        if isinstance(resp, td.StopInterfaceResponse):
+            self.flag("TDISP-17", f"STOP of {rid:#06x} from session {sid} succeeded; session {owner} locked it")
+            self.states[rid] = td.TdiState.CONFIG_UNLOCKED  # what the device says happened
+        elif not isinstance(resp, td.TdispError):
+            self.flag("TDISP-17", f"STOP of {rid:#06x} from another session answered {type(resp).__name__}")
+        else:
+            self.ok("TDISP-17")
+        return True
 
     def _malformed(self, raw: bytes, exc: td.TdispDecodeError, resp: Any) -> None:
         want = exc.code
@@ -999,6 +1016,16 @@ RULES: list[Rule] = [
         _rule_check("TDISP-16"),
         on=_DEV,
         cases=("DeviceReport.5",),
+    ),
+    _r(
+        "TDISP-17",
+        "a STOP from a session other than the live one that locked the TDI is refused and changes nothing",
+        Area.TDISP,
+        S,
+        f"{PCIE} §11.4.5 (a TDI is bound to its locking session: its end moves the TDI to ERROR), §11.6.3 (the "
+        "START nonce is bound to that session); decided in issue 14: another requester may not unlock a TVM's TDI",
+        _rule_check("TDISP-17"),
+        on=_DEV,
     ),
     _r(
         "IDE-01",

@@ -58,7 +58,13 @@ def _m(name: str, rule_id: str, machine: str, profile: str, description: str, **
     return Mutant(name=name, rule_id=rule_id, machine=machine, profile=profile, description=description, **kw)
 
 
-MUTANTS: tuple[Mutant, ...] = (*_host.mutants(_m), *_device.mutants(_m), *_liveness.mutants(_m), *_progress.mutants(_m))
+MUTANTS: tuple[Mutant, ...] = (
+    *_host.mutants(_m),
+    *_device.mutants(_m),
+    *_liveness.mutants(_m),
+    *_progress.mutants(_m),
+    *_progress.session_mutants(_m),
+)
 
 
 def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: str, factory: Any) -> Mutant:

@@ -118,3 +118,23 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
         ),
         m("device-caps-dsm-caps-set", "TDISP-14", dev, "tdx", CapsDsmCapsSet.__doc__, device=CapsDsmCapsSet),
     ]
+
+
+class StopFromAnySession(Device):
+    """STOP is obeyed from any session, even while the session that locked the TDI lives."""
+
+    def _on_stop_interface(self, fn: Any, req: Any, sid: int) -> td.Response:
+        return super()._on_stop_interface(fn, req, fn.tdi.lock_session if fn.tdi.lock_session is not None else sid)
+
+
+def session_mutants(m: Callable[..., Any]) -> list[Any]:
+    return [
+        m(
+            "device-stop-from-any-session",
+            "TDISP-17",
+            "device",
+            "cca",
+            StopFromAnySession.__doc__,
+            device=StopFromAnySession,
+        )
+    ]
