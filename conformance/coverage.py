@@ -26,8 +26,14 @@ MACHINE_TESTS = (
 _DUTY = (Level.MUST, Level.PROFILE)  # PROFILE: a platform's own MUST
 
 
-def applicable_rules(profile: str, *, remote_device: bool = False, rules: Iterable[Rule] = CATALOGUE) -> list[str]:
-    """The MUST (and platform MUST) rules that apply to ``profile`` and that this SUT can carry."""
+DIFFERENTIAL = frozenset({"CONF-04"})  # judged by test_noninterference, which needs the secrets_seed capability
+
+
+def applicable_rules(
+    profile: str, *, remote_device: bool = False, differential: bool = True, rules: Iterable[Rule] = CATALOGUE
+) -> list[str]:
+    """The MUST (and platform MUST) rules that apply to ``profile`` and that this SUT can carry (without
+    ``differential`` -- the SUT cannot vary its secrets -- the noninterference rule is not applicable)."""
     out = []
     remote: frozenset[str] = frozenset()
     device_ids: set[str] = set()
@@ -38,6 +44,8 @@ def applicable_rules(profile: str, *, remote_device: bool = False, rules: Iterab
         remote, device_ids = REMOTE_RULES, {r.id for r in device.RULES}
     for r in rules:
         if r.level not in _DUTY or not r.applies_to(profile):
+            continue
+        if r.id in DIFFERENTIAL and not differential:
             continue
         if r.id in device_ids and r.id not in remote:
             continue  # the socket cannot carry what it needs (config writes, resets, TLPs): not applicable

@@ -142,6 +142,7 @@ USER_TESTS = {
     "device": ("liveness", "device", "full_stack"),
     "full_stack": ("liveness", "full_stack"),
     "host_lifetimes": ("liveness", "host_lifetimes"),
+    "noninterference": ("liveness", "noninterference"),
 }
 
 
@@ -163,6 +164,7 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
     from teeio_conformance.conformance.test_full_stack import test_full_stack_lifecycle
     from teeio_conformance.conformance.test_host_lifetimes import test_host_object_lifetimes
     from teeio_conformance.conformance.test_liveness import test_lifecycle_completes
+    from teeio_conformance.conformance.test_noninterference import test_noninterference
     from teeio_conformance.reference_impl import mutants as _mutants
 
     _profiles.register()
@@ -176,6 +178,7 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
         "device": lambda: run_device_machine(profile, limit, sut),
         "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit),
         "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit),
+        "noninterference": lambda: test_noninterference(sut, profile, limit),
     }
     ci = hsettings.get_profile("ci")
     phases = ci.phases if shrink else tuple(p for p in ci.phases if p is not Phase.shrink)

@@ -372,7 +372,14 @@ def _judge_coverage(session: pytest.Session) -> None:
     profiles = selected_profiles(config)
     judged = judged_profiles(_COVERAGE.get("outcomes", {}), profiles)
     remote = getattr(config, "_teeio_device", None) is not None
-    failures = coverage_failures(counts, {p: applicable_rules(p, remote_device=remote) for p in judged})
+    outcomes = _COVERAGE.get("outcomes", {})
+    applicable = {
+        p: applicable_rules(
+            p, remote_device=remote, differential=outcomes.get(("test_noninterference", p)) in ("passed", "failed")
+        )
+        for p in judged
+    }
+    failures = coverage_failures(counts, applicable)
     config._teeio_coverage = (judged, failures)  # type: ignore[attr-defined]
     if failures and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import attestation, device, host, liveness
+from . import attestation, device, host, liveness, noninterference
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, violation_type
 
 __all__ = [
@@ -23,7 +23,10 @@ __all__ = [
 ]
 
 CATALOGUE: tuple[Rule, ...] = tuple(
-    sorted([*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES], key=lambda r: (r.area.name, r.id))
+    sorted(
+        [*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES, *noninterference.RULES],
+        key=lambda r: (r.area.name, r.id),
+    )
 )
 BY_ID: dict[str, Rule] = {r.id: r for r in CATALOGUE}
 

@@ -193,6 +193,10 @@ def err_no_broken_promise(o: Observation) -> str | None:
     """The host TSM raises ConformanceViolation when a device breaks a promise (drops an answer, answers
     with garbage or the wrong message): that is a failure of the SUT, never a refusal to pass over."""
     names = _violation_names()
+    sessions = {d.name: set(d.sessions) for d in o.before.devices}
+    tsm = getattr(o.before, "tsm", None)  # a device alone has no TSM
+    if tsm is not None and any(sid not in sessions.get(dev, {sid}) for dev, sid in tsm.connected):
+        return None  # the TSM talks over a session the device has ended: a drop is the device's right (IDE-01)
     for e in o.events:
         if not e.ok and e.error in names and e.callee != "guest_tsm":
             return f"{e.callee}.{e.operation} raised {e.error}: {e.message}"

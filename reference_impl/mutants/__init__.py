@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _liveness, _progress
+from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _progress
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -32,7 +32,13 @@ class Mutant:
     stack_factory: Callable[..., Any] | None = None  # a whole-stack factory, for actors build_stack cannot swap
 
     def factory(
-        self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1, trace: bool = True
+        self,
+        *,
+        profile: str | None = None,
+        num_devices: int | None = None,
+        num_vfs: int = 1,
+        trace: bool = True,
+        secrets_seed: int | None = None,
     ) -> Any:
         """A SUT factory with the same signature as ``teeio_conformance.reference_impl.stack.make_sut``."""
         from teeio_conformance.reference_impl.device.device import DeviceConfig
@@ -45,6 +51,11 @@ class Mutant:
         overrides = dict(self.overrides)
         if self.device is not None:
             overrides["device_factory"] = self.device
+        if secrets_seed is not None:  # the noninterference test's capability: other guest secrets, nothing else
+            from teeio_conformance.reference_impl.kvm import Kvm
+
+            kvm_cls = overrides.get("kvm_factory", Kvm)
+            overrides["kvm_factory"] = lambda trace_, **kw: kvm_cls(trace_, seed=secrets_seed, **kw)
         return build_stack(StackConfig(profile=profile or self.profile, devices=devices, trace=trace), **overrides)
 
     def device_factory(self, trace: Any, profile: str) -> Any:
@@ -73,7 +84,7 @@ def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: s
     )
 
 
-MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m))
+MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m))
 
 
 def by_name(name: str) -> Mutant:
