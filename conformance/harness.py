@@ -152,8 +152,9 @@ class StepRunner:
         )
         broken = self.checker.check(obs)
         if broken:
-            # a liveness rule (area LIVE) says only that a lifecycle step failed; a rule that names the cause wins
-            rule, message = min(broken, key=lambda b: b[0].area.name == "LIVE")
+            # a liveness rule (area LIVE) says only that a lifecycle step failed, ERR-04 only that some component
+            # saw a broken promise: a rule that names the cause wins
+            rule, message = min(broken, key=lambda b: (b[0].area.name == "LIVE", b[0].id == "ERR-04"))
             violation = violation_type(rule.id)(rule, message, action)
             others = tuple(r.id for r, _ in broken if r.id != rule.id)
             violation.also_broken = others  # type: ignore[attr-defined]

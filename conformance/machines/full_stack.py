@@ -9,6 +9,7 @@ catalogue is checked (:mod:`teeio_conformance.conformance.harness`). Refusals ar
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import attrs
@@ -696,3 +697,25 @@ class FullStack(RuleBasedStateMachine):
                 return  # the liveness rule reported it, unless it is not checked in this run
             if name == "create_vm":
                 vm = str(result)
+
+    @rule(target=slots, fn=st.integers(0, 3))
+    @recorded
+    def attest_after_bar_move(self, fn: int) -> Any:
+        """A fresh VM is brought up to running; the host moves the function's BAR0 by a config write before
+        the guest binds; the guest then binds and attests. The report's ranges now miss the vBAR: a guest
+        must refuse the evidence (ATT-04) -- the device told the truth (ATT-03 holds).
+
+        Aimed: as a drawn fault before a drawn bind and attest, a ``ci`` run never met it and a guest that
+        accepted ranges outside its vBAR passed."""
+        # the bring-up's own body: calling the recorded rule would log a second step, and a replay would
+        # bring up twice (the noninterference twin diverged that way)
+        slot = inspect.unwrap(FullStack.bring_up)(self, fn=fn, stage="running")
+        if not isinstance(slot, Slot):
+            return multiple()
+        value = 0xF000_0000 + (slot.rid & 0xFF) * 0x10000
+        self._do("config_write_bar0", self.device.config_write, slot.rid, "bar0", value)
+        guest = self.stack.guests.get(slot.vm)
+        if guest is not None:
+            self._do("guest_bind", guest.connect, slot.virt_id)
+            self._do("guest_attest", guest.attest, slot.virt_id)
+        return slot
