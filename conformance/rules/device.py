@@ -301,6 +301,9 @@ class _Replay:
         """A STOP for a TDI whose locking session still lives, over another session (TDISP-17): refused with
         TDISP_ERROR, the TDI unchanged. True when this was such a STOP (judged here)."""
         owner = self.lock_session.get(rid)
+        if owner is None and self.states.get(rid) is not td.TdiState.CONFIG_UNLOCKED:
+            # a device behind a socket does not say which session locked it: the last LOCK's session does
+            owner = _lock_nonces(self.o).get(rid, (b"", None))[1]
         if owner is None or owner not in self.live_sessions or sid == owner:
             return False
         if isinstance(resp, td.StopInterfaceResponse):
@@ -682,6 +685,10 @@ def _judge_idekm(acc: dict[str, Any], e: Any, out: dict[str, str]) -> None:
                 f"answered status {resp.status}: it must succeed (KeyProg.1)",
             )
     elif isinstance(req, km.KSetGo | km.KSetStop) and resp is None:
+        try:
+            km.KeySubStream.from_byte(req.key_sub_stream)
+        except StackError:
+            return  # a slot that does not exist: dropping it is right
         key = (req.port_index, req.stream_id, req.key_sub_stream)
         if isinstance(req, km.KSetGo) and key in acc["slots"]:
             out.setdefault("IDE-04", f"K_SET_GO of slot {key} after its KEY_PROG succeeded got no K_GOSTOP_ACK")

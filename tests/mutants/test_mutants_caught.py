@@ -21,7 +21,12 @@ from teeio_conformance.reference_impl.mutants import MUTANTS
 RESULTS: list = []
 
 # Open gaps, said in the closing note: a mutant listed here that is caught simply passes.
-KNOWN_UNCAUGHT: dict[str, str] = {}
+KNOWN_UNCAUGHT: dict[str, str] = {
+    # run as users run it, these fail -- but by another rule first (measured 2026-12-02, ci profile)
+    "kvm-ignores-move-notify": "caught first by MMIO-03 in the liveness test (private MMIO mapped while unbound)",
+    "vfio-host-reads-private": "caught first by ERR-01 (the mutant's refused host read changed the IOMMU)",
+    "tsm-disconnect-no-stop": "caught first by MMIO-07 in the liveness test (MMIO recovered while still locked)",
+}
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
