@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from teeio_conformance.conformance import reach as _reach
 from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 
 __all__ = ["StepRunner", "SutBroken", "SutHang", "Verdicts", "verdicts_untouched"]
@@ -151,6 +152,7 @@ class StepRunner:
             carry=self.checker.carry,
         )
         broken = self.checker.check(obs)
+        _reach.record(before, events)
         if broken:
             # a liveness rule (area LIVE) says only that a lifecycle step failed, ERR-04 only that some component
             # saw a broken promise: a rule that names the cause wins

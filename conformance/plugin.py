@@ -111,6 +111,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
         *glob.glob(os.path.join(report_dir, "failures", "*.json")),
         *glob.glob(os.path.join(report_dir, "coverage.json")),
+        *glob.glob(os.path.join(report_dir, "reach.json")),
     ]
     for path in stale:
         try:
@@ -338,6 +339,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     counts = getattr(node, "workeroutput", {}).get("teeio_counts")
     if isinstance(counts, dict):
         _merge_counts(_COVERAGE.setdefault("counts", {}), counts)
+    seen = _COVERAGE.setdefault("reach", {})
+    for a, b, n in getattr(node, "workeroutput", {}).get("teeio_reach", []):
+        seen[(a, b)] = seen.get((a, b), 0) + n
 
 
 _COVERAGE: dict[str, Any] = {}
@@ -364,9 +368,15 @@ def _judge_coverage(session: pytest.Session) -> None:
     from teeio_conformance.conformance.harness import VERDICTS
 
     config = session.config
+    from teeio_conformance.conformance import reach
+
     if hasattr(config, "workerinput"):  # an xdist worker hands its counts to the controller
         config.workeroutput["teeio_counts"] = VERDICTS.by_profile  # type: ignore[attr-defined]
+        config.workeroutput["teeio_reach"] = [[a, b, n] for (a, b), n in reach.REACH.items()]  # type: ignore[attr-defined]
         return
+    seen = _COVERAGE.setdefault("reach", {})
+    for cell, n in reach.REACH.items():
+        seen[cell] = seen.get(cell, 0) + n
     counts = _COVERAGE.setdefault("counts", {})
     _merge_counts(counts, VERDICTS.by_profile)
     profiles = selected_profiles(config)
@@ -389,9 +399,32 @@ def _judge_coverage(session: pytest.Session) -> None:
         data = {"judged": judged, "not_judged": [p for p in profiles if p not in judged], "uncovered": failures}
         with open(os.path.join(report_dir, COVERAGE_FILE), "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
+        if seen:
+            matrix = {
+                "visited": [[a, b, n] for (a, b), n in sorted(seen.items())],
+                "unvisited": [list(c) for c in reach.unvisited(seen)],
+                "unreachable": [[a, b, why] for (a, b), why in sorted(reach.UNREACHABLE.items())],
+            }
+            with open(os.path.join(report_dir, "reach.json"), "w", encoding="utf-8") as fh:
+                json.dump(matrix, fh, indent=1)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from teeio_conformance.conformance import reach
+    from teeio_conformance.conformance.coverage import MACHINE_TESTS
+
+    seen = _COVERAGE.get("reach")
+    ran = {name for name, _ in _COVERAGE.get("outcomes", {})}
+    if seen and ran & set(MACHINE_TESTS[1:]):  # a run of the catalogue's machines, not a unit test
+        terminalreporter.section("teeio-conformance reach (operation x target state before the step)", sep="-")
+        for line in reach.render(seen):
+            terminalreporter.write_line(line)
+        missing = reach.unvisited(seen)
+        terminalreporter.write_line(
+            f"{len(missing)} reachable cell(s) not visited"
+            + (": " + ", ".join(f"{a}/{b}" for a, b in missing) if missing else "")
+            + f"; {len(reach.UNREACHABLE)} listed as unreachable (reach.json says why)"
+        )
     found = getattr(config, "_teeio_coverage", None)
     if found is None:
         return
