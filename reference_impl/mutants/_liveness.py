@@ -11,6 +11,7 @@ from typing import Any
 
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.reference_impl.device.device import Device
+from teeio_conformance.reference_impl.device.ide.stream import StreamState
 from teeio_conformance.reference_impl.vfio import Vfio
 from teeio_conformance.reference_impl.vmm import Vmm
 
@@ -34,8 +35,8 @@ class DeviceDropsTrustedDma(Device):
     """A T=1 DMA request from a RUN TDI is silently dropped by the device: nothing reaches the guest."""
 
     def issue_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> None:
-        if t_bit:
-            return None
+        if t_bit and self.ide.state is StreamState.SECURE:
+            return None  # on a Secure stream (elsewhere the refusal stands, as IDE-06 wants)
         return super().issue_dma(rid, address, payload, t_bit=t_bit)
 
 
