@@ -2,8 +2,7 @@
 
 After every step the harness files each crossing of interest under a cell -- the operation and the state
 of its target *before* the step: the TDI state of the function a TDISP request, a DMA or a bind names,
-whether the function is private (VFIO's view) for host mmaps and revokes, whether the VM runs for a guest
-request. The plugin prints the matrix at the end of the run and writes ``reach.json`` next to the
+whether the function is private (VFIO's view) for host mmaps and revokes,  The plugin prints the matrix at the end of the run and writes ``reach.json`` next to the
 verdicts. Cells no machine can reach are listed in :data:`UNREACHABLE` with the reason; every other cell
 of :func:`cells` should be visited at the ``ci`` budget (``unvisited`` says which were not).
 """
@@ -73,13 +72,10 @@ def _cell(e: Any, states: dict[int, str], private: set[int]) -> tuple[str, str] 
             return None
         state = states.get(req.interface_id.function_id & 0xFFFF)
         return None if state is None else (f"TDISP {td.RequestCode(req.code).name}", state)
-    if op == "iommu.dma" and e.arguments:
-        tlp = e.arguments[0]
-        rid = getattr(tlp, "requester_id", None)
-        t_bit = getattr(tlp, "t_bit", None)
-        if t_bit is None:  # a protected TLP: T=1 traffic on the stream
-            t_bit = True
-        return None if rid not in states else (f"DMA T={int(bool(t_bit))}", states[rid])
+    if op == "device.issue_dma" and e.arguments:  # what the suite asked of the device, refused or not
+        t_bit = bool(dict(e.keywords).get("t_bit"))
+        rid = e.arguments[0]
+        return None if rid not in states else (f"DMA T={int(t_bit)}", states[rid])
     if op in ("tsm.bind", "tsm.unbind", "device.flr") and e.arguments and e.arguments[0] in states:
         return (op, states[e.arguments[0]])
     if op == "vfio.mmap_bar" and len(e.arguments) > 1:

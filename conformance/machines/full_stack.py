@@ -719,3 +719,27 @@ class FullStack(RuleBasedStateMachine):
             self._do("guest_bind", guest.connect, slot.virt_id)
             self._do("guest_attest", guest.attest, slot.virt_id)
         return slot
+
+    @rule(target=slots, fn=st.integers(0, 3))
+    @recorded
+    def trusted_dma_before_start(self, fn: int) -> Any:
+        """T=1 DMA from a function whose TDI is not in RUN, on a Secure link: after the VM runs (TDI
+        CONFIG_UNLOCKED), after the guest binds (CONFIG_LOCKED), and after a config write puts the locked TDI
+        in ERROR. Each must be refused and write nothing (DMA-01, DMA-02, DMA-03).
+
+        Aimed: the reach matrix of a whole ``ci`` run showed T=1 DMA only from RUN TDIs -- a drawn DMA
+        came from a drawn slot, which was seldom at these stages with the link up."""
+        slot = inspect.unwrap(FullStack.bring_up)(self, fn=fn, stage="running")
+        if not isinstance(slot, Slot):
+            return multiple()
+        dma = (slot.rid, PRIVATE_GPA, b"early T=1 payload")
+        self._heal_link()
+        self._do("device_dma_t1_unlocked", self.device.issue_dma, *dma, t_bit=True)
+        guest = self.stack.guests.get(slot.vm)
+        if guest is not None:
+            self._do("guest_bind", guest.connect, slot.virt_id)
+            self._heal_link()
+            self._do("device_dma_t1_locked", self.device.issue_dma, *dma, t_bit=True)
+            self._do("config_write_command", self.device.config_write, slot.rid, "command", 0x4)
+            self._do("device_dma_t1_error", self.device.issue_dma, *dma, t_bit=True)
+        return slot
