@@ -2,9 +2,10 @@
 
 After every step the harness files each crossing of interest under a cell -- the operation and the state
 of its target *before* the step: the TDI state of the function a TDISP request, a DMA or a bind names,
-whether the function is private (VFIO's view) for host mmaps and revokes,  The plugin prints the matrix at the end of the run and writes ``reach.json`` next to the
-verdicts. Cells no machine can reach are listed in :data:`UNREACHABLE` with the reason; every other cell
-of :func:`cells` should be visited at the ``ci`` budget (``unvisited`` says which were not).
+whether the function is private (VFIO's view) for host mmaps and revokes. The plugin prints the matrix
+at the end of the run and writes ``reach.json`` next to the verdicts. Cells no machine can reach are
+listed in :data:`UNREACHABLE` with the reason; every other cell of :func:`cells` should be visited at the
+``ci`` budget (``unvisited`` says which were not).
 """
 
 from __future__ import annotations
