@@ -33,8 +33,6 @@ UNREACHABLE: dict[tuple[str, str], str] = {
         for op in ("TDISP BIND_P2P_STREAM", "TDISP UNBIND_P2P_STREAM", "TDISP SET_MMIO_ATTRIBUTE", "TDISP VDM")
         for s in STATES
     },
-    ("tsm.bind", "RUN"): "a TDI reaches RUN only through a bind, and a second bind of it is refused before it "
-    "is sent (LIFE-06/07 judge that at CONFIG_LOCKED and RUN alike)",
 }
 
 
