@@ -43,7 +43,7 @@ def detect(names: list[str] | None, seeds: int, examples: int, *, as_user: bool 
                 "rule": m.rule_id,
                 "failed": sum(r.caught_by is not None for r in runs),
                 "own_rule": sum(r.caught for r in runs),
-                "seeds": seeds,
+                "seeds": len(runs),
                 "caught_by": sorted({r.caught_by for r in runs if r.caught_by}),
                 "seconds_median": statistics.median(r.seconds for r in runs),
                 "seconds_max": max(r.seconds for r in runs),
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['rule']:<9} {r['mutant']:<36} {r['failed']:>3}/{r['seeds']:<2} {r['own_rule']:>3}/{r['seeds']:<2} "
             f"{r['seconds_median']:5.2f}/{r['seconds_max']:<6.2f} {','.join(r['caught_by'])}"
         )
-    total = len(rows) * args.seeds
+    total = sum(r["seeds"] for r in rows)
     failed = sum(r["failed"] for r in rows)
     own = sum(r["own_rule"] for r in rows)
     every = sum(r["failed"] == r["seeds"] for r in rows)
