@@ -129,6 +129,42 @@ def time_to_catch(seeds: int, names: list[str] | None = None) -> list[dict[str, 
     return rows
 
 
+def differential_cost(profile: str = "tdx") -> dict[str, float]:
+    """Seconds of the noninterference test (CONF-04: lifecycle + 20 drawn examples, each replayed on a twin
+    SUT) next to the same number of plain full-stack examples with the whole catalogue, under ``ci``."""
+    from teeio_conformance.conformance import settings as profiles
+    from teeio_conformance.conformance.noninterference import differential_machine
+    from teeio_conformance.conformance.test_noninterference import EXAMPLES, test_noninterference
+
+    profiles.register()
+    ci = settings(settings.get_profile("ci"), max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate])
+    t0 = time.perf_counter()
+    with settings_profile(ci):
+        test_noninterference(make_sut, profile, 5.0)
+    differential = time.perf_counter() - t0
+    plain = type("Plain", (FullStack,), {"config": MachineConfig(factory=make_sut, profile=profile)})
+    t0 = time.perf_counter()
+    run_state_machine_as_test(plain, settings=ci)
+    single = time.perf_counter() - t0
+    del differential_machine
+    return {"differential_s": differential, "plain_s": single, "ratio": differential / single if single else 0.0}
+
+
+class settings_profile:
+    """Load a settings object as the default for the duration (what --hypothesis-profile does)."""
+
+    def __init__(self, s: settings) -> None:
+        self.s = s
+
+    def __enter__(self) -> None:
+        settings.register_profile("_bench", self.s)
+        self.previous = settings._current_profile
+        settings.load_profile("_bench")
+
+    def __exit__(self, *exc: object) -> None:
+        settings.load_profile(self.previous or "default")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--examples", type=int, default=60)
@@ -141,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"steps/s: stack {c['stack_steps_per_s']:.0f}, trivial {c['trivial_steps_per_s']:.0f}, "
         f"cost ratio {c['cost_ratio']:.2f}x (target <= 1.5x)"
+    )
+    d = out["differential"] = differential_cost()
+    print(
+        f"noninterference (CONF-04, tdx): {d['differential_s']:.2f} s for the differential test vs "
+        f"{d['plain_s']:.2f} s for as many plain examples ({d['ratio']:.2f}x)"
     )
     if not args.only_steps:
         rows = out["catch"] = time_to_catch(args.seeds, [n for n in args.mutants.split(",") if n])

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from teeio_conformance.conformance import reach as _reach
 from teeio_conformance.conformance.rules import BY_ID, Checker, Observation, Rule, violation_type
 from teeio_conformance.contract.tiers import offers_of
 
@@ -437,10 +438,17 @@ class StepRunner:
             carry=self.checker.carry,
         )
         broken = self.checker.check(obs)
+        _reach.record(before, events)
         if broken:
-            rule, message = broken[0]
+            # a liveness rule (area LIVE) says only that a lifecycle step failed, ERR-04 only that some component
+            # saw a broken promise: a rule that names the cause wins
+            rule, message = min(broken, key=lambda b: (b[0].area.name == "LIVE", b[0].id == "ERR-04"))
             violation = violation_type(rule.id)(rule, message, action)
             violation.teeio_broken = [(r.id, m) for r, m in broken]  # type: ignore[attr-defined]  # each, for records
+            others = tuple(r.id for r, _ in broken if r.id != rule.id)
+            violation.also_broken = others  # type: ignore[attr-defined]
+            if others:
+                violation.add_note(f"the same step also broke: {', '.join(others)}")
             raise violation
         return result, error
 

@@ -20,7 +20,7 @@ from teeio_conformance.conformance.machines.full_stack import FullStack, Machine
 from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
 from teeio_conformance.conformance.rules import RuleViolation
 
-__all__ = ["CatchResult", "catch"]
+__all__ = ["CatchResult", "catch", "catch_as_user"]
 
 
 @attrs.frozen
@@ -135,3 +135,87 @@ def catch(
             sequence=tuple(final),
         )
     return CatchResult(mutant.name, expected, False, None, None, time.perf_counter() - t0, "not caught")
+
+
+# ---------------------------------------------------------------------------- as users run it (issue 14)
+USER_TESTS = {
+    "device": ("liveness", "device", "full_stack"),
+    "full_stack": ("liveness", "full_stack"),
+    "host_lifetimes": ("liveness", "host_lifetimes"),
+    "noninterference": ("liveness", "noninterference"),
+}
+
+
+def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | None = None) -> CatchResult:
+    """Run ``mutant`` the way ``teeio-conformance run --sut <mutant> --tdisp-profile <its profile> -- -x``
+    does: the SUT factory its name gives, the conformance tests' own functions (liveness first), the whole
+    catalogue, the ``ci`` settings profile, no retry. The first failing step is the verdict: the mutant is
+    caught when its own rule is the one reported or among the others that same step broke (the harness
+    reports one and notes the rest, e.g. a bind that creates a vdevice breaks FLOW-02 and LIFE-01 at once).
+
+    Reduced, to keep CI time in check, in two ways that do not change which rule fails first: only the
+    tests that drive the mutant's broken actor run (a host mutant's device is the reference one, so the
+    device machine cannot see it), and Hypothesis does not shrink (shrinking keeps the failing rule --
+    each rule has its own exception type -- and only shortens the sequence), unless ``shrink``."""
+    from hypothesis import settings as hsettings
+
+    from teeio_conformance.conformance import settings as _profiles
+    from teeio_conformance.conformance.test_device import run_device_machine
+    from teeio_conformance.conformance.test_full_stack import test_full_stack_lifecycle
+    from teeio_conformance.conformance.test_host_lifetimes import test_host_object_lifetimes
+    from teeio_conformance.conformance.test_liveness import test_lifecycle_completes
+    from teeio_conformance.conformance.test_noninterference import test_noninterference
+    from teeio_conformance.reference_impl import mutants as _mutants
+
+    _profiles.register()
+    sut = getattr(
+        _mutants, mutant.name.replace("-", "_")
+    )  # what --sut teeio_conformance.reference_impl.mutants:NAME gives
+    limit = step_timeout or getattr(mutant, "timeout", None) or 5.0
+    profile = mutant.profile
+    runs = {
+        "liveness": lambda: test_lifecycle_completes(sut, profile, limit),
+        "device": lambda: run_device_machine(profile, limit, sut),
+        "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit),
+        "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit),
+        "noninterference": lambda: test_noninterference(sut, profile, limit),
+    }
+    ci = hsettings.get_profile("ci")
+    phases = ci.phases if shrink else tuple(p for p in ci.phases if p is not Phase.shrink)
+    hsettings.register_profile("_teeio_as_user", hsettings(ci, phases=phases))
+    previous = hsettings._current_profile
+    hsettings.load_profile("_teeio_as_user")
+    t0 = time.perf_counter()
+    try:
+        for name in USER_TESTS[mutant.machine]:
+            try:
+                runs[name]()
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                found = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+                rid, detail = _classify_exc(found)
+                steps = list(getattr(found, "teeio_steps", []) or [])
+                also = tuple(getattr(found, "also_broken", ()))  # rules the same step broke too
+                return CatchResult(
+                    mutant.name,
+                    mutant.rule_id,
+                    mutant.rule_id == rid or mutant.rule_id in also,
+                    rid,
+                    len(steps) or None,
+                    time.perf_counter() - t0,
+                    f"{name}: {detail}",
+                )
+    finally:
+        hsettings.load_profile(previous or "default")
+    return CatchResult(mutant.name, mutant.rule_id, False, None, None, time.perf_counter() - t0, "not caught")
+
+
+def _classify_exc(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, RuleViolation):
+        return exc.rule.id, exc.detail
+    if isinstance(exc, SutHang):
+        return "SUT-HANG", str(exc)
+    if isinstance(exc, SutBroken):
+        return "SUT-BROKEN", str(exc)
+    return "SUT-ERROR", f"{type(exc).__name__}: {exc}"

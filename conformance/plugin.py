@@ -133,6 +133,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     stale = [
         *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
         *glob.glob(os.path.join(report_dir, "failures", "*.json")),
+        *glob.glob(os.path.join(report_dir, "coverage.json")),
+        *glob.glob(os.path.join(report_dir, "reach.json")),
     ]
     for path in stale:
         try:
@@ -156,6 +158,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def selected_profiles(config: pytest.Config) -> list[str]:
     p = config.getoption("--tdisp-profile")
     return list(PROFILE_NAMES) if p == "all" else [p]
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Liveness first (issue 14): the corrected lifecycle on the SUT runs before any random search, so a SUT
+    that cannot do the lifecycle is told so at once (and ``-x`` stops there)."""
+    items.sort(key=lambda item: getattr(item, "originalname", "") != "test_lifecycle_completes")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -184,6 +192,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     outcome = _outcome(session.config)
     if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) and outcome["status"] == "complete":
         _run_event(session.config, "interrupted", "the run was interrupted before it finished")
+    _judge_coverage(session)
     _write_verdicts(session.config)
 
 
@@ -391,6 +400,7 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0, *, minimiz
         "test_full_stack_lifecycle": "full_stack",
         "test_host_object_lifetimes": "host_lifetimes",
         "test_device_tdisp_and_ide_km": "device",
+        "test_lifecycle_completes": "full_stack",
     }.get(getattr(item, "originalname", ""))
     callspec = getattr(item, "callspec", None)
     profile = callspec.params.get("tdisp_profile") if callspec else None
@@ -496,3 +506,123 @@ def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: 
     if again is None or _classify(again)[0] != rule_id or not hasattr(again, "teeio_steps"):
         return None
     return again
+
+
+# ---------------------------------------------------------------------------- coverage is a verdict (issue 14)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember each catalogue test's outcome per profile (the controller sees its workers' reports too)."""
+    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+        return
+    name = report.nodeid.rsplit("::", 1)[-1]
+    base, _, param = name.partition("[")
+    outcomes = _COVERAGE.setdefault("outcomes", {})
+    outcomes[(base, param.rstrip("]"))] = report.outcome
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: add a worker's per-profile counts to the run's, for the coverage verdict."""
+    counts = getattr(node, "workeroutput", {}).get("teeio_counts")
+    if isinstance(counts, dict):
+        _merge_counts(_COVERAGE.setdefault("counts", {}), counts)
+    seen = _COVERAGE.setdefault("reach", {})
+    for a, b, n in getattr(node, "workeroutput", {}).get("teeio_reach", []):
+        seen[(a, b)] = seen.get((a, b), 0) + n
+
+
+_COVERAGE: dict[str, Any] = {}
+
+
+def _merge_counts(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for profile, keys in src.items():
+        per = dst.setdefault(profile, {})
+        for key, counts in keys.items():
+            d = per.setdefault(key, {})
+            for rule_id, n in counts.items():
+                d[rule_id] = d.get(rule_id, 0) + n
+
+
+def _judge_coverage(session: pytest.Session) -> None:
+    """A MUST rule that applies and was never exercised fails the run (conformance/coverage.py): the exit
+    status becomes 1, the terminal says which, and ``coverage.json`` lets the report show it."""
+    from teeio_conformance.conformance.coverage import (
+        COVERAGE_FILE,
+        applicable_rules,
+        coverage_failures,
+        judged_profiles,
+    )
+    from teeio_conformance.conformance.harness import VERDICTS
+
+    config = session.config
+    from teeio_conformance.conformance import reach
+
+    if hasattr(config, "workerinput"):  # an xdist worker hands its counts to the controller
+        config.workeroutput["teeio_counts"] = VERDICTS.by_profile  # type: ignore[attr-defined]
+        config.workeroutput["teeio_reach"] = [[a, b, n] for (a, b), n in reach.REACH.items()]  # type: ignore[attr-defined]
+        return
+    seen = _COVERAGE.setdefault("reach", {})
+    for cell, n in reach.REACH.items():
+        seen[cell] = seen.get(cell, 0) + n
+    counts = _COVERAGE.setdefault("counts", {})
+    _merge_counts(counts, VERDICTS.by_profile)
+    profiles = selected_profiles(config)
+    judged = judged_profiles(_COVERAGE.get("outcomes", {}), profiles)
+    remote = getattr(config, "_teeio_device", None) is not None
+    outcomes = _COVERAGE.get("outcomes", {})
+    applicable = {
+        p: applicable_rules(
+            p, remote_device=remote, differential=outcomes.get(("test_noninterference", p)) in ("passed", "failed")
+        )
+        for p in judged
+    }
+    failures = coverage_failures(counts, applicable)
+    config._teeio_coverage = (judged, failures)  # type: ignore[attr-defined]
+    if failures and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    report_dir = config.getoption("--report-dir")
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        data = {"judged": judged, "not_judged": [p for p in profiles if p not in judged], "uncovered": failures}
+        with open(os.path.join(report_dir, COVERAGE_FILE), "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        if seen:
+            matrix = {
+                "visited": [[a, b, n] for (a, b), n in sorted(seen.items())],
+                "unvisited": [list(c) for c in reach.unvisited(seen)],
+                "unreachable": [[a, b, why] for (a, b), why in sorted(reach.UNREACHABLE.items())],
+            }
+            with open(os.path.join(report_dir, "reach.json"), "w", encoding="utf-8") as fh:
+                json.dump(matrix, fh, indent=1)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from teeio_conformance.conformance import reach
+    from teeio_conformance.conformance.coverage import MACHINE_TESTS
+
+    seen = _COVERAGE.get("reach")
+    ran = {name for name, _ in _COVERAGE.get("outcomes", {})}
+    if seen and ran & set(MACHINE_TESTS[1:]):  # a run of the catalogue's machines, not a unit test
+        terminalreporter.section("teeio-conformance reach (operation x target state before the step)", sep="-")
+        for line in reach.render(seen):
+            terminalreporter.write_line(line)
+        missing = reach.unvisited(seen)
+        terminalreporter.write_line(
+            f"{len(missing)} reachable cell(s) not visited"
+            + (": " + ", ".join(f"{a}/{b}" for a, b in missing) if missing else "")
+            + f"; {len(reach.UNREACHABLE)} listed as unreachable (reach.json says why)"
+        )
+    found = getattr(config, "_teeio_coverage", None)
+    if found is None:
+        return
+    judged, failures = found
+    if not failures:
+        if judged:
+            terminalreporter.write_line(f"teeio-conformance: every MUST rule exercised ({', '.join(judged)})")
+        return
+    n = sum(len(v) for v in failures.values())
+    terminalreporter.section("teeio-conformance coverage", sep="=", red=True)
+    terminalreporter.write_line(f"{n} MUST rule(s) applicable to the SUT were never exercised; the run fails:")
+    for profile, rules in failures.items():
+        terminalreporter.write_line(f"  {profile}: {', '.join(sorted(rules))}")

@@ -142,10 +142,19 @@ def build_stack(config: StackConfig | None = None, **overrides: Any) -> Stack:
     return Stack(config or StackConfig(), **overrides)
 
 
-def make_sut(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Stack:
-    """The SUT factory the suite calls by default: see docs/sut-contract.md."""
+def make_sut(
+    *, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True, secrets_seed: int | None = None
+) -> Stack:
+    """The SUT factory the suite calls by default: see docs/sut-contract.md. ``secrets_seed`` (optional
+    capability) draws the guests' secrets from another seed and nothing else, for the noninterference test."""
     devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
-    return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))
+    if secrets_seed is None:
+        return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))
+
+    def kvm(trace_: Trace, **kw: Any) -> Kvm:
+        return Kvm(trace_, seed=secrets_seed, **kw)
+
+    return build_stack(StackConfig(profile=profile, devices=devices, trace=trace), kvm_factory=kvm)
 
 
 def make_device(trace: Trace, profile: str) -> Device:

@@ -164,14 +164,18 @@ class ProfileVerdict:
     checked: int = attrs.field(default=0, validator=_non_negative)  # steps the rule looked at
     exercised: int = attrs.field(default=0, validator=_non_negative)  # ... and had something to judge
     failed: int = attrs.field(default=0, validator=_non_negative)  # ... and found broken
+    note: str = ""  # why, when the counts do not say it (a MUST rule failed for never being exercised)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status.value,
             "checked": self.checked,
             "exercised": self.exercised,
             "failed": self.failed,
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProfileVerdict:
@@ -180,6 +184,7 @@ class ProfileVerdict:
             checked=data["checked"],
             exercised=data["exercised"],
             failed=data["failed"],
+            note=data.get("note", ""),
         )
 
 
@@ -467,6 +472,8 @@ class Report:
         """One line on why ``verdict`` has its status under ``column`` (the subtest / testcase message)."""
         pv = verdict.by_profile[column]
         if pv.status is Status.FAIL:
+            if pv.note and not pv.failed:
+                return pv.note
             found = self.failures_for(verdict.rule_id, column)
             if found:
                 return "; ".join(f"{f.message} (broken by step {f.action!r}; replay {f.file})" for f in found)
@@ -770,6 +777,7 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
         if p not in columns and AGGREGATE not in columns:
             columns.append(p)
     failed_cells = {(f.rule_id, _failure_column(f, columns)) for f in failures}
+    uncovered = _read_coverage(root)
 
     ids = [r.id for r in CATALOGUE]
     extra = sorted((counts.rule_ids() | {f.rule_id for f in failures}) - set(ids))
@@ -789,7 +797,10 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
             status = Status.FAIL if x or named else Status.PASS if e else Status.NOT_EXERCISED
             if status is Status.NOT_EXERCISED and not c and counts.get(col, NOT_APPLICABLE_KEY, rule_id):
                 status = Status.NOT_APPLICABLE
-            by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x)
+            note = uncovered.get(col, {}).get(rule_id, "") if not e else ""
+            if note and status is Status.NOT_EXERCISED:
+                status = Status.FAIL  # coverage is a verdict: an applicable MUST rule never exercised
+            by_profile[col] = ProfileVerdict(status=status, checked=c, exercised=e, failed=x, note=note)
         if by_profile:
             verdicts.append(RuleVerdict(rule_id=rule_id, by_profile=by_profile, **meta))
     durations: dict[str, float] = {}
@@ -804,3 +815,18 @@ def load_report_dir(path: str | os.PathLike[str]) -> Report:
         directory=str(root.absolute()),
         durations=durations,
     )
+
+
+def _read_coverage(root: Path) -> dict[str, dict[str, str]]:
+    """``coverage.json`` (written by the plugin, conformance/coverage.py): profile -> {rule ID: why a MUST
+    rule that applies failed for never being exercised}. Absent: coverage was not judged."""
+    path = root / "coverage.json"
+    if not path.exists():
+        return {}
+    data = _read_json(path)
+    uncovered = data.get("uncovered") if isinstance(data, dict) else None
+    if not isinstance(uncovered, dict) or not all(
+        isinstance(v, dict) and all(isinstance(m, str) for m in v.values()) for v in uncovered.values()
+    ):
+        raise ReportInputError(f"{path}: field 'uncovered' must be an object {{profile: {{rule_id: reason}}}}")
+    return uncovered

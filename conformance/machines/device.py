@@ -629,3 +629,53 @@ class DeviceMachine(RuleBasedStateMachine):
             stream_id=0 if t_bit else None,
         )
         self._do(f"mmio_read_t{int(t_bit)}", self.device.receive, tlp)
+
+    # ------------------------------------------------------------------ progress probes (issue 14)
+    @rule()
+    @recorded
+    def key_prog_bad_fields(self) -> None:
+        """From every live session (connecting one if none is): QUERY(0), then a KEY_PROG with a port beyond
+        MaxPortIndex, one with sub-stream 3 and one with IFV 2 -- each must get a failing KP_ACK from the
+        session that may program keys (IDE-02; validator KeyProg.3-.5), and the QUERY a QUERY_RESP (IDE-05).
+
+        A rule of its own and aimed: as malformed bytes drawn over a random session, a device acking every
+        KEY_PROG with SUCCESS passed a whole ``ci`` run (the draws rarely came from the key owner)."""
+        sessions = sorted({s for d in self.run._snap.devices for s in d.sessions})
+        if not sessions:
+            sid = self._do("spdm_connect", self.device.spdm_connect)
+            if not isinstance(sid, int):
+                return
+            sessions = [sid]
+        slot = km.KeySubStream(key_set=km.KeySet.K0, direction=km.Direction.RX, sub_stream=km.SubStream.PR).to_byte()
+        bad = (
+            ("port", km.KeyProg(stream_id=0, key_sub_stream=slot, port_index=0xF0, key=bytes(32), iv=IV)),
+            ("sub_stream", km.KeyProg(stream_id=0, key_sub_stream=0x30, port_index=0, key=bytes(32), iv=IV)),
+            ("iv", km.KeyProg(stream_id=0, key_sub_stream=slot, port_index=0, key=bytes(32), iv=km.ifv_to_wire(2))),
+        )
+        for sid in sessions:
+            self._do(
+                "ide_km_query", self.device.handle_vendor_message, 0, km.encode(km.Query(port_index=0)), session_id=sid
+            )
+            for name, msg in bad:
+                self._do(f"key_prog_bad_{name}", self.device.handle_vendor_message, 0, km.encode(msg), session_id=sid)
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def stop_from_other_session(self, fn: int) -> None:
+        """STOP to a CONFIG_LOCKED or RUN TDI (``fn``'s if it is, else the first that is; with none, ``fn``'s
+        after a LOCK) over a live session that did not lock it -- opened first if there is none. The
+        locking session owns the TDI while it lives (TDISP-17)."""
+        rid = self.rids[fn % len(self.rids)]
+        locked = self._tdis_in(td.TdiState.CONFIG_LOCKED) + self._tdis_in(td.TdiState.RUN)
+        if not locked:
+            self._bring_up(fn % len(self.rids), "locked")
+            locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
+            if not locked:
+                return
+        f = next((f for f in locked if f.rid == rid), locked[0])
+        owner = f.locked_session if f.locked_session is not None else self.locked_by.get(f.rid)
+        others = [sid for d in self.run._snap.devices for sid in d.sessions if sid != owner]
+        sid = others[-1] if others else self._do("spdm_connect", self.device.spdm_connect)
+        if isinstance(sid, int):
+            note("STOP over a session other than the locking one")
+            self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid)))

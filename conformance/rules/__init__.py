@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import device, host
+from . import attestation, device, host, liveness, noninterference
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
@@ -23,7 +23,12 @@ __all__ = [
     "violation_type",
 ]
 
-CATALOGUE: tuple[Rule, ...] = tuple(sorted([*host.RULES, *device.RULES], key=lambda r: (r.area.name, r.id)))
+CATALOGUE: tuple[Rule, ...] = tuple(
+    sorted(
+        [*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES, *noninterference.RULES],
+        key=lambda r: (r.area.name, r.id),
+    )
+)
 BY_ID: dict[str, Rule] = {r.id: r for r in CATALOGUE}
 
 if len(BY_ID) != len(CATALOGUE):  # pragma: no cover - a duplicated ID is a programming error

@@ -56,6 +56,8 @@ class Area(enum.Enum):
     CONF = "confidentiality and isolation"
     DOWN = "teardown convergence"
     ERR = "error contract"
+    LIVE = "liveness: the lifecycle completes on the SUT"
+    ATT = "attestation evidence"
 
 
 ALL_PROFILES = frozenset({"tdx", "sev-tio", "cca"})

@@ -62,6 +62,89 @@ def _track_key_owner(owner: int | None, e: Any) -> int | None:
     return owner
 
 
+# ------------------------------------------------------------------ progress (issue 14)
+def _note_device_facts(acc: dict[str, Any], e: Any) -> dict[str, Any]:
+    """What the device said of itself and what the keys are, from its answers: the LOCK flags it
+    advertised, each locked TDI's report length, the highest IDE_KM port, the (port, stream, key slot)s a
+    KEY_PROG succeeded for."""
+    if e.callee != "device" or e.operation != "handle_vendor_message" or not e.ok or e.result is None:
+        return acc
+    if e.arguments and e.arguments[0] == 1:
+        for _, req, resp in tdisp_exchanges((e,)):
+            if isinstance(resp, td.TdispCapabilities):
+                acc["lock_flags"] = resp.lock_interface_flags_supported
+            elif isinstance(resp, td.DeviceInterfaceReport) and req is not None:
+                rid = req.interface_id.function_id & 0xFFFF
+                acc["reports"][rid] = req.offset + len(resp.portion) + resp.remainder_length
+            elif isinstance(resp, td.LockInterfaceResponse) and req is not None:
+                acc["reports"].pop(req.interface_id.function_id & 0xFFFF, None)
+    elif e.arguments and e.arguments[0] == 0:
+        try:
+            resp = km.decode(bytes(e.result))
+        except (StackError, TypeError):
+            return acc
+        if isinstance(resp, km.QueryResp):
+            acc["max_port"] = resp.max_port_index
+        elif isinstance(resp, km.KpAck) and resp.status == km.KpAckStatus.SUCCESS:
+            acc["keyed"].add((resp.port_index, resp.stream_id, resp.key_sub_stream))
+    return acc
+
+
+def _device_facts(o: Observation) -> dict[str, Any]:
+    """:func:`_note_device_facts` over the history and this step's events (a copy; the history's fold is kept)."""
+    memo = o.memo.get("device.facts")
+    if memo is not None:
+        return memo
+    base = fold_history(
+        o,
+        "device.facts",
+        lambda: {"lock_flags": None, "reports": {}, "max_port": None, "keyed": set()},
+        _note_device_facts,
+    )
+    acc = {
+        "lock_flags": base["lock_flags"],
+        "reports": dict(base["reports"]),
+        "max_port": base["max_port"],
+        "keyed": set(base["keyed"]),
+    }
+    for e in o.events:
+        acc = _note_device_facts(acc, e)
+    o.memo["device.facts"] = acc
+    return acc
+
+
+def _report_totals(o: Observation, *, before: bool = False) -> dict[int, int]:
+    """rid -> the report length the device gave (with ``before``: from the history only, not this step)."""
+    if before:
+        base = fold_history(
+            o,
+            "device.facts",
+            lambda: {"lock_flags": None, "reports": {}, "max_port": None, "keyed": set()},
+            _note_device_facts,
+        )
+        return dict(base["reports"])
+    return dict(_device_facts(o)["reports"])
+
+
+def _lock_refusal_reason(o: Observation, rid: int, req: Any, code: int | None) -> str | None:
+    """Why the device may refuse this LOCK (in CONFIG_UNLOCKED, keys programmed and the stream Secure
+    over the requesting session), or None: a LOCK the spec says must succeed (LockInterface.1)."""
+    facts = _device_facts(o)
+    if code in (E.BUSY, E.INSUFFICIENT_ENTROPY):
+        return "transient: the requester retries"
+    if code == E.UNSUPPORTED_REQUEST:
+        advertised = facts["lock_flags"]
+        asked = req.flags & ~(advertised if advertised is not None else 0)
+        return "flags the device does not support" if asked else None
+    if code == E.INVALID_DEVICE_CONFIGURATION:
+        f = next((f for d in o.before.devices for f in d.functions if f.rid == rid), None)
+        return "memory space is disabled" if f is not None and not f.mse else None
+    if code == E.INVALID_REQUEST:
+        streams = {s for _, s, _ in facts["keyed"]}
+        return "a default stream no KEY_PROG keyed" if streams and req.default_stream_id not in streams else None
+    return None
+
+
 class _Replay:
     """The model's view of one step. ``findings`` maps rule ID -> first violation message."""
 
@@ -199,6 +282,8 @@ class _Replay:
             self._lock(rid, req, resp, sid, seen_nonces, nonces)
         elif code is td.RequestCode.START_INTERFACE:
             self._start(rid, req, resp, sid, nonces)
+        elif code is td.RequestCode.STOP_INTERFACE and self._foreign_stop(rid, sid, resp):
+            return
         elif code is td.RequestCode.STOP_INTERFACE:
             if not isinstance(resp, td.StopInterfaceResponse):
                 self.flag("TDISP-07", f"STOP in {state.name} answered {type(resp).__name__} {_err(resp)}")
@@ -223,6 +308,24 @@ class _Replay:
                 )
             else:
                 self.ok("TDISP-02")
+
+    def _foreign_stop(self, rid: int, sid: int | None, resp: Any) -> bool:
+        """A STOP for a TDI whose locking session still lives, over another session (TDISP-17): refused with
+        TDISP_ERROR, the TDI unchanged. True when this was such a STOP (judged here)."""
+        owner = self.lock_session.get(rid)
+        if owner is None and self.states.get(rid) is not td.TdiState.CONFIG_UNLOCKED:
+            # a device behind a socket does not say which session locked it: the last LOCK's session does
+            owner = _lock_nonces(self.o).get(rid, (b"", None))[1]
+        if owner is None or owner not in self.live_sessions or sid == owner:
+            return False
+        if isinstance(resp, td.StopInterfaceResponse):
+            self.flag("TDISP-17", f"STOP of {rid:#06x} from session {sid} succeeded; session {owner} locked it")
+            self.states[rid] = td.TdiState.CONFIG_UNLOCKED  # what the device says happened
+        elif not isinstance(resp, td.TdispError):
+            self.flag("TDISP-17", f"STOP of {rid:#06x} from another session answered {type(resp).__name__}")
+        else:
+            self.ok("TDISP-17")
+        return True
 
     def _malformed(self, raw: bytes, exc: td.TdispDecodeError, resp: Any) -> None:
         want = exc.code
@@ -265,14 +368,16 @@ class _Replay:
                 self.flag("TDISP-04", f"LOCK without keys answered {_err(resp)}, not INVALID_REQUEST")
             else:
                 self.ok("TDISP-04")
-        elif _err(resp) not in (
-            E.UNSUPPORTED_REQUEST,
-            E.INVALID_DEVICE_CONFIGURATION,
-            E.INVALID_REQUEST,
-            E.INSUFFICIENT_ENTROPY,
-            E.BUSY,
-        ):
-            self.flag("TDISP-03", f"a valid LOCK of {rid:#06x} answered {type(resp).__name__} {_err(resp)}")
+        else:
+            why = _lock_refusal_reason(self.o, rid, req, _err(resp))
+            if why is None:
+                self.flag(
+                    "TDISP-03",
+                    f"a valid LOCK of {rid:#06x} (CONFIG_UNLOCKED, default stream keyed and Secure over this "
+                    f"session) answered {type(resp).__name__} {_err(resp)}: it must succeed (progress)",
+                )
+            else:
+                self.ok("TDISP-03")
 
     def _key_owner(self, device: str) -> int | None:
         owner = fold_history(self.o, "device.key_owner", lambda: None, _track_key_owner)
@@ -301,13 +406,26 @@ class _Replay:
 
     def _report(self, rid: int, req: Any, resp: Any) -> None:
         if isinstance(resp, td.TdispError):
-            if resp.error_code == E.INVALID_REQUEST:
+            total = _report_totals(self.o).get(rid)
+            beyond = req.length == 0 or (req.offset >= total if total is not None else req.offset > 0)
+            if resp.error_code == E.INVALID_REQUEST and beyond:
                 self.ok("TDISP-11")
+            elif resp.error_code == E.INVALID_REQUEST:
+                self.flag(
+                    "TDISP-11",
+                    f"a valid report fetch (OFFSET {req.offset:#x}, LENGTH {req.length:#x}) of {rid:#06x} in "
+                    f"{self.states[rid].name} was refused INVALID_REQUEST: it must succeed (progress)",
+                )
             else:
                 self.flag("TDISP-11", f"report request refused with {resp.error_code:#x}")
             return
         if not isinstance(resp, td.DeviceInterfaceReport):
             self.flag("TDISP-11", f"report request answered {type(resp).__name__}")
+            return
+        known = _report_totals(self.o, before=True).get(rid)
+        if known is not None and req.offset >= known:
+            # OFFSET beyond the report the device itself said it has (DeviceReport.3): INVALID_REQUEST
+            self.flag("TDISP-11", f"a report portion was served at OFFSET {req.offset:#x} of a {known}-byte report")
             return
         if req.length == 0 or len(resp.portion) > req.length or not resp.portion:
             self.flag("TDISP-11", f"report portion of {len(resp.portion)} bytes for LENGTH {req.length}")
@@ -362,7 +480,17 @@ class _Replay:
             self.flag("TDISP-14", f"GET_TDISP_CAPABILITIES answered {type(resp).__name__}")
             return
         bits = int.from_bytes(resp.req_msgs_supported[:2], "little")
-        if (
+        if resp.dsm_caps != 0 or int.from_bytes(resp.req_msgs_supported[2:], "little") or bits & 0xF001:
+            # TDISP 1.0 defines no DSM capability bit; REQ_MSGS_SUPPORTED has a bit per request code
+            # 0x81..0x8B only (Capabilities.1 .5/.6)
+            self.flag(
+                "TDISP-14",
+                f"capabilities set reserved bits: DSM_CAPS {resp.dsm_caps:#x}, "
+                f"REQ_MSGS_SUPPORTED {resp.req_msgs_supported.hex()}",
+            )
+        elif resp.dev_addr_width < 52:
+            self.flag("TDISP-14", f"DEV_ADDR_WIDTH {resp.dev_addr_width} is below 52 (Capabilities.1 .8)")
+        elif (
             bits & 0xFE != 0xFE
             or resp.num_req_this == 0
             or resp.num_req_all == 0
@@ -483,8 +611,144 @@ def _decodes_as_ide_km(raw: bytes) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ IDE_KM progress (issue 14)
+_IFV_INITIAL = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IV words {0, 1} (KeyProg.5)
+
+
+def _note_keys(acc: dict[str, Any], e: Any) -> dict[str, Any]:
+    """Key-slot bookkeeping from the device's answers: which (port, stream, slot) hold a key and over which
+    session, the streams known to exist, the highest port, and the key owner (:func:`_track_key_owner`)."""
+    acc["owner"] = _track_key_owner(acc["owner"], e)
+    if e.callee != "device" or not e.ok:
+        return acc
+    if e.operation == "spdm_end":
+        acc["slots"] = {k: v for k, v in acc["slots"].items() if v != e.arguments[0]}
+        acc["sessions"].discard(e.arguments[0])
+    elif e.operation == "spdm_connect" and isinstance(e.result, int):
+        acc["sessions"].add(e.result)
+    elif e.operation in ("flr", "ide_failure", "poison", "receive", "config_write"):
+        acc["slots"] = {}  # whatever a reset or failure does to keys, nothing is claimed of them after it
+    elif e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result is not None:
+        try:
+            req, resp = km.decode(bytes(e.arguments[1])), km.decode(bytes(e.result))
+        except (StackError, TypeError):
+            return acc
+        if isinstance(resp, km.QueryResp):
+            acc["max_port"] = resp.max_port_index
+        elif isinstance(resp, km.KpAck) and resp.status == km.KpAckStatus.SUCCESS and isinstance(req, km.KeyProg):
+            acc["slots"][(req.port_index, req.stream_id, req.key_sub_stream)] = session_of(e)
+            acc["streams"].add((req.port_index, req.stream_id))
+        elif isinstance(resp, km.KGoStopAck) and isinstance(req, km.KSetStop):
+            acc["slots"].pop((req.port_index, req.stream_id, req.key_sub_stream), None)
+    return acc
+
+
+def _new_keys() -> dict[str, Any]:
+    return {"owner": None, "slots": {}, "streams": set(), "max_port": None, "sessions": set()}
+
+
+def _idekm_progress(o: Observation) -> dict[str, str]:
+    """rule ID -> the first IDE_KM request the spec says must be answered (or succeed) that was not.
+
+    From the key owner's session (or any, while none owns key programming): a KEY_PROG always gets a KP_ACK,
+    and a valid one (known port and stream, a PR/NPR/CPL slot, the initial IFV) gets SUCCESS, while one with
+    a bad port, sub-stream or IV never does (KeyProg.1, .3-.5); a K_SET_GO of a slot a KEY_PROG filled, and a
+    K_SET_STOP of a known stream, get K_GOSTOP_ACK (KSetGo.x, KSetStop.x); a QUERY of port 0 or of a port up
+    to the MaxPortIndex the device gave gets QUERY_RESP (Query.1, .2). Dropping them is not a refusal the
+    requester can act on."""
+    if "idekm.progress" in o.memo:
+        return o.memo["idekm.progress"]
+    out: dict[str, str] = {}
+    base = fold_history(o, "device.keys", _new_keys, _note_keys)
+    acc = {
+        "owner": base["owner"],
+        "slots": dict(base["slots"]),
+        "streams": set(base["streams"]),
+        "max_port": base["max_port"],
+        "sessions": set(base["sessions"]) | {x for d in o.before.devices for x in d.sessions},
+    }
+    for e in o.events:
+        if e.callee == "device" and e.operation == "handle_vendor_message" and e.ok and e.arguments:
+            if e.arguments[0] == 0:
+                _judge_idekm(acc, e, out)
+        acc = _note_keys(acc, e)
+    o.memo["idekm.progress"] = out
+    return out
+
+
+def _judge_idekm(acc: dict[str, Any], e: Any, out: dict[str, str]) -> None:
+    sid = session_of(e)
+    if sid is None or sid not in acc["sessions"] or acc["owner"] not in (None, sid):
+        return  # outside a session, or another session owns key programming: dropping is right (IDE-01)
+    try:
+        req = km.decode(bytes(e.arguments[1]))
+    except (StackError, TypeError):
+        return
+    resp: Any = None
+    if e.result is not None:
+        try:
+            resp = km.decode(bytes(e.result))
+        except (StackError, TypeError):
+            return
+    max_port = acc["max_port"]
+    if isinstance(req, km.KeyProg):
+        if resp is None:
+            out.setdefault("IDE-02", f"KEY_PROG from session {sid} got no KP_ACK (dropped)")
+            return
+        if not isinstance(resp, km.KpAck):
+            return
+        try:
+            km.KeySubStream.from_byte(req.key_sub_stream)
+            slot_ok = True
+        except StackError:
+            slot_ok = False
+        port_known = req.port_index == 0 or (max_port is not None and req.port_index <= max_port)
+        bad = (
+            "a sub-stream or key-set field it does not support (KeyProg.4)"
+            if not slot_ok
+            else "an IV other than the initial invocation field 1 (KeyProg.5)"
+            if req.iv != _IFV_INITIAL
+            else f"port {req.port_index} beyond MaxPortIndex {max_port} (KeyProg.3)"
+            if max_port is not None and req.port_index > max_port
+            else None
+        )
+        if bad and resp.status == km.KpAckStatus.SUCCESS:
+            out.setdefault("IDE-02", f"KEY_PROG with {bad} was acknowledged SUCCESS")
+        elif bad and "KeyProg.3" in bad and resp.status != km.KpAckStatus.UNSUPPORTED_PORT_INDEX:
+            out.setdefault("IDE-02", f"KEY_PROG with {bad} answered status {resp.status}, not UNSUPPORTED_PORT_INDEX")
+        elif (
+            not bad
+            and port_known
+            and (req.port_index, req.stream_id) in acc["streams"]
+            and resp.status != km.KpAckStatus.SUCCESS
+        ):
+            out.setdefault(
+                "IDE-02",
+                f"a valid KEY_PROG (port {req.port_index}, stream {req.stream_id}, slot {req.key_sub_stream:#x}) "
+                f"answered status {resp.status}: it must succeed (KeyProg.1)",
+            )
+    elif isinstance(req, km.KSetGo | km.KSetStop) and resp is None:
+        try:
+            km.KeySubStream.from_byte(req.key_sub_stream)
+        except StackError:
+            return  # a slot that does not exist: dropping it is right
+        key = (req.port_index, req.stream_id, req.key_sub_stream)
+        if isinstance(req, km.KSetGo) and key in acc["slots"]:
+            out.setdefault("IDE-04", f"K_SET_GO of slot {key} after its KEY_PROG succeeded got no K_GOSTOP_ACK")
+        elif isinstance(req, km.KSetStop) and key[:2] in acc["streams"]:
+            out.setdefault("IDE-04", f"K_SET_STOP of slot {key} on a known stream got no K_GOSTOP_ACK")
+    elif isinstance(req, km.Query) and resp is None:
+        if req.port_index == 0 or (max_port is not None and req.port_index <= max_port):
+            out.setdefault("IDE-05", f"QUERY of port {req.port_index} from session {sid} got no QUERY_RESP")
+
+
 def ide_kp_ack_status(o: Observation) -> str | None:
     evs = list(_ide_km_exchanges(o))
+    if not evs:
+        return None
+    progress = _idekm_progress(o).get("IDE-02")
+    if progress:
+        return progress
     hit = False
     for e in evs:
         raw = bytes(e.arguments[1])
@@ -519,6 +783,11 @@ def ide_kp_ack_status(o: Observation) -> str | None:
 
 
 def ide_gostop_ack(o: Observation) -> str | None:
+    if not any(True for _ in _ide_km_exchanges(o)):
+        return None
+    progress = _idekm_progress(o).get("IDE-04")
+    if progress:
+        return progress
     hit = False
     for e in _ide_km_exchanges(o):
         raw = bytes(e.arguments[1])
@@ -543,6 +812,11 @@ def ide_gostop_ack(o: Observation) -> str | None:
 
 
 def ide_query_resp(o: Observation) -> str | None:
+    if not any(True for _ in _ide_km_exchanges(o)):
+        return None
+    progress = _idekm_progress(o).get("IDE-05")
+    if progress:
+        return progress
     hit = False
     for e in _ide_km_exchanges(o):
         raw = bytes(e.arguments[1])
@@ -798,6 +1072,16 @@ RULES: list[Rule] = [
         cases=("DeviceReport.5",),
     ),
     _r(
+        "TDISP-17",
+        "a STOP from a session other than the live one that locked the TDI is refused and changes nothing",
+        Area.TDISP,
+        S,
+        f"{PCIE} §11.4.5 (a TDI is bound to its locking session: its end moves the TDI to ERROR), §11.6.3 (the "
+        "START nonce is bound to that session); decided in issue 14: another requester may not unlock a TVM's TDI",
+        _rule_check("TDISP-17"),
+        on=_DEV,
+    ),
+    _r(
         "IDE-01",
         "IDE_KM from a second SPDM session is dropped while the first owns the keys",
         Area.IDE,
@@ -836,7 +1120,18 @@ RULES: list[Rule] = [
         ide_gostop_ack,
         on={"device.handle_vendor_message"},
         needs=Needs(crossings={"device.handle_vendor_message"}, errors=False, snapshots=()),
-        cases=("KSetGo.1", "KSetGo.2", "KSetGo.3", "KSetGo.4", "KSetStop.1", "KSetStop.2", "KSetStop.3", "KSetStop.4"),
+        cases=(
+            "KSetGo.1",
+            "KSetGo.2",
+            "KSetGo.3",
+            "KSetGo.4",
+            "KSetStop.1",
+            "KSetStop.2",
+            "KSetStop.3",
+            "KSetStop.4",
+            "Test.KeyRefresh",
+            "Test.KeyRefreshKs1",
+        ),
     ),
     _r(
         "IDE-05",
@@ -847,7 +1142,7 @@ RULES: list[Rule] = [
         ide_query_resp,
         on={"device.handle_vendor_message"},
         needs=Needs(crossings={"device.handle_vendor_message"}, errors=False, snapshots=()),
-        cases=("Query.1", "Query.2"),
+        cases=("Query.1", "Query.2", "SpdmSession.2"),
     ),
     _r(
         "IDE-06",

@@ -374,6 +374,10 @@ class Device(Actor):
 
     def _on_stop_interface(self, fn: _Function, req: Any, sid: int) -> td.Response:
         tdi = fn.tdi
+        if tdi.lock_session is not None and tdi.lock_session in self._sessions and sid != tdi.lock_session:
+            # a locked TDI belongs to the session that locked it while that session lives (PCIe §11.4.5,
+            # §11.6.3): another requester may not unlock and scrub it (rule TDISP-17)
+            return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.INVALID_REQUEST)
         if tdi.state is not td.TdiState.CONFIG_UNLOCKED:
             tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.STOP_INTERFACE)]
         self._scrub(fn)

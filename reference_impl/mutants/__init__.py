@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _device, _host
+from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _progress
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -29,19 +29,33 @@ class Mutant:
     device: Callable[..., Any] | None = None  # device class (device machine and stacks alike)
     num_devices: int = 1
     timeout: float | None = None  # per-step time limit to run it under (hang mutants: short, to stay fast)
+    stack_factory: Callable[..., Any] | None = None  # a whole-stack factory, for actors build_stack cannot swap
 
     def factory(
-        self, *, profile: str | None = None, num_devices: int | None = None, num_vfs: int = 1, trace: bool = True
+        self,
+        *,
+        profile: str | None = None,
+        num_devices: int | None = None,
+        num_vfs: int = 1,
+        trace: bool = True,
+        secrets_seed: int | None = None,
     ) -> Any:
         """A SUT factory with the same signature as ``teeio_conformance.reference_impl.stack.make_sut``."""
         from teeio_conformance.reference_impl.device.device import DeviceConfig
         from teeio_conformance.reference_impl.stack import StackConfig, build_stack
 
         n = num_devices or self.num_devices
+        if self.stack_factory is not None:
+            return self.stack_factory(profile=profile or self.profile, num_devices=n, num_vfs=num_vfs, trace=trace)
         devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(n))
         overrides = dict(self.overrides)
         if self.device is not None:
             overrides["device_factory"] = self.device
+        if secrets_seed is not None:  # the noninterference test's capability: other guest secrets, nothing else
+            from teeio_conformance.reference_impl.kvm import Kvm
+
+            kvm_cls = overrides.get("kvm_factory", Kvm)
+            overrides["kvm_factory"] = lambda trace_, **kw: kvm_cls(trace_, seed=secrets_seed, **kw)
         return build_stack(StackConfig(profile=profile or self.profile, devices=devices, trace=trace), **overrides)
 
     def device_factory(self, trace: Any, profile: str) -> Any:
@@ -55,7 +69,22 @@ def _m(name: str, rule_id: str, machine: str, profile: str, description: str, **
     return Mutant(name=name, rule_id=rule_id, machine=machine, profile=profile, description=description, **kw)
 
 
-MUTANTS: tuple[Mutant, ...] = (*_host.mutants(_m), *_device.mutants(_m))
+MUTANTS: tuple[Mutant, ...] = (
+    *_host.mutants(_m),
+    *_device.mutants(_m),
+    *_liveness.mutants(_m),
+    *_progress.mutants(_m),
+    *_progress.session_mutants(_m),
+)
+
+
+def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: str, factory: Any) -> Mutant:
+    return Mutant(
+        name=name, rule_id=rule_id, machine=machine, profile=profile, description=description, stack_factory=factory
+    )
+
+
+MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m))
 
 
 def by_name(name: str) -> Mutant:
@@ -71,5 +100,19 @@ def __getattr__(attr: str) -> Callable[..., Any]:
     device factory -- what the device machine and ``replay --sut`` of a device record expect."""
     for m in MUTANTS:
         if m.name.replace("-", "_") == attr:
-            return m.device_factory if m.machine == "device" else m.factory
+            return _either(m) if m.machine == "device" else m.factory
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def _either(m: Mutant) -> Callable[..., Any]:
+    """A device mutant by name: its device factory when called as one, ``(trace, profile)`` -- what the
+    device machine and ``replay --sut`` of a device record call -- and otherwise a whole stack built
+    around the broken device, so ``teeio-conformance run --sut`` takes it like any SUT (issue 14)."""
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        if args or "trace" in kwargs:
+            return m.device_factory(*args, **kwargs)
+        return m.factory(**kwargs)
+
+    factory.__name__ = m.name.replace("-", "_")
+    return factory
