@@ -1,12 +1,20 @@
-"""The pytest plugin (entry point ``teeio_conformance``): options, settings profiles, SUT, verdicts.
+"""The pytest plugin (entry point ``teeio_conformance``): options, SUT, verdicts, reports, failure cards.
 
 Options:
   --sut MODULE:FACTORY     the system under test (default: the reference implementation)
   --tdisp-profile P        tdx | sev-tio | cca | all (default all)
-  --report-dir DIR         write verdicts and failures there (JSON, JUnit XML, text, HTML)
+  --report-dir DIR         write the report set there at session end (report.json, junit.xml, report.txt,
+                           report.html, failures/)
   --step-timeout SECONDS   per-step time limit for the SUT (default 5)
   --device-spawn CMD       the device machine drives a responder CMD starts, fresh for every example
   --device-at HOST:PORT    ... or one already listening there (with --device-functions ID,...)
+
+Inert until asked: importing it registers and loads no Hypothesis profile, so other projects' tests in
+the same environment keep their settings; the suite's own machine tests get theirs through the
+``conformance_settings`` fixture (:mod:`teeio_conformance.conformance.settings`).
+
+``pytest --sut mypkg:factory`` (or ``--device-spawn`` / ``--device-at``) with no test paths collects the
+installed suite, from any directory.
 """
 
 from __future__ import annotations
@@ -26,17 +34,38 @@ from teeio_conformance.conformance.sut import DEFAULT_SUT, SutLoadError, load_fa
 if TYPE_CHECKING:
     from teeio_conformance.conformance.remote import DeviceTarget
 
-_settings.register()
-
 PROFILE_NAMES = ("tdx", "sev-tio", "cca")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("teeio-conformance")
-    g.addoption("--sut", default=DEFAULT_SUT, help="module:factory of the system under test")
-    g.addoption("--tdisp-profile", default="all", choices=[*PROFILE_NAMES, "all"], help="platform profile(s) to test")
-    g.addoption("--report-dir", default=None, help="directory for verdict reports")
-    g.addoption("--step-timeout", type=float, default=5.0, help="per-step time limit for the SUT, seconds")
+    g.addoption(
+        "--sut",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help=f"the system under test (default: the reference implementation, {DEFAULT_SUT}); given without "
+        "test paths, pytest collects the installed conformance suite",
+    )
+    g.addoption(
+        "--tdisp-profile",
+        default="all",
+        choices=[*PROFILE_NAMES, "all"],
+        help="platform profile(s) to test (default: %(default)s)",
+    )
+    g.addoption(
+        "--report-dir",
+        default=None,
+        metavar="DIR",
+        help="write the report set there at the end of the session: report.json, junit.xml, report.txt, "
+        "report.html and failures/ (default: none)",
+    )
+    g.addoption(
+        "--step-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per-step time limit for the SUT (default: %(default)s)",
+    )
     g.addoption(
         "--device-spawn",
         default=None,
@@ -63,23 +92,71 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--minimize-seconds",
         type=float,
         default=20.0,
+        metavar="SECONDS",
         help="after Hypothesis shrinks a failure, search this long for a shorter one breadth-first "
-        "(teeio_conformance.conformance.explore) before writing its record; 0 turns it off",
+        "(teeio_conformance.conformance.explore) before writing its record; 0 turns it off (default: %(default)s)",
     )
+
+
+def suite_path() -> str:
+    """The installed suite: the conformance package's directory, wherever it is installed (its test
+    files are ``test_*.py``, pytest's default pattern; nodeids then read ``test_full_stack.py::...``)."""
+    import teeio_conformance.conformance as package
+
+    return os.path.dirname(os.path.abspath(package.__file__))
+
+
+def sut_spec(config: pytest.Config) -> str:
+    """``--sut`` as given, else the reference implementation."""
+    return str(config.getoption("--sut") or DEFAULT_SUT)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis' own plugin loads --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
     config._teeio_started = _now()  # type: ignore[attr-defined]
     config.addinivalue_line("markers", "requires(capability): the test needs an optional SUT capability")
+    asked = config.getoption("hypothesis_profile", None)
+    if asked:  # one of the suite's names, asked for on the command line: register it (only it) now
+        _settings.register_missing((asked,))
     try:
-        config._teeio_factory = load_factory(config.getoption("--sut"))  # type: ignore[attr-defined]
+        config._teeio_factory = load_factory(sut_spec(config))  # type: ignore[attr-defined]
     except SutLoadError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
+    _check_report_dir(config)
+    _collect_the_suite(config)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistController(config), "teeio-conformance-xdist")
+
+
+def _check_report_dir(config: pytest.Config) -> None:
+    """A --report-dir that cannot be a directory (a file, under a file, unwritable) is a one-line usage
+    error now, not a traceback after the run."""
+    report_dir = config.getoption("--report-dir")
+    if not report_dir:
+        return
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+        if not os.access(report_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise pytest.UsageError(f"--report-dir {report_dir}: cannot use it as a directory ({reason})") from None
+
+
+def _collect_the_suite(config: pytest.Config) -> None:
+    """``pytest --sut mypkg:factory`` from any directory runs the installed suite: when a SUT or a device
+    is named and no test path is given (pytest would otherwise collect the current directory or the
+    project's ``testpaths``), collection is pointed at the suite's own test files."""
+    named = any(config.getoption(o) is not None for o in ("--sut", "--device-spawn", "--device-at"))
+    if not named or config.args_source is pytest.Config.ArgsSource.ARGS:
+        return
+    config.args[:] = [suite_path()]
+    config._teeio_collected_suite = True  # type: ignore[attr-defined]
 
 
 def _device_target(config: pytest.Config) -> DeviceTarget | None:
@@ -110,6 +187,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     stale = [
         *glob.glob(os.path.join(report_dir, "verdicts-*.json")),
         *glob.glob(os.path.join(report_dir, "failures", "*.json")),
+        *glob.glob(os.path.join(report_dir, "failures", "test_*.py")),  # replay tests of the earlier run
     ]
     for path in stale:
         try:
@@ -119,15 +197,27 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    name, _ = suite_settings(config)
     lines = [
-        f"teeio-conformance: SUT {config.getoption('--sut')}, TDISP profile(s) "
+        f"teeio-conformance: SUT {sut_spec(config)}, TDISP profile(s) "
         f"{config.getoption('--tdisp-profile')}, hypothesis {hypothesis.__version__} "
-        f"(settings profile {hypothesis.settings._current_profile})"
+        f"(the suite's settings profile: {name})"
     ]
+    if getattr(config, "_teeio_collected_suite", False):
+        lines.append(f"teeio-conformance: collecting the installed suite in {suite_path()}")
     target: DeviceTarget | None = getattr(config, "_teeio_device", None)
     if target is not None:
         lines.append(f"teeio-conformance: device machine against a {target.name}")
     return lines
+
+
+def suite_settings(config: pytest.Config) -> tuple[str, hypothesis.settings]:
+    """(profile name, settings) of the suite's machine tests: ``--hypothesis-profile`` if given, else the
+    suite's default (``ci`` under CI, else ``dev``) -- never the process-wide default settings."""
+    return _settings.for_suite(
+        config.getoption("hypothesis_profile", None),
+        verbosity_given=config.getoption("hypothesis_verbosity", None) is not None,
+    )
 
 
 def selected_profiles(config: pytest.Config) -> list[str]:
@@ -151,43 +241,111 @@ def step_timeout(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
+def conformance_settings(request: pytest.FixtureRequest) -> hypothesis.settings:
+    """The Hypothesis settings the suite's machine tests run under (pass to ``run_state_machine_as_test``)."""
+    return suite_settings(request.config)[1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """``--hypothesis-show-statistics`` for the machine tests: Hypothesis' plugin collects statistics only
+    for ``@given`` functions, and ours call ``run_state_machine_as_test`` inside a plain test."""
+    if not item.config.getoption("hypothesis_show_statistics", False) or "conformance_settings" not in getattr(
+        item, "fixturenames", ()
+    ):
+        return (yield)
+    from hypothesis.statistics import collector, describe_statistics
+
+    def note(stats: Any) -> None:
+        stats["nodeid"] = item.nodeid
+        item.hypothesis_statistics = describe_statistics(stats)  # type: ignore[attr-defined]
+
+    with collector.with_value(note):  # type: ignore[arg-type]  # typed as None-only in hypothesis
+        return (yield)
+
+
+@pytest.fixture
 def device_target(request: pytest.FixtureRequest) -> DeviceTarget | None:
     """The responder the device machine drives over the socket; None: the in-process device."""
     return request.config._teeio_device  # type: ignore[attr-defined]
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write this process's verdict counts; the report writer merges workers' files."""
+def verdict_data(config: pytest.Config) -> dict[str, Any]:
+    """This process's verdict counts and run info, as a ``verdicts-<worker>.json`` holds them."""
     from teeio_conformance.conformance.harness import VERDICTS
 
-    report_dir = session.config.getoption("--report-dir")
-    if not report_dir or not VERDICTS.checked:
-        return
-    os.makedirs(report_dir, exist_ok=True)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    data = {
+    return {
         "checked": VERDICTS.checked,
         "exercised": VERDICTS.exercised,
         "failed": VERDICTS.failed,
         "steps": VERDICTS.steps,
-        "sut": _sut_name(session.config),
-        "profiles": selected_profiles(session.config),
+        "sut": _sut_name(config),
+        "profiles": selected_profiles(config),
         "by_profile": VERDICTS.by_profile,
         "run": {
-            "settings_profile": hypothesis.settings._current_profile,
+            "settings_profile": suite_settings(config)[0],
             "hypothesis": hypothesis.__version__,
-            "seed": _seed(session.config),
-            "started": getattr(session.config, "_teeio_started", None),
+            "seed": _seed(config),
+            "started": getattr(config, "_teeio_started", None),
             "finished": _now(),
         },
     }
-    with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
+
+
+class _XdistController:
+    """On the xdist controller: collect each worker's verdicts from xdist's own channel (``workeroutput``)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.workers: dict[str, dict[str, Any]] = {}
+        config._teeio_workers = self.workers  # type: ignore[attr-defined]
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("teeio_verdicts")
+        if data is not None:
+            self.workers[str(node.gateway.id)] = data
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Workers hand their counts to the controller; the controller (or a run without xdist) writes the
+    whole report set into ``--report-dir``."""
+    from teeio_conformance.conformance.harness import VERDICTS
+
+    config = session.config
+    report_dir = config.getoption("--report-dir")
+    workerinput = getattr(config, "workeroutput", None)
+    if workerinput is not None:  # an xdist worker: through xdist's channel, no file
+        if VERDICTS.checked:
+            workerinput["teeio_verdicts"] = verdict_data(config)
+        return
+    if not report_dir:
+        return
+    found: dict[str, dict[str, Any]] = dict(getattr(config, "_teeio_workers", {}))
+    if not found and VERDICTS.checked:
+        found["main"] = verdict_data(config)
+    failures = glob.glob(os.path.join(report_dir, "failures", "*.json"))
+    if not found and not failures:
+        return  # no conformance test ran: nothing to report
+    from teeio_conformance.reports.model import ReportInputError, load_report_dir
+    from teeio_conformance.reports.writer import write_all
+
+    try:
+        for worker, data in sorted(found.items()):
+            with open(os.path.join(report_dir, f"verdicts-{worker}.json"), "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+        report = load_report_dir(report_dir)
+        write_all(report, report_dir)
+    except (OSError, ReportInputError) as exc:
+        config._teeio_report_error = f"could not write the report into {report_dir}: {exc}"  # type: ignore[attr-defined]
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        return
+    config._teeio_report_written = report  # type: ignore[attr-defined]
 
 
 def _sut_name(config: pytest.Config) -> str:
     """The SUT as the report names it; a device machine driven over the socket names its responder too."""
-    sut = str(config.getoption("--sut"))
+    sut = sut_spec(config)
     target: DeviceTarget | None = getattr(config, "_teeio_device", None)
     return sut if target is None else f"{sut}; device machine: {target.name}"
 
@@ -195,7 +353,7 @@ def _sut_name(config: pytest.Config) -> str:
 def _seed(config: pytest.Config) -> str | None:
     """What makes this run repeatable: "derandomized" (e.g. profile ``ci``; Hypothesis then ignores any
     seed), else ``--hypothesis-seed``, else nothing (a random run)."""
-    if getattr(hypothesis.settings.default, "derandomize", False):
+    if getattr(suite_settings(config)[1], "derandomize", False):
         return "derandomized"
     seed = config.getoption("hypothesis_seed", None)
     return None if seed is None else str(seed)
@@ -203,25 +361,49 @@ def _seed(config: pytest.Config) -> str | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failure of a machine test becomes a record (with ``--report-dir``) and a compact card: the rule,
+    its source, the shrunk steps, the record's path and a replay command. The card replaces pytest's
+    traceback (hundreds of lines through the suite's own code) unless ``-v`` asks for it."""
     report = yield
-    if call.when == "call" and call.excinfo is not None and item.config.getoption("--report-dir"):
-        try:
-            exc_value = call.excinfo.value
-            found = exc_value.exceptions if isinstance(exc_value, BaseExceptionGroup) else (exc_value,)
-            for n, sub in enumerate(found):
-                _write_failure(item, sub, n)
-        except OSError as exc:  # a full disk must not hide the test's own failure
-            report.sections.append(("teeio-conformance", f"could not write the failure record: {exc}"))
+    if call.when != "call" or call.excinfo is None:
+        return report
+    exc_value = call.excinfo.value
+    found = exc_value.exceptions if isinstance(exc_value, BaseExceptionGroup) else (exc_value,)
+    if not all(hasattr(sub, "teeio_steps") for sub in found):
+        return report  # not (only) a machine's failure: pytest's own report says it best
+    config = item.config
+    cards: list[str] = []
+    summary: list[dict[str, Any]] = []
+    for n, sub in enumerate(found):
+        record = _failure_record(item, sub)
+        path = None
+        if config.getoption("--report-dir"):
+            try:
+                path = _write_record(item, record, n)
+            except OSError as exc:  # a full disk must not hide the test's own failure
+                report.sections.append(("teeio-conformance", f"could not write the failure record: {exc}"))
+        from teeio_conformance.conformance import cards as _cards
+
+        seen: dict[str, str] = config.__dict__.setdefault("_teeio_seen", {})
+        key = _cards.signature(record)
+        cards.append(_cards.card(record, path, same_as=seen.get(key)))
+        seen.setdefault(key, item.nodeid)
+        summary.append(_cards.summary_entry(record, path, key))
+    text = "\n\n".join(cards)
+    report.__dict__["teeio_failures"] = json.dumps(summary)
+    if config.getoption("verbose") >= 1:
+        report.sections.append(("teeio-conformance failure", text))
+    else:
+        report.longrepr = text + "\n\n(the full traceback: run with -v)"
     return report
 
 
-def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
+def _failure_record(item: pytest.Item, exc: BaseException) -> dict[str, Any]:
+    """The failure record (``teeio-failure/1``) of one machine failure; with ``--report-dir`` after a search
+    for a shorter sequence by the same rule (``--minimize-seconds``)."""
     from teeio_conformance.conformance.rules import RuleViolation
 
-    steps = getattr(exc, "teeio_steps", None)
-    if steps is None:
-        return
-    report_dir = item.config.getoption("--report-dir")
+    steps = exc.teeio_steps  # type: ignore[attr-defined]
     kind = {
         "test_full_stack_lifecycle": "full_stack",
         "test_host_object_lifetimes": "host_lifetimes",
@@ -230,7 +412,7 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     callspec = getattr(item, "callspec", None)
     profile = callspec.params.get("tdisp_profile") if callspec else None
     shrunk_steps = len(steps)
-    shorter = _minimize(item, exc, kind, profile)
+    shorter = _minimize(item, exc, kind, profile) if item.config.getoption("--report-dir") else None
     if shorter is not None:
         exc = shorter
         steps = exc.teeio_steps  # type: ignore[attr-defined]
@@ -242,12 +424,12 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
     notes = [n for n in getattr(exc, "__notes__", []) if "invariant" not in n]
     if shorter is not None:  # Hypothesis' program is of the longer sequence: show the one recorded
         notes = [f"state.{st['method']}({', '.join(f'{k}={v!r}' for k, v in st['kwargs'].items())})" for st in steps]
-    record = {
+    return {
         "format": "teeio-failure/1",
         "test": item.nodeid,
         "machine": getattr(item, "teeio_machine", item.name),
         "profile": profile,
-        "sut": item.config.getoption("--sut"),
+        "sut": sut_spec(item.config),
         "rule_id": rule_id,
         "rule_title": title,
         "machine_kind": kind,
@@ -265,10 +447,42 @@ def _write_failure(item: pytest.Item, exc: BaseException, n: int = 0) -> None:
         "num_vfs": getattr(exc, "teeio_num_vfs", None),
         "device": _device_spec(item) if kind == "device" else None,
     }
+
+
+def _write_record(item: pytest.Item, record: dict[str, Any], n: int = 0) -> str:
+    """Write ``record`` into ``--report-dir``/failures; return its absolute path."""
+    report_dir = item.config.getoption("--report-dir")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)[-110:] + (f"-{n}" if n else "")
     os.makedirs(os.path.join(report_dir, "failures"), exist_ok=True)
-    with open(os.path.join(report_dir, "failures", f"{safe}.json"), "w", encoding="utf-8") as fh:
+    path = os.path.abspath(os.path.join(report_dir, "failures", f"{safe}.json"))
+    with open(path, "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1, default=repr)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Identical failures once, with the tests they came from; where the report went."""
+    from teeio_conformance.conformance import cards as _cards
+
+    entries = [
+        entry
+        for report in terminalreporter.stats.get("failed", [])
+        for entry in json.loads(report.__dict__.get("teeio_failures", "[]"))
+    ]
+    if entries:
+        terminalreporter.section("teeio-conformance failures")
+        for line in _cards.grouped(entries):
+            terminalreporter.write_line(line)
+    error = getattr(config, "_teeio_report_error", None)
+    if error:
+        terminalreporter.write_line(f"teeio-conformance: {error}", red=True)
+    written = getattr(config, "_teeio_report_written", None)
+    if written is not None:
+        report_dir = os.path.abspath(config.getoption("--report-dir"))
+        terminalreporter.write_line(
+            f"teeio-conformance: {written.summary_line()}; report in {os.path.join(report_dir, 'report.html')} "
+            f"(and report.json, junit.xml, report.txt; {len(written.failures)} failure record(s))"
+        )
 
 
 def _device_spec(item: pytest.Item) -> Any:
@@ -297,7 +511,7 @@ def _minimize(item: pytest.Item, exc: BaseException, kind: str | None, profile: 
         return None  # the explorer drives the in-process device; a responder elsewhere keeps Hypothesis' result
     try:
         rule_id = _classify(exc)[0]
-        factory = None if kind == "device" else load_factory(item.config.getoption("--sut"))
+        factory = None if kind == "device" else load_factory(sut_spec(item.config))
         machine = machine_class(kind, factory=factory, profile=profile, timeout=item.config.getoption("--step-timeout"))
         found = minimize(machine, rule_id, list(steps), max_seconds=budget)
         if len(found) >= len(steps):

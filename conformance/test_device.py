@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
 
 
-def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float, device_target: Any) -> None:
+def test_device_tdisp_and_ide_km(
+    tdisp_profile: str, step_timeout: float, device_target: Any, conformance_settings: settings
+) -> None:
     """Random TDISP / IDE_KM traffic, malformed bytes, faults and sessions keep the device on the state table.
 
     Against a responder over the socket (``--device-spawn`` / ``--device-at``) only the rules a socket
@@ -20,10 +23,10 @@ def test_device_tdisp_and_ide_km(tdisp_profile: str, step_timeout: float, device
         class Remote(RemoteDeviceMachine):
             config = config_for(device_target.factory(), profile=tdisp_profile, timeout=step_timeout)
 
-        run_state_machine_as_test(Remote)
+        run_state_machine_as_test(Remote, settings=conformance_settings)
         return
 
     class Machine(DeviceMachine):
         config = DeviceMachineConfig(profile=tdisp_profile, timeout=step_timeout)
 
-    run_state_machine_as_test(Machine)
+    run_state_machine_as_test(Machine, settings=conformance_settings)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from teeio_conformance.conformance.machines.full_stack import MachineConfig
 from teeio_conformance.conformance.machines.host_lifetimes import HostLifetimes
 
 
-def test_host_object_lifetimes(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:
+def test_host_object_lifetimes(
+    sut_factory: Any, tdisp_profile: str, step_timeout: float, conformance_settings: settings
+) -> None:
     """Creating and destroying host objects in any order keeps refcounts, tombstones and refusals honest."""
 
     class Machine(HostLifetimes):
         config = MachineConfig(factory=sut_factory, profile=tdisp_profile, timeout=step_timeout)
 
-    run_state_machine_as_test(Machine)
+    run_state_machine_as_test(Machine, settings=conformance_settings)

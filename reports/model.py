@@ -51,6 +51,10 @@ __all__ = [
 FAILURE_FORMAT = "teeio-failure/1"
 MAX_VFS = 255  # VFs of one PF that fit the PF's bus with ARI (routing IDs PF+1..PF+255)
 RULE_ID = re.compile(r"[A-Z][A-Z0-9]*(-[A-Z0-9]+)+")
+# a line of Hypothesis' printed program ("state = Machine()", "vms_0 = state.first_vm()", "state.x(...)"),
+# not its explanation or its @reproduce_failure hint
+_PROGRAM_LINE = re.compile(r"^(\w+(, \w+)* = )?state\b")
+_CITED_SEQ = re.compile(r"\bseq (\d+)\b")
 AGGREGATE = "all"
 """Profile column used when verdict files of a multi-profile run carry no ``by_profile`` counts."""
 
@@ -255,9 +259,24 @@ class Failure:
         """The record's path relative to the report directory."""
         return f"failures/{self.name}.json"
 
+    @property
+    def cited_seq(self) -> int | None:
+        """The crossing the chart marks: the one the message cites ("... (seq 14)") when the trace has
+        it, else the first crossing of the violating step."""
+        seqs = {e.get("seq") for e in self.trace}
+        for found in _CITED_SEQ.finditer(self.message):
+            if int(found.group(1)) in seqs:
+                return int(found.group(1))
+        return self.violating_seq
+
     def program_lines(self) -> list[str]:
         """The shrunk program as Hypothesis printed it; rebuilt from the recorded steps if not kept."""
-        lines = [line for line in self.program if line.strip() and not line.startswith(_NOT_PROGRAM)]
+        lines = [
+            line
+            for note in self.program
+            for line in note.splitlines()
+            if _PROGRAM_LINE.match(line) and not line.startswith(_NOT_PROGRAM)
+        ]
         if lines:
             return lines
         out = ["state = Machine()"]
@@ -268,13 +287,17 @@ class Failure:
         out.append("state.teardown()")
         return out
 
-    def replay_command(self, sut: str | None = None) -> str:
+    def replay_command(self, sut: str | None = None, *, record: str | None = None) -> str:
+        """The shell command that replays this record; ``record``: its path (default: relative to the
+        report directory), shell-quoted like every argument."""
+        where = shlex.quote(record) if record else self.file
         if self.device is not None and sut is None:  # the recorded responder, named as the run named it
             if "spawn" in self.device:
-                return f"teeio-conformance replay {self.file} --device-spawn {shlex.quote(str(self.device['spawn']))}"
+                return f"teeio-conformance replay {where} --device-spawn {shlex.quote(str(self.device['spawn']))}"
             ids = ",".join(f"{f:#x}" for f in self.device.get("functions", ()) if isinstance(f, int))
-            return f"teeio-conformance replay {self.file} --device-at {self.device.get('at')} --device-functions {ids}"
-        return f"teeio-conformance replay {self.file} --sut {sut or self.sut}"
+            at = shlex.quote(str(self.device.get("at")))
+            return f"teeio-conformance replay {where} --device-at {at} --device-functions {ids}"
+        return f"teeio-conformance replay {where} --sut {shlex.quote(sut or self.sut)}"
 
     def to_json(self) -> dict[str, Any]:
         """The record in its on-disk format (``teeio-failure/1``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from teeio_conformance.reports.model import Report, Status
 from teeio_conformance.reports.swimlane import render_text
+from teeio_conformance.reports.writer import replay_test_filename
 
 __all__ = ["render"]
 
@@ -56,10 +57,14 @@ def render(report: Report) -> str:
         if f.trace:
             chart = render_text(
                 [dict(e) for e in f.trace],
-                title=f"swimlane of the failing example ('!' marks seq {f.violating_seq}, the violating step)",
-                mark_seq=f.violating_seq,
+                title=f"swimlane of the failing example ('!' marks seq {f.cited_seq}, the crossing the message cites)",
+                mark_seq=f.cited_seq,
             )
             out += ["", *("  " + line if line else "" for line in chart.rstrip("\n").split("\n"))]
-        out += ["", f"  replay: {f.replay_command()}", f"  pytest: {f.file[:-5]}.test.py"]
+        out += [
+            "",
+            f"  replay (from the report directory): {f.replay_command()}",
+            f"  regression test: pytest failures/{replay_test_filename(f.name)}",
+        ]
     out += ["", report.summary_line()]
     return "\n".join(out) + "\n"
