@@ -7,10 +7,11 @@
 
 Importing this module (or the pytest plugin) changes nothing: no profile is registered or loaded, so
 other test suites in the same environment keep their own Hypothesis settings. The suite's three machine
-tests get theirs from :func:`for_suite`, passed to ``run_state_machine_as_test``; an explicit
-``--hypothesis-profile NAME`` wins (the plugin registers the names above on demand, just before
-Hypothesis' own plugin loads the named profile). Without one, ``ci`` is used when the ``CI``
-environment variable is set, ``dev`` otherwise.
+tests get theirs from :func:`for_suite`, passed to ``run_state_machine_as_test``. Without
+``--hypothesis-profile``, ``ci`` is used when the ``CI`` environment variable is set, ``dev`` otherwise.
+``--hypothesis-profile NAME`` picks the suite's profile of that name, unless the project registered its
+own under the name (then theirs); any other name is the project's profile. A name of the suite that
+Hypothesis does not know is registered on demand, just before Hypothesis' plugin loads it.
 """
 
 from __future__ import annotations
@@ -46,12 +47,21 @@ PROFILES = {
 }
 
 
-def _registered(name: str) -> bool:
+def _profile(name: str) -> settings | None:
     try:
-        settings.get_profile(name)
+        return settings.get_profile(name)
     except InvalidArgument:
-        return False
-    return True
+        return None
+
+
+def _registered(name: str) -> bool:
+    return _profile(name) is not None
+
+
+# What Hypothesis itself registers under the suite's names (recent versions have a built-in ``ci``, loaded
+# when the CI variable is set), seen when the plugin is imported -- before any project's conftest can
+# register its own. ``--hypothesis-profile ci`` then means the suite's ``ci`` for the suite's tests.
+_BUILTIN = {name: _profile(name) for name in PROFILES}
 
 
 def register_missing(names: tuple[str, ...] = tuple(PROFILES)) -> None:
@@ -82,6 +92,14 @@ def for_suite(explicit_profile: str | None, verbosity_given: bool = False) -> tu
     with ``--hypothesis-verbosity`` (which Hypothesis applies to its default settings) carried over."""
     loaded = settings.default or settings()  # typed Optional; set once Hypothesis is imported
     if explicit_profile:
+        builtin = _BUILTIN.get(explicit_profile)
+        if explicit_profile in PROFILES and (builtin is None or _profile(explicit_profile) is builtin):
+            # the suite's name, not re-registered by the project: the suite's profile (with the verbosity
+            # Hypothesis' plugin may have applied on top)
+            chosen = PROFILES[explicit_profile]
+            if verbosity_given:
+                chosen = settings(chosen, verbosity=loaded.verbosity)
+            return explicit_profile, chosen
         return explicit_profile, loaded
     name = default_name()
     chosen = PROFILES[name]

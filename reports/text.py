@@ -63,7 +63,7 @@ def render(report: Report) -> str:
             out += ["", *("  " + line if line else "" for line in chart.rstrip("\n").split("\n"))]
         out += [
             "",
-            f"  replay (from the report directory): {f.replay_command()}",
+            f"  replay: {f.replay_command()}   (from the report directory)",
             f"  regression test: pytest failures/{replay_test_filename(f.name)}",
         ]
     out += ["", report.summary_line()]

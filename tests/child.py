@@ -11,15 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_pytest(
-    cwd: Path, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+    cwd: Path, *argv: str, env: dict[str, str] | None = None, timeout: float = 120, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m pytest -q ARGV`` in ``cwd``; the parent's xdist worker identity does not leak in."""
+    """``python -m pytest -q ARGV`` in ``cwd``; the parent's xdist worker identity does not leak in, nor
+    the variables named in ``unset``."""
     environ = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
-    environ.pop("PYTEST_XDIST_WORKER", None)
+    for name in ("PYTEST_XDIST_WORKER", *(u for u in unset if u not in (env or {}))):
+        environ.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *argv],
         cwd=cwd,
