@@ -1,6 +1,6 @@
 """What a run produced, as frozen values: run info, one verdict per rule and profile, the failures.
 
-The plugin leaves a report directory behind (``docs/internal/report-formats.md``): one
+The plugin leaves a report directory behind (``docs/report-formats.md``): one
 ``verdicts-<worker>.json`` per pytest process (xdist workers each write their own) and one
 ``failures/<test>.json`` per shrunk counterexample. :func:`load_report_dir` merges them into one
 :class:`Report`; every writer (JSON, JUnit, text, HTML) renders that same value, so the formats can

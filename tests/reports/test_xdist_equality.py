@@ -42,8 +42,7 @@ def _suite(report_dir: Path, workers: int) -> subprocess.CompletedProcess[str]:
             "pytest",
             "-p",
             "no:cacheprovider",
-            "--pyargs",
-            "conformance",
+            "--sut=teeio_conformance.reference_impl.stack:make_sut",  # no paths: the installed suite
             "-W",
             "ignore::pytest.PytestAssertRewriteWarning",
             "--hypothesis-profile=ci",
@@ -87,7 +86,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], d
             (root / name / "failures" / "stale.json").write_text("{}", encoding="utf-8")
         proc = _suite(root / name, workers)
         assert proc.returncode == 0, f"{name} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        if workers:
+        assert (root / name / "report.html").is_file() and (root / name / "junit.xml").is_file()  # the plugin's
+        if workers:  # written by the controller from what the workers sent over xdist's channel
             assert sorted(p.name for p in (root / name).glob("verdicts-*.json")) == [
                 "verdicts-gw0.json",
                 "verdicts-gw1.json",
