@@ -77,6 +77,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         argv.append(f"--report-dir={args.report_dir}")  # the plugin writes the whole report set
     if args.workers:
         argv += ["-n", str(args.workers)]
+    if args.example_db:
+        argv.append(f"--example-db={args.example_db}")
     for option in ("device_spawn", "device_at", "device_functions"):
         if getattr(args, option, None) is not None:
             argv.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
@@ -157,6 +159,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="write report.html, report.json, junit.xml, report.txt and failures/ there (default: none)",
     )
     run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist worker processes (0: none)")
+    run.add_argument(
+        "--example-db",
+        default=None,
+        metavar="DIR|redis://HOST:PORT",
+        help="Hypothesis example database shared between runs and machines (default: the profile's)",
+    )
     run.add_argument(
         "--device-spawn",
         default=None,

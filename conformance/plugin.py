@@ -89,6 +89,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: 0x3a00,0x3a01, those serve-device serves)",
     )
     g.addoption(
+        "--example-db",
+        default=None,
+        metavar="DIR|redis://HOST:PORT",
+        help="Hypothesis example database of the suite's machine tests, shared between runs and machines: a "
+        "directory, or a Redis server (needs the redis package) (default: the settings profile's)",
+    )
+    g.addoption(
         "--minimize-seconds",
         type=float,
         default=20.0,
@@ -128,6 +135,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from exc
     config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
     _check_report_dir(config)
+    spec = config.getoption("--example-db")
+    if spec:
+        try:
+            config._teeio_database = _settings.example_database(spec)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     _collect_the_suite(config)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(config), "teeio-conformance-xdist")
@@ -214,10 +227,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def suite_settings(config: pytest.Config) -> tuple[str, hypothesis.settings]:
     """(profile name, settings) of the suite's machine tests: ``--hypothesis-profile`` if given, else the
     suite's default (``ci`` under CI, else ``dev``) -- never the process-wide default settings."""
-    return _settings.for_suite(
+    name, chosen = _settings.for_suite(
         config.getoption("hypothesis_profile", None),
         verbosity_given=config.getoption("hypothesis_verbosity", None) is not None,
     )
+    database = getattr(config, "_teeio_database", None)
+    return name, (chosen if database is None else hypothesis.settings(chosen, database=database))
 
 
 def selected_profiles(config: pytest.Config) -> list[str]:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.errors import InvalidArgument
 
-__all__ = ["PROFILES", "for_suite", "register", "register_missing"]
+__all__ = ["PROFILES", "example_database", "for_suite", "register", "register_missing"]
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
 
@@ -106,3 +107,24 @@ def for_suite(explicit_profile: str | None, verbosity_given: bool = False) -> tu
     if verbosity_given:
         chosen = settings(chosen, verbosity=loaded.verbosity)
     return name, chosen
+
+
+def example_database(spec: str) -> ExampleDatabase:
+    """The example database ``--example-db`` names: ``redis://HOST:PORT[/DB]`` (Hypothesis'
+    ``RedisExampleDatabase``; needs the ``redis`` package) or a directory (shared over NFS or synced);
+    a ``ValueError`` with a one-line reason when it cannot be had."""
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            import redis
+            from hypothesis.extra.redis import RedisExampleDatabase
+        except ImportError as exc:
+            raise ValueError(f"--example-db {spec}: needs the redis package (pip install redis): {exc}") from None
+        client = redis.Redis.from_url(spec, socket_connect_timeout=5)
+        try:
+            client.ping()
+        except redis.exceptions.RedisError as exc:
+            raise ValueError(f"--example-db {spec}: no Redis server answers there: {exc}") from None
+        return RedisExampleDatabase(client)
+    if os.path.exists(spec) and not os.path.isdir(spec):
+        raise ValueError(f"--example-db {spec}: not a directory")
+    return DirectoryBasedExampleDatabase(spec)
