@@ -19,10 +19,13 @@ installed suite, from any directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import hypothesis
@@ -94,6 +97,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR|redis://HOST:PORT",
         help="Hypothesis example database of the suite's machine tests, shared between runs and machines: a "
         "directory, or a Redis server (needs the redis package) (default: the settings profile's)",
+    )
+    g.addoption(
+        "--progress-seconds",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="while a machine test runs, say every SECONDS how long and how many steps; 0 turns it off "
+        "(default: %(default)s)",
     )
     g.addoption(
         "--minimize-seconds",
@@ -277,6 +288,51 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
     with collector.with_value(note):  # type: ignore[arg-type]  # typed as None-only in hypothesis
         return (yield)
+
+
+@pytest.fixture
+def conformance_progress(request: pytest.FixtureRequest) -> Callable[[], None]:
+    """A callable for the end of each example of a machine test: every ``--progress-seconds`` it prints one
+    line on the terminal (how long the test has run, how many machine steps it took). It writes from the
+    test's own thread with output capture suspended, as pytest's live logging does; xdist workers' output
+    is not shown, so there it does nothing."""
+    from teeio_conformance.conformance.harness import VERDICTS
+
+    config = request.config
+    every = float(config.getoption("--progress-seconds") or 0)
+    terminal = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    nodeid = request.node.nodeid
+    started, steps_before = time.monotonic(), VERDICTS.steps
+    said = [started]
+
+    def tick() -> None:
+        now = time.monotonic()
+        if every <= 0 or terminal is None or hasattr(config, "workerinput") or now - said[0] < every:
+            return
+        said[0] = now
+        line = f"teeio-conformance: {nodeid} running for {now - started:.0f} s, {VERDICTS.steps - steps_before} steps"
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            terminal.ensure_newline()
+            terminal.write_line(line)
+
+    return tick
+
+
+def ticking(machine: type, tick: Callable[[], None]) -> type:
+    """``machine`` (a test's own local class) with ``tick`` called after each example's teardown: the
+    machine tests' progress. The class itself is changed, not subclassed, so Hypothesis' digest of it --
+    the derandomized seed and the example database key -- stays what it was."""
+    original = machine.teardown  # type: ignore[attr-defined]
+
+    def teardown(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            tick()
+
+    machine.teardown = teardown  # type: ignore[attr-defined]
+    return machine
 
 
 @pytest.fixture

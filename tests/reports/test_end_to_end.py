@@ -62,6 +62,7 @@ def caught(tmp_path_factory):
         f"--report-dir={report_dir}",
         "--rootdir",
         str(work),
+        kind="mutant",
     )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FLOW-05 (MUST)" in proc.stdout  # the failure card

@@ -20,14 +20,11 @@ from pathlib import Path
 import pytest
 
 from teeio_conformance.reports import writer
-from tests.child import run_pytest
+from tests.child import budget, run_pytest
 
 from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
 
 pytestmark = pytest.mark.skipif(not stack_works(), reason=STACK_REASON)
-
-# measured (tests/child.py): about 25 s alone on an idle 2-core machine, 55 s next to a CPU-bound job
-BUDGET_SECONDS = 240
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +38,7 @@ def run(tmp_path_factory):
         "--report-dir=out",
         "-k",
         "full_stack",
-        timeout=BUDGET_SECONDS,
+        kind="mutant",
     )
     return empty, proc
 
@@ -84,7 +81,7 @@ def test_the_failure_card_is_compact_and_copy_pasteable(run, tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=budget("small"),
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert replayed.returncode == 1 and replayed.stdout.startswith("STILL FAILS"), replayed.stderr
@@ -95,8 +92,8 @@ def test_the_regression_test_fails_on_the_mutant_and_passes_on_the_reference(run
     """Plain pytest, another directory, no --import-mode: red while the bug is there, green once fixed."""
     empty, _ = run
     (generated,) = (empty / "out" / "failures").glob("test_*.py")
-    on_mutant = run_pytest(tmp_path, str(generated), timeout=120)
+    on_mutant = run_pytest(tmp_path, str(generated))
     assert on_mutant.returncode == 1, on_mutant.stdout[-2000:]
     assert "still fails with FLOW-05" in on_mutant.stdout
-    on_reference = run_pytest(tmp_path, str(generated), env={"TEEIO_SUT": REFERENCE_SUT}, timeout=120)
+    on_reference = run_pytest(tmp_path, str(generated), env={"TEEIO_SUT": REFERENCE_SUT})
     assert on_reference.returncode == 0, on_reference.stdout[-2000:]

@@ -15,48 +15,33 @@ failure record: the plugin must clear them, or the merge would count the serial 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from teeio_conformance.reports import writer
+from tests.child import run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_SECONDS = 120  # per run; both runs together take about 20 s on an idle 2-core machine
 
 
 def _suite(report_dir: Path, workers: int) -> subprocess.CompletedProcess[str]:
-    """The conformance package's own tests, as ``teeio-conformance run`` starts them."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_ADDOPTS", "CI"):
-        env.pop(var, None)  # the parent run's worker identity or options must not reach the child
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--sut=teeio_conformance.reference_impl.stack:make_sut",  # no paths: the installed suite
-            "-W",
-            "ignore::pytest.PytestAssertRewriteWarning",
-            "--hypothesis-profile=ci",
-            "--tdisp-profile=all",
-            f"--report-dir={report_dir}",
-            "-q",
-            "-n",
-            str(workers),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
+    """The installed suite, as ``pytest --sut ...`` runs it (the time limit: tests/child.py's budgets)."""
+    return run_pytest(
+        REPO,
+        "--sut=teeio_conformance.reference_impl.stack:make_sut",  # no paths: the installed suite
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "--hypothesis-profile=ci",
+        "--tdisp-profile=all",
+        f"--report-dir={report_dir}",
+        "-n",
+        str(workers),
+        kind="suite-all-xdist" if workers else "suite-all",
+        unset=("PYTEST_ADDOPTS", "CI"),  # the parent run's options must not reach the child
     )
 
 

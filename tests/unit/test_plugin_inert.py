@@ -66,7 +66,7 @@ def test_a_given_test_runs_under_the_defaults(x):
 
 def test_a_foreign_session_keeps_hypothesis_defaults(tmp_path):
     (tmp_path / "test_foreign.py").write_text(FOREIGN, encoding="utf-8")
-    proc = run_pytest(tmp_path, "test_foreign.py", "--rootdir", str(tmp_path), timeout=300, unset=CI_VARS)
+    proc = run_pytest(tmp_path, "test_foreign.py", "--rootdir", str(tmp_path), unset=CI_VARS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "6 passed" in proc.stdout
 
@@ -97,9 +97,7 @@ def test_an_explicit_profile_is_the_foreign_projects_own(tmp_path):
     (tmp_path / "conftest.py").write_text(CONFTEST_CI, encoding="utf-8")
     for name, n in (("ci", 7), ("mine", 3)):
         (tmp_path / "test_chosen.py").write_text(CHOSEN.format(name=name, n=n), encoding="utf-8")
-        proc = run_pytest(
-            tmp_path, "test_chosen.py", "--rootdir", str(tmp_path), f"--hypothesis-profile={name}", timeout=300
-        )
+        proc = run_pytest(tmp_path, "test_chosen.py", "--rootdir", str(tmp_path), f"--hypothesis-profile={name}")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
@@ -128,7 +126,7 @@ def test_the_suite_profiles_apply_to_the_suite_and_on_demand(tmp_path):
         (("--hypothesis-profile=ci",), {}, 300, "ci"),
     ):
         path.write_text(SUITE_DEFAULT.format(n=n, loaded=loaded), encoding="utf-8")
-        proc = run_pytest(tmp_path, path.name, "--rootdir", str(tmp_path), *argv, env=env, timeout=300, unset=CI_VARS)
+        proc = run_pytest(tmp_path, path.name, "--rootdir", str(tmp_path), *argv, env=env, unset=CI_VARS)
         assert proc.returncode == 0, f"{argv} {env}:\n" + proc.stdout[-3000:] + proc.stderr[-2000:]
 
 

@@ -27,8 +27,6 @@ import pytest
 from tests.child import run_pytest
 from tests.reports import MUTANT_SUT, STACK_REASON, stack_works
 
-BUDGET_SECONDS = 300  # per child run; each took 15-30 s on a 2-core machine at load 7 (tests/child.py)
-
 CONFTEST = """
 from hypothesis import HealthCheck, Phase, settings
 
@@ -57,7 +55,7 @@ def _machine(tmp_path: Path, name: str, profile: str, database: str) -> subproce
         f"--example-db={database}",
         "--rootdir",
         str(home),
-        timeout=BUDGET_SECONDS,
+        kind="mutant",
     )
 
 
@@ -149,7 +147,7 @@ def test_xdist_gateways_report_to_the_controller(tmp_path):
         "--dist",
         "load",
         "--report-dir=out",
-        timeout=BUDGET_SECONDS,
+        kind="suite-tdx",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
