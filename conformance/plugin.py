@@ -384,10 +384,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     config = session.config
     report_dir = config.getoption("--report-dir")
-    workerinput = getattr(config, "workeroutput", None)
-    if workerinput is not None:  # an xdist worker: through xdist's channel, no file
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: through xdist's channel, no file
         if VERDICTS.checked:
-            workerinput["teeio_verdicts"] = verdict_data(config)
+            workeroutput["teeio_verdicts"] = verdict_data(config)
         return
     if not report_dir:
         return
@@ -550,8 +550,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     written = getattr(config, "_teeio_report_written", None)
     if written is not None:
         report_dir = os.path.abspath(config.getoption("--report-dir"))
+        from teeio_conformance.reports.model import Status
+
+        counts = written.counts()
+        verdicts = ", ".join(f"{counts[s]} {s.label}" for s in Status)
         terminalreporter.write_line(
-            f"teeio-conformance: {written.summary_line()}; report in {os.path.join(report_dir, 'report.html')} "
+            f"teeio-conformance: rule verdicts {verdicts}; report in {os.path.join(report_dir, 'report.html')} "
             f"(and report.json, junit.xml, report.txt; {len(written.failures)} failure record(s))"
         )
 

@@ -24,14 +24,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# CPU seconds of each kind of child run (measured; see the module docstring)
+# CPU seconds of each kind of child run: measured (2026-12-02, 2-core machine at load 7-10, the largest
+# of each kind rounded up; see the module docstring)
 CPU_SECONDS = {
-    "small": 5,  # a handful of plain tests, a usage error: Python and pytest start-up
-    "mutant": 30,  # the suite's full-stack machine catching a mutant (ci profile, one platform profile)
-    "suite-tdx": 25,  # the installed suite against the reference, ci profile, tdx
-    "suite-all": 60,  # ... all three platform profiles, serial (measured 50 s)
-    "suite-all-xdist": 70,  # ... over two xdist workers
-    "device-spawn": 60,  # the device machine against responders spawned per example
+    "small": 5,  # a few plain tests or a usage error: interpreter and pytest start-up (measured 1.5-2.0)
+    "mutant": 10,  # the full-stack machine catching a mutant, ci profile, tdx, minimization on (1.6-5.1)
+    "device-spawn": 20,  # the device machine against responders spawned per example (3.7 + the responders)
+    "suite-tdx": 25,  # the installed suite against the reference, ci profile, tdx (18.1-21.6)
+    "suite-all": 75,  # ... all three platform profiles, serial (50.1-67.4)
+    "suite-all-xdist": 80,  # ... over two xdist workers (70.7)
 }
 SLOWDOWN = 6
 STARTUP_SECONDS = 60
