@@ -90,3 +90,17 @@ def test_statistics_and_progress_of_a_machine_test(tmp_path):
         "test_host_object_lifetimes[tdx]" in stats and "during generate phase" in stats and "Stopped because" in stats
     )
     assert "teeio-conformance: test_host_lifetimes.py::test_host_object_lifetimes[tdx] running for" in proc.stdout
+
+
+def test_explore_says_how_far_a_level_got(monkeypatch):
+    """A long level of ``explore`` reports progress within the level, not only when it ends."""
+    from teeio_conformance.conformance import explore
+    from teeio_conformance.reference_impl.stack import make_sut
+
+    monkeypatch.setattr(explore, "PROGRESS_SECONDS", 0.0)  # every sequence, for the test
+    lines: list[str] = []
+    machine = explore.machine_class("host_lifetimes", factory=make_sut, profile="tdx", timeout=5.0)
+    result = explore.explore(machine, depth=1, progress=lines.append)
+    assert lines[0].startswith("depth 1: ") and lines[0].endswith("sequences to check")
+    within = [line for line in lines if " of " in line and "rule(s) broken so far" in line]
+    assert within and within[-1].startswith(f"depth 1: {result.levels[1]} of {result.levels[1]} sequences (100 %)")
