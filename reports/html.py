@@ -85,7 +85,9 @@ def swimlane_view(
 def _failure_view(report: Report, f: Failure) -> dict[str, Any]:
     v = report.verdict(f.rule_id)
     trace = [dict(e) for e in f.trace]
+    first = report.same_as(f)
     return {
+        "same_as": None if first is None else {"anchor": f"failure-{first.name}", "test": first.test},
         "anchor": f"failure-{f.name}",
         "f": f,
         "title": f.rule_title or (v.title if v else ""),

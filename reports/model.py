@@ -260,6 +260,13 @@ class Failure:
         return f"failures/{self.name}.json"
 
     @property
+    def same_key(self) -> str:
+        """Failures with equal keys are the same failure: one rule, one machine, the same shrunk steps
+        (e.g. found under each platform profile); reports show it in full once."""
+        machine = re.sub(r"\[[^\]]*\]$", "", self.machine)  # the test's name without its parameters
+        return json.dumps([self.rule_id, machine, [dict(s) for s in self.steps]], sort_keys=True, default=repr)
+
+    @property
     def cited_seq(self) -> int | None:
         """The crossing the chart marks: the one the message cites ("... (seq 14)") when the trace has
         it, else the first crossing of the violating step."""
@@ -465,6 +472,15 @@ class Report:
         if pv.checked:
             return f"not exercised: checked {pv.checked} times, never in a situation it judges"
         return "not exercised: no step touched what it is about"
+
+    def same_as(self, failure: Failure) -> Failure | None:
+        """The earlier failure that ``failure`` repeats (same rule, machine and steps), or None."""
+        for f in self.failures:
+            if f is failure:
+                return None
+            if f.same_key == failure.same_key:
+                return f
+        return None
 
     def verdict(self, rule_id: str) -> RuleVerdict | None:
         return next((v for v in self.verdicts if v.rule_id == rule_id), None)

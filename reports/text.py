@@ -45,6 +45,15 @@ def render(report: Report) -> str:
         out += ["", f"== failures ({len(report.failures)}) =="]
     for f in report.failures:
         fv = report.verdict(f.rule_id)
+        first = report.same_as(f)
+        if first is not None:  # the same rule, machine and steps as a failure shown in full above
+            out += [
+                "",
+                f"[FAIL] {f.rule_id} {f.rule_title or (fv.title if fv else '')}",
+                f"  profile {f.profile}, test {f.test}: the same failure (rule and shrunk steps) as {first.test}",
+                f"  replay: {f.replay_command()}   (from the report directory)",
+            ]
+            continue
         out += [
             "",
             f"[FAIL] {f.rule_id} {f.rule_title or (fv.title if fv else '')}",

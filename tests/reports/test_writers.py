@@ -296,3 +296,17 @@ def test_the_replay_file_as_a_script_reports_a_bad_record_in_one_line(tmp_path):
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     proc = subprocess.run([sys.executable, "test_broken.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not valid JSON" in proc.stderr
+
+
+def test_the_same_failure_under_several_profiles_is_shown_in_full_once(tmp_path):
+    write_json(tmp_path / "verdicts-main.json", verdicts({}, {}, profiles=("tdx", "cca")))
+    for profile in ("tdx", "cca"):
+        test = f"test_full_stack.py::test_full_stack_lifecycle[{profile}]"
+        record = failure_record(profile=profile, test=test, machine=test.split("::")[1])
+        write_json(tmp_path / "failures" / f"{profile}.json", record)
+    write_json(tmp_path / "failures" / "other.json", failure_record(profile="tdx", steps=[{"method": "first_vm"}]))
+    report = load_report_dir(tmp_path)
+    log = text.render(report)
+    assert log.count("the same failure (rule and shrunk steps) as") == 1 and log.count("shrunk program:") == 2
+    page = html.render(report)
+    assert page.count('class="same"') == 1 and page.count('class="message"') == 2
