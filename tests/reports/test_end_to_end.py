@@ -23,7 +23,7 @@ import pytest
 from teeio_conformance.conformance import replay as rp
 from teeio_conformance.reports import writer
 from teeio_conformance.reports.model import load_report_dir
-from tests.child import run_pytest
+from tests.child import budget, run_pytest
 
 from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
 
@@ -120,7 +120,7 @@ def test_report_replay_and_the_generated_pytest_file(caught):
         cwd=caught,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=budget("small"),
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert script.returncode == 1 and script.stdout.startswith("still fails with FLOW-05")

@@ -294,7 +294,10 @@ def test_the_replay_file_as_a_script_reports_a_bad_record_in_one_line(tmp_path):
     f = Failure.from_json(failure_record(), name="broken", origin="x")
     (tmp_path / "test_broken.py").write_text(writer.replay_test_source(f), encoding="utf-8")
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "test_broken.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    from tests.child import budget
+
+    argv = [sys.executable, "test_broken.py"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=budget("small"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not valid JSON" in proc.stderr
 
 
