@@ -140,10 +140,8 @@ def pytest_configure(config: pytest.Config) -> None:
     asked = config.getoption("hypothesis_profile", None)
     if asked:  # one of the suite's names, asked for on the command line: register it (only it) now
         _settings.register_missing((asked,))
-    try:
-        config._teeio_factory = load_factory(sut_spec(config))  # type: ignore[attr-defined]
-    except SutLoadError as exc:
-        raise pytest.UsageError(str(exc)) from exc
+    if config.getoption("--sut") is not None:  # named: a bad one is a usage error now, not at the first test
+        _factory(config)
     config._teeio_device = _device_target(config)  # type: ignore[attr-defined]
     _check_report_dir(config)
     spec = config.getoption("--example-db")
@@ -256,9 +254,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tdisp_profile", selected_profiles(metafunc.config))
 
 
+def _factory(config: pytest.Config) -> Any:
+    """The SUT factory, imported when first needed: a session that runs none of the suite's tests (another
+    project's, in the same environment) never imports the reference stack."""
+    factory = getattr(config, "_teeio_factory", None)
+    if factory is None:
+        try:
+            factory = config._teeio_factory = load_factory(sut_spec(config))  # type: ignore[attr-defined]
+        except SutLoadError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+    return factory
+
+
 @pytest.fixture
 def sut_factory(request: pytest.FixtureRequest) -> Any:
-    return request.config._teeio_factory  # type: ignore[attr-defined]
+    return _factory(request.config)
 
 
 @pytest.fixture

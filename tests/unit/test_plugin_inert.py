@@ -32,7 +32,10 @@ import teeio_conformance.conformance.plugin  # imported explicitly too: still no
 
 
 def test_plugin_is_loaded(pytestconfig):
+    import sys
+
     assert pytestconfig.pluginmanager.hasplugin("teeio_conformance")
+    assert "teeio_conformance.reference_impl.stack" not in sys.modules  # nor the reference stack imported
 
 
 def test_the_default_settings_are_hypothesis_own():
