@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.child import run_pytest
+from tests.child import budget, run_pytest
 from tests.reports import MUTANT_SUT, STACK_REASON, stack_works
 
 CONFTEST = """
@@ -167,10 +167,33 @@ def test_the_machines_as_stateful_test_cases_for_hypofuzz():
     run_state_machine_as_test(fuzz.machines()["HostLifetimesTDX"], settings=quick)
 
 
-def test_the_hypofuzz_entry_point():
+def test_the_hypofuzz_entry_point(tmp_path):
+    """Where HypoFuzz is installed, ``hypothesis fuzz`` picks up the nine machines of conformance/fuzz.py
+    (the README's recipe): it says so within its budget, and is then stopped (it runs until stopped)."""
     if importlib.util.find_spec("hypofuzz") is None:
         pytest.skip("HypoFuzz is not installed (pip install hypofuzz); the README's long-run recipe needs it")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hypothesis", "fuzz", "--help"], capture_output=True, text=True, timeout=120
+    import os
+    import signal
+
+    from teeio_conformance.conformance import fuzz
+
+    cli = "import sys; from hypothesis.extra.cli import main; sys.exit(main())"  # the `hypothesis` command
+    argv = [sys.executable, "-c", cli, "fuzz", "-n", "1", "--no-dashboard", "--", fuzz.__file__]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    assert proc.returncode == 0 and "fuzz" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + budget("small")
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "to fuzz 9 tests" in line:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the fuzzer and its workers: the group this test started
+        proc.wait(timeout=30)
+    assert any("to fuzz 9 tests" in line for line in seen), "".join(seen)[-2000:]
