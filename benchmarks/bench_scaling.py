@@ -3,7 +3,7 @@ stack grows (functions per device, devices, steps per example -- longer examples
 
     python -m benchmarks.bench_scaling [--examples N] [--skip-suite]
 
-* **Suite**: ``pytest --pyargs conformance --hypothesis-profile=ci --tdisp-profile=all`` in a subprocess,
+* **Suite**: ``pytest --sut ... --hypothesis-profile=ci --tdisp-profile=all`` (the installed suite) in a subprocess,
   once serial and once with ``-n 2`` (pytest-xdist), back to back; wall seconds and the ratio.
 * **Stack size**: the full-stack machine on ``make_sut(num_devices=d, num_vfs=f)`` with ``ci``-like
   settings, ``stateful_step_count`` s; examples/s, machine steps/s and the VMs alive at the end.
@@ -37,8 +37,7 @@ def suite_wall(workers: int) -> float:
         "-q",
         "-p",
         "no:cacheprovider",
-        "--pyargs",
-        "conformance",
+        "--sut=teeio_conformance.reference_impl.stack:make_sut",  # no paths: the installed suite
         "--hypothesis-profile=ci",
         "--tdisp-profile=all",
         "-n",

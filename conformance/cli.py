@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -48,9 +49,20 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
+    from teeio_conformance.conformance.plugin import suite_path
+
+    if args.workers < 0:
+        return _usage("run", f"-n/--workers must be 0 or more, got {args.workers}")
+    if args.workers:
+        try:
+            importlib.import_module("xdist")
+        except ImportError:
+            return _usage("run", f"-n {args.workers} needs pytest-xdist (pip install 'teeio-conformance[test]')")
+    extra = [a for a in args.pytest_args if a != "--"]
+    # the installed suite, unless the extra pytest arguments name test paths themselves
+    paths = [] if any(not a.startswith("-") and os.path.exists(a.split("::")[0]) for a in extra) else [suite_path()]
     argv = [
-        "--pyargs",
-        "conformance",
+        *paths,
         "-p",
         "no:cacheprovider",
         "-W",
@@ -62,19 +74,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.sut:
         argv.append(f"--sut={args.sut}")
     if args.report_dir:
-        argv.append(f"--report-dir={args.report_dir}")
+        argv.append(f"--report-dir={args.report_dir}")  # the plugin writes the whole report set
     if args.workers:
         argv += ["-n", str(args.workers)]
+    if args.example_db:
+        argv.append(f"--example-db={args.example_db}")
     for option in ("device_spawn", "device_at", "device_functions"):
         if getattr(args, option, None) is not None:
             argv.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
     if getattr(args, "device_plaintext", False):
         argv.append("--device-plaintext")
-    argv += [a for a in args.pytest_args if a != "--"]
-    status = int(pytest.main(argv))
+    status = int(pytest.main([*argv, *extra]))
     if args.report_dir:
         return _report_after_run(args, status)
     return status
+
+
+def _usage(command: str, message: str) -> int:
+    """A misuse of a subcommand: one line on stderr, exit status 2 (argparse's convention)."""
+    sys.stderr.write(f"teeio-conformance {command}: error: {message}\n")
+    return 2
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default in ``--help``, where it has one worth saying (not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("teeio-conformance")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a tree that is not installed
+        return "unknown (not installed)"
 
 
 def _report_after_run(args: argparse.Namespace, status: int) -> int:
@@ -107,25 +151,52 @@ def _report_after_run(args: argparse.Namespace, status: int) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     from teeio_conformance.contract.profiles import PROFILES
 
-    p = argparse.ArgumentParser(prog="teeio-conformance", description=__doc__)
+    p = argparse.ArgumentParser(prog="teeio-conformance", description=__doc__, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("flow", help="print the reference lifecycle as a swimlane chart (or --json trace)")
-    f.add_argument("--profile", choices=sorted(PROFILES), default="tdx")
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    f = add("flow", "print the reference lifecycle as a swimlane chart (or --json trace)")
+    f.add_argument("--profile", choices=sorted(PROFILES), default="tdx", help="platform profile")
     f.add_argument("--json", action="store_true", help="print the trace events as a JSON array")
     f.add_argument("--depth", type=int, default=None, help="hide crossings nested deeper than this")
     f.set_defaults(func=_cmd_flow)
 
-    r = sub.add_parser("rules", help="list the rule catalogue")
-    r.add_argument("--json", action="store_true")
+    r = add("rules", "list the rule catalogue")
+    r.add_argument("--json", action="store_true", help="print the catalogue as a JSON array")
     r.set_defaults(func=_cmd_rules)
 
-    run = sub.add_parser("run", help="run the conformance suite (pytest) against a SUT")
-    run.add_argument("--sut", default=None, help="module:factory of the system under test (default: reference)")
-    run.add_argument("--tdisp-profile", default="all", choices=[*sorted(PROFILES), "all"])
-    run.add_argument("--hypothesis-profile", default="ci", choices=["ci", "dev", "thorough"])
-    run.add_argument("--report-dir", default=None)
-    run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers")
+    run = add("run", "run the conformance suite (pytest) against a SUT")
+    run.add_argument(
+        "--sut",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="the system under test (default: the reference, teeio_conformance.reference_impl.stack:make_sut)",
+    )
+    run.add_argument(
+        "--tdisp-profile", default="all", choices=[*sorted(PROFILES), "all"], help="platform profile(s) to test"
+    )
+    run.add_argument(
+        "--hypothesis-profile",
+        default="ci",
+        choices=["ci", "dev", "thorough"],
+        help="Hypothesis settings: ci (derandomized, 300 examples), dev (random, example database), thorough",
+    )
+    run.add_argument(
+        "--report-dir",
+        default=None,
+        metavar="DIR",
+        help="write report.html, report.json, junit.xml, report.txt and failures/ there (default: none)",
+    )
+    run.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist worker processes (0: none)")
+    run.add_argument(
+        "--example-db",
+        default=None,
+        metavar="DIR|redis://HOST:PORT",
+        help="Hypothesis example database shared between runs and machines (default: the profile's)",
+    )
     run.add_argument(
         "--device-spawn",
         default=None,
@@ -150,7 +221,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("import-strace", "teeio_conformance.conformance.traces.strace", "an `strace -f` log as a trace file"),
     ):
         mod = importlib.import_module(module)
-        sp = sub.add_parser(name, help=text)
+        sp = add(name, text)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)
 
@@ -159,7 +230,7 @@ def _build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - the transport is optional
         _server = None
     if _server is not None:
-        s = sub.add_parser("serve-device", help="serve the reference device over the spdm-emu socket protocol")
+        s = add("serve-device", "serve the reference device over the spdm-emu socket protocol")
         _server.add_arguments(s)
         s.add_argument("--config", default=None, help="JSON file with DeviceConfig fields")
         s.add_argument(
@@ -224,9 +295,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    return status
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``teeio-conformance rules | head``): stop quietly, as ``cat`` does. Point
+    stdout at /dev/null so the interpreter's final flush does not complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,6 +47,8 @@ from typing import Any
 
 import attrs
 
+PROGRESS_SECONDS = 10.0  # how often a long level says how far it got (stderr)
+
 __all__ = [
     "DEFAULT_DEPTH",
     "DRAW_SEEDS",
@@ -549,6 +551,10 @@ def explore(
                 break
             nxt: list[tuple[tuple[_Action, ...], list[_Action]]] = []
             checked = 0
+            total = sum(len(actions) for _, actions in frontier)
+            last_said = time.perf_counter()
+            if progress is not None:
+                progress(f"depth {level}: {total} sequences to check")
             for prefix, actions in frontier:
                 for action in actions:
                     if out_of_time() or done():
@@ -557,6 +563,12 @@ def explore(
                     steps = (*prefix, action)
                     checked += 1
                     res = check(steps, expand=level < depth)
+                    if progress is not None and time.perf_counter() - last_said >= PROGRESS_SECONDS:
+                        last_said = time.perf_counter()
+                        progress(
+                            f"depth {level}: {checked} of {total} sequences ({100 * checked // max(total, 1)} %), "
+                            f"{len(findings)} rule(s) broken so far, {last_said - t0:.0f} s"
+                        )
                     if res is None:
                         continue
                     key, children = res

@@ -173,16 +173,21 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
     )  # what --sut teeio_conformance.reference_impl.mutants:NAME gives
     limit = step_timeout or getattr(mutant, "timeout", None) or 5.0
     profile = mutant.profile
-    runs = {
-        "liveness": lambda: test_lifecycle_completes(sut, profile, limit),
-        "device": lambda: run_device_machine(profile, limit, sut),
-        "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit),
-        "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit),
-        "noninterference": lambda: test_noninterference(sut, profile, limit),
-    }
     ci = hsettings.get_profile("ci")
     phases = ci.phases if shrink else tuple(p for p in ci.phases if p is not Phase.shrink)
     hsettings.register_profile("_teeio_as_user", hsettings(ci, phases=phases))
+    as_user = hsettings.get_profile("_teeio_as_user")  # what the plugin's conformance_settings gives under ci
+
+    def quiet() -> None:
+        """No progress lines: the machine tests' conformance_progress, off."""
+
+    runs = {
+        "liveness": lambda: test_lifecycle_completes(sut, profile, limit),
+        "device": lambda: run_device_machine(profile, limit, sut, as_user),
+        "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit, as_user, quiet),
+        "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit, as_user, quiet),
+        "noninterference": lambda: test_noninterference(sut, profile, limit, as_user),
+    }
     previous = hsettings._current_profile
     hsettings.load_profile("_teeio_as_user")
     t0 = time.perf_counter()

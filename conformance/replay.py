@@ -1,7 +1,7 @@
 """``teeio-conformance replay FILE [--sut module:factory]``: re-run a recorded failure on a fresh machine.
 
 A failure record (``failures/<name>.json``, format ``teeio-failure/1``) holds the shrunk sequence as
-concrete steps: ``{"method": ..., "kwargs": ...}`` in order (``docs/internal/report-formats.md``).
+concrete steps: ``{"method": ..., "kwargs": ...}`` in order (``docs/report-formats.md``).
 Replaying builds the recorded machine (full_stack, device or host_lifetimes) around the SUT, calls
 ``getattr(machine, method)(**kwargs)`` for each step and ``teardown()`` at the end, with every rule of
 the catalogue checked after every step exactly as in the original run. No Hypothesis is involved, so a

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from teeio_conformance.conformance.machines.device import DeviceMachine, DeviceMachineConfig
+from teeio_conformance.conformance.plugin import ticking
 from teeio_conformance.conformance.sut import DEFAULT_SUT
 
 
@@ -30,7 +33,13 @@ def sut_device_factory(sut_factory: Any) -> Any:
 
 
 def test_device_tdisp_and_ide_km(
-    tdisp_profile: str, step_timeout: float, device_target: Any, request: Any, sut_factory: Any
+    tdisp_profile: str,
+    step_timeout: float,
+    device_target: Any,
+    request: Any,
+    sut_factory: Any,
+    conformance_settings: settings,
+    conformance_progress: Callable[[], None],
 ) -> None:
     """Random TDISP / IDE_KM traffic, malformed bytes, faults and sessions keep the device on the state table.
 
@@ -42,15 +51,22 @@ def test_device_tdisp_and_ide_km(
         class Remote(RemoteDeviceMachine):
             config = config_for(device_target.factory(), profile=tdisp_profile, timeout=step_timeout)
 
-        run_state_machine_as_test(Remote)
+        run_state_machine_as_test(ticking(Remote, conformance_progress), settings=conformance_settings)
         return
 
-    own = None if request.config.getoption("--sut") == DEFAULT_SUT else sut_factory
-    run_device_machine(tdisp_profile, step_timeout, own)
+    own = None if request.config.getoption("--sut") in (None, DEFAULT_SUT) else sut_factory
+    run_device_machine(tdisp_profile, step_timeout, own, conformance_settings, conformance_progress)
 
 
-def run_device_machine(profile: str, step_timeout: float, sut_factory: Any = None) -> None:
-    """The device machine on the SUT's device (the reference device when ``sut_factory`` is None)."""
+def run_device_machine(
+    profile: str,
+    step_timeout: float,
+    sut_factory: Any = None,
+    conformance_settings: settings | None = None,
+    conformance_progress: Callable[[], None] | None = None,
+) -> None:
+    """The device machine on the SUT's device (the reference device when ``sut_factory`` is None), under
+    ``conformance_settings`` (None: Hypothesis' current default)."""
     cfg = DeviceMachineConfig(profile=profile, timeout=step_timeout)
     if sut_factory is not None:
         cfg = attrs.evolve(cfg, device_factory=sut_device_factory(sut_factory))
@@ -58,4 +74,5 @@ def run_device_machine(profile: str, step_timeout: float, sut_factory: Any = Non
     class Machine(DeviceMachine):
         config = cfg
 
-    run_state_machine_as_test(Machine)
+    machine = Machine if conformance_progress is None else ticking(Machine, conformance_progress)
+    run_state_machine_as_test(machine, settings=conformance_settings)

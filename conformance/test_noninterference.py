@@ -13,7 +13,9 @@ from teeio_conformance.conformance.noninterference import accepts_secrets, diffe
 EXAMPLES = 20  # each example runs twice (the twin replays it): kept small to fit the ci budget
 
 
-def test_noninterference(sut_factory: Any, tdisp_profile: str, step_timeout: float) -> None:
+def test_noninterference(
+    sut_factory: Any, tdisp_profile: str, step_timeout: float, conformance_settings: settings
+) -> None:
     """Random full-stack examples replayed on a twin SUT with other guest secrets: every step's host view
     (host-visible crossings, shared memory, host reads, fault log) must be the same."""
     if not accepts_secrets(sut_factory):
@@ -22,5 +24,5 @@ def test_noninterference(sut_factory: Any, tdisp_profile: str, step_timeout: flo
     first = machine()  # an explicit first example: the whole lifecycle, VM stop and disconnect included
     first.lifecycle()
     first.teardown()
-    current = settings()
-    run_state_machine_as_test(machine, settings=settings(current, max_examples=min(EXAMPLES, current.max_examples)))
+    limited = settings(conformance_settings, max_examples=min(EXAMPLES, conformance_settings.max_examples))
+    run_state_machine_as_test(machine, settings=limited)

@@ -2,7 +2,7 @@
 
 Both the reference implementation and the rules read this one table, so a platform difference is
 stated once (architecture: "Profiles are data"). Sources are in ``docs/rules.md`` and
-``../shared/design/rules-seed.md`` section (d); flow.md's platform table is the summary.
+``docs/flow.md``, facts (d) and the platform table.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Kinds of change, worst first:
 
 * ``regression`` -- FAIL now, and not FAIL before (including a rule the old report did not have);
 * ``fixed`` -- FAIL before, PASS now;
-* ``changed`` -- anything else that moved (PASS <-> NOTRUN: coverage gained or lost; FAIL -> NOTRUN:
-  no longer failing but no longer exercised either, so not proof of a fix; a rule only one side has;
-  PRECONDITION_FAILED, wpt's name for NOT APPLICABLE: the SUT no longer offers what the rule needs).
+* ``changed`` -- anything else that moved (PASS <-> NOT EXERCISED: coverage gained or lost; FAIL -> NOT EXERCISED:
+  no longer failing but no longer exercised either, so not proof of a fix; a rule only one side has; NOT APPLICABLE
+  (wpt's PRECONDITION_FAILED): the SUT no longer offers what the rule needs).
 
 Exit status of the command: 1 when there is a regression, 0 otherwise, 2 for an unusable input file.
 """
@@ -45,7 +45,7 @@ KINDS = ("regression", "fixed", "changed")
 class Change:
     rule_id: str
     profile: str
-    old: str | None  # PASS | FAIL | NOTRUN, or None when the old report has no such verdict
+    old: str | None  # PASS | FAIL | NOT EXERCISED, or None when the old report has no such verdict
     new: str | None
     kind: str = attrs.field(validator=attrs.validators.in_(KINDS))
     message: str | None = None  # the new report's message (or the old one's when the verdict went away)
@@ -93,6 +93,10 @@ class Comparison:
         }
 
 
+# report.json's results are wptreport's, which says NOTRUN; every other format (and this one) NOT EXERCISED
+_LABEL = {"NOTRUN": "NOT EXERCISED"}
+
+
 def verdicts_of(data: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, str | None]]:
     """(profile, rule_id) -> (status, message) from a report.json's results."""
     out = {}
@@ -100,7 +104,8 @@ def verdicts_of(data: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, str
         test = str(result["test"])
         profile = test[len(TEST_PREFIX) :] if test.startswith(TEST_PREFIX) else test
         for sub in result["subtests"]:
-            out[(profile, str(sub["name"]))] = (str(sub["status"]), sub.get("message"))
+            status = str(sub["status"])
+            out[(profile, str(sub["name"]))] = (_LABEL.get(status, status), sub.get("message"))
     return out
 
 
@@ -178,7 +183,7 @@ def render_text(cmp: Comparison, *, old_name: str = "OLD", new_name: str = "NEW"
         for c in found:
             move = f"{c.old or '(absent)'} -> {c.new or '(absent)'}"
             tail = f"  {' '.join(c.message.split())[:160]}" if c.message and kind != "changed" else ""
-            lines.append(f"  {c.rule_id:<{width}} {c.profile:<{pwidth}} {move:<20}{tail}".rstrip())
+            lines.append(f"  {c.rule_id:<{width}} {c.profile:<{pwidth}} {move:<30}{tail}".rstrip())
     lines += [
         "",
         f"{len(cmp.changes) + cmp.unchanged} verdicts compared: {len(cmp.regressions)} regression(s), "

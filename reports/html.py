@@ -17,6 +17,7 @@ import jinja2
 
 from teeio_conformance.reports.model import Failure, Report, Status
 from teeio_conformance.reports.swimlane import LANE_TITLES, LANES, render_text, rows
+from teeio_conformance.reports.writer import replay_test_filename
 
 __all__ = ["render", "swimlane_view"]
 
@@ -25,7 +26,7 @@ _CSS_STATUS = {Status.PASS: "pass", Status.FAIL: "fail", Status.NOT_EXERCISED: "
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("reports", "templates"),
+        loader=jinja2.PackageLoader("teeio_conformance.reports", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -38,9 +39,14 @@ def _lane(name: Any) -> int:
     return LANES.index(name) if name in LANES else -1
 
 
-def swimlane_view(trace: list[dict[str, Any]], mark_seq: int | None) -> list[dict[str, Any]]:
+def swimlane_view(
+    trace: list[dict[str, Any]], mark_seq: int | None, step_start: int | None = None
+) -> list[dict[str, Any]]:
     """Rows of the chart as cells per lane: ``caller`` (the dot), ``callee`` (arrow + operation),
-    ``span`` (the line between them) or empty; rows from the violating step on are flagged."""
+    ``span`` (the line between them) or empty; ``mark_seq`` (the crossing the message cites) is marked,
+    and rows from ``step_start`` (the violating step's first crossing; default ``mark_seq``) on flagged."""
+    if step_start is None:
+        step_start = mark_seq
     out = []
     for r in rows(trace):
         src, dst = _lane(r["caller"]), _lane(r["callee"])
@@ -70,7 +76,7 @@ def swimlane_view(trace: list[dict[str, Any]], mark_seq: int | None) -> list[dic
                 "note": note,
                 "from_harness": r["caller"] == "harness",
                 "marked": mark_seq is not None and seq == mark_seq,
-                "in_violating_step": mark_seq is not None and isinstance(seq, int) and seq >= mark_seq,
+                "in_violating_step": step_start is not None and isinstance(seq, int) and seq >= step_start,
             }
         )
     return out
@@ -79,7 +85,9 @@ def swimlane_view(trace: list[dict[str, Any]], mark_seq: int | None) -> list[dic
 def _failure_view(report: Report, f: Failure) -> dict[str, Any]:
     v = report.verdict(f.rule_id)
     trace = [dict(e) for e in f.trace]
+    first = report.same_as(f)
     return {
+        "same_as": None if first is None else {"anchor": f"failure-{first.name}", "test": first.test},
         "anchor": f"failure-{f.name}",
         "f": f,
         "title": f.rule_title or (v.title if v else ""),
@@ -90,9 +98,9 @@ def _failure_view(report: Report, f: Failure) -> dict[str, Any]:
         "validator_cases": list(v.validator_cases) if v else [],
         "program": f.program_lines(),
         "replay": report.replay_command(f),
-        "pytest_file": f"{f.file[:-5]}.test.py",
-        "rows": swimlane_view(trace, f.violating_seq),
-        "chart": render_text(trace, title="", mark_seq=f.violating_seq) if trace else "",
+        "pytest_file": f"failures/{replay_test_filename(f.name)}",
+        "rows": swimlane_view(trace, f.cited_seq, f.violating_seq),
+        "chart": render_text(trace, title="", mark_seq=f.cited_seq) if trace else "",
     }
 
 

@@ -1,6 +1,6 @@
 """What a run produced, as frozen values: run info, one verdict per rule and profile, the failures.
 
-The plugin leaves a report directory behind (``docs/internal/report-formats.md``): one
+The plugin leaves a report directory behind (``docs/report-formats.md``): one
 ``verdicts-<worker>.json`` per pytest process (xdist workers each write their own) and one
 ``failures/<test>.json`` per shrunk counterexample. :func:`load_report_dir` merges them into one
 :class:`Report`; every writer (JSON, JUnit, text, HTML) renders that same value, so the formats can
@@ -55,6 +55,10 @@ __all__ = [
 FAILURE_FORMAT = "teeio-failure/1"
 MAX_VFS = 255  # VFs of one PF that fit the PF's bus with ARI (routing IDs PF+1..PF+255)
 RULE_ID = re.compile(r"[A-Z][A-Z0-9]*(-[A-Z0-9]+)+")
+# a line of Hypothesis' printed program ("state = Machine()", "vms_0 = state.first_vm()", "state.x(...)"),
+# not its explanation or its @reproduce_failure hint
+_PROGRAM_LINE = re.compile(r"^(\w+(, \w+)* = )?state\b")
+_CITED_SEQ = re.compile(r"\bseq (\d+)\b")
 AGGREGATE = "all"
 """Profile column used when verdict files of a multi-profile run carry no ``by_profile`` counts."""
 
@@ -266,9 +270,31 @@ class Failure:
         """The record's path relative to the report directory."""
         return f"failures/{self.name}.json"
 
+    @property
+    def same_key(self) -> str:
+        """Failures with equal keys are the same failure: one rule, one machine, the same shrunk steps
+        (e.g. found under each platform profile); reports show it in full once."""
+        machine = re.sub(r"\[[^\]]*\]$", "", self.machine)  # the test's name without its parameters
+        return json.dumps([self.rule_id, machine, [dict(s) for s in self.steps]], sort_keys=True, default=repr)
+
+    @property
+    def cited_seq(self) -> int | None:
+        """The crossing the chart marks: the one the message cites ("... (seq 14)") when the trace has
+        it, else the first crossing of the violating step."""
+        seqs = {e.get("seq") for e in self.trace}
+        for found in _CITED_SEQ.finditer(self.message):
+            if int(found.group(1)) in seqs:
+                return int(found.group(1))
+        return self.violating_seq
+
     def program_lines(self) -> list[str]:
         """The shrunk program as Hypothesis printed it; rebuilt from the recorded steps if not kept."""
-        lines = [line for line in self.program if line.strip() and not line.startswith(_NOT_PROGRAM)]
+        lines = [
+            line
+            for note in self.program
+            for line in note.splitlines()
+            if _PROGRAM_LINE.match(line) and not line.startswith(_NOT_PROGRAM)
+        ]
         if lines:
             return lines
         out = ["state = Machine()"]
@@ -279,10 +305,16 @@ class Failure:
         out.append("state.teardown()")
         return out
 
-    def replay_command(self, sut: str | None = None, *, root: str | os.PathLike[str] | None = None) -> str:
+    def replay_command(
+        self, sut: str | None = None, *, root: str | os.PathLike[str] | None = None, record: str | None = None
+    ) -> str:
         """The shell command that replays this record, every word quoted; with ``root`` (the report
-        directory) the record's path is absolute, so the command works from any directory."""
-        path = str(Path(root, self.file).absolute()) if root is not None else self.file
+        directory) the record's path is absolute, so the command works from any directory; ``record``
+        gives the path outright."""
+        if record is not None:
+            path = record
+        else:
+            path = str(Path(root, self.file).absolute()) if root is not None else self.file
         if self.machine == "trace" and self.sut.startswith("trace:"):  # check-trace: judge the file again
             return shlex.join(
                 ["teeio-conformance", "check-trace", self.sut[len("trace:") :], "--profile", str(self.profile)]
@@ -485,6 +517,15 @@ class Report:
         if pv.checked:
             return f"not exercised: checked {pv.checked} times, never in a situation it judges"
         return "not exercised: no step touched what it is about"
+
+    def same_as(self, failure: Failure) -> Failure | None:
+        """The earlier failure that ``failure`` repeats (same rule, machine and steps), or None."""
+        for f in self.failures:
+            if f is failure:
+                return None
+            if f.same_key == failure.same_key:
+                return f
+        return None
 
     def verdict(self, rule_id: str) -> RuleVerdict | None:
         return next((v for v in self.verdicts if v.rule_id == rule_id), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from teeio_conformance.reports.model import Report, Status
 from teeio_conformance.reports.swimlane import render_text
+from teeio_conformance.reports.writer import replay_test_filename
 
 __all__ = ["render"]
 
@@ -51,6 +52,15 @@ def render(report: Report) -> str:
         out += ["", f"== failures ({len(report.failures)}) =="]
     for f in report.failures:
         fv = report.verdict(f.rule_id)
+        first = report.same_as(f)
+        if first is not None:  # the same rule, machine and steps as a failure shown in full above
+            out += [
+                "",
+                f"[FAIL] {f.rule_id} {f.rule_title or (fv.title if fv else '')}",
+                f"  profile {f.profile}, test {f.test}: the same failure (rule and shrunk steps) as {first.test}",
+                f"  replay: {f.replay_command()}   (from the report directory)",
+            ]
+            continue
         out += [
             "",
             f"[FAIL] {f.rule_id} {f.rule_title or (fv.title if fv else '')}",
@@ -63,10 +73,14 @@ def render(report: Report) -> str:
         if f.trace:
             chart = render_text(
                 [dict(e) for e in f.trace],
-                title=f"swimlane of the failing example ('!' marks seq {f.violating_seq}, the violating step)",
-                mark_seq=f.violating_seq,
+                title=f"swimlane of the failing example ('!' marks seq {f.cited_seq}, the crossing the message cites)",
+                mark_seq=f.cited_seq,
             )
             out += ["", *("  " + line if line else "" for line in chart.rstrip("\n").split("\n"))]
-        out += ["", f"  replay: {report.replay_command(f)}", f"  pytest: {f.file[:-5]}.test.py"]
+        out += [
+            "",
+            f"  replay: {report.replay_command(f)}",
+            f"  regression test: pytest failures/{replay_test_filename(f.name)}",
+        ]
     out += ["", report.summary_line()]
     return "\n".join(out) + "\n"

@@ -7,7 +7,8 @@ Writes into DIR:
   records; checked against ``reports/schema/report.schema.json`` before it is written.
 * ``junit.xml`` (:mod:`reports.junit`), ``report.txt`` (:mod:`reports.text`), ``report.html``
   (:mod:`reports.html`);
-* ``failures/<name>.test.py`` -- a pytest file per failure that replays it (:mod:`conformance.replay`).
+* ``failures/test_<name>.py`` -- a regression test per failure: it replays the record
+  (:mod:`teeio_conformance.conformance.replay`) and fails while the bug is there.
 
 Why wptreport: it is the one JSON shape for "many subtests, each PASS/FAIL/NOTRUN against an
 expectation" that existing dashboards and diff tools already read (style.md, anchor 12).
@@ -41,6 +42,7 @@ __all__ = [
     "REPORT_FORMAT",
     "add_arguments",
     "read_report_json",
+    "replay_test_filename",
     "replay_test_source",
     "report_json",
     "run",
@@ -63,7 +65,8 @@ TEST_PREFIX = "/teeio/"
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema shipped in the package (``reports/schema/report.schema.json``)."""
-    text = resources.files("reports").joinpath("schema", "report.schema.json").read_text(encoding="utf-8")
+    shipped = resources.files("teeio_conformance.reports").joinpath("schema", "report.schema.json")
+    text = shipped.read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -197,16 +200,16 @@ def _test_function_name(failure: Failure) -> str:
 
 
 _REPLAY_TEST = '''\
-"""Replay of a shrunk teeio-conformance failure: {rule_id} {rule_title}.
+"""Regression test for a shrunk teeio-conformance failure: {rule_id} {rule_title}.
 
 Recorded by {test} (profile {profile}) against {sut}.
 Broken by step {action!r}: {message}
 
-Run it on your build (the SUT defaults to the one recorded in {json_name}, spelled out below as
-RECORDED_SUT / RECORDED_DEVICE: this file, not the record, says what runs):
-    TEEIO_SUT=package.module:factory pytest --import-mode=importlib {test_name}
-    python {test_name}        # prints the verdict; exit status 1 while it still fails
-(``--import-mode=importlib`` because the dotted file name is not an importable module name.)
+It fails while the bug is there and passes once it is fixed. Run it on your build, from any directory
+(the SUT defaults to the one spelled out below as RECORDED_SUT / RECORDED_DEVICE: this file, not the
+record {json_name} next to it, says what runs):
+    TEEIO_SUT=package.module:factory pytest path/to/{test_name}
+    python path/to/{test_name}        # prints the verdict; exit status 1 while it still fails
 """
 
 import os
@@ -216,7 +219,7 @@ import sys
 from teeio_conformance.conformance.replay import replay
 from teeio_conformance.reports.model import ReportInputError
 
-RECORD = pathlib.Path(__file__).with_name({json_name!r})
+RECORD = pathlib.Path(__file__).resolve().with_name({json_name!r})
 RULE_ID = {rule_id!r}
 RECORDED_SUT = {recorded_sut!r}
 RECORDED_DEVICE = {recorded_device!r}
@@ -231,10 +234,9 @@ def _replay():
 
 
 def {function}():
-    """Replaying the recorded steps on a fresh machine still breaks {rule_id}."""
+    """The recorded steps, replayed on a fresh machine, no longer break {rule_id} (nor any other rule)."""
     result = _replay()
-    assert result.still_fails, f"no longer fails ({{result.steps_run}} steps): {{result.message}}"
-    assert result.rule_id == RULE_ID, f"fails with {{result.rule_id}}, not {{RULE_ID}}: {{result.message}}"
+    assert not result.still_fails, result.message
 
 
 if __name__ == "__main__":
@@ -248,13 +250,19 @@ if __name__ == "__main__":
 '''
 
 
+def replay_test_filename(name: str) -> str:
+    """``failures/test_<name>.py``: a module name pytest imports as is (no ``--import-mode`` needed)."""
+    safe = "".join(c if c.isalnum() else "_" for c in name).strip("_") or "failure"
+    return f"{safe}.py" if safe.startswith("test_") else f"test_{safe}.py"
+
+
 def _doc(text: object, limit: int = 300) -> str:
     """``text`` made safe inside a triple-quoted docstring: one line, no backslashes or closing quotes."""
     return " ".join(str(text).split())[:limit].replace("\\", "/").replace('"""', "'''")
 
 
 def replay_test_source(failure: Failure) -> str:
-    """The pytest file that replays ``failure`` (``failures/<name>.test.py``).
+    """The pytest file that replays ``failure`` (``failures/test_<name>.py``).
 
     The SUT (or the responder of a device record) is written into the file itself: replay runs nothing a
     record names without consent, and running this file -- whose text says what it runs -- is that consent
@@ -271,7 +279,7 @@ def replay_test_source(failure: Failure) -> str:
         action=_doc(failure.action, 80),
         message=_doc(failure.message),
         json_name=f"{failure.name}.json",
-        test_name=_doc(f"failures/{failure.name}.test.py"),
+        test_name=_doc(replay_test_filename(failure.name)),
         function=_test_function_name(failure),
     )
 
@@ -287,7 +295,7 @@ def write_replay_tests(report: Report, report_dir: str | os.PathLike[str]) -> li
     for f in report.failures:
         if f.machine == "trace":
             continue  # a recorded trace has no steps to replay; its replay command runs check-trace again
-        path = Path(report_dir) / "failures" / f"{f.name}.test.py"
+        path = Path(report_dir) / "failures" / replay_test_filename(f.name)
         _write_atomic(path, replay_test_source(f))
         out.append(path)
     return out

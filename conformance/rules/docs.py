@@ -21,6 +21,8 @@ def render_markdown() -> str:
         "do not edit by hand.",
         f"{len(CATALOGUE)} rules. Level: MUST (every platform), SHOULD, PROFILE (the listed platforms' own",
         "requirement). Validator cases are intel/tee-io-validator's case IDs the rule covers.",
+        "Every key a source cites (flow step, flow corr., rules-seed fact, [REFERENCE]) is resolved in",
+        "`docs/flow.md`.",
         "",
     ]
     for area in Area:

@@ -4,7 +4,7 @@ reproduces it.
 A mutant IOMMUFD whose guest unbind also destroys the vdevice (tests/reports/__init__.py) is run by the
 full-stack machine under Hypothesis in a child pytest with ``--report-dir``; then ``report`` writes every
 format, ``replay`` re-runs the shrunk sequence (still FLOW-05 on the mutant, passing on the reference),
-and the generated ``failures/<name>.test.py`` is run by pytest and as a script. Skipped until the
+and the generated regression test ``failures/test_<name>.py`` is run by pytest and as a script. Skipped until the
 reference stack runs its lifecycle.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from teeio_conformance.conformance import replay as rp
 from teeio_conformance.reports import writer
 from teeio_conformance.reports.model import load_report_dir
-from tests.child import run_pytest
+from tests.child import budget, run_pytest
 
 from . import MUTANT_SUT, REFERENCE_SUT, STACK_REASON, stack_works
 
@@ -62,9 +62,10 @@ def caught(tmp_path_factory):
         f"--report-dir={report_dir}",
         "--rootdir",
         str(work),
+        kind="mutant",
     )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Violation_FLOW_05" in proc.stdout
+    assert "FLOW-05 (MUST)" in proc.stdout  # the failure card
     return report_dir
 
 
@@ -108,16 +109,19 @@ def test_report_replay_and_the_generated_pytest_file(caught):
     again = rp.replay(record, MUTANT_SUT)
     assert again.still_fails and again.rule_id == "FLOW-05" and again.steps_run == 2
 
-    snippet = f"failures/{failure.name}.test.py"
-    assert run_pytest(caught, "--import-mode=importlib", snippet).returncode == 0  # it still fails: the test passes
-    on_reference = run_pytest(caught, "--import-mode=importlib", snippet, env={"TEEIO_SUT": REFERENCE_SUT})
-    assert on_reference.returncode == 1 and "no longer fails" in on_reference.stdout
+    from teeio_conformance.reports.writer import replay_test_filename
+
+    snippet = f"failures/{replay_test_filename(failure.name)}"
+    on_mutant = run_pytest(caught, snippet)  # a regression test: red while the bug is there
+    assert on_mutant.returncode == 1 and "still fails with FLOW-05" in on_mutant.stdout
+    on_reference = run_pytest(caught, snippet, env={"TEEIO_SUT": REFERENCE_SUT})
+    assert on_reference.returncode == 0, on_reference.stdout[-2000:]
     script = subprocess.run(
         [sys.executable, snippet],
         cwd=caught,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=budget("small"),
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert script.returncode == 1 and script.stdout.startswith("still fails with FLOW-05")

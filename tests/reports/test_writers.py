@@ -1,4 +1,4 @@
-"""The writers: report.json (schema), junit.xml, report.txt, report.html and the replay .test.py files."""
+"""The writers: report.json (schema), junit.xml, report.txt, report.html and the regression test files."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_all_files_are_written(written):
         "junit.xml",
         "report.txt",
         "report.html",
-        f"failures/{FAILURE_NAME}.test.py",
+        f"failures/{writer.replay_test_filename(FAILURE_NAME)}",
     }
     assert all(p.stat().st_size > 0 for p in paths)
 
@@ -198,8 +198,11 @@ def test_html_escapes_what_the_sut_says(tmp_path):
 
 def test_each_failure_gets_a_pytest_replay_file(written):
     root, _, _ = written
-    source = (root / "failures" / f"{FAILURE_NAME}.test.py").read_text(encoding="utf-8")
-    compile(source, "x.test.py", "exec")
+    name = writer.replay_test_filename(FAILURE_NAME)
+    assert name.startswith("test_") and name[:-3].isidentifier()  # pytest imports it as it is
+    source = (root / "failures" / name).read_text(encoding="utf-8")
+    compile(source, name, "exec")
+    assert "assert not result.still_fails" in source  # a regression test: fails while the bug is there
     assert "from teeio_conformance.conformance.replay import replay" in source and "RULE_ID = 'FLOW-05'" in source
     assert f"with_name('{FAILURE_NAME}.json')" in source
 
@@ -209,7 +212,7 @@ def test_replay_file_source_is_valid_for_hostile_names():
     from teeio_conformance.reports.model import Failure
 
     f = Failure.from_json(record, name="we ird-name.1", origin="x")
-    compile(writer.replay_test_source(f), "x.test.py", "exec")
+    compile(writer.replay_test_source(f), "test_x.py", "exec")
 
 
 # ---------------------------------------------------------------------------- the CLI entry point
@@ -282,14 +285,31 @@ def test_any_valid_input_gives_valid_outputs(
 
 
 def test_the_replay_file_as_a_script_reports_a_bad_record_in_one_line(tmp_path):
-    """``python failures/<name>.test.py`` on a broken record: status 2 and one line, like the CLI."""
+    """``python failures/test_<name>.py`` on a broken record: status 2 and one line, like the CLI."""
     import subprocess
     import sys
 
     from teeio_conformance.reports.model import Failure
 
     f = Failure.from_json(failure_record(), name="broken", origin="x")
-    (tmp_path / "broken.test.py").write_text(writer.replay_test_source(f), encoding="utf-8")
+    (tmp_path / "test_broken.py").write_text(writer.replay_test_source(f), encoding="utf-8")
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "broken.test.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    from tests.child import budget
+
+    argv = [sys.executable, "test_broken.py"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=budget("small"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not valid JSON" in proc.stderr
+
+
+def test_the_same_failure_under_several_profiles_is_shown_in_full_once(tmp_path):
+    write_json(tmp_path / "verdicts-main.json", verdicts({}, {}, profiles=("tdx", "cca")))
+    for profile in ("tdx", "cca"):
+        test = f"test_full_stack.py::test_full_stack_lifecycle[{profile}]"
+        record = failure_record(profile=profile, test=test, machine=test.split("::")[1])
+        write_json(tmp_path / "failures" / f"{profile}.json", record)
+    write_json(tmp_path / "failures" / "other.json", failure_record(profile="tdx", steps=[{"method": "first_vm"}]))
+    report = load_report_dir(tmp_path)
+    log = text.render(report)
+    assert log.count("the same failure (rule and shrunk steps) as") == 1 and log.count("shrunk program:") == 2
+    page = html.render(report)
+    assert page.count('class="same"') == 1 and page.count('class="message"') == 2

@@ -15,49 +15,33 @@ failure record: the plugin must clear them, or the merge would count the serial 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from teeio_conformance.reports import writer
+from tests.child import run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_SECONDS = 300  # per run; a serial ci run is about 75 s of CPU (issue 14), more on a shared machine
 
 
 def _suite(report_dir: Path, workers: int) -> subprocess.CompletedProcess[str]:
-    """The conformance package's own tests, as ``teeio-conformance run`` starts them."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_ADDOPTS", "CI"):
-        env.pop(var, None)  # the parent run's worker identity or options must not reach the child
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--pyargs",
-            "conformance",
-            "-W",
-            "ignore::pytest.PytestAssertRewriteWarning",
-            "--hypothesis-profile=ci",
-            "--tdisp-profile=all",
-            f"--report-dir={report_dir}",
-            "-q",
-            "-n",
-            str(workers),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
+    """The installed suite, as ``pytest --sut ...`` runs it (the time limit: tests/child.py's budgets)."""
+    return run_pytest(
+        REPO,
+        "--sut=teeio_conformance.reference_impl.stack:make_sut",  # no paths: the installed suite
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "--hypothesis-profile=ci",
+        "--tdisp-profile=all",
+        f"--report-dir={report_dir}",
+        "-n",
+        str(workers),
+        kind="suite-all-xdist" if workers else "suite-all",
+        unset=("PYTEST_ADDOPTS", "CI"),  # the parent run's options must not reach the child
     )
 
 
@@ -87,7 +71,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], d
             (root / name / "failures" / "stale.json").write_text("{}", encoding="utf-8")
         proc = _suite(root / name, workers)
         assert proc.returncode == 0, f"{name} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        if workers:
+        assert (root / name / "report.html").is_file() and (root / name / "junit.xml").is_file()  # the plugin's
+        if workers:  # written by the controller from what the workers sent over xdist's channel
             assert sorted(p.name for p in (root / name).glob("verdicts-*.json")) == [
                 "verdicts-gw0.json",
                 "verdicts-gw1.json",

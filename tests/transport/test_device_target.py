@@ -179,6 +179,7 @@ def test_a_spawned_mutant_responder_is_recorded_and_replayed_on_the_same_command
         f"--device-spawn={command}",
         "--rootdir",
         str(tmp_path),
+        kind="device-spawn",
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (record,) = (report / "failures").glob("*.json")
