@@ -78,6 +78,8 @@ CONFORMANCE_MAY_IMPORT_REFERENCE = {
     "conformance/explore.py": "`explore --mutant NAME` names the reference's mutants",
     "conformance/remote.py": "the spdm-emu socket client still lives in reference_impl/transport (issue 15)",
     "conformance/replay.py": "a record naming one of the reference's own mutants replays without --trust-record",
+    "conformance/mutation.py": "the suite's meta-test: runs the reference's mutants the way users run a SUT",
+    "conformance/validator_cases.py": "probes each validator case on the reference device made to answer wrongly",
 }
 """Every conformance module outside this list must not import ``reference_impl``; keep it short."""
 
