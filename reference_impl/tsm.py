@@ -323,7 +323,8 @@ class Tsm(Actor):
         return n
 
     def _guest_accept_dma(self, ctx: _TdiCtx, request: GuestRequest) -> None:
-        self._iommu.set_trusted(ctx.rid, ctx.vm)
+        """The TSM asks IOMMUFD to enable trusted DMA; IOMMUFD programs it in the CC vIOMMU (step 29)."""
+        self._iommufd.cc_enable_dma(ctx.rid, ctx.vm)
         ctx.trusted_dma = True
 
     def _guest_start(self, ctx: _TdiCtx, request: GuestRequest) -> None:
@@ -368,7 +369,7 @@ class Tsm(Actor):
             self._stop(ctx)
             self._vfio.revoke_mmio(rid)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
+            self._iommufd.cc_disable_dma(rid)  # the disable-DMA callback into IOMMUFD (steps 45-46)
             ctx.trusted_dma = False
         self._free(ctx)
         self._vfio.set_private(rid, False)

@@ -1298,3 +1298,162 @@ RULES: list[Rule] = [
         "ERR-03", "hardware paths fail with typed faults", Area.ERR, M, "architecture 'Errors'", err_access_faults_typed
     ),
 ]
+
+
+# ======================================================================================== CC vIOMMU
+# Issue 19: the CC vIOMMU as IOMMUFD state. The thread's chart puts "setup CC viommu" (step 17), "TDX
+# disable dma cb" (45) and "cb disable CC viommu" (46) in the IOMMUFD column: the vIOMMU of a confidential
+# VM takes over T=1 translation for its vdevices, and the TSM enables and disables trusted DMA through
+# IOMMUFD, which programs the IOMMU. Flow corr. 6 forbids disabling the vIOMMU while the VM runs.
+
+
+def _subtree(o: Observation, ev: Any) -> list[Any]:
+    """The events of this step nested inside ``ev`` (they follow it in sequence order, deeper than it)."""
+    out = []
+    for e in o.events:
+        if e.seq <= ev.seq:
+            continue
+        if e.depth <= ev.depth:
+            break
+        out.append(e)
+    return out
+
+
+def ccv_trusted_dma_through_iommufd(o: Observation) -> str | None:
+    """The IOMMU's T=1 translation of a TDI is enabled inside IOMMUFD's ``cc_enable_dma`` and disabled by
+    IOMMUFD (its disable callback), never programmed by the TSM or anyone else directly. Raw probes the
+    suite makes itself (caller ``harness``) are judged by the other rules."""
+    evs = [e for e in o.events if e.callee == "iommu" and e.operation in ("set_trusted", "clear_trusted") and e.ok]
+    evs = [e for e in evs if e.caller != "harness"]
+    if not evs:
+        return None
+    for e in evs:
+        if e.caller != "iommufd":
+            return f"{e.caller} programmed {e.operation} of {e.arguments[0]:#06x} in the IOMMU directly (seq {e.seq})"
+        if e.operation == "set_trusted":
+            p = o.parent(e)
+            asked = p is not None and (p.callee, p.operation) == ("iommufd", "cc_enable_dma")
+            if not asked or p.caller not in ("tsm", "harness"):  # type: ignore[union-attr]
+                return f"T=1 DMA of {e.arguments[0]:#06x} enabled outside the TSM's request to IOMMUFD (seq {e.seq})"
+    return HELD
+
+
+def ccv_trusted_under_cc_viommu(o: Observation) -> str | None:
+    """Every T=1 translation the IOMMU holds lies in the context of a live CC vIOMMU of the same VM, which
+    holds the function's bound vdevice (steps 15-17)."""
+    trusted = o.after.iommu.trusted
+    if not trusted:
+        return None
+    if o.before.iommu is o.after.iommu and o.before.iommufd is o.after.iommufd:
+        return HELD  # nothing changed since the last check, which held
+    vis = {x.id: x for x in objects(o.after, "viommu")}
+    vds = objects(o.after, "vdevice")
+    ctx = {rid: (vi, vm) for rid, vi, vm in getattr(o.after.iommu, "cc", ())}
+    for rid, vm in trusted:
+        v = next((x for x in vds if x.rid == rid and x.vm == vm and x.bound), None)
+        if v is None:
+            return f"T=1 DMA of {rid:#06x} into {vm} is enabled, but no bound vdevice of {vm} holds the function"
+        vi = vis.get(v.parent)
+        if vi is None or not getattr(vi, "cc", False):
+            return f"T=1 DMA of {rid:#06x} into {vm} is enabled under viommu {v.parent}, which is not a CC vIOMMU"
+        if ctx.get(rid) != (vi.id, vm):
+            return f"T=1 DMA of {rid:#06x} is enabled, but its T=1 context is {ctx.get(rid)}, not CC viommu {vi.id}"
+    return HELD
+
+
+def ccv_unbind_disables_dma_first(o: Observation) -> str | None:
+    """A TSM unbind of a TDI trusted for DMA calls IOMMUFD's disable callback (45), which clears the T=1
+    translation (46), before the TDI is freed (47) -- so no freed TDI, and no recovered shared MMIO
+    (48-49), ever has T=1 DMA into the VM it left."""
+    unbinds = o.ops("tsm", "unbind")
+    if not unbinds:
+        return None
+    trusted = {rid for rid, _ in o.before.iommu.trusted}
+    hits = 0
+    for e in o.events:
+        if e.callee == "iommu" and e.ok and e.operation == "set_trusted":
+            trusted.add(e.arguments[0])
+        elif e.callee == "iommu" and e.ok and e.operation == "clear_trusted":
+            trusted.discard(e.arguments[0])
+        if not (e.callee == "tsm" and e.operation == "unbind") or e.arguments[0] not in trusted:
+            continue
+        rid, hits = e.arguments[0], hits + 1
+        sub = _subtree(o, e)
+        cb = next(
+            (x for x in sub if x.callee == "iommufd" and x.operation == "cc_disable_dma" and x.arguments[:1] == (rid,)),
+            None,
+        )
+        if cb is None or not cb.ok:
+            return f"unbind of {rid:#06x}, trusted for DMA, ran no disable-DMA callback into IOMMUFD (steps 45-46)"
+        clear = next(
+            (x for x in _subtree(o, cb) if x.callee == "iommu" and x.operation == "clear_trusted" and x.ok), None
+        )
+        if clear is None:
+            return f"IOMMUFD's disable callback for {rid:#06x} did not clear its T=1 translation (step 46)"
+        freed = next((x for x in sub if x.callee == "iommufd" and x.operation == "tdi_unbound"), None)
+        if freed is not None and freed.seq < cb.seq:
+            return f"TDI {rid:#06x} was freed (seq {freed.seq}) before its DMA was disabled (seq {cb.seq})"
+    return HELD if hits else None
+
+
+def ccv_viommu_stays_cc_while_running(o: Observation) -> str | None:
+    """The disable callback disables one vdevice's T=1 translation, never the CC vIOMMU: while its VM runs,
+    a CC vIOMMU keeps its CC state, and its other vdevices keep theirs (flow corr. 6: step 46 as drawn
+    is wrong)."""
+    cbs = o.ops("iommufd", "cc_disable_dma")
+    if not cbs:
+        return None
+    running = {v.name for v in o.after.kvm.vms if v.state.value == "running"}
+    after = {x.id: x for x in o.after.iommufd.objects}
+    for vi in objects(o.before, "viommu"):
+        now = after.get(vi.id)
+        if getattr(vi, "cc", False) and vi.vm in running and now is not None and not getattr(now, "cc", False):
+            return f"viommu {vi.id} of running {vi.vm} lost its CC state at a disable-DMA callback"
+    let_go = {e.arguments[0] for e in cbs} | {
+        e.arguments[0] for e in o.events if (e.callee, e.operation) in (("tsm", "unbind"), ("iommufd", "tdi_unbound"))
+    }
+    trusted = set(o.after.iommu.trusted)
+    for v in objects(o.before, "vdevice"):
+        if getattr(v, "trusted", False) and v.rid not in let_go and v.vm in running and v.id in after:
+            if (v.rid, v.vm) not in trusted or not getattr(after[v.id], "trusted", False):
+                return f"the disable callback for another TDI dropped the T=1 DMA of {v.rid:#06x} ({v.vm} runs)"
+    return HELD
+
+
+RULES += [
+    _r(
+        "CCV-01",
+        "trusted (T=1) DMA is enabled and disabled only through IOMMUFD's CC vIOMMU, at the TSM's request",
+        Area.DMA,
+        M,
+        f"flow steps 17, 29, 45-46 (IOMMUFD column); issue 19; {SEED}",
+        ccv_trusted_dma_through_iommufd,
+        on={"iommu.set_trusted", "iommu.clear_trusted"},
+    ),
+    _r(
+        "CCV-02",
+        "every T=1 translation lies in a CC vIOMMU's context holding the function's bound vdevice",
+        Area.DMA,
+        M,
+        f"flow steps 15-17 ('CC viommu alloc', 'setup CC viommu'); issue 19; {SEED}",
+        ccv_trusted_under_cc_viommu,
+    ),
+    _r(
+        "CCV-03",
+        "unbind disables a TDI's trusted DMA through IOMMUFD's callback before the TDI is freed",
+        Area.DOWN,
+        M,
+        f"flow steps 45-46 before 47 ('TDX disable dma cb', 'cb disable CC viommu', 'tdi free'); {SEED}",
+        ccv_unbind_disables_dma_first,
+        on={"tsm.unbind"},
+    ),
+    _r(
+        "CCV-04",
+        "the disable callback never disables the CC vIOMMU or other vdevices' T=1 DMA while the VM runs",
+        Area.FLOW,
+        M,
+        f"flow step 46 rejected, flow corr. 6 ('no disabling the viommu while the VM is running'; {SEED})",
+        ccv_viommu_stays_cc_while_running,
+        on={"iommufd.cc_disable_dma"},
+    ),
+]

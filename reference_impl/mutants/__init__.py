@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _device, _host
+from teeio_conformance.reference_impl.mutants import _device, _host, _model
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -55,7 +55,7 @@ def _m(name: str, rule_id: str, machine: str, profile: str, description: str, **
     return Mutant(name=name, rule_id=rule_id, machine=machine, profile=profile, description=description, **kw)
 
 
-MUTANTS: tuple[Mutant, ...] = (*_host.mutants(_m), *_device.mutants(_m))
+MUTANTS: tuple[Mutant, ...] = (*_host.mutants(_m), *_device.mutants(_m), *_model.mutants(_m))
 
 
 def by_name(name: str) -> Mutant:

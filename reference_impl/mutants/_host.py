@@ -127,7 +127,7 @@ class TsmStopBeforeUnmapCca(Tsm):
         ctx.private_mapped = mapped
         self._vfio.revoke_mmio(rid)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
+            self._iommufd.cc_disable_dma(rid)
             ctx.trusted_dma = False
         self._free(ctx)
         self._vfio.set_private(rid, False)
@@ -406,7 +406,7 @@ class TsmForgetsToRevoke(Tsm):
             return
         self._stop(ctx)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
+            self._iommufd.cc_disable_dma(rid)
             ctx.trusted_dma = False
         self._free(ctx)
         self._vfio.set_private(rid, False)
