@@ -345,7 +345,7 @@ class Iommufd(Actor):
         v = self._vdev(vdevice)
         return self._tsm.guest_request(v.rid, v.vm, request)
 
-    @operation(step="32")
+    @operation(step="33")
     def vdevice_host_start(self, vdevice: int) -> None:
         """CCA: the host starts the TDI on the realm's request (RMI_VDEV_START)."""
         v = self._vdev(vdevice)

@@ -4,7 +4,8 @@ Jason Gunthorpe (rules-seed A.6): userspace sequences, the kernel enforces only 
 system from crashing. So the VMM here does the corrected flow of flow.md in order -- connect,
 open the device, dmabuf + memslot, shared DMA, vIOMMU + vdevice, *then* KVM run -- answers the
 guest's GHCI calls by forwarding them to the vdevice, and at VM stop tears down vdevice, vIOMMU,
-device file, hwpt, IOAS and the VM, in that order. A VMM that misorders is what the suite hunts.
+hwpt/idev (detach, hwpt, IOAS), memslots, then the VFIO device file and the VM, in that order (flow.md's
+corrected teardown). A VMM that misorders is what the suite hunts.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ class Vmm(Actor):
     # ------------------------------------------------------------------ VM stop
     @operation()
     def stop_vm(self, vm: str) -> None:
-        """Stop: vdevices, then the vIOMMU, then device files, hwpt, IOAS, and finally the VM."""
+        """Stop, then tear down in flow.md's corrected order: vdevices, the vIOMMU, the shared DMA (idevs
+        detached, hwpt and IOAS destroyed), KVM's memslots (the importer lets go of the dmabufs), then the
+        VFIO device files (which end the idevs), and finally the VM."""
         state = self._kvm.vm_state(vm).value
         if state == "destroyed":
             raise InvalidState(f"{vm} is already destroyed")
@@ -203,24 +206,30 @@ class Vmm(Actor):
         if have is not None:
             with contextlib.suppress(NotFound):  # the host may have destroyed it already
                 self._iommufd.destroy(have[0])
+        idevs = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}
         for a in mine:
-            fd = self._fds.pop((a.device, a.rid), None)
-            if fd is not None:
-                idevs = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}
-                self._attached.discard(idevs.get(fd, -1))
-                try:
-                    self._vfio.close_device(fd)
-                except NotFound:
-                    pass  # the host closed it already
+            idev = idevs.get(self._fds.get((a.device, a.rid), -1))
+            if idev is not None and idev in self._attached:
+                self._attached.discard(idev)
+                with contextlib.suppress(NotFound, InvalidState):  # the host may have detached it
+                    self._iommufd.detach(idev)
+        if have is not None:
+            for obj in have[1:]:
+                with contextlib.suppress(NotFound):
+                    self._iommufd.destroy(obj)
         for a in mine:
             try:
                 self._kvm.destroy_memslot(a.memslot)
             except NotFound:
                 pass
-        if have is not None:
-            for obj in have[1:]:
-                with contextlib.suppress(NotFound):
-                    self._iommufd.destroy(obj)
+        for a in mine:
+            fd = self._fds.pop((a.device, a.rid), None)
+            if fd is not None:
+                self._attached.discard(idevs.get(fd, -1))
+                try:
+                    self._vfio.close_device(fd)
+                except NotFound:
+                    pass  # the host closed it already
         for a in mine:
             del self._assignments[(a.vm, a.virt_id)]
         if self._kvm.vm_state(vm).value != "destroyed":  # the host may have dropped it already
