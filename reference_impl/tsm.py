@@ -38,6 +38,8 @@ __all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 PROTOCOL_IDE_KM = 0
 PROTOCOL_TDISP = 1
 IDE_IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IFV words {0, 1}, as tee-io-validator sends
+_HOST_RAW = frozenset({"GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES"})
+"""Host TDISP requests the TSM sends raw for the VMM; LOCK/STOP/START go only through bind/unbind/start."""
 
 
 @attrs.frozen
@@ -58,6 +60,7 @@ class TdiRecord:
     private_mapped: bool
     trusted_dma: bool
     started: bool
+    outstanding: tuple[str, ...] = ()  # host TDISP requests submitted and not yet collected (oldest first)
 
 
 @attrs.frozen
@@ -77,6 +80,15 @@ class _TdiCtx:
     private_mapped: bool = False
     trusted_dma: bool = False
     started: bool = False
+    outstanding: list[str] = attrs.Factory(list)
+
+
+_GUEST_KIND_TDISP = {
+    "report": "GET_DEVICE_INTERFACE_REPORT",
+    "state": "GET_DEVICE_INTERFACE_STATE",
+    "start": "START_INTERFACE",
+}
+"""The TDISP request each guest-request kind makes the TSM send on the guest's behalf."""
 
 
 class Tsm(Actor):
@@ -223,6 +235,7 @@ class Tsm(Actor):
         dev = self._device(device)
         for rid in sorted(dev.rids(), reverse=True):
             self.unbind(rid)
+            self._tdis[rid].outstanding.clear()  # the session goes: queued host requests go with it
         sid = self._sessions.pop(device, None)
         if sid is not None:
             self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
@@ -289,7 +302,32 @@ class Tsm(Actor):
         handler = getattr(self, f"_guest_{request.kind}", None)
         if handler is None:
             raise InvalidArgument(f"unknown guest request {request.kind!r}")
+        self._check_guest_may(_GUEST_KIND_TDISP.get(request.kind))
         return handler(ctx, request)
+
+    def _check_guest_may(self, request: str | None) -> None:
+        """The profile's guest-side TDISP whitelist (TDX: TDG.DEVIF.REQUEST; SEV-TIO, CCA: no START)."""
+        if request is not None and request not in self.profile.guest_tdisp_requests:
+            raise PermissionDenied(f"{self.profile.title}: the guest may not originate {request}")
+
+    def _guest_tdisp(self, ctx: _TdiCtx, request: GuestRequest) -> str:
+        """A TDISP request the guest names itself (``payload`` = the request's name): sent only if the
+        profile's guest whitelist has it, else refused before the device sees anything."""
+        name = request.payload.decode("ascii", errors="replace")
+        self._check_guest_may(name)
+        if name == "GET_DEVICE_INTERFACE_STATE":
+            return self._guest_state(ctx, request).name
+        if name == "GET_DEVICE_INTERFACE_REPORT":
+            part = self._expect(
+                ctx.rid,
+                td.GetDeviceInterfaceReport(interface_id=self._iid(ctx.rid), offset=0, length=0x400),
+                td.DeviceInterfaceReport,
+            )
+            return type(part).__name__
+        if name == "START_INTERFACE":
+            self._guest_start(ctx, request)
+            return "StartInterfaceResponse"
+        raise Unsupported(f"the guest-request channel carries no {name}")
 
     def _guest_state(self, ctx: _TdiCtx, request: GuestRequest) -> td.TdiState:
         resp = self._expect(
@@ -315,7 +353,9 @@ class Tsm(Actor):
         dev = self._devices[ctx.device]
         signed = dev.sign_evidence(self._sessions[ctx.device], ctx.rid, request.nonce)
         if self.profile.start_sender is StartSender.AT_ATTEST and not ctx.started:
-            self._start(ctx)  # SEV-TIO: RUN at attest; DMA stays blocked until the guest accepts it
+            self._start(ctx)  # SEV-TIO: RUN at attest ...
+            if not self.profile.dma_blocked_until_guest_enables:
+                self._guest_accept_dma(ctx, request)  # ... a platform that does not block DMA opens it with START
         return Evidence(signed=signed, chain=dev.certificate_chain())
 
     def _guest_accept_mmio(self, ctx: _TdiCtx, request: GuestRequest) -> int:
@@ -422,6 +462,9 @@ class Tsm(Actor):
     @operation()
     def host_tdisp(self, rid: int, request: str) -> str:
         self._check_host_may(request)
+        return self._host_send(rid, request)
+
+    def _host_send(self, rid: int, request: str) -> str:
         if request == "GET_DEVICE_INTERFACE_STATE":
             resp = self._tdisp(rid, td.GetDeviceInterfaceState(interface_id=self._iid(rid)))
         elif request == "GET_TDISP_VERSION":
@@ -431,6 +474,32 @@ class Tsm(Actor):
         else:
             raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
         return type(resp).__name__
+
+    @operation()
+    def host_tdisp_submit(self, rid: int, request: str) -> None:
+        """Queue a host TDISP request for the TDI (TDX: TDH.DEVIF.REQUEST); the device answers when the host
+        collects it. At most ``max_outstanding_per_tdi`` may be outstanding: one more is -EBUSY."""
+        self._check_host_may(request)
+        if request not in _HOST_RAW:
+            raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
+        ctx = self._ctx(rid)
+        if len(ctx.outstanding) >= self.profile.max_outstanding_per_tdi:
+            raise Busy(
+                f"{self.profile.title}: TDI {rid:#06x} already has {len(ctx.outstanding)} outstanding request(s) "
+                f"(at most {self.profile.max_outstanding_per_tdi})"
+            )
+        ctx.outstanding.append(request)
+
+    @operation()
+    def host_tdisp_collect(self, rid: int) -> str:
+        """Send the TDI's oldest outstanding host request and return the device's answer (TDH.DEVIF.RESPONSE)."""
+        ctx = self._ctx(rid)
+        if not ctx.outstanding:
+            raise InvalidState(f"TDI {rid:#06x} has no outstanding host request")
+        request = ctx.outstanding[0]
+        answer = self._host_send(rid, request)
+        ctx.outstanding.pop(0)
+        return answer
 
     @query
     def snapshot(self) -> TsmSnapshot:
@@ -446,6 +515,7 @@ class Tsm(Actor):
                     private_mapped=c.private_mapped,
                     trusted_dma=c.trusted_dma,
                     started=c.started,
+                    outstanding=tuple(c.outstanding),
                 )
                 for c in self._tdis.values()
             ),

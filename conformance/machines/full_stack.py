@@ -623,6 +623,35 @@ class FullStack(RuleBasedStateMachine):
         self._do("kvm_destroy_vm", self.stack.kvm.destroy_vm, name)
         self._destroy_viommu(name, True)
 
+    # ------------------------------------------------------------------ profile data that acts (issue 19)
+    @rule(s=slots)
+    @recorded
+    def host_tdisp_pipelined(self, s: Slot) -> None:
+        """The host queues two TDISP requests for ``s``'s TDI before collecting either: past the profile's
+        outstanding-request limit the second must be -EBUSY (PROF-02). Both are then collected, so nothing
+        stays queued for later steps."""
+        self._heal_link()
+        for request in ("GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION"):
+            self._do(f"host_tdisp_submit_{request.lower()}", self.stack.tsm.host_tdisp_submit, s.rid, request)
+        for _ in range(2):
+            self._do("host_tdisp_collect", self.stack.tsm.host_tdisp_collect, s.rid)
+
+    @rule(s=slots)
+    @recorded
+    def guest_tdisp_raw(self, s: Slot) -> None:
+        """The guest names TDISP requests itself through the guest-request channel -- one its profile allows
+        and ones it does not (STOP, LOCK) -- on a TDI bound to it (``s``'s, bound first if no TDI is):
+        PROF-03. Aimed like the host binds (see :meth:`_bound_tdi`)."""
+        from teeio_conformance.reference_impl.iommufd import GuestRequest
+
+        rid, vm = self._bound_tdi(s)
+        a = next((a for a in self.run._snap.vmm.assignments if a.rid == rid and a.vm == vm), None)
+        if a is None:
+            return
+        for name in ("GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE", "LOCK_INTERFACE"):
+            req = GuestRequest(kind="tdisp", payload=name.encode())
+            self._do(f"guest_tdisp_{name.lower()}", self.stack.vmm.ghci_guest_request, vm, a.virt_id, req)
+
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:
         return self.stack.guests[vm]

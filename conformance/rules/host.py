@@ -1457,3 +1457,143 @@ RULES += [
         on={"iommufd.cc_disable_dma"},
     ),
 ]
+
+
+# ======================================================================================== profile data that acts
+# Issue 19: three profile fields the reference and the rules used to leave unread -- SEV-TIO's "DMA blocked
+# until the guest enables it", the outstanding-request limit per TDI, and the guest's TDISP whitelist.
+
+
+def _profile(o: Observation) -> Any:
+    from teeio_conformance.contract.profiles import PROFILES
+
+    return PROFILES.get(o.profile)
+
+
+def _dma_blocked_profiles() -> frozenset[str]:
+    from teeio_conformance.contract.profiles import PROFILES
+
+    return frozenset(p.name for p in PROFILES.values() if p.dma_blocked_until_guest_enables)
+
+
+def prof_dma_enabled_by_guest(o: Observation) -> str | None:
+    """Where the profile says DMA stays blocked until the guest enables it (SEV-TIO: RUN already at attest),
+    T=1 DMA of a TDI is enabled only inside the guest's own accept-DMA request, never with START."""
+    evs = o.ops("iommu", "set_trusted", ok=True)
+    if not evs:
+        return None
+    for e in evs:
+        asked = any(
+            (a.callee, a.operation) == ("tsm", "guest_request")
+            and getattr(a.arguments[2] if len(a.arguments) > 2 else None, "kind", "") == "accept_dma"
+            for a in o.ancestors(e)
+        )
+        if not asked:
+            return f"T=1 DMA of {e.arguments[0]:#06x} was enabled (seq {e.seq}) without the guest's accept-DMA request"
+    return HELD
+
+
+def prof_outstanding_limit(o: Observation) -> str | None:
+    """A TDI has at most the profile's number of outstanding TDISP requests (TDX: one): a host request
+    submitted beyond it is refused with -EBUSY and queues nothing."""
+    prof = _profile(o)
+    subs = o.ops("tsm", "host_tdisp_submit")
+    if prof is None or (not subs and not o.ops("tsm", "host_tdisp_collect")):
+        return None
+    limit = prof.max_outstanding_per_tdi
+    count = {t.rid: len(getattr(t, "outstanding", ())) for t in o.before.tsm.tdis}
+    for e in o.events:
+        if e.callee != "tsm" or e.operation not in ("host_tdisp_submit", "host_tdisp_collect", "disconnect"):
+            continue
+        if e.operation == "disconnect":
+            count = {t.rid: len(getattr(t, "outstanding", ())) for t in o.after.tsm.tdis}
+            continue
+        rid = e.arguments[0]
+        if e.operation == "host_tdisp_collect":
+            count[rid] = max(0, count.get(rid, 0) - (1 if e.ok else 0))
+            continue
+        full = count.get(rid, 0) >= limit
+        if full and (e.ok or e.error != "Busy"):
+            return (
+                f"a host request to TDI {rid:#06x} with {count.get(rid, 0)} outstanding (limit {limit}) gave "
+                f"{e.error or 'success'}, not Busy"
+            )
+        if e.ok:
+            count[rid] = count.get(rid, 0) + 1
+    for t in o.after.tsm.tdis:
+        if len(getattr(t, "outstanding", ())) > limit:
+            return f"TDI {t.rid:#06x} has {len(t.outstanding)} outstanding requests (limit {limit})"
+    return HELD
+
+
+def prof_guest_tdisp_whitelist(o: Observation) -> str | None:
+    """The guest originates only the TDISP requests its profile's guest whitelist names (TDX: GET_REPORT,
+    GET_STATE, START; SEV-TIO and CCA: no START); a request off the list reaches no device."""
+    prof = _profile(o)
+    reqs = [e for e in o.ops("tsm", "guest_request") if len(e.arguments) > 2]
+    if prof is None or not reqs:
+        return None
+    allowed = prof.guest_tdisp_requests
+    hits = 0
+    for e in reqs:
+        req = e.arguments[2]
+        if getattr(req, "kind", "") != "tdisp":
+            continue
+        hits += 1
+        name = bytes(getattr(req, "payload", b"")).decode("ascii", errors="replace")
+        sent = [r for x, r, _ in tdisp_exchanges(_subtree(o, e)) if r is not None]
+        if name not in allowed:
+            if e.ok or e.error != "PermissionDenied":
+                return f"the guest's {name} ({prof.name} forbids it) gave {e.error or 'success'}, not PermissionDenied"
+            if sent:
+                return f"the guest's forbidden {name} reached the device as {type(sent[0]).__name__}"
+        for r in sent:
+            if _TDISP_NAME.get(type(r).__name__) not in allowed:
+                return f"a guest request made the TSM send {type(r).__name__}, which {prof.name} forbids the guest"
+    return HELD if hits else None
+
+
+_TDISP_NAME = {
+    "GetTdispVersion": "GET_TDISP_VERSION",
+    "GetTdispCapabilities": "GET_TDISP_CAPABILITIES",
+    "LockInterface": "LOCK_INTERFACE",
+    "GetDeviceInterfaceReport": "GET_DEVICE_INTERFACE_REPORT",
+    "GetDeviceInterfaceState": "GET_DEVICE_INTERFACE_STATE",
+    "StartInterface": "START_INTERFACE",
+    "StopInterface": "STOP_INTERFACE",
+}
+
+
+RULES += [
+    _r(
+        "PROF-01",
+        "where DMA is blocked until the guest enables it, T=1 DMA is enabled only by the guest's accept-DMA",
+        Area.DMA,
+        P,
+        "flow.md platform table (SEV-TIO: 'IOMMU stays blocked until the guest enables DMA'); [AK-0522]; "
+        "rules-seed D.61; profile field dma_blocked_until_guest_enables",
+        prof_dma_enabled_by_guest,
+        profiles=_dma_blocked_profiles(),
+        on={"iommu.set_trusted"},
+    ),
+    _r(
+        "PROF-02",
+        "a TDI has at most the profile's number of outstanding TDISP requests; one more is -EBUSY",
+        Area.TDISP,
+        P,
+        "flow.md platform table ('outstanding TDISP requests: one per TDI'); PCIe §11.2.3 NUM_REQ_THIS; [TDXMOD]; "
+        "rules-seed 54 and (d); profile field max_outstanding_per_tdi",
+        prof_outstanding_limit,
+        on={"tsm.host_tdisp_submit", "tsm.host_tdisp_collect"},
+    ),
+    _r(
+        "PROF-03",
+        "the guest originates only the TDISP requests its profile's guest whitelist names",
+        Area.FLOW,
+        P,
+        "[TDXMOD] tdg_devif_request.c (the TD: GET_REPORT, GET_STATE, START); rules-seed (b), (d) 'TDISP message "
+        "whitelist'; profile field guest_tdisp_requests",
+        prof_guest_tdisp_whitelist,
+        on={"tsm.guest_request"},
+    ),
+]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
+from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.reference_impl.iommufd import Iommufd, ObjKind
 from teeio_conformance.reference_impl.tsm import Tsm
 
@@ -66,6 +69,42 @@ class IommufdCallbackDisablesViommu(Iommufd):
                 o.trusted = False
 
 
+# ------------------------------------------------------------------ profile data that acts
+
+
+class TsmOpensDmaWithStart(Tsm):
+    """SEV-TIO: the TSM opens T=1 DMA with the START it sends at attest, as if the profile did not keep DMA
+    blocked until the guest enables it."""
+
+    def __init__(self, trace: Any, profile: Any, **kw: Any) -> None:
+        super().__init__(trace, attrs.evolve(profile, dma_blocked_until_guest_enables=False), **kw)
+
+
+class TsmQueuesUnbounded(Tsm):
+    """The TSM queues any number of host TDISP requests per TDI (the outstanding-request limit unread)."""
+
+    def __init__(self, trace: Any, profile: Any, **kw: Any) -> None:
+        super().__init__(trace, attrs.evolve(profile, max_outstanding_per_tdi=64), **kw)
+
+
+class TsmGuestUsesHostWhitelist(Tsm):
+    """The TSM lets a guest originate whatever the host may (its check takes the host's whitelist too), and
+    sends STOP and LOCK for the guest: a TD can stop its TDI behind the TSM's back."""
+
+    def _check_guest_may(self, request: str | None) -> None:
+        if request not in self.profile.host_tdisp_requests:
+            super()._check_guest_may(request)
+
+    def _guest_tdisp(self, ctx: Any, request: Any) -> str:
+        name = request.payload.decode("ascii", errors="replace")
+        self._check_guest_may(name)
+        if name == "STOP_INTERFACE":
+            return type(self._tdisp(ctx.rid, td.StopInterface(interface_id=self._iid(ctx.rid)))).__name__
+        if name == "LOCK_INTERFACE":
+            return type(self._lock(ctx.rid, 0)).__name__
+        return super()._guest_tdisp(ctx, request)
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     return [
@@ -100,5 +139,29 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             IommufdCallbackDisablesViommu.__doc__,
             overrides={"iommufd_factory": IommufdCallbackDisablesViommu},
+        ),
+        m(
+            "tsm-opens-dma-with-start",
+            "PROF-01",
+            full,
+            "sev-tio",
+            TsmOpensDmaWithStart.__doc__,
+            overrides={"tsm_factory": TsmOpensDmaWithStart},
+        ),
+        m(
+            "tsm-queues-unbounded",
+            "PROF-02",
+            full,
+            "cca",
+            TsmQueuesUnbounded.__doc__,
+            overrides={"tsm_factory": TsmQueuesUnbounded},
+        ),
+        m(
+            "tsm-guest-uses-host-whitelist",
+            "PROF-03",
+            full,
+            "tdx",
+            TsmGuestUsesHostWhitelist.__doc__,
+            overrides={"tsm_factory": TsmGuestUsesHostWhitelist},
         ),
     ]
