@@ -184,10 +184,10 @@ class Iommufd(Actor):
         hw = self._get(hwpt, ObjKind.HWPT)
         if dev.hwpt is not None:
             raise Busy(f"idev {idev} is already attached to hwpt {dev.hwpt}")
+        self._iommu.attach_shared(dev.rid, hw.vm, hw.gfns)  # the hardware first: if it fails, nothing changed
         dev.hwpt = hwpt
         hw.users += 1
         hw.attached.add(idev)
-        self._iommu.attach_shared(dev.rid, hw.vm, hw.gfns)
 
     @operation()
     def detach(self, idev: int) -> None:
@@ -197,11 +197,11 @@ class Iommufd(Actor):
         self._detach(dev)
 
     def _detach(self, dev: _Obj) -> None:
+        self._iommu.detach_shared(dev.rid)  # the hardware first: if it fails, the detach can be retried
         hw = self._objs[dev.hwpt]  # type: ignore[index]
         hw.users -= 1
         hw.attached.discard(dev.id)
         dev.hwpt = None
-        self._iommu.detach_shared(dev.rid)
 
     # ------------------------------------------------------------------ vIOMMU / vDEVICE (steps 15-16)
     @operation(step="15")
@@ -222,9 +222,9 @@ class Iommufd(Actor):
             raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
         if rid != dev.rid:
             raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
+        self._kvm.get_ref(vi.vm)  # first: if it fails, nothing changed
         vi.users += 1
         dev.users += 1
-        self._kvm.get_ref(vi.vm)
         return self._new(
             ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid, device=dev.device
         ).id
@@ -237,9 +237,9 @@ class Iommufd(Actor):
             self._iommu.clear_trusted(v.rid)
             self._iommu.cc_detach(v.rid)
             v.cc = v.trusted = False
+        self._kvm.put_ref(v.vm)  # first: if it fails, nothing below has changed and the destroy can be retried
         self._objs[v.parent].users -= 1  # type: ignore[index]
         self._objs[v.idev].users -= 1  # type: ignore[index]
-        self._kvm.put_ref(v.vm)
         del self._objs[v.id]
 
     @operation()
@@ -260,8 +260,8 @@ class Iommufd(Actor):
         if obj.kind is ObjKind.VIOMMU:
             if self._kvm.vm_state(obj.vm).value == "running":
                 raise Busy(f"viommu {obj_id} cannot be destroyed while {obj.vm} runs (flow correction 6)")
-            self._objs[obj.parent].users -= 1  # type: ignore[index]
             self._kvm.put_ref(obj.vm)
+            self._objs[obj.parent].users -= 1  # type: ignore[index]
         elif obj.kind is ObjKind.HWPT:
             self._objs[obj.parent].users -= 1  # type: ignore[index]
         del self._objs[obj_id]

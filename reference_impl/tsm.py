@@ -12,6 +12,7 @@ no-op when not bound; guest requests work only inside the bound window (-ENXIO).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -236,11 +237,13 @@ class Tsm(Actor):
         for rid in sorted(dev.rids(), reverse=True):
             self.unbind(rid)
             self._tdis[rid].outstanding.clear()  # the session goes: queued host requests go with it
-        sid = self._sessions.pop(device, None)
-        if sid is not None:
-            self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
+        sid = self._sessions.get(device)
+        if sid is not None:  # the session is forgotten last, so a disconnect that failed below can run again
+            # (no stream if the connect failed before setting it up: that refusal is let go too)
+            self._teardown_step(self._iommu.rp_stream_enable, dev.config.default_stream_id, False)
             if sid in dev.snapshot().sessions:
-                dev.spdm_end(sid)
+                self._teardown_step(dev.spdm_end, sid)
+            self._sessions.pop(device, None)
 
     # ------------------------------------------------------------------ bind (steps 18-19)
     @operation(step="18")
@@ -265,8 +268,16 @@ class Tsm(Actor):
             raise InvalidState(f"function {rid:#06x} is not open in VFIO: bind only within its VFIO lifetime")
         offset = self._reporting_offset(vm, rid)
         resp = self._lock(rid, offset)  # a refused LOCK leaves everything as it was
-        self._vfio.set_private(rid, True)  # then the host loses its mappings of the locked TDI
-        self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
+        private = False
+        try:
+            self._vfio.set_private(rid, True)  # then the host loses its mappings of the locked TDI
+            private = True
+            self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
+        except StackError:  # a failure below after LOCK: unlock again, so nothing stays locked for no one
+            if private:
+                self._teardown_step(self._vfio.set_private, rid, False)
+            self._teardown_step(self._stop, ctx)
+            raise
         ctx.vm, ctx.virt_id, ctx.nonce, ctx.stopped, ctx.started = vm, virt_id, resp.start_interface_nonce, False, False
 
     def _reporting_offset(self, vm: str, rid: int) -> int:
@@ -398,43 +409,72 @@ class Tsm(Actor):
     # ------------------------------------------------------------------ unbind (steps 40-49)
     @operation(step="40")
     def unbind(self, rid: int) -> None:
-        """Always succeeds; a no-op when not bound. Teardown order comes from the profile."""
+        """Always succeeds; a no-op when not bound. Teardown order comes from the profile. Like the kernel's
+        void pci_tsm_unbind, it cannot give up halfway: each step that fails below (a firmware or I/O
+        error) is tried once more, and the rest runs either way (:meth:`_teardown_step`)."""
         ctx = self._ctx(rid)
         if ctx.vm is None:
             return
+        step = self._teardown_step
         if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST:
-            self._vfio.revoke_mmio(rid)
-            self._stop(ctx)
+            step(self._vfio.revoke_mmio, rid)
+            step(self._stop, ctx)
         else:
-            self._stop(ctx)
-            self._vfio.revoke_mmio(rid)
+            step(self._stop, ctx)
+            step(self._vfio.revoke_mmio, rid)
         if ctx.trusted_dma:
-            self._iommufd.cc_disable_dma(rid)  # the disable-DMA callback into IOMMUFD (steps 45-46)
-            ctx.trusted_dma = False
-        self._free(ctx)
-        self._vfio.set_private(rid, False)
-        self._vfio.recover_mmio(rid)
+            step(self._disable_dma, ctx)  # the disable-DMA callback into IOMMUFD (steps 45-46)
+        step(self._free, ctx)
+        step(self._vfio.set_private, rid, False)
+        step(self._vfio.recover_mmio, rid)
+
+    @staticmethod
+    def _teardown_step(fn: Any, *args: Any) -> None:
+        """One step of a teardown that may not fail: retried once when the component below fails it (a
+        transient firmware or I/O error, or a refusal), then left -- what stays is the rules' to judge."""
+        try:
+            fn(*args)
+        except StackError:
+            with contextlib.suppress(StackError):
+                fn(*args)
+
+    def _disable_dma(self, ctx: _TdiCtx) -> None:
+        self._iommufd.cc_disable_dma(ctx.rid)
+        ctx.trusted_dma = False
 
     def _stop(self, ctx: _TdiCtx) -> None:
         if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST and ctx.private_mapped:
             # CCA: VDEV_UNLOCK fails while device granules are mapped (rules-seed B.38)
             raise InvalidState(f"{self.profile.title}: unmap private MMIO of {ctx.rid:#06x} before stopping it")
         if ctx.device in self._sessions:
+            stop = td.StopInterface(interface_id=self._iid(ctx.rid))
             try:
-                self._expect(ctx.rid, td.StopInterface(interface_id=self._iid(ctx.rid)), td.StopInterfaceResponse)
+                self._expect(ctx.rid, stop, td.StopInterfaceResponse)
             except InvalidState:
-                pass  # already CONFIG_UNLOCKED on a strict device (e.g. after a reset); nothing to stop
+                # refused: fine if it is CONFIG_UNLOCKED already (a strict device after a reset); a device
+                # that failed the STOP of a TDI still locked (or in ERROR) gets it once more
+                if self._still_locked(ctx.rid):
+                    with contextlib.suppress(InvalidState):
+                        self._expect(ctx.rid, stop, td.StopInterfaceResponse)
         ctx.stopped = True
         ctx.nonce = None
 
+    def _still_locked(self, rid: int) -> bool:
+        resp = self._tdisp(rid, td.GetDeviceInterfaceState(interface_id=self._iid(rid)))
+        if not isinstance(resp, td.DeviceInterfaceState):
+            return True  # no answer to trust: try the STOP again
+        return resp.tdi_state != td.TdiState.CONFIG_UNLOCKED
+
     def _free(self, ctx: _TdiCtx) -> None:
-        """TDX 'tdi free' (step 47): the TSM forgets the TDI's binding and lets go of its VM."""
+        """TDX 'tdi free' (step 47): IOMMUFD is told (its vdevice unbound, out of the CC context), the TSM
+        lets go of the VM, and forgets the binding -- in that order, so a retry after a failure resumes."""
         vm = ctx.vm
+        if vm is None:
+            return
+        self._iommufd.tdi_unbound(ctx.rid)
+        self._kvm.put_ref(vm)
         ctx.vm = ctx.virt_id = None
         ctx.started = False
-        if vm is not None:
-            self._kvm.put_ref(vm)
-            self._iommufd.tdi_unbound(ctx.rid)
 
     # ------------------------------------------------------------------ secure EPT (from KVM)
     @operation()

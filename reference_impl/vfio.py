@@ -12,11 +12,19 @@ Once the TSM converts a function to private (bind), host mmaps are zapped and re
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
 
-from teeio_conformance.contract.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
+from teeio_conformance.contract.errors import (
+    Busy,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    StackError,
+)
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 from teeio_conformance.reference_impl.device.ide.stream import Tlp
 
@@ -117,7 +125,8 @@ class Vfio(Actor):
         Order from rules-seed A.13: detach vdev -> tsm unbind -> TDI stop -> dmabuf revoke -> unmap.
         """
         f = self._fd(fd)
-        self._iommufd.unbind_device(f.idev)
+        with contextlib.suppress(NotFound):  # gone already if an earlier close failed after this point
+            self._iommufd.unbind_device(f.idev)
         self._tsm.unbind(f.rid)  # bind..unbind stays inside the VFIO-bound lifetime (pci-tsm kdoc)
         for d in f.dmabufs:
             self.revoke_mmio_dmabuf(d)
@@ -286,8 +295,12 @@ class Vfio(Actor):
 
     def _recover(self, d: _Dmabuf) -> None:
         d.revoked = False
-        for att in list(d.attachments):
-            self._kvm.dmabuf_recovered(att)
+        try:
+            for att in list(d.attachments):
+                self._kvm.dmabuf_recovered(att)
+        except StackError:
+            d.revoked = True  # the importer was not told: still revoked for everyone, so a retry tells them all
+            raise
 
     def _dmabuf(self, dmabuf: int) -> _Dmabuf:
         d = self._dmabufs.get(dmabuf)

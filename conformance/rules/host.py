@@ -597,7 +597,8 @@ def mmio_refused_unmap_is_typed(o: Observation) -> str | None:
     if not evs:
         return None
     for e in evs:
-        if e.error not in ("InvalidState", "Busy", "PermissionDenied", "NotFound"):
+        # FirmwareError: not a refusal but a failure of a component below, passed on typed (the fail-nth walk)
+        if e.error not in ("InvalidState", "Busy", "PermissionDenied", "NotFound", "FirmwareError"):
             return f"a refused revoke raised {e.error}, not a typed caller error"
     if o.before.kvm != o.after.kvm or o.before.vfio.dmabufs != o.after.vfio.dmabufs:
         if o.error is not None and isinstance(o.error, CallerError):
@@ -1379,11 +1380,15 @@ def ccv_unbind_disables_dma_first(o: Observation) -> str | None:
             continue
         rid, hits = e.arguments[0], hits + 1
         sub = _subtree(o, e)
-        cb = next(
-            (x for x in sub if x.callee == "iommufd" and x.operation == "cc_disable_dma" and x.arguments[:1] == (rid,)),
+        cb = next(  # the first that succeeded: a callback that failed below may be tried again
+            (
+                x
+                for x in sub
+                if x.callee == "iommufd" and x.operation == "cc_disable_dma" and x.arguments[:1] == (rid,) and x.ok
+            ),
             None,
         )
-        if cb is None or not cb.ok:
+        if cb is None:
             return f"unbind of {rid:#06x}, trusted for DMA, ran no disable-DMA callback into IOMMUFD (steps 45-46)"
         clear = next(
             (x for x in _subtree(o, cb) if x.callee == "iommu" and x.operation == "clear_trusted" and x.ok), None

@@ -63,10 +63,10 @@ def test_profiles_differ_where_flow_md_says():
 class _RunFirstVmm(Vmm):
     """A VMM that follows the pre-correction chart: KVM run before the vIOMMU and vdevice exist."""
 
-    def _shared_dma(self, vm, idev):
+    def _shared_dma(self, vm, idev, *rest):
         if self._kvm.vm_state(vm).value == "created":
             self._kvm.run(vm)
-        return super()._shared_dma(vm, idev)
+        return super()._shared_dma(vm, idev, *rest)
 
 
 def test_broken_order_is_caught():
