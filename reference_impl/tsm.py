@@ -39,6 +39,8 @@ __all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 PROTOCOL_IDE_KM = 0
 PROTOCOL_TDISP = 1
 IDE_IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IFV words {0, 1}, as tee-io-validator sends
+BUSY_RETRIES = 3
+"""How often the TSM sends a request again that the device answered BUSY before it gives up (-EBUSY)."""
 _HOST_RAW = frozenset({"GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES"})
 """Host TDISP requests the TSM sends raw for the VMM; LOCK/STOP/START go only through bind/unbind/start."""
 
@@ -121,20 +123,32 @@ class Tsm(Actor):
         return dev
 
     def _tdisp(self, rid: int, request: td.Request) -> td.Response:
+        """Send one TDISP request; a BUSY answer (the device did not act on it) is retried with the same
+        request up to ``BUSY_RETRIES`` times, then returned to the caller."""
         ctx = self._ctx(rid)
         sid = self._sessions.get(ctx.device)
         if sid is None:
             raise InvalidState(f"{ctx.device} is not connected")
-        raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, td.encode(request), session_id=sid)
-        if raw is None:
-            raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
-        try:
-            return td.decode_response(raw)
-        except StackError as exc:
-            raise ConformanceViolation(f"device answered {type(request).__name__} with garbage: {exc}") from exc
+        wire = td.encode(request)
+        for attempt in range(BUSY_RETRIES + 1):
+            raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, wire, session_id=sid)
+            if raw is None:
+                raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
+            try:
+                resp = td.decode_response(raw)
+            except StackError as exc:
+                raise ConformanceViolation(f"device answered {type(request).__name__} with garbage: {exc}") from exc
+            if (
+                not (isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY)
+                or attempt == BUSY_RETRIES
+            ):
+                break
+        return resp
 
     def _expect(self, rid: int, request: td.Request, want: type) -> Any:
         resp = self._tdisp(rid, request)
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            raise Busy(f"device stayed BUSY for {type(request).__name__} after {BUSY_RETRIES} retries")
         if isinstance(resp, td.TdispError):
             code = (
                 td.ErrorCode(resp.error_code).name
@@ -513,6 +527,8 @@ class Tsm(Actor):
             resp = self._tdisp(rid, td.GetTdispCapabilities(interface_id=self._iid(rid), tsm_caps=0))
         else:
             raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            raise Busy(f"device stayed BUSY for {request} after {BUSY_RETRIES} retries")
         return type(resp).__name__
 
     @operation()

@@ -652,6 +652,16 @@ class FullStack(RuleBasedStateMachine):
             req = GuestRequest(kind="tdisp", payload=name.encode())
             self._do(f"guest_tdisp_{name.lower()}", self.stack.vmm.ghci_guest_request, vm, a.virt_id, req)
 
+    @rule(s=slots, many=st.booleans())
+    @recorded
+    def device_busy(self, s: Slot, many: bool) -> None:
+        """``s``'s TDI answers BUSY for a while -- once, or longer than the TSM retries -- while the host asks
+        it for its state through the TSM (RETRY-01); then the device is itself again."""
+        self._heal_link()
+        self._do("device_busy", self.device.inject_busy, s.rid, 4 if many else 1)
+        self._do("host_tdisp_get_state_busy", self.stack.tsm.host_tdisp, s.rid, "GET_DEVICE_INTERFACE_STATE")
+        self._do("device_not_busy", self.device.inject_busy, s.rid, 0)
+
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:
         return self.stack.guests[vm]

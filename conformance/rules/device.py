@@ -163,6 +163,11 @@ class _Replay:
                 self.ok("TDISP-12")
             self.last_kind[rid] = "illegal"
             return
+        if _err(resp) == E.BUSY:
+            # not acted on (a responder past its outstanding-request limit, PCIe §11.2.3): a legal answer to
+            # any request, after which nothing may have changed -- the state table's check sees to that
+            self.last_kind[rid] = "illegal"
+            return
         legal = LEGAL_IN[code] | (
             {td.TdiState.CONFIG_UNLOCKED}
             if code is td.RequestCode.STOP_INTERFACE and self.idempotent_stop

@@ -1602,3 +1602,46 @@ RULES += [
         on={"tsm.guest_request"},
     ),
 ]
+
+
+# ======================================================================================== BUSY and the TSM's retry
+# Issue 19: a responder past its outstanding-request limit answers BUSY and does nothing (PCIe §11.2.3); the
+# TSM sends the same request again, and when the device stays busy it fails the call with -EBUSY.
+
+
+def _busy(resp: Any) -> bool:
+    return isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY
+
+
+def retry_busy(o: Observation) -> str | None:
+    """A TDISP request the device answered BUSY is sent again, unchanged, as the TSM's next message to the
+    device -- or, where the TSM gives up, the step fails with -EBUSY (Busy), not another error."""
+    ex = [(e, req, resp) for e, req, resp in tdisp_exchanges(o.events) if e.caller == "tsm"]
+    hits = [i for i, (_, _, resp) in enumerate(ex) if _busy(resp)]
+    if not hits:
+        return None
+    for i in hits:
+        e = ex[i][0]
+        nxt = ex[i + 1][0] if i + 1 < len(ex) else None
+        if nxt is not None and bytes(nxt.arguments[1]) == bytes(e.arguments[1]):
+            continue
+        if type(o.error).__name__ != "Busy":
+            after = "another request" if nxt is not None else "nothing"
+            return (
+                f"a request the device answered BUSY (seq {e.seq}) was followed by {after}, and the step ended in "
+                f"{type(o.error).__name__ if o.error is not None else 'success'}, not -EBUSY"
+            )
+    return HELD
+
+
+RULES += [
+    _r(
+        "RETRY-01",
+        "the TSM resends a TDISP request the device answered BUSY, or fails the call with -EBUSY",
+        Area.TDISP,
+        M,
+        "PCIe §11.2.3 (BUSY: more outstanding requests than NUM_REQ_THIS); rules-seed 54; issue 19",
+        retry_busy,
+        on={"device.handle_vendor_message"},
+    ),
+]

@@ -131,6 +131,7 @@ class Device(Actor):
         self.name = name or cfg.name
         rng = random.Random(f"device/{cfg.name}/{cfg.seed}")
         self._rng = rng
+        self._busy: dict[int, int] = {}  # rid -> TDISP requests still to answer BUSY (inject_busy)
         self.identity = DeviceIdentity(seed=cfg.seed)
         size = cfg.bar_pages * PAGE
         self._functions: dict[int, _Function] = {}
@@ -270,6 +271,9 @@ class Device(Actor):
         if session_id is None or session_id not in self._sessions:
             # TDISP is only spoken inside a secure session (PCIe §11.2.2)
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        if self._busy.get(fn.rid):
+            self._busy[fn.rid] -= 1  # past its outstanding-request limit: not acted on (PCIe §11.2.3)
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.BUSY)
         code = td.RequestCode(req.code)
         legal = self._stop_legal if code is td.RequestCode.STOP_INTERFACE else LEGAL_IN[code]
         if fn.tdi.state not in legal:
@@ -438,6 +442,16 @@ class Device(Actor):
             self._to_error(f, "FLR")
             if f.tdi.state is not td.TdiState.ERROR:
                 self._scrub(f)
+
+    @operation()
+    def inject_busy(self, rid: int, count: int) -> None:
+        """A fault: the TDI answers its next ``count`` TDISP requests BUSY without acting on them, as a
+        responder past its NUM_REQ_THIS may (PCIe §11.2.3). Not device state a host can see: a knob of
+        the environment, kept out of the snapshot."""
+        self._function(rid)
+        if count < 0:
+            raise InvalidArgument(f"a BUSY count cannot be negative ({count})")
+        self._busy[rid] = count
 
     @operation()
     def poison(self, rid: int) -> None:

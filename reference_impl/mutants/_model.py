@@ -105,6 +105,26 @@ class TsmGuestUsesHostWhitelist(Tsm):
         return super()._guest_tdisp(ctx, request)
 
 
+# ------------------------------------------------------------------ BUSY and retry
+
+
+class TsmBusyIsRefusal(Tsm):
+    """The TSM takes a BUSY answer as a refusal: no retry, and the call fails with -EINVAL."""
+
+    def _tdisp(self, rid: int, request: Any) -> Any:
+        ctx = self._ctx(rid)
+        sid = self._sessions.get(ctx.device)
+        if sid is None:
+            return super()._tdisp(rid, request)
+        raw = self._devices[ctx.device].handle_vendor_message(1, td.encode(request), session_id=sid)
+        resp = td.decode_response(raw)
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            from teeio_conformance.contract.errors import InvalidState
+
+            raise InvalidState(f"device refused {type(request).__name__}: BUSY")
+        return resp
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     return [
@@ -163,5 +183,13 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             TsmGuestUsesHostWhitelist.__doc__,
             overrides={"tsm_factory": TsmGuestUsesHostWhitelist},
+        ),
+        m(
+            "tsm-busy-is-refusal",
+            "RETRY-01",
+            full,
+            "tdx",
+            TsmBusyIsRefusal.__doc__,
+            overrides={"tsm_factory": TsmBusyIsRefusal},
         ),
     ]
