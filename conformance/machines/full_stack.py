@@ -628,19 +628,17 @@ class FullStack(RuleBasedStateMachine):
     @recorded
     def host_tdisp_pipelined(self, s: Slot) -> None:
         """The host queues two TDISP requests for ``s``'s TDI before collecting either: past the profile's
-        outstanding-request limit the second must be -EBUSY (PROF-02). Both are then collected, so nothing
-        stays queued for later steps."""
-        self._heal_link()
+        outstanding-request limit the second must be -EBUSY (PROF-02). The first is then collected, so (on a
+        platform that keeps to one) nothing stays queued for later steps."""
         for request in ("GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION"):
             self._do(f"host_tdisp_submit_{request.lower()}", self.stack.tsm.host_tdisp_submit, s.rid, request)
-        for _ in range(2):
-            self._do("host_tdisp_collect", self.stack.tsm.host_tdisp_collect, s.rid)
+        self._do("host_tdisp_collect", self.stack.tsm.host_tdisp_collect, s.rid)
 
     @rule(s=slots)
     @recorded
     def guest_tdisp_raw(self, s: Slot) -> None:
         """The guest names TDISP requests itself through the guest-request channel -- one its profile allows
-        and ones it does not (STOP, LOCK) -- on a TDI bound to it (``s``'s, bound first if no TDI is):
+        and one it does not (STOP) -- on a TDI bound to it (``s``'s, bound first if no TDI is):
         PROF-03. Aimed like the host binds (see :meth:`_bound_tdi`)."""
         from teeio_conformance.reference_impl.iommufd import GuestRequest
 
@@ -648,7 +646,7 @@ class FullStack(RuleBasedStateMachine):
         a = next((a for a in self.run._snap.vmm.assignments if a.rid == rid and a.vm == vm), None)
         if a is None:
             return
-        for name in ("GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE", "LOCK_INTERFACE"):
+        for name in ("GET_DEVICE_INTERFACE_STATE", "STOP_INTERFACE"):
             req = GuestRequest(kind="tdisp", payload=name.encode())
             self._do(f"guest_tdisp_{name.lower()}", self.stack.vmm.ghci_guest_request, vm, a.virt_id, req)
 
@@ -656,11 +654,10 @@ class FullStack(RuleBasedStateMachine):
     @recorded
     def device_busy(self, s: Slot, many: bool) -> None:
         """``s``'s TDI answers BUSY for a while -- once, or longer than the TSM retries -- while the host asks
-        it for its state through the TSM (RETRY-01); then the device is itself again."""
-        self._heal_link()
+        it for its state through the TSM (RETRY-01). The request takes all the BUSY answers (one, or the first
+        and all three retries) when it reaches the device; if the link was down, later requests take them."""
         self._do("device_busy", self.device.inject_busy, s.rid, 4 if many else 1)
         self._do("host_tdisp_get_state_busy", self.stack.tsm.host_tdisp, s.rid, "GET_DEVICE_INTERFACE_STATE")
-        self._do("device_not_busy", self.device.inject_busy, s.rid, 0)
 
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:

@@ -1613,9 +1613,24 @@ def _busy(resp: Any) -> bool:
     return isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY
 
 
+def _busy_bytes(e: Any) -> bool:
+    """A TDISP_ERROR (0x7F) answer with ERROR_CODE (offset 16, u32) BUSY, read off the raw bytes."""
+    r = e.result
+    return (
+        e.callee == "device"
+        and e.operation == "handle_vendor_message"
+        and isinstance(r, bytes | bytearray)
+        and len(r) >= 20
+        and r[1] == td.ResponseCode.TDISP_ERROR
+        and int.from_bytes(r[16:20], "little") == td.ErrorCode.BUSY
+    )
+
+
 def retry_busy(o: Observation) -> str | None:
     """A TDISP request the device answered BUSY is sent again, unchanged, as the TSM's next message to the
     device -- or, where the TSM gives up, the step fails with -EBUSY (Busy), not another error."""
+    if not any(_busy_bytes(e) for e in o.events):  # cheap look at the raw answers before decoding any
+        return None
     ex = [(e, req, resp) for e, req, resp in tdisp_exchanges(o.events) if e.caller == "tsm"]
     hits = [i for i, (_, _, resp) in enumerate(ex) if _busy(resp)]
     if not hits:
