@@ -62,6 +62,7 @@ class _Injector:
     """Counts the crossings nested inside the armed operation; the n-th runs a failure instead."""
 
     n: int = 0  # 0: count only
+    host_only: bool = False  # count (and fail) only crossings into host components, never the device
     seen: int = 0
     hit: str = ""
     armed: bool = False
@@ -75,6 +76,8 @@ def _inject(stack: Any, inj: _Injector) -> Iterator[None]:
 
     def call(actor: Any, op: str, step: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         nested = inj.armed and trace._stack and not (trace._ops and trace._ops[-1] == (id(actor), op))
+        if nested and inj.host_only and actor.actor_name == "device":
+            nested = False
         if nested:
             inj.seen += 1
             if inj.seen == inj.n:

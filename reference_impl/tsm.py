@@ -442,8 +442,7 @@ class Tsm(Actor):
         step(self._vfio.set_private, rid, False)
         step(self._vfio.recover_mmio, rid)
 
-    @staticmethod
-    def _teardown_step(fn: Any, *args: Any) -> None:
+    def _teardown_step(self, fn: Any, *args: Any) -> None:
         """One step of a teardown that may not fail: retried once when the component below fails it (a
         transient firmware or I/O error, or a refusal), then left -- what stays is the rules' to judge."""
         try:

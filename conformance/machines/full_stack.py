@@ -659,6 +659,34 @@ class FullStack(RuleBasedStateMachine):
         self._do("device_busy", self.device.inject_busy, s.rid, 4 if many else 1)
         self._do("host_tdisp_get_state_busy", self.stack.tsm.host_tdisp, s.rid, "GET_DEVICE_INTERFACE_STATE")
 
+    @rule(s=slots, n=st.integers(1, 8))
+    @recorded
+    def tsm_firmware_error(self, s: Slot, n: int) -> None:
+        """A firmware or I/O error in a host component part-way through the guest's bind of ``s``, and again
+        through its unbind: the ``n``-th crossing into VFIO, IOMMUFD, KVM, the IOMMU or the TSM inside each
+        fails (FirmwareError), as in the fail-nth walk (:mod:`teeio_conformance.conformance.fail_nth`; the
+        device is left alone here: its own rules would rightly call a failing device a defect). The slot is
+        taken to where the verb applies first (link up, VM running; unbound for the bind). DOWN-05 and the
+        teardown rules judge what is left."""
+        from teeio_conformance.conformance.fail_nth import _inject, _Injector
+
+        guest = self.stack.guests.get(s.vm)
+        v = self._vdev(s)
+        if guest is None or v is None:
+            return
+        self._guest_ready(s.vm)
+        if v.bound:
+            self._do("guest_unbind", guest.disconnect, s.virt_id)
+        for verb, call in (("bind", guest.connect), ("unbind", guest.disconnect)):
+            inj = _Injector(n=n, host_only=True)
+            with _inject(self.stack, inj):
+                inj.armed = True
+                try:
+                    self._do(f"guest_{verb}_firmware_error_{n}", call, s.virt_id)
+                finally:
+                    inj.armed = False
+            note(f"{verb}: firmware error at {inj.hit or 'no crossing (the call made fewer)'}")
+
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:
         return self.stack.guests[vm]

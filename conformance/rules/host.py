@@ -1660,3 +1660,37 @@ RULES += [
         on={"device.handle_vendor_message"},
     ),
 ]
+
+
+# ======================================================================================== faults: firmware errors
+# Issue 19: a firmware or I/O error part-way through an operation (fail-nth, and the full-stack machine's
+# tsm_firmware_error) must not leave a TDI locked that no one holds.
+
+
+def down_no_orphan_lock(o: Observation) -> str | None:
+    """Every TDI a device holds locked (CONFIG_LOCKED or RUN) is bound to a VM in the TSM: an operation that
+    failed after LOCK (a firmware error below) unlocks again, and an unbind never forgets a TDI it could
+    not stop -- a locked TDI nobody holds can be neither used nor unbound."""
+    states = tdi_states(o.after)
+    locked = [rid for rid, s in states.items() if s in LOCKED]
+    if not locked:
+        return None
+    if o.before.devices is o.after.devices and o.before.tsm is o.after.tsm:
+        return HELD  # neither changed since the last check, which held
+    owners = bound_vm(o.after)
+    for rid in locked:
+        if owners.get(rid) is None:
+            return f"TDI {rid:#06x} is {states[rid].name} on the device, but the TSM binds it to no VM"
+    return HELD
+
+
+RULES += [
+    _r(
+        "DOWN-05",
+        "no orphan lock: every TDI locked on its device is bound to a VM in the TSM",
+        Area.DOWN,
+        M,
+        "[PCI-TSM] pci_tsm_bind/unbind; rules-seed A.16-A.18, F.80; issue 19 (fail-nth, firmware errors)",
+        down_no_orphan_lock,
+    ),
+]

@@ -125,6 +125,28 @@ class TsmBusyIsRefusal(Tsm):
         return resp
 
 
+# ------------------------------------------------------------------ faults
+
+
+class TsmBindNoRollback(Tsm):
+    """Bind does not unlock the TDI again when a step after LOCK fails (a firmware error in VFIO or KVM):
+    the TDI stays locked with no binding (the reference before the fail-nth walk)."""
+
+    def _teardown_step(self, fn: Any, *args: Any) -> None:
+        if getattr(fn, "__name__", "") == "_stop" and self._rolling_back:
+            return None
+        super()._teardown_step(fn, *args)
+
+    _rolling_back = False
+
+    def bind(self, rid: int, vm: str | None, virt_id: int | None = None) -> None:
+        self._rolling_back = True
+        try:
+            super().bind(rid, vm, virt_id)
+        finally:
+            self._rolling_back = False
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     return [
@@ -191,5 +213,13 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             TsmBusyIsRefusal.__doc__,
             overrides={"tsm_factory": TsmBusyIsRefusal},
+        ),
+        m(
+            "tsm-bind-no-rollback",
+            "DOWN-05",
+            full,
+            "sev-tio",
+            TsmBindNoRollback.__doc__,
+            overrides={"tsm_factory": TsmBindNoRollback},
         ),
     ]
