@@ -149,8 +149,15 @@ OPERATIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "vfio_close": ("started", lambda s, vm: s.vfio.close_device(_fd(s))),
     "disconnect": ("started", lambda s, vm: s.tsm.disconnect(_dev(s))),
     "stop_vm": ("started", lambda s, vm: s.vmm.stop_vm(vm)),
+    "surprise_removal": ("started", lambda s, vm: s.vfio.pci_remove(_dev(s))),
 }
 """Operation -> (the stage it starts from, the call). Each is a multi-step operation of the flow."""
+
+PREP: dict[str, Callable[[Any, str], Any]] = {
+    "surprise_removal": lambda s, vm: s.devices[_dev(s)].surprise_remove(),
+}
+"""A step of its own, unfaulted, between the stage and the operation (the device is pulled first; what is
+walked is the PCI core's remove)."""
 
 
 def _bring(stack: Any, stage: str) -> str:
@@ -215,6 +222,11 @@ def _one(factory: Callable[..., Any], profile: str, op: str, n: int) -> tuple[Ou
     run = StepRunner(stack, profile, rules=_host_rules())
     inj = _Injector(n=n)
     problem = ""
+    try:
+        if op in PREP:
+            run.step(f"{op}_prep", PREP[op], stack, vm)
+    except RuleViolation as exc:
+        return Outcome(op, profile, n, "-", "prep failed", f"{exc.rule.id} broken by {exc.action}: {exc.detail}"), 0
     mark = len(stack.trace)
     try:
         with _inject(stack, inj):

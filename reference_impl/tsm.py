@@ -459,7 +459,10 @@ class Tsm(Actor):
         if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST and ctx.private_mapped:
             # CCA: VDEV_UNLOCK fails while device granules are mapped (rules-seed B.38)
             raise InvalidState(f"{self.profile.title}: unmap private MMIO of {ctx.rid:#06x} before stopping it")
-        if ctx.device in self._sessions:
+        sid = self._sessions.get(ctx.device)
+        if sid is not None and sid in self._devices[ctx.device].snapshot().sessions:
+            # (a session the device has lost -- it ended, or the device is gone -- has nothing left to stop:
+            # its locked TDIs went ERROR with it)
             stop = td.StopInterface(interface_id=self._iid(ctx.rid))
             try:
                 self._expect(ctx.rid, stop, td.StopInterfaceResponse)

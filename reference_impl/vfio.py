@@ -138,6 +138,18 @@ class Vfio(Actor):
         self._mmaps.discard((fd, f.rid))
         del self._fds[fd]
 
+    @operation()
+    def pci_remove(self, device: str) -> None:
+        """The PCI core removes a device that went away (surprise removal): every open function of it is
+        closed as if its user had (the TDI unbound, MMIO revoked, the vdevice destroyed), then the TSM
+        disconnects it. Nothing of the device is left for anyone to use."""
+        dev = self._devices.get(device)
+        if dev is None:
+            raise NotFound(f"no device {device!r}")
+        for fd in [f.fd for f in self._fds.values() if f.device is dev]:
+            self.close_device(fd)
+        self._tsm.disconnect(device)
+
     def _fd(self, fd: int) -> _Fd:
         f = self._fds.get(fd)
         if f is None:

@@ -687,6 +687,16 @@ class FullStack(RuleBasedStateMachine):
                     inj.armed = False
             note(f"{verb}: firmware error at {inj.hit or 'no crossing (the call made fewer)'}")
 
+    @rule()
+    @recorded
+    def surprise_removal(self) -> None:
+        """The device is pulled from the bus without warning, the PCI core removes it (VFIO closes what was
+        open of it, the TSM disconnects it: DOWN-06), and it is plugged in again at power-on state, so the
+        example goes on with the same device (the VMM's handles to it are stale, as after a VFIO close)."""
+        self._do("surprise_remove", self.device.surprise_remove)
+        self._do("pci_remove", self.stack.vfio.pci_remove, self.device_name)
+        self._do("replug", self.device.replug)
+
     # ------------------------------------------------------------------ helpers
     def _guest(self, vm: str) -> Any:
         return self.stack.guests[vm]

@@ -106,6 +106,13 @@ class _Replay:
                 )
                 for r in hit:
                     self._error_event(r, "event-pf" if r != rid else "event")
+            elif e.operation == "replug" and e.ok:
+                # hot-add after a surprise removal: a power-on device, every TDI CONFIG_UNLOCKED, no session
+                for r in self.states:
+                    self.states[r] = td.TdiState.CONFIG_UNLOCKED
+                    self.last_kind[r] = "event"
+                    self.lock_session[r] = None
+                self.live_sessions.clear()
             elif e.operation == "spdm_connect" and e.ok and isinstance(e.result, int):
                 self.live_sessions.add(e.result)
             elif e.operation == "spdm_end" and e.ok:

@@ -540,6 +540,7 @@ def mmio_recover_after_free(o: Observation) -> str | None:
         for att, _ in d.attachments:
             att_rid.setdefault(att, d.rid)
     states = dict(tdi_states(o.before))
+    lock_session = {f.rid: f.locked_session for d in o.before.devices for f in d.functions}
     pfs = {f.rid for d in o.before.devices for f in d.functions if f.is_pf}
     recover_seqs = {e.seq for e in recovers}
     private = {(s.vm, s.rid) for s in private_slots(o.before)}
@@ -556,6 +557,12 @@ def mmio_recover_after_free(o: Observation) -> str | None:
             trusted.add(e.arguments[0])
         elif op == ("iommu", "clear_trusted"):
             trusted.discard(e.arguments[0])
+        elif e.callee == "device" and e.ok and e.operation in ("ide_failure", "spdm_end"):
+            # the stream lost, or the session a TDI was locked over ended: locked TDIs go ERROR (PCIe §11.4.5)
+            sess = e.arguments[0] if e.operation == "spdm_end" and e.arguments else None
+            for rid in states:
+                if states[rid] in LOCKED and (sess is None or lock_session.get(rid) == sess):
+                    states[rid] = td.TdiState.ERROR
         elif e.callee == "device" and e.operation in _TRACKED_ERROR_EVENTS and e.arguments:
             hit = e.arguments[0]
             for rid in states:
@@ -1692,5 +1699,51 @@ RULES += [
         M,
         "[PCI-TSM] pci_tsm_bind/unbind; rules-seed A.16-A.18, F.80; issue 19 (fail-nth, firmware errors)",
         down_no_orphan_lock,
+    ),
+]
+
+
+# ======================================================================================== faults: surprise removal
+# Issue 19: a device pulled from the bus. The PCI core's remove closes what VFIO had open of it and the TSM
+# disconnects it; nothing of the device may stay bound, mapped, trusted or open.
+
+
+def down_surprise_removal_converges(o: Observation) -> str | None:
+    """After the PCI core removed a device (``vfio.pci_remove``), none of its functions is open in VFIO or
+    bound in the TSM, no session to it is kept, no T=1 translation or CC context and no private or shared
+    mapping of its BARs remains, and every dmabuf of it is revoked."""
+    evs = o.ops("vfio", "pci_remove", ok=True)
+    if not evs:
+        return None
+    a = o.after
+    for e in evs:
+        name = e.arguments[0]
+        dev = next((d for d in a.devices if d.name == name), None)
+        rids = {f.rid for f in dev.functions} if dev is not None else set()
+        if any(n == name for _, n, _, _ in a.vfio.open_fds):
+            return f"{name} was removed, but VFIO still has a function of it open"
+        if any(t.rid in rids and t.vm is not None for t in a.tsm.tdis):
+            return f"{name} was removed, but the TSM still binds a TDI of it"
+        if any(d == name for d, _ in a.tsm.connected):
+            return f"{name} was removed, but the TSM keeps its session"
+        if any(r in rids for r, _ in a.iommu.trusted) or any(c[0] in rids for c in getattr(a.iommu, "cc", ())):
+            return f"{name} was removed, but a T=1 translation or CC context of it remains"
+        if any(s.rid in rids and s.mapping.value != "unmapped" for s in a.kvm.memslots):
+            return f"{name} was removed, but a memslot still maps one of its BARs"
+        if any(d.rid in rids and not d.revoked for d in a.vfio.dmabufs):
+            return f"{name} was removed, but a dmabuf of it is still valid"
+    return HELD
+
+
+RULES += [
+    _r(
+        "DOWN-06",
+        "surprise removal converges: nothing of a removed device stays open, bound, mapped or trusted",
+        Area.DOWN,
+        M,
+        "PCIe hot-plug (surprise removal); [PCI-TSM] remove -> disconnect; [VFIO-DMABUF] revoke; rules-seed "
+        "A.13, A.23, F.80; issue 19",
+        down_surprise_removal_converges,
+        on={"vfio.pci_remove"},
     ),
 ]

@@ -132,6 +132,7 @@ class Device(Actor):
         rng = random.Random(f"device/{cfg.name}/{cfg.seed}")
         self._rng = rng
         self._busy: dict[int, int] = {}  # rid -> TDISP requests still to answer BUSY (inject_busy)
+        self._removed = False  # surprise-removed: gone from the bus until replug
         self.identity = DeviceIdentity(seed=cfg.seed)
         size = cfg.bar_pages * PAGE
         self._functions: dict[int, _Function] = {}
@@ -210,6 +211,8 @@ class Device(Actor):
     @operation()
     def spdm_connect(self) -> int:
         """Open an SPDM session (the real SPDM exchange is a later issue; this keeps the seam)."""
+        if self._removed:
+            raise NotFound(f"{self.name} has been removed")
         sid = self._next_session
         self._next_session += 1
         self._sessions.add(sid)
@@ -244,6 +247,8 @@ class Device(Actor):
     @operation(step=lambda protocol_id, message, **kw: _message_step(protocol_id, message))
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         """One TDISP or IDE_KM request in, its response out (None: dropped, as the spec allows)."""
+        if self._removed:
+            return None  # nothing answers on the bus any more
         if protocol_id == PROTOCOL_IDE_KM:
             if session_id is not None and session_id not in self._sessions:
                 return None
@@ -444,6 +449,46 @@ class Device(Actor):
                 self._scrub(f)
 
     @operation()
+    def surprise_remove(self) -> None:
+        """The device is pulled from the bus without warning (surprise removal): every SPDM session ends
+        (TDIs locked over one go ERROR), the IDE stream is lost, and from now on nothing answers --
+        messages are dropped, MMIO completes with an error, no DMA goes out -- until :meth:`replug`."""
+        if self._removed:
+            raise InvalidState(f"{self.name} has been removed already")
+        for sid in sorted(self._sessions):
+            self.spdm_end(sid)
+        self.ide_failure("surprise removal")
+        self._removed = True
+
+    @operation()
+    def replug(self) -> None:
+        """The device is plugged in again (hot-add): at power-on state -- every TDI CONFIG_UNLOCKED with
+        its TEE memory scrubbed, no session, a fresh IDE stream, BARs where the config put them -- with
+        the same identity. Its START nonces keep coming from the same generator, so none repeats."""
+        if not self._removed:
+            raise InvalidState(f"{self.name} is present: nothing to plug in")
+        cfg = self.config
+        size = cfg.bar_pages * PAGE
+        for index, fn in enumerate(self._functions.values()):
+            fn.tdi = _Tdi()
+            fn.mse = fn.bme = True
+            fn.bar_base = cfg.bar_base + index * size
+            fn.mmio[PAGE:] = bytes(len(fn.mmio) - PAGE)
+        self._sessions.clear()
+        self._busy.clear()
+        self.ide = IdeStreamEndpoint(
+            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
+        )
+        self.ide_km = IdeKmResponder(
+            ports={0: {cfg.default_stream_id: self.ide}},
+            dev_func_num=0,
+            bus_num=cfg.bus,
+            segment=cfg.segment,
+            max_port_index=0,
+        )
+        self._removed = False
+
+    @operation()
     def inject_busy(self, rid: int, count: int) -> None:
         """A fault: the TDI answers its next ``count`` TDISP requests BUSY without acting on them, as a
         responder past its NUM_REQ_THIS may (PCIe §11.2.3). Not device state a host can see: a knob of
@@ -486,6 +531,8 @@ class Device(Actor):
     @operation()
     def receive(self, packet: Tlp | ProtectedTlp) -> bytes:
         """A downstream request; protected ones are checked on the IDE stream first."""
+        if self._removed:
+            raise AccessFault(f"{self.name} has been removed: the request completes with an error")
         if isinstance(packet, ProtectedTlp):
             try:
                 tlp = self.ide.unprotect(packet)
@@ -499,6 +546,8 @@ class Device(Actor):
     @operation()
     def issue_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> None:
         """Function ``rid`` writes ``payload`` at ``address``; T=1 goes out on the IDE stream."""
+        if self._removed:
+            raise InvalidState(f"{self.name} has been removed")
         tlp = self.make_dma(rid, address, payload, t_bit=t_bit)
         packet: Tlp | ProtectedTlp = tlp
         if t_bit:

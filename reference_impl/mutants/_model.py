@@ -10,6 +10,7 @@ import attrs
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.reference_impl.iommufd import Iommufd, ObjKind
 from teeio_conformance.reference_impl.tsm import Tsm
+from teeio_conformance.reference_impl.vfio import Vfio
 
 # ------------------------------------------------------------------ CC vIOMMU
 
@@ -147,6 +148,16 @@ class TsmBindNoRollback(Tsm):
             self._rolling_back = False
 
 
+class VfioRemoveDropsFiles(Vfio):
+    """On surprise removal VFIO forgets the gone device's files without its close path: the TDIs stay bound,
+    the dmabufs valid and mapped, the vdevices alive, the session kept."""
+
+    def pci_remove(self, device: str) -> None:
+        dev = self._devices.get(device)
+        for fd in [f.fd for f in self._fds.values() if f.device is dev]:
+            del self._fds[fd]
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     full = "full_stack"
     return [
@@ -221,5 +232,13 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "sev-tio",
             TsmBindNoRollback.__doc__,
             overrides={"tsm_factory": TsmBindNoRollback},
+        ),
+        m(
+            "vfio-remove-drops-files",
+            "DOWN-06",
+            full,
+            "cca",
+            VfioRemoveDropsFiles.__doc__,
+            overrides={"vfio_factory": VfioRemoveDropsFiles},
         ),
     ]

@@ -16,7 +16,7 @@ def test_reference_survives_every_single_failure(profile):
     outcomes = walk(profiles=(profile,))
     assert {o.operation for o in outcomes} == set(OPERATIONS)
     pairs = [o for o in outcomes if o.n]
-    assert len(pairs) > 150  # 193 per profile today: every crossing inside the eleven operations
+    assert len(pairs) > 150  # 220 per profile today: every crossing inside the twelve operations
     bad = [o for o in outcomes if not o.ok]
     assert bad == [], table(bad)
     # each failing crossing was reached: the walk stops where the unfaulted operation stops
