@@ -687,6 +687,23 @@ class FullStack(RuleBasedStateMachine):
                     inj.armed = False
             note(f"{verb}: firmware error at {inj.hit or 'no crossing (the call made fewer)'}")
 
+    @rule(s=slots)
+    @recorded
+    def device_entropy_failure(self, s: Slot) -> None:
+        """The device cannot make a START nonce for its next LOCK (INSUFFICIENT_ENTROPY) as the guest binds
+        ``s`` (unbound first if it is bound; link up, VM running): the bind is refused and must change
+        nothing (ERR-01) -- the CC vIOMMU set up for it is taken down again."""
+        guest = self.stack.guests.get(s.vm)
+        v = self._vdev(s)
+        if guest is None or v is None:
+            return
+        self._guest_ready(s.vm)
+        if v.bound:
+            self._do("guest_unbind", guest.disconnect, s.virt_id)
+        self._do("device_entropy_failure", self.device.inject_entropy_failure, 1)
+        self._do("guest_bind_no_entropy", guest.connect, s.virt_id)
+        self._do("device_entropy_back", self.device.inject_entropy_failure, 0)
+
     @rule()
     @recorded
     def surprise_removal(self) -> None:

@@ -133,6 +133,7 @@ class Device(Actor):
         self._rng = rng
         self._busy: dict[int, int] = {}  # rid -> TDISP requests still to answer BUSY (inject_busy)
         self._removed = False  # surprise-removed: gone from the bus until replug
+        self._entropy_failures = 0  # LOCKs still to fail for want of entropy (inject_entropy_failure)
         self.identity = DeviceIdentity(seed=cfg.seed)
         size = cfg.bar_pages * PAGE
         self._functions: dict[int, _Function] = {}
@@ -322,6 +323,9 @@ class Device(Actor):
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
         if not fn.mse:
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_DEVICE_CONFIGURATION)
+        if self._entropy_failures:
+            self._entropy_failures -= 1  # the nonce generator failed: no LOCK (PCIe §11.3.6)
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INSUFFICIENT_ENTROPY)
         tdi = fn.tdi
         tdi.nonce = self._rng.randbytes(32)
         tdi.lock_session = sid
@@ -487,6 +491,14 @@ class Device(Actor):
             max_port_index=0,
         )
         self._removed = False
+
+    @operation()
+    def inject_entropy_failure(self, count: int) -> None:
+        """A fault: the device's next ``count`` LOCKs fail with INSUFFICIENT_ENTROPY (its random number
+        generator cannot produce a START nonce), changing nothing. A knob, kept out of the snapshot."""
+        if count < 0:
+            raise InvalidArgument(f"a failure count cannot be negative ({count})")
+        self._entropy_failures = count
 
     @operation()
     def inject_busy(self, rid: int, count: int) -> None:

@@ -148,6 +148,20 @@ class TsmBindNoRollback(Tsm):
             self._rolling_back = False
 
 
+class IommufdBindKeepsCcOnRefusal(Iommufd):
+    """A refused bind (the device could not LOCK) leaves the vdevice set up in its CC vIOMMU: the refusal
+    changed state (found reachable through the device's INSUFFICIENT_ENTROPY fault)."""
+
+    def vdevice_tsm_bind(self, vdevice: int) -> None:
+        v = self._vdev(vdevice)
+        vi = self._objs[v.parent]  # type: ignore[index]
+        if vi.cc and not v.cc:
+            self._iommu.cc_attach(v.rid, vi.id, v.vm)
+            v.cc = True
+        self._tsm.bind(v.rid, v.vm, v.virt_id)
+        v.bound = True
+
+
 class VfioRemoveDropsFiles(Vfio):
     """On surprise removal VFIO forgets the gone device's files without its close path: the TDIs stay bound,
     the dmabufs valid and mapped, the vdevices alive, the session kept."""
@@ -240,5 +254,13 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "cca",
             VfioRemoveDropsFiles.__doc__,
             overrides={"vfio_factory": VfioRemoveDropsFiles},
+        ),
+        m(
+            "iommufd-bind-keeps-cc-on-refusal",
+            "ERR-01",
+            full,
+            "tdx",
+            IommufdBindKeepsCcOnRefusal.__doc__,
+            overrides={"iommufd_factory": IommufdBindKeepsCcOnRefusal},
         ),
     ]
