@@ -625,6 +625,8 @@ def dma_t1_needs_run(o: Observation) -> str | None:
         tlp_rid = None
         if parent is not None and parent.arguments:
             tlp_rid = getattr(parent.arguments[0], "requester_id", None)
+            if getattr(parent.arguments[0], "t_bit", True) is False:  # only T=1 may reach private memory
+                return f"a T=0 DMA from {tlp_rid} was written into {e.arguments[0]}'s private memory"
         if tlp_rid is None or states.get(tlp_rid) is not td.TdiState.RUN or trusted.get(tlp_rid) != e.arguments[0]:
             return f"a T=1 DMA reached {e.arguments[0]}'s private memory from {tlp_rid} not RUN/trusted"
     return HELD
