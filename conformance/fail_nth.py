@@ -63,6 +63,7 @@ class _Injector:
 
     n: int = 0  # 0: count only
     host_only: bool = False  # count (and fail) only crossings into host components, never the device
+    target: str = ""  # fail the first crossing into this actor instead of the n-th (the full-stack machine)
     seen: int = 0
     hit: str = ""
     armed: bool = False
@@ -78,6 +79,10 @@ def _inject(stack: Any, inj: _Injector) -> Iterator[None]:
         nested = inj.armed and trace._stack and not (trace._ops and trace._ops[-1] == (id(actor), op))
         if nested and inj.host_only and actor.actor_name == "device":
             nested = False
+        if nested and inj.target:
+            nested = actor.actor_name == inj.target and not inj.hit
+            if nested:
+                inj.n = inj.seen + 1  # this one
         if nested:
             inj.seen += 1
             if inj.seen == inj.n:

@@ -659,15 +659,16 @@ class FullStack(RuleBasedStateMachine):
         self._do("device_busy", self.device.inject_busy, s.rid, 4 if many else 1)
         self._do("host_tdisp_get_state_busy", self.stack.tsm.host_tdisp, s.rid, "GET_DEVICE_INTERFACE_STATE")
 
-    @rule(s=slots, n=st.integers(1, 8))
+    @rule(s=slots, component=st.sampled_from(("vfio", "kvm", "iommufd", "iommu")))
     @recorded
-    def tsm_firmware_error(self, s: Slot, n: int) -> None:
-        """A firmware or I/O error in a host component part-way through the guest's bind of ``s``, and again
-        through its unbind: the ``n``-th crossing into VFIO, IOMMUFD, KVM, the IOMMU or the TSM inside each
-        fails (FirmwareError), as in the fail-nth walk (:mod:`teeio_conformance.conformance.fail_nth`; the
-        device is left alone here: its own rules would rightly call a failing device a defect). The slot is
-        taken to where the verb applies first (link up, VM running; unbound for the bind). DOWN-05 and the
-        teardown rules judge what is left."""
+    def tsm_firmware_error(self, s: Slot, component: str) -> None:
+        """A firmware or I/O error in one host component part-way through the guest's bind of ``s``, and again
+        through its unbind: the first crossing into ``component`` inside each fails (FirmwareError), with the
+        fail-nth walk's injector (:mod:`teeio_conformance.conformance.fail_nth`; the device is left alone
+        here: its own rules would rightly call a failing device a defect). The slot is taken to where the
+        verb applies first (link up, VM running; unbound for the bind). DOWN-05 and the teardown rules judge
+        what is left. By component rather than by position: in a bind, VFIO and KVM are called only after
+        LOCK -- the failures that need undoing -- and a position drawn from 1..8 reached them too seldom."""
         from teeio_conformance.conformance.fail_nth import _inject, _Injector
 
         guest = self.stack.guests.get(s.vm)
@@ -678,14 +679,14 @@ class FullStack(RuleBasedStateMachine):
         if v.bound:
             self._do("guest_unbind", guest.disconnect, s.virt_id)
         for verb, call in (("bind", guest.connect), ("unbind", guest.disconnect)):
-            inj = _Injector(n=n, host_only=True)
+            inj = _Injector(target=component)
             with _inject(self.stack, inj):
                 inj.armed = True
                 try:
-                    self._do(f"guest_{verb}_firmware_error_{n}", call, s.virt_id)
+                    self._do(f"guest_{verb}_{component}_error", call, s.virt_id)
                 finally:
                     inj.armed = False
-            note(f"{verb}: firmware error at {inj.hit or 'no crossing (the call made fewer)'}")
+            note(f"{verb}: firmware error at {inj.hit or 'no crossing into ' + component}")
 
     @rule(s=slots)
     @recorded
@@ -703,6 +704,34 @@ class FullStack(RuleBasedStateMachine):
         self._do("device_entropy_failure", self.device.inject_entropy_failure, 1)
         self._do("guest_bind_no_entropy", guest.connect, s.virt_id)
         self._do("device_entropy_back", self.device.inject_entropy_failure, 0)
+
+    @rule(s=slots)
+    @recorded
+    def device_dma_t0_from_trusted(self, s: Slot) -> None:
+        """A T=0 DMA at private memory from a function trusted for T=1 DMA (``s``'s if it is, else the first
+        that is; with none, the guest first takes ``s`` as far as accepted): only the shared table may
+        translate it, so it must fault (DMA-01, DMA-03). A rule of its own: as three drawn arguments of
+        ``device_dma`` the combination became too rare once the machine grew (an IOMMU sending T=0 through
+        the trusted table went uncaught on seed 0 of the ci search)."""
+        trusted = [r for r, _ in self.run._snap.iommu.trusted]
+        if not trusted:
+            guest = self.stack.guests.get(s.vm)
+            v = self._vdev(s)
+            if guest is None or v is None:
+                return
+            self._guest_ready(s.vm)
+            for flag, name, call in (
+                ("bound", "guest_bind", guest.connect),
+                ("attested", "guest_attest", guest.attest),
+                ("accepted", "guest_accept", guest.accept),
+            ):
+                if not getattr(v, flag):
+                    self._do(name, call, s.virt_id)
+            trusted = [r for r, _ in self.run._snap.iommu.trusted]
+        if not trusted:
+            return
+        rid = s.rid if s.rid in trusted else trusted[0]
+        self._do("device_dma_t0_private_from_trusted", self.device.issue_dma, rid, PRIVATE_GPA, b"dma", t_bit=False)
 
     @rule()
     @recorded
