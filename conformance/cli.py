@@ -30,6 +30,9 @@ def _cmd_flow(args: argparse.Namespace) -> int:
     else:
         title = f"TEE-IO lifecycle, {stack.profile.title} profile (flow.md, corrected)"
         sys.stdout.write(render_text(list(stack.trace), title=title, max_depth=args.depth))
+        from teeio_conformance.reference_impl.lifecycle import merge_note
+
+        sys.stdout.write(merge_note(args.profile))
     return 0
 
 

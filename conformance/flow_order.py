@@ -7,6 +7,7 @@ which judge one step at a time, this reads the whole trace of a single, complete
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from teeio_conformance.contract.errors import StackError
@@ -81,6 +82,8 @@ def check_corrected_flow(events: Sequence[Event], profile: str) -> list[str]:
         for e in destroys:
             if e.arguments and e.arguments[0] in viommu_ids and (kvm_stop is None or e.seq < kvm_stop.seq):
                 problems.append("viommu destroyed while the VM ran (correction 6: no step 46)")
+    if stop_vm is not None:
+        problems += _teardown_order(events, stop_vm)
     stops = _tdisp(events, td.StopInterface)
     unmaps = [e for e in events if e.callee == "tsm" and e.operation == "sept_remove" and e.ok]
     if profile == "tdx":
@@ -110,3 +113,31 @@ def check_corrected_flow(events: Sequence[Event], profile: str) -> list[str]:
             if host is None or not _within(events, start, host):
                 problems.append("CCA: START was not sent by the host")
     return problems
+
+
+def _teardown_order(events: Sequence[Event], stop_vm: Event) -> list[str]:
+    """flow.md's corrected teardown at VM stop: vdevice destroyed, then the vIOMMU, then hwpt/idev, then
+    VFIO close."""
+    inside = [e for e in events if e.ok and _within(events, e, stop_vm)]
+    kinds = {e.result: k for k in ("vdevice_alloc", "viommu_alloc", "hwpt_alloc") for e in _all(events, "iommufd", k)}
+    order: list[tuple[str, int]] = []
+    for e in inside:
+        if e.callee == "iommufd" and e.operation == "destroy" and e.arguments:
+            kind = kinds.get(e.arguments[0])
+            if kind is not None:
+                order.append((kind.removesuffix("_alloc"), e.seq))
+        elif e.callee == "iommufd" and e.operation == "detach":
+            order.append(("hwpt", e.seq))
+        elif e.callee == "vfio" and e.operation == "close_device":
+            order.append(("vfio_close", e.seq))
+    want = ["vdevice", "viommu", "hwpt", "vfio_close"]
+    seen = [k for k, _ in order]
+    missing = [k for k in want if k not in seen]
+    if missing:
+        return [f"VM stop tears down no {', '.join(missing)} (corrected teardown: {', '.join(want)})"]
+    last = {k: max(s for kk, s in order if kk == k) for k in want}
+    first = {k: min(s for kk, s in order if kk == k) for k in want}
+    for a, b in itertools.pairwise(want):
+        if last[a] > first[b]:
+            return [f"VM stop: {b} (seq {first[b]}) before {a} was done (seq {last[a]}); corrected: {', '.join(want)}"]
+    return []

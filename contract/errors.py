@@ -27,6 +27,7 @@ __all__ = [
     "CallerError",
     "CodecError",
     "ConformanceViolation",
+    "FirmwareError",
     "InvalidArgument",
     "InvalidState",
     "NotFound",
@@ -86,6 +87,14 @@ class Unsupported(CallerError):
     """The platform or device does not offer this operation (-ENXIO)."""
 
     errno = _errno.ENXIO
+
+
+class FirmwareError(StackError):
+    """A component below failed the call (a TSM firmware error, an I/O error, a failed allocation) -- not a
+    refusal: it may come after part of the work was done, so callers cannot assume nothing changed; what
+    they leave behind is judged by the rules. The fail-nth walk injects it (-EIO)."""
+
+    errno = _errno.EIO
 
 
 class AccessFault(StackError):

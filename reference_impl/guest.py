@@ -144,10 +144,20 @@ class Guest(Actor):
         """The VMM shows a vPCI function (before run: visible from boot, T=0)."""
         self._vdevs[virt_id] = _Vdev(virt_id=virt_id, bar_gpa=bar_gpa, bar_size=bar_size)
 
-    @operation(step=lambda virt_id: None)
+    @operation(step="11")
     def enumerate(self, virt_id: int) -> bytes:
         """Probe the shared device: read its register page with T=0."""
         v = self._v(virt_id)
+        data: bytes = self._kvm.guest_mmio_read(self.vm, v.bar_gpa, 4)
+        return data
+
+    @operation(step="50")
+    def use_shared(self, virt_id: int) -> bytes:
+        """After unbind the function is a workable shared device again (step 50): a T=0 access to its
+        register page, which works once VFIO recovered the dmabuf (49). Refused while it is bound."""
+        v = self._v(virt_id)
+        if v.bound:
+            raise InvalidState(f"{virt_id:#x} is bound: unbind it before using it as a shared device")
         data: bytes = self._kvm.guest_mmio_read(self.vm, v.bar_gpa, 4)
         return data
 

@@ -4,9 +4,12 @@ A DMA from a device function arrives as a TLP with a requester ID, an address an
 
 * T=0 is translated by the *shared* table the VMM built through IOMMUFD (an hwpt: IOVA -> guest
   shared memory). It can never reach guest private memory.
-* T=1 is translated only by the *trusted* table the TSM owns, and only if it arrived protected on
-  the TDI's Secure IDE stream with a matching RID association, from a TDI the TSM has enabled for
-  DMA (TDX: TDXC-ARCH §3.3; SMMU T bit -> Realm SEC_SID).
+* T=1 is translated only by the *trusted* table of the TDI's CC vIOMMU, and only if it arrived
+  protected on the TDI's Secure IDE stream with a matching RID association, from a TDI enabled for
+  DMA (TDX: TDXC-ARCH §3.3; SMMU T bit -> Realm SEC_SID). IOMMUFD attaches a bound vdevice's RID to
+  its VM's CC vIOMMU (flow step 17: the vIOMMU takes over T=1 translation for it) and, when the TSM
+  asks, enables or disables trusted DMA in that context (steps 29, 45-46); a T=1 entry without a CC
+  vIOMMU context is refused.
 
 Anything else faults: nothing is written, and a fault record is kept where the host can read it.
 MMIO from the CPU goes the other way: KVM hands a request to :meth:`Iommu.mmio`; with T=1 the
@@ -23,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.contract.errors import AccessFault, CallerError, InvalidArgument, NotFound
+from teeio_conformance.contract.errors import AccessFault, CallerError, InvalidArgument, InvalidState, NotFound
 from teeio_conformance.contract.ide_km import KeySubStream
 from teeio_conformance.contract.profiles import Profile
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
@@ -53,10 +56,11 @@ class Fault:
 @attrs.frozen
 class IommuSnapshot:
     shared: tuple[tuple[int, str, tuple[int, ...]], ...]  # (rid, vm, gfns) of attached hwpts
-    trusted: tuple[tuple[int, str], ...]  # (rid, vm) the TSM enabled for T=1 DMA
+    trusted: tuple[tuple[int, str], ...]  # (rid, vm) enabled for T=1 DMA (through the CC vIOMMU)
     faults: tuple[Fault, ...]
     fenced_vms: tuple[str, ...]
     rp_stream_state: str
+    cc: tuple[tuple[int, int, str], ...] = ()  # (rid, viommu, vm): T=1 context owned by a CC vIOMMU (step 17)
 
 
 class Iommu(Actor):
@@ -67,6 +71,7 @@ class Iommu(Actor):
         self.profile = profile
         self._shared: dict[int, tuple[str, frozenset[int]]] = {}
         self._trusted: dict[int, str] = {}
+        self._cc: dict[int, tuple[int, str]] = {}  # rid -> (CC vIOMMU, vm) owning its T=1 context
         self._faults: list[Fault] = []
         self._fenced: set[str] = set()
         self._rp: dict[int, IdeStreamEndpoint] = {}
@@ -126,13 +131,32 @@ class Iommu(Actor):
     def detach_shared(self, rid: int) -> None:
         self._shared.pop(rid, None)
 
+    @operation(step="17")
+    def cc_attach(self, rid: int, viommu: int, vm: str) -> None:
+        """Setup CC vIOMMU (step 17): the T=1 context of ``rid`` now belongs to ``vm``'s CC vIOMMU."""
+        have = self._cc.get(rid)
+        if have is not None and have != (viommu, vm):
+            raise InvalidState(f"the T=1 context of {rid:#06x} belongs to viommu {have[0]} of {have[1]}")
+        self._cc[rid] = (viommu, vm)
+
+    @operation(step="39")
+    def cc_detach(self, rid: int) -> None:
+        """Detach vdev (step 39): the CC vIOMMU lets go of ``rid``'s T=1 context once DMA is disabled."""
+        if rid in self._trusted:
+            raise InvalidState(f"T=1 DMA of {rid:#06x} is still enabled: disable it before detaching")
+        self._cc.pop(rid, None)
+
     @operation(step="29")
     def set_trusted(self, rid: int, vm: str) -> None:
-        """The TSM enabled T=1 DMA from TDI ``rid`` into ``vm``'s private memory."""
+        """Enable T=1 DMA from TDI ``rid`` into ``vm``'s private memory, in its CC vIOMMU's context."""
+        have = self._cc.get(rid)
+        if have is None or have[1] != vm:
+            raise InvalidState(f"no CC vIOMMU of {vm} owns the T=1 context of {rid:#06x}")
         self._trusted[rid] = vm
 
-    @operation(step="45")
+    @operation(step="46")
     def clear_trusted(self, rid: int) -> None:
+        """Disable T=1 DMA of one TDI (step 46 as corrected: its CC vIOMMU itself stays, flow corr. 6)."""
         self._trusted.pop(rid, None)
 
     @operation()
@@ -215,4 +239,5 @@ class Iommu(Actor):
             faults=tuple(self._faults),
             fenced_vms=tuple(sorted(self._fenced)),
             rp_stream_state=",".join(s.state.name for s in self._rp.values()) or "NONE",
+            cc=tuple((rid, vi, vm) for rid, (vi, vm) in sorted(self._cc.items())),
         )

@@ -7,6 +7,12 @@ Object lifetimes follow the merged kernel code and the maintainer's corrections:
 * *bind* is an operation on the existing vdevice (correction 3); guest requests are an opaque RPC
   tunnelled through it (correction 4); guest unbind leaves the vdevice in place (correction 5);
 * a vIOMMU is never torn down while its VM runs (correction 6);
+* a vIOMMU allocated for a confidential VM is a *CC vIOMMU*: it takes over the T=1 translation of
+  its vdevices. Bind sets it up for the vdevice (step 17: the IOMMU's T=1 context of the function
+  becomes the vIOMMU's), and the TSM enables and disables trusted DMA *through* IOMMUFD, which
+  programs the IOMMU (accept DMA, step 29; the disable callback at unbind, steps 45-46). The
+  callback disables one vdevice's T=1 translation, never the vIOMMU itself (correction 6); the
+  vdevice leaves the CC context when the TSM frees the TDI (steps 47, 39);
 * when VFIO drops the idev under a live vdevice, the vdevice is destroyed (rolling back the TSM
   bind) and its ID becomes a tombstone: unusable and not reusable until the iommufd closes
   (rules-seed A.8, A.9).
@@ -21,7 +27,14 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.contract.errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
+from teeio_conformance.contract.errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    StackError,
+)
 from teeio_conformance.contract.guest_request import GuestRequest
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 
@@ -61,6 +74,8 @@ class ObjSnapshot:
     virt_id: int | None = None
     rid: int | None = None
     bound: bool = False
+    cc: bool = False  # viommu: a CC vIOMMU (owns T=1 translation); vdevice: attached to its CC context (17)
+    trusted: bool = False  # vdevice: T=1 DMA enabled through its CC vIOMMU (29; cleared at 45-46)
 
 
 @attrs.frozen
@@ -82,6 +97,8 @@ class _Obj:
     virt_id: int | None = None
     rid: int | None = None
     bound: bool = False
+    cc: bool = False
+    trusted: bool = False
     gfns: frozenset[int] = frozenset()
     attached: set[int] = attrs.Factory(set)  # hwpt: idevs attached
     hwpt: int | None = None  # idev: attached hwpt
@@ -159,10 +176,10 @@ class Iommufd(Actor):
         hw = self._get(hwpt, ObjKind.HWPT)
         if dev.hwpt is not None:
             raise Busy(f"idev {idev} is already attached to hwpt {dev.hwpt}")
+        self._iommu.attach_shared(dev.rid, hw.vm, hw.gfns)  # the hardware first: if it fails, nothing changed
         dev.hwpt = hwpt
         hw.users += 1
         hw.attached.add(idev)
-        self._iommu.attach_shared(dev.rid, hw.vm, hw.gfns)
 
     @operation()
     def detach(self, idev: int) -> None:
@@ -172,19 +189,20 @@ class Iommufd(Actor):
         self._detach(dev)
 
     def _detach(self, dev: _Obj) -> None:
+        self._iommu.detach_shared(dev.rid)  # the hardware first: if it fails, the detach can be retried
         hw = self._objs[dev.hwpt]  # type: ignore[index]
         hw.users -= 1
         hw.attached.discard(dev.id)
         dev.hwpt = None
-        self._iommu.detach_shared(dev.rid)
 
     # ------------------------------------------------------------------ vIOMMU / vDEVICE (steps 15-16)
     @operation(step="15")
-    def viommu_alloc(self, hwpt: int, vm: str) -> int:
+    def viommu_alloc(self, hwpt: int, vm: str, *, cc: bool = True) -> int:
+        """A vIOMMU for ``vm``; ``cc`` (every VM of this model is confidential) makes it a CC vIOMMU."""
         hw = self._get(hwpt, ObjKind.HWPT)
         self._kvm.get_ref(vm)
         hw.users += 1
-        return self._new(ObjKind.VIOMMU, parent=hwpt, vm=vm).id
+        return self._new(ObjKind.VIOMMU, parent=hwpt, vm=vm, cc=cc).id
 
     @operation(step="16")
     def vdevice_alloc(self, viommu: int, idev: int, virt_id: int, rid: int) -> int:
@@ -196,9 +214,9 @@ class Iommufd(Actor):
             raise AlreadyExists(f"virtual ID {virt_id:#x} is taken on viommu {viommu}")
         if rid != dev.rid:
             raise InvalidArgument(f"idev {idev} is function {dev.rid:#06x}, not {rid:#06x}")
+        self._kvm.get_ref(vi.vm)  # first: if it fails, nothing changed
         vi.users += 1
         dev.users += 1
-        self._kvm.get_ref(vi.vm)
         return self._new(
             ObjKind.VDEVICE, parent=viommu, idev=idev, virt_id=virt_id, vm=vi.vm, rid=rid, device=dev.device
         ).id
@@ -207,9 +225,13 @@ class Iommufd(Actor):
         if v.bound:
             self._tsm.unbind(v.rid)  # rolls the TSM bind back first (rules-seed A.13)
             v.bound = False
+        if v.cc:  # the TSM's free detaches it (47, 39); a vdevice whose TSM forgot still dies detached
+            self._iommu.clear_trusted(v.rid)
+            self._iommu.cc_detach(v.rid)
+            v.cc = v.trusted = False
+        self._kvm.put_ref(v.vm)  # first: if it fails, nothing below has changed and the destroy can be retried
         self._objs[v.parent].users -= 1  # type: ignore[index]
         self._objs[v.idev].users -= 1  # type: ignore[index]
-        self._kvm.put_ref(v.vm)
         del self._objs[v.id]
 
     @operation()
@@ -230,8 +252,8 @@ class Iommufd(Actor):
         if obj.kind is ObjKind.VIOMMU:
             if self._kvm.vm_state(obj.vm).value == "running":
                 raise Busy(f"viommu {obj_id} cannot be destroyed while {obj.vm} runs (flow correction 6)")
-            self._objs[obj.parent].users -= 1  # type: ignore[index]
             self._kvm.put_ref(obj.vm)
+            self._objs[obj.parent].users -= 1  # type: ignore[index]
         elif obj.kind is ObjKind.HWPT:
             self._objs[obj.parent].users -= 1  # type: ignore[index]
         del self._objs[obj_id]
@@ -255,10 +277,52 @@ class Iommufd(Actor):
 
     @operation(step="14")
     def vdevice_tsm_bind(self, vdevice: int) -> None:
-        """Bind acts on the existing vdevice (correction 3): the TSM locks the TDI for its VM."""
+        """Bind acts on the existing vdevice (correction 3): set up its CC vIOMMU (17), then the TSM
+        locks the TDI for its VM (18-19). A refused bind undoes the setup."""
         v = self._vdev(vdevice)
-        self._tsm.bind(v.rid, v.vm, v.virt_id)
+        vi = self._objs[v.parent]  # type: ignore[index]
+        if not vi.cc:
+            raise InvalidState(f"vdevice {vdevice} sits on viommu {vi.id}, which is not a CC vIOMMU: no TDI bind")
+        fresh = not v.cc
+        if fresh:
+            self._iommu.cc_attach(v.rid, vi.id, v.vm)
+            v.cc = True
+        try:
+            self._tsm.bind(v.rid, v.vm, v.virt_id)
+        except StackError:
+            if fresh:
+                self._iommu.cc_detach(v.rid)
+                v.cc = False
+            raise
         v.bound = True
+
+    def _vdev_of(self, rid: int, vm: str | None = None) -> _Obj | None:
+        return next(
+            (
+                o
+                for o in self._objs.values()
+                if o.kind is ObjKind.VDEVICE and o.rid == rid and (vm is None or o.vm == vm)
+            ),
+            None,
+        )
+
+    @operation(step="29")
+    def cc_enable_dma(self, rid: int, vm: str) -> None:
+        """The TSM enables trusted DMA of a bound TDI: IOMMUFD programs it in the CC vIOMMU's context."""
+        v = self._vdev_of(rid, vm)
+        if v is None or not v.bound or not v.cc:
+            raise InvalidState(f"{vm} has no vdevice of {rid:#06x} bound under a CC vIOMMU")
+        self._iommu.set_trusted(rid, vm)
+        v.trusted = True
+
+    @operation(step="45")
+    def cc_disable_dma(self, rid: int) -> None:
+        """The TSM's disable-DMA callback at unbind (45): clear the TDI's T=1 translation (46). Only this
+        vdevice's: the CC vIOMMU stays set up while its VM runs (flow corr. 6). Never refused."""
+        self._iommu.clear_trusted(rid)
+        v = self._vdev_of(rid)
+        if v is not None:
+            v.trusted = False
 
     @operation(step="38")
     def vdevice_tsm_unbind(self, vdevice: int) -> None:
@@ -273,18 +337,23 @@ class Iommufd(Actor):
         v = self._vdev(vdevice)
         return self._tsm.guest_request(v.rid, v.vm, request)
 
-    @operation(step="32")
+    @operation(step="33")
     def vdevice_host_start(self, vdevice: int) -> None:
         """CCA: the host starts the TDI on the realm's request (RMI_VDEV_START)."""
         v = self._vdev(vdevice)
         self._tsm.host_start(v.rid, v.vm)
 
-    @operation()
+    @operation(step="47")
     def tdi_unbound(self, rid: int) -> None:
-        """The TSM unbound a TDI on its own (disconnect, reset): the vdevice is no longer bound."""
+        """The TSM freed the TDI (47; after a guest unbind, a disconnect, a reset or a close): its vdevice
+        is no longer bound and leaves the CC vIOMMU's T=1 context (39 -- after the TSM has stopped the
+        TDI and disabled its DMA, so no vdevice of a locked TDI is ever outside its vIOMMU)."""
         for o in self._objs.values():
             if o.kind is ObjKind.VDEVICE and o.rid == rid:
                 o.bound = False
+                if o.cc:
+                    self._iommu.cc_detach(rid)
+                    o.cc = False
 
     @query
     def find_vdevice(self, vm: str, virt_id: int) -> int:
@@ -307,6 +376,8 @@ class Iommufd(Actor):
                 virt_id=o.virt_id,
                 rid=o.rid,
                 bound=o.bound,
+                cc=o.cc,
+                trusted=o.trusted,
             )
             for o in self._objs.values()
         )

@@ -12,6 +12,7 @@ no-op when not bound; guest requests work only inside the bound window (-ENXIO).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -38,6 +39,10 @@ __all__ = ["Evidence", "TdiRecord", "Tsm", "TsmSnapshot"]
 PROTOCOL_IDE_KM = 0
 PROTOCOL_TDISP = 1
 IDE_IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IFV words {0, 1}, as tee-io-validator sends
+BUSY_RETRIES = 3
+"""How often the TSM sends a request again that the device answered BUSY before it gives up (-EBUSY)."""
+_HOST_RAW = frozenset({"GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION", "GET_TDISP_CAPABILITIES"})
+"""Host TDISP requests the TSM sends raw for the VMM; LOCK/STOP/START go only through bind/unbind/start."""
 
 
 @attrs.frozen
@@ -58,6 +63,7 @@ class TdiRecord:
     private_mapped: bool
     trusted_dma: bool
     started: bool
+    outstanding: tuple[str, ...] = ()  # host TDISP requests submitted and not yet collected (oldest first)
 
 
 @attrs.frozen
@@ -77,6 +83,15 @@ class _TdiCtx:
     private_mapped: bool = False
     trusted_dma: bool = False
     started: bool = False
+    outstanding: list[str] = attrs.Factory(list)
+
+
+_GUEST_KIND_TDISP = {
+    "report": "GET_DEVICE_INTERFACE_REPORT",
+    "state": "GET_DEVICE_INTERFACE_STATE",
+    "start": "START_INTERFACE",
+}
+"""The TDISP request each guest-request kind makes the TSM send on the guest's behalf."""
 
 
 class Tsm(Actor):
@@ -108,20 +123,32 @@ class Tsm(Actor):
         return dev
 
     def _tdisp(self, rid: int, request: td.Request) -> td.Response:
+        """Send one TDISP request; a BUSY answer (the device did not act on it) is retried with the same
+        request up to ``BUSY_RETRIES`` times, then returned to the caller."""
         ctx = self._ctx(rid)
         sid = self._sessions.get(ctx.device)
         if sid is None:
             raise InvalidState(f"{ctx.device} is not connected")
-        raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, td.encode(request), session_id=sid)
-        if raw is None:
-            raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
-        try:
-            return td.decode_response(raw)
-        except StackError as exc:
-            raise ConformanceViolation(f"device answered {type(request).__name__} with garbage: {exc}") from exc
+        wire = td.encode(request)
+        for attempt in range(BUSY_RETRIES + 1):
+            raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, wire, session_id=sid)
+            if raw is None:
+                raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
+            try:
+                resp = td.decode_response(raw)
+            except StackError as exc:
+                raise ConformanceViolation(f"device answered {type(request).__name__} with garbage: {exc}") from exc
+            if (
+                not (isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY)
+                or attempt == BUSY_RETRIES
+            ):
+                break
+        return resp
 
     def _expect(self, rid: int, request: td.Request, want: type) -> Any:
         resp = self._tdisp(rid, request)
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            raise Busy(f"device stayed BUSY for {type(request).__name__} after {BUSY_RETRIES} retries")
         if isinstance(resp, td.TdispError):
             code = (
                 td.ErrorCode(resp.error_code).name
@@ -223,11 +250,14 @@ class Tsm(Actor):
         dev = self._device(device)
         for rid in sorted(dev.rids(), reverse=True):
             self.unbind(rid)
-        sid = self._sessions.pop(device, None)
-        if sid is not None:
-            self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
+            self._tdis[rid].outstanding.clear()  # the session goes: queued host requests go with it
+        sid = self._sessions.get(device)
+        if sid is not None:  # the session is forgotten last, so a disconnect that failed below can run again
+            # (no stream if the connect failed before setting it up: that refusal is let go too)
+            self._teardown_step(self._iommu.rp_stream_enable, dev.config.default_stream_id, False)
             if sid in dev.snapshot().sessions:
-                dev.spdm_end(sid)
+                self._teardown_step(dev.spdm_end, sid)
+            self._sessions.pop(device, None)
 
     # ------------------------------------------------------------------ bind (steps 18-19)
     @operation(step="18")
@@ -252,8 +282,16 @@ class Tsm(Actor):
             raise InvalidState(f"function {rid:#06x} is not open in VFIO: bind only within its VFIO lifetime")
         offset = self._reporting_offset(vm, rid)
         resp = self._lock(rid, offset)  # a refused LOCK leaves everything as it was
-        self._vfio.set_private(rid, True)  # then the host loses its mappings of the locked TDI
-        self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
+        private = False
+        try:
+            self._vfio.set_private(rid, True)  # then the host loses its mappings of the locked TDI
+            private = True
+            self._kvm.get_ref(vm)  # a bound TDI holds its VM (rules-seed A.12)
+        except StackError:  # a failure below after LOCK: unlock again, so nothing stays locked for no one
+            if private:
+                self._teardown_step(self._vfio.set_private, rid, False)
+            self._teardown_step(self._stop, ctx)
+            raise
         ctx.vm, ctx.virt_id, ctx.nonce, ctx.stopped, ctx.started = vm, virt_id, resp.start_interface_nonce, False, False
 
     def _reporting_offset(self, vm: str, rid: int) -> int:
@@ -289,7 +327,32 @@ class Tsm(Actor):
         handler = getattr(self, f"_guest_{request.kind}", None)
         if handler is None:
             raise InvalidArgument(f"unknown guest request {request.kind!r}")
+        self._check_guest_may(_GUEST_KIND_TDISP.get(request.kind))
         return handler(ctx, request)
+
+    def _check_guest_may(self, request: str | None) -> None:
+        """The profile's guest-side TDISP whitelist (TDX: TDG.DEVIF.REQUEST; SEV-TIO, CCA: no START)."""
+        if request is not None and request not in self.profile.guest_tdisp_requests:
+            raise PermissionDenied(f"{self.profile.title}: the guest may not originate {request}")
+
+    def _guest_tdisp(self, ctx: _TdiCtx, request: GuestRequest) -> str:
+        """A TDISP request the guest names itself (``payload`` = the request's name): sent only if the
+        profile's guest whitelist has it, else refused before the device sees anything."""
+        name = request.payload.decode("ascii", errors="replace")
+        self._check_guest_may(name)
+        if name == "GET_DEVICE_INTERFACE_STATE":
+            return self._guest_state(ctx, request).name
+        if name == "GET_DEVICE_INTERFACE_REPORT":
+            part = self._expect(
+                ctx.rid,
+                td.GetDeviceInterfaceReport(interface_id=self._iid(ctx.rid), offset=0, length=0x400),
+                td.DeviceInterfaceReport,
+            )
+            return type(part).__name__
+        if name == "START_INTERFACE":
+            self._guest_start(ctx, request)
+            return "StartInterfaceResponse"
+        raise Unsupported(f"the guest-request channel carries no {name}")
 
     def _guest_state(self, ctx: _TdiCtx, request: GuestRequest) -> td.TdiState:
         resp = self._expect(
@@ -315,7 +378,9 @@ class Tsm(Actor):
         dev = self._devices[ctx.device]
         signed = dev.sign_evidence(self._sessions[ctx.device], ctx.rid, request.nonce)
         if self.profile.start_sender is StartSender.AT_ATTEST and not ctx.started:
-            self._start(ctx)  # SEV-TIO: RUN at attest; DMA stays blocked until the guest accepts it
+            self._start(ctx)  # SEV-TIO: RUN at attest ...
+            if not self.profile.dma_blocked_until_guest_enables:
+                self._guest_accept_dma(ctx, request)  # ... a platform that does not block DMA opens it with START
         return Evidence(signed=signed, chain=dev.certificate_chain())
 
     def _guest_accept_mmio(self, ctx: _TdiCtx, request: GuestRequest) -> int:
@@ -323,7 +388,8 @@ class Tsm(Actor):
         return n
 
     def _guest_accept_dma(self, ctx: _TdiCtx, request: GuestRequest) -> None:
-        self._iommu.set_trusted(ctx.rid, ctx.vm)
+        """The TSM asks IOMMUFD to enable trusted DMA; IOMMUFD programs it in the CC vIOMMU (step 29)."""
+        self._iommufd.cc_enable_dma(ctx.rid, ctx.vm)
         ctx.trusted_dma = True
 
     def _guest_start(self, ctx: _TdiCtx, request: GuestRequest) -> None:
@@ -357,43 +423,74 @@ class Tsm(Actor):
     # ------------------------------------------------------------------ unbind (steps 40-49)
     @operation(step="40")
     def unbind(self, rid: int) -> None:
-        """Always succeeds; a no-op when not bound. Teardown order comes from the profile."""
+        """Always succeeds; a no-op when not bound. Teardown order comes from the profile. Like the kernel's
+        void pci_tsm_unbind, it cannot give up halfway: each step that fails below (a firmware or I/O
+        error) is tried once more, and the rest runs either way (:meth:`_teardown_step`)."""
         ctx = self._ctx(rid)
         if ctx.vm is None:
             return
+        step = self._teardown_step
         if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST:
-            self._vfio.revoke_mmio(rid)
-            self._stop(ctx)
+            step(self._vfio.revoke_mmio, rid)
+            step(self._stop, ctx)
         else:
-            self._stop(ctx)
-            self._vfio.revoke_mmio(rid)
+            step(self._stop, ctx)
+            step(self._vfio.revoke_mmio, rid)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
-            ctx.trusted_dma = False
-        self._free(ctx)
-        self._vfio.set_private(rid, False)
-        self._vfio.recover_mmio(rid)
+            step(self._disable_dma, ctx)  # the disable-DMA callback into IOMMUFD (steps 45-46)
+        step(self._free, ctx)
+        step(self._vfio.set_private, rid, False)
+        step(self._vfio.recover_mmio, rid)
+
+    def _teardown_step(self, fn: Any, *args: Any) -> None:
+        """One step of a teardown that may not fail: retried once when the component below fails it (a
+        transient firmware or I/O error, or a refusal), then left -- what stays is the rules' to judge."""
+        try:
+            fn(*args)
+        except StackError:
+            with contextlib.suppress(StackError):
+                fn(*args)
+
+    def _disable_dma(self, ctx: _TdiCtx) -> None:
+        self._iommufd.cc_disable_dma(ctx.rid)
+        ctx.trusted_dma = False
 
     def _stop(self, ctx: _TdiCtx) -> None:
         if self.profile.unmap_order is UnmapOrder.UNMAP_FIRST and ctx.private_mapped:
             # CCA: VDEV_UNLOCK fails while device granules are mapped (rules-seed B.38)
             raise InvalidState(f"{self.profile.title}: unmap private MMIO of {ctx.rid:#06x} before stopping it")
-        if ctx.device in self._sessions:
+        sid = self._sessions.get(ctx.device)
+        if sid is not None and sid in self._devices[ctx.device].snapshot().sessions:
+            # (a session the device has lost -- it ended, or the device is gone -- has nothing left to stop:
+            # its locked TDIs went ERROR with it)
+            stop = td.StopInterface(interface_id=self._iid(ctx.rid))
             try:
-                self._expect(ctx.rid, td.StopInterface(interface_id=self._iid(ctx.rid)), td.StopInterfaceResponse)
+                self._expect(ctx.rid, stop, td.StopInterfaceResponse)
             except InvalidState:
-                pass  # already CONFIG_UNLOCKED on a strict device (e.g. after a reset); nothing to stop
+                # refused: fine if it is CONFIG_UNLOCKED already (a strict device after a reset); a device
+                # that failed the STOP of a TDI still locked (or in ERROR) gets it once more
+                if self._still_locked(ctx.rid):
+                    with contextlib.suppress(InvalidState):
+                        self._expect(ctx.rid, stop, td.StopInterfaceResponse)
         ctx.stopped = True
         ctx.nonce = None
 
+    def _still_locked(self, rid: int) -> bool:
+        resp = self._tdisp(rid, td.GetDeviceInterfaceState(interface_id=self._iid(rid)))
+        if not isinstance(resp, td.DeviceInterfaceState):
+            return True  # no answer to trust: try the STOP again
+        return resp.tdi_state != td.TdiState.CONFIG_UNLOCKED
+
     def _free(self, ctx: _TdiCtx) -> None:
-        """TDX 'tdi free' (step 47): the TSM forgets the TDI's binding and lets go of its VM."""
+        """TDX 'tdi free' (step 47): IOMMUFD is told (its vdevice unbound, out of the CC context), the TSM
+        lets go of the VM, and forgets the binding -- in that order, so a retry after a failure resumes."""
         vm = ctx.vm
+        if vm is None:
+            return
+        self._iommufd.tdi_unbound(ctx.rid)
+        self._kvm.put_ref(vm)
         ctx.vm = ctx.virt_id = None
         ctx.started = False
-        if vm is not None:
-            self._kvm.put_ref(vm)
-            self._iommufd.tdi_unbound(ctx.rid)
 
     # ------------------------------------------------------------------ secure EPT (from KVM)
     @operation()
@@ -421,6 +518,9 @@ class Tsm(Actor):
     @operation()
     def host_tdisp(self, rid: int, request: str) -> str:
         self._check_host_may(request)
+        return self._host_send(rid, request)
+
+    def _host_send(self, rid: int, request: str) -> str:
         if request == "GET_DEVICE_INTERFACE_STATE":
             resp = self._tdisp(rid, td.GetDeviceInterfaceState(interface_id=self._iid(rid)))
         elif request == "GET_TDISP_VERSION":
@@ -429,7 +529,35 @@ class Tsm(Actor):
             resp = self._tdisp(rid, td.GetTdispCapabilities(interface_id=self._iid(rid), tsm_caps=0))
         else:
             raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            raise Busy(f"device stayed BUSY for {request} after {BUSY_RETRIES} retries")
         return type(resp).__name__
+
+    @operation()
+    def host_tdisp_submit(self, rid: int, request: str) -> None:
+        """Queue a host TDISP request for the TDI (TDX: TDH.DEVIF.REQUEST); the device answers when the host
+        collects it. At most ``max_outstanding_per_tdi`` may be outstanding: one more is -EBUSY."""
+        self._check_host_may(request)
+        if request not in _HOST_RAW:
+            raise PermissionDenied(f"{request} is sent only through bind/unbind/start, never raw")
+        ctx = self._ctx(rid)
+        if len(ctx.outstanding) >= self.profile.max_outstanding_per_tdi:
+            raise Busy(
+                f"{self.profile.title}: TDI {rid:#06x} already has {len(ctx.outstanding)} outstanding request(s) "
+                f"(at most {self.profile.max_outstanding_per_tdi})"
+            )
+        ctx.outstanding.append(request)
+
+    @operation()
+    def host_tdisp_collect(self, rid: int) -> str:
+        """Send the TDI's oldest outstanding host request and return the device's answer (TDH.DEVIF.RESPONSE)."""
+        ctx = self._ctx(rid)
+        if not ctx.outstanding:
+            raise InvalidState(f"TDI {rid:#06x} has no outstanding host request")
+        request = ctx.outstanding[0]
+        answer = self._host_send(rid, request)
+        ctx.outstanding.pop(0)
+        return answer
 
     @query
     def snapshot(self) -> TsmSnapshot:
@@ -445,6 +573,7 @@ class Tsm(Actor):
                     private_mapped=c.private_mapped,
                     trusted_dma=c.trusted_dma,
                     started=c.started,
+                    outstanding=tuple(c.outstanding),
                 )
                 for c in self._tdis.values()
             ),

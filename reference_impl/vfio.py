@@ -12,11 +12,19 @@ Once the TSM converts a function to private (bind), host mmaps are zapped and re
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
 
-from teeio_conformance.contract.errors import Busy, InvalidArgument, InvalidState, NotFound, PermissionDenied
+from teeio_conformance.contract.errors import (
+    Busy,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    StackError,
+)
 from teeio_conformance.contract.trace import Actor, Trace, operation, query
 from teeio_conformance.reference_impl.device.ide.stream import Tlp
 
@@ -117,7 +125,8 @@ class Vfio(Actor):
         Order from rules-seed A.13: detach vdev -> tsm unbind -> TDI stop -> dmabuf revoke -> unmap.
         """
         f = self._fd(fd)
-        self._iommufd.unbind_device(f.idev)
+        with contextlib.suppress(NotFound):  # gone already if an earlier close failed after this point
+            self._iommufd.unbind_device(f.idev)
         self._tsm.unbind(f.rid)  # bind..unbind stays inside the VFIO-bound lifetime (pci-tsm kdoc)
         for d in f.dmabufs:
             self.revoke_mmio_dmabuf(d)
@@ -128,6 +137,18 @@ class Vfio(Actor):
         self._private.discard(f.rid)
         self._mmaps.discard((fd, f.rid))
         del self._fds[fd]
+
+    @operation()
+    def pci_remove(self, device: str) -> None:
+        """The PCI core removes a device that went away (surprise removal): every open function of it is
+        closed as if its user had (the TDI unbound, MMIO revoked, the vdevice destroyed), then the TSM
+        disconnects it. Nothing of the device is left for anyone to use."""
+        dev = self._devices.get(device)
+        if dev is None:
+            raise NotFound(f"no device {device!r}")
+        for fd in [f.fd for f in self._fds.values() if f.device is dev]:
+            self.close_device(fd)
+        self._tsm.disconnect(device)
 
     def _fd(self, fd: int) -> _Fd:
         f = self._fds.get(fd)
@@ -286,8 +307,12 @@ class Vfio(Actor):
 
     def _recover(self, d: _Dmabuf) -> None:
         d.revoked = False
-        for att in list(d.attachments):
-            self._kvm.dmabuf_recovered(att)
+        try:
+            for att in list(d.attachments):
+                self._kvm.dmabuf_recovered(att)
+        except StackError:
+            d.revoked = True  # the importer was not told: still revoked for everyone, so a retry tells them all
+            raise
 
     def _dmabuf(self, dmabuf: int) -> _Dmabuf:
         d = self._dmabufs.get(dmabuf)

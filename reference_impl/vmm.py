@@ -4,7 +4,8 @@ Jason Gunthorpe (rules-seed A.6): userspace sequences, the kernel enforces only 
 system from crashing. So the VMM here does the corrected flow of flow.md in order -- connect,
 open the device, dmabuf + memslot, shared DMA, vIOMMU + vdevice, *then* KVM run -- answers the
 guest's GHCI calls by forwarding them to the vdevice, and at VM stop tears down vdevice, vIOMMU,
-device file, hwpt, IOAS and the VM, in that order. A VMM that misorders is what the suite hunts.
+hwpt/idev (detach, hwpt, IOAS), memslots, then the VFIO device file and the VM, in that order (flow.md's
+corrected teardown). A VMM that misorders is what the suite hunts.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class Vmm(Actor):
         have = self._viommus.get(vm)
         if have is not None and have[0] not in {o.id for o in self._iommufd.snapshot().objects}:
             del self._viommus[vm]  # the host destroyed it behind our back: build a new one
-        undo: list[Any] = []  # a refused assign leaves nothing behind
+        undo: list[Any] = []  # a refused or failed assign leaves nothing behind
         try:
             fd = self._vfio.open_device(device, rid)
             undo.append(lambda: self._vfio.close_device(fd))
@@ -103,58 +104,62 @@ class Vmm(Actor):
             bar_gpa = BAR_GPA_BASE + BAR_GPA_STRIDE * count
             memslot = self._kvm.create_memslot(vm, bar_gpa, dmabuf)
             undo.append(lambda: self._kvm.destroy_memslot(memslot))
-            fresh = vm not in self._viommus
-            viommu, hwpt, ioas = self._shared_dma(vm, idev)
-            if fresh:
-                undo.append(lambda: self._drop_viommu(vm))
+            viommu, hwpt, ioas = self._shared_dma(vm, idev, undo)
             vdevice = self._iommufd.vdevice_alloc(viommu, idev, virt_id, rid)
+            undo.append(lambda: self._iommufd.destroy(vdevice))
+            a = Assignment(
+                vm=vm,
+                device=device,
+                rid=rid,
+                virt_id=virt_id,
+                fd=fd,
+                dmabuf=dmabuf,
+                memslot=memslot,
+                bar_gpa=bar_gpa,
+                ioas=ioas,
+                hwpt=hwpt,
+                viommu=viommu,
+                vdevice=vdevice,
+            )
+            guest = self._guests.get(vm)
+            if guest is not None:
+                guest.plug(virt_id, bar_gpa, self._devices[device].bar_range(rid)[1])
         except StackError:
             for step in reversed(undo):
-                step()
+                with contextlib.suppress(StackError):
+                    step()
             raise
         self._fds[(device, rid)] = fd
-        a = Assignment(
-            vm=vm,
-            device=device,
-            rid=rid,
-            virt_id=virt_id,
-            fd=fd,
-            dmabuf=dmabuf,
-            memslot=memslot,
-            bar_gpa=bar_gpa,
-            ioas=ioas,
-            hwpt=hwpt,
-            viommu=viommu,
-            vdevice=vdevice,
-        )
         self._assignments[(vm, virt_id)] = a
-        guest = self._guests.get(vm)
-        if guest is not None:
-            guest.plug(virt_id, bar_gpa, self._devices[device].bar_range(rid)[1])
         return a
 
-    def _drop_viommu(self, vm: str) -> None:
-        viommu, hwpt, ioas = self._viommus.pop(vm)
-        for obj in (viommu, hwpt, ioas):
-            try:
-                self._iommufd.destroy(obj)
-            except StackError:
-                pass
-
-    def _shared_dma(self, vm: str, idev: int) -> tuple[int, int, int]:
-        """Steps 7-9 (shared DMA: IOAS, hwpt, attach) and 15 (one vIOMMU per VM)."""
+    def _shared_dma(self, vm: str, idev: int, undo: list[Any]) -> tuple[int, int, int]:
+        """Steps 7-9 (shared DMA: IOAS, hwpt, attach) and 15 (one vIOMMU per VM); each object made is
+        undone, in reverse, if the assignment fails later."""
         have = self._viommus.get(vm)
         if have is None:
             gfns = frozenset(range(self._private_pages, self._guest_pages))
             ioas = self._iommufd.ioas_alloc(vm, gfns)
+            undo.append(lambda: self._iommufd.destroy(ioas))
             hwpt = self._iommufd.hwpt_alloc(idev, ioas)
-            self._iommufd.attach(idev, hwpt)
+            undo.append(lambda: self._iommufd.destroy(hwpt))
+            self._attach(idev, hwpt, undo)
             viommu = self._iommufd.viommu_alloc(hwpt, vm)
+            undo.append(lambda: self._iommufd.destroy(viommu))
             have = self._viommus[vm] = (viommu, hwpt, ioas)
+            undo.append(lambda: self._viommus.pop(vm, None))
         elif idev not in self._attached:
-            self._iommufd.attach(idev, have[1])
-        self._attached.add(idev)
+            self._attach(idev, have[1], undo)
         return have
+
+    def _attach(self, idev: int, hwpt: int, undo: list[Any]) -> None:
+        self._iommufd.attach(idev, hwpt)
+        self._attached.add(idev)
+        undo.append(lambda: self._detach(idev))
+
+    def _detach(self, idev: int) -> None:
+        self._iommufd.detach(idev)
+        self._attached.discard(idev)
 
     @operation()
     def run(self, vm: str) -> None:
@@ -187,7 +192,10 @@ class Vmm(Actor):
     # ------------------------------------------------------------------ VM stop
     @operation()
     def stop_vm(self, vm: str) -> None:
-        """Stop: vdevices, then the vIOMMU, then device files, hwpt, IOAS, and finally the VM."""
+        """Stop, then tear down in flow.md's corrected order: vdevices, the vIOMMU, the shared DMA (idevs
+        detached, hwpt and IOAS destroyed), KVM's memslots (the importer lets go of the dmabufs), then the
+        VFIO device files (which end the idevs), and finally the VM. Every handle is dropped only once its
+        object is gone, so a stop that failed halfway (a firmware error below) can simply be run again."""
         state = self._kvm.vm_state(vm).value
         if state == "destroyed":
             raise InvalidState(f"{vm} is already destroyed")
@@ -195,32 +203,34 @@ class Vmm(Actor):
             self._kvm.stop(vm)
         mine = [a for a in self._assignments.values() if a.vm == vm]
         for a in mine:
-            try:
+            with contextlib.suppress(NotFound):  # tombstoned (its device file was closed under it), or gone
                 self._iommufd.destroy(a.vdevice)
-            except NotFound:
-                pass  # tombstoned: its device file was closed under it
-        have = self._viommus.pop(vm, None)
+        have = self._viommus.get(vm)
         if have is not None:
             with contextlib.suppress(NotFound):  # the host may have destroyed it already
                 self._iommufd.destroy(have[0])
+        idevs = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}
         for a in mine:
-            fd = self._fds.pop((a.device, a.rid), None)
-            if fd is not None:
-                idevs = {f: i for f, _, _, i in self._vfio.snapshot().open_fds}
-                self._attached.discard(idevs.get(fd, -1))
-                try:
-                    self._vfio.close_device(fd)
-                except NotFound:
-                    pass  # the host closed it already
-        for a in mine:
-            try:
-                self._kvm.destroy_memslot(a.memslot)
-            except NotFound:
-                pass
+            idev = idevs.get(self._fds.get((a.device, a.rid), -1))
+            if idev is not None and idev in self._attached:
+                with contextlib.suppress(NotFound, InvalidState):  # the host may have detached it
+                    self._iommufd.detach(idev)
+                self._attached.discard(idev)
         if have is not None:
             for obj in have[1:]:
                 with contextlib.suppress(NotFound):
                     self._iommufd.destroy(obj)
+            self._viommus.pop(vm, None)
+        for a in mine:
+            with contextlib.suppress(NotFound):
+                self._kvm.destroy_memslot(a.memslot)
+        for a in mine:
+            fd = self._fds.get((a.device, a.rid))
+            if fd is not None:
+                with contextlib.suppress(NotFound):  # the host closed it already
+                    self._vfio.close_device(fd)
+                self._attached.discard(idevs.get(fd, -1))
+                del self._fds[(a.device, a.rid)]
         for a in mine:
             del self._assignments[(a.vm, a.virt_id)]
         if self._kvm.vm_state(vm).value != "destroyed":  # the host may have dropped it already

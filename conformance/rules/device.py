@@ -191,6 +191,13 @@ class _Replay:
                 )
                 for r in hit:
                     self._error_event(r, "event-pf" if r != rid else "event")
+            elif e.operation == "replug" and e.ok:
+                # hot-add after a surprise removal: a power-on device, every TDI CONFIG_UNLOCKED, no session
+                for r in self.states:
+                    self.states[r] = td.TdiState.CONFIG_UNLOCKED
+                    self.last_kind[r] = "event"
+                    self.lock_session[r] = None
+                self.live_sessions.clear()
             elif e.operation == "spdm_connect" and e.ok and isinstance(e.result, int):
                 self.live_sessions.add(e.result)
             elif e.operation == "spdm_end" and e.ok:
@@ -256,6 +263,11 @@ class _Replay:
                 self.flag("TDISP-12", f"{code.name} outside a live SPDM session answered {type(resp).__name__}")
             else:
                 self.ok("TDISP-12")
+            self.last_kind[rid] = "illegal"
+            return
+        if _err(resp) == E.BUSY:
+            # not acted on (a responder past its outstanding-request limit, PCIe §11.2.3): a legal answer to
+            # any request, after which nothing may have changed -- the state table's check sees to that
             self.last_kind[rid] = "illegal"
             return
         legal = LEGAL_IN[code] | (

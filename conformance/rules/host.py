@@ -587,6 +587,7 @@ def mmio_recover_after_free(o: Observation) -> str | None:
         for att, _ in d.attachments:
             att_rid.setdefault(att, d.rid)
     states = dict(tdi_states(o.before))
+    lock_session = {f.rid: f.locked_session for d in o.before.devices for f in d.functions}
     pfs = {f.rid for d in o.before.devices for f in d.functions if f.is_pf}
     recover_seqs = {e.seq for e in recovers}
     private = {(s.vm, s.rid) for s in private_slots(o.before)}
@@ -603,6 +604,12 @@ def mmio_recover_after_free(o: Observation) -> str | None:
             trusted.add(e.arguments[0])
         elif op == ("iommu", "clear_trusted"):
             trusted.discard(e.arguments[0])
+        elif e.callee == "device" and e.ok and e.operation in ("ide_failure", "spdm_end"):
+            # the stream lost, or the session a TDI was locked over ended: locked TDIs go ERROR (PCIe §11.4.5)
+            sess = e.arguments[0] if e.operation == "spdm_end" and e.arguments else None
+            for rid in states:
+                if states[rid] in LOCKED and (sess is None or lock_session.get(rid) == sess):
+                    states[rid] = td.TdiState.ERROR
         elif e.callee == "device" and e.operation in _TRACKED_ERROR_EVENTS and e.arguments:
             hit = e.arguments[0]
             for rid in states:
@@ -644,7 +651,8 @@ def mmio_refused_unmap_is_typed(o: Observation) -> str | None:
     if not evs:
         return None
     for e in evs:
-        if e.error not in ("InvalidState", "Busy", "PermissionDenied", "NotFound"):
+        # FirmwareError: not a refusal but a failure of a component below, passed on typed (the fail-nth walk)
+        if e.error not in ("InvalidState", "Busy", "PermissionDenied", "NotFound", "FirmwareError"):
             return f"a refused revoke raised {e.error}, not a typed caller error"
     if o.before.kvm != o.after.kvm or o.before.vfio.dmabufs != o.after.vfio.dmabufs:
         if o.error is not None and isinstance(o.error, CallerError):
@@ -664,6 +672,8 @@ def dma_t1_needs_run(o: Observation) -> str | None:
         tlp_rid = None
         if parent is not None and parent.arguments:
             tlp_rid = getattr(parent.arguments[0], "requester_id", None)
+            if getattr(parent.arguments[0], "t_bit", True) is False:  # only T=1 may reach private memory
+                return f"a T=0 DMA from {tlp_rid} was written into {e.arguments[0]}'s private memory"
         if tlp_rid is None or states.get(tlp_rid) is not td.TdiState.RUN or trusted.get(tlp_rid) != e.arguments[0]:
             return f"a T=1 DMA reached {e.arguments[0]}'s private memory from {tlp_rid} not RUN/trusted"
     return HELD
@@ -1359,5 +1369,446 @@ RULES: list[Rule] = [
         "architecture 'Errors'",
         err_access_faults_typed,
         needs=Needs(snapshots=()),
+    ),
+]
+
+
+# ======================================================================================== CC vIOMMU
+# Issue 19: the CC vIOMMU as IOMMUFD state. The thread's chart puts "setup CC viommu" (step 17), "TDX
+# disable dma cb" (45) and "cb disable CC viommu" (46) in the IOMMUFD column: the vIOMMU of a confidential
+# VM takes over T=1 translation for its vdevices, and the TSM enables and disables trusted DMA through
+# IOMMUFD, which programs the IOMMU. Flow corr. 6 forbids disabling the vIOMMU while the VM runs.
+
+
+def _subtree(o: Observation, ev: Any) -> list[Any]:
+    """The events of this step nested inside ``ev`` (they follow it in sequence order, deeper than it)."""
+    out = []
+    for e in o.events:
+        if e.seq <= ev.seq:
+            continue
+        if e.depth <= ev.depth:
+            break
+        out.append(e)
+    return out
+
+
+def ccv_trusted_dma_through_iommufd(o: Observation) -> str | None:
+    """The IOMMU's T=1 translation of a TDI is enabled inside IOMMUFD's ``cc_enable_dma`` and disabled by
+    IOMMUFD (its disable callback), never programmed by the TSM or anyone else directly. Raw probes the
+    suite makes itself (caller ``harness``) are judged by the other rules."""
+    evs = [e for e in o.events if e.callee == "iommu" and e.operation in ("set_trusted", "clear_trusted") and e.ok]
+    evs = [e for e in evs if e.caller != "harness"]
+    if not evs:
+        return None
+    for e in evs:
+        if e.caller != "iommufd":
+            return f"{e.caller} programmed {e.operation} of {e.arguments[0]:#06x} in the IOMMU directly (seq {e.seq})"
+        if e.operation == "set_trusted":
+            p = o.parent(e)
+            asked = p is not None and (p.callee, p.operation) == ("iommufd", "cc_enable_dma")
+            if not asked or p.caller not in ("tsm", "harness"):  # type: ignore[union-attr]
+                return f"T=1 DMA of {e.arguments[0]:#06x} enabled outside the TSM's request to IOMMUFD (seq {e.seq})"
+    return HELD
+
+
+def ccv_trusted_under_cc_viommu(o: Observation) -> str | None:
+    """Every T=1 translation the IOMMU holds lies in the context of a live CC vIOMMU of the same VM, which
+    holds the function's bound vdevice (steps 15-17)."""
+    trusted = o.after.iommu.trusted
+    if not trusted:
+        return None
+    if o.before.iommu is o.after.iommu and o.before.iommufd is o.after.iommufd:
+        return HELD  # nothing changed since the last check, which held
+    vis = {x.id: x for x in objects(o.after, "viommu")}
+    vds = objects(o.after, "vdevice")
+    ctx = {rid: (vi, vm) for rid, vi, vm in getattr(o.after.iommu, "cc", ())}
+    for rid, vm in trusted:
+        v = next((x for x in vds if x.rid == rid and x.vm == vm and x.bound), None)
+        if v is None:
+            return f"T=1 DMA of {rid:#06x} into {vm} is enabled, but no bound vdevice of {vm} holds the function"
+        vi = vis.get(v.parent)
+        if vi is None or not getattr(vi, "cc", False):
+            return f"T=1 DMA of {rid:#06x} into {vm} is enabled under viommu {v.parent}, which is not a CC vIOMMU"
+        if ctx.get(rid) != (vi.id, vm):
+            return f"T=1 DMA of {rid:#06x} is enabled, but its T=1 context is {ctx.get(rid)}, not CC viommu {vi.id}"
+    return HELD
+
+
+def ccv_unbind_disables_dma_first(o: Observation) -> str | None:
+    """A TSM unbind of a TDI trusted for DMA calls IOMMUFD's disable callback (45), which clears the T=1
+    translation (46), before the TDI is freed (47) -- so no freed TDI, and no recovered shared MMIO
+    (48-49), ever has T=1 DMA into the VM it left."""
+    unbinds = o.ops("tsm", "unbind")
+    if not unbinds:
+        return None
+    trusted = {rid for rid, _ in o.before.iommu.trusted}
+    hits = 0
+    for e in o.events:
+        if e.callee == "iommu" and e.ok and e.operation == "set_trusted":
+            trusted.add(e.arguments[0])
+        elif e.callee == "iommu" and e.ok and e.operation == "clear_trusted":
+            trusted.discard(e.arguments[0])
+        if not (e.callee == "tsm" and e.operation == "unbind") or e.arguments[0] not in trusted:
+            continue
+        rid, hits = e.arguments[0], hits + 1
+        sub = _subtree(o, e)
+        cb = next(  # the first that succeeded: a callback that failed below may be tried again
+            (
+                x
+                for x in sub
+                if x.callee == "iommufd" and x.operation == "cc_disable_dma" and x.arguments[:1] == (rid,) and x.ok
+            ),
+            None,
+        )
+        if cb is None:
+            return f"unbind of {rid:#06x}, trusted for DMA, ran no disable-DMA callback into IOMMUFD (steps 45-46)"
+        clear = next(
+            (x for x in _subtree(o, cb) if x.callee == "iommu" and x.operation == "clear_trusted" and x.ok), None
+        )
+        if clear is None:
+            return f"IOMMUFD's disable callback for {rid:#06x} did not clear its T=1 translation (step 46)"
+        freed = next((x for x in sub if x.callee == "iommufd" and x.operation == "tdi_unbound"), None)
+        if freed is not None and freed.seq < cb.seq:
+            return f"TDI {rid:#06x} was freed (seq {freed.seq}) before its DMA was disabled (seq {cb.seq})"
+    return HELD if hits else None
+
+
+def ccv_viommu_stays_cc_while_running(o: Observation) -> str | None:
+    """The disable callback disables one vdevice's T=1 translation, never the CC vIOMMU: while its VM runs,
+    a CC vIOMMU keeps its CC state, and its other vdevices keep theirs (flow corr. 6: step 46 as drawn
+    is wrong)."""
+    cbs = o.ops("iommufd", "cc_disable_dma")
+    if not cbs:
+        return None
+    running = {v.name for v in o.after.kvm.vms if v.state.value == "running"}
+    after = {x.id: x for x in o.after.iommufd.objects}
+    for vi in objects(o.before, "viommu"):
+        now = after.get(vi.id)
+        if getattr(vi, "cc", False) and vi.vm in running and now is not None and not getattr(now, "cc", False):
+            return f"viommu {vi.id} of running {vi.vm} lost its CC state at a disable-DMA callback"
+    let_go = {e.arguments[0] for e in cbs} | {
+        e.arguments[0] for e in o.events if (e.callee, e.operation) in (("tsm", "unbind"), ("iommufd", "tdi_unbound"))
+    }
+    trusted = set(o.after.iommu.trusted)
+    for v in objects(o.before, "vdevice"):
+        if getattr(v, "trusted", False) and v.rid not in let_go and v.vm in running and v.id in after:
+            if (v.rid, v.vm) not in trusted or not getattr(after[v.id], "trusted", False):
+                return f"the disable callback for another TDI dropped the T=1 DMA of {v.rid:#06x} ({v.vm} runs)"
+    return HELD
+
+
+RULES += [
+    _r(
+        "CCV-01",
+        "trusted (T=1) DMA is enabled and disabled only through IOMMUFD's CC vIOMMU, at the TSM's request",
+        Area.DMA,
+        M,
+        f"flow steps 17, 29, 45-46 (IOMMUFD column); issue 19; {SEED}",
+        ccv_trusted_dma_through_iommufd,
+        on={"iommu.set_trusted", "iommu.clear_trusted"},
+    ),
+    _r(
+        "CCV-02",
+        "every T=1 translation lies in a CC vIOMMU's context holding the function's bound vdevice",
+        Area.DMA,
+        M,
+        f"flow steps 15-17 ('CC viommu alloc', 'setup CC viommu'); issue 19; {SEED}",
+        ccv_trusted_under_cc_viommu,
+    ),
+    _r(
+        "CCV-03",
+        "unbind disables a TDI's trusted DMA through IOMMUFD's callback before the TDI is freed",
+        Area.DOWN,
+        M,
+        f"flow steps 45-46 before 47 ('TDX disable dma cb', 'cb disable CC viommu', 'tdi free'); {SEED}",
+        ccv_unbind_disables_dma_first,
+        on={"tsm.unbind"},
+    ),
+    _r(
+        "CCV-04",
+        "the disable callback never disables the CC vIOMMU or other vdevices' T=1 DMA while the VM runs",
+        Area.FLOW,
+        M,
+        f"flow step 46 rejected, flow corr. 6 ('no disabling the viommu while the VM is running'; {SEED})",
+        ccv_viommu_stays_cc_while_running,
+        on={"iommufd.cc_disable_dma"},
+    ),
+]
+
+
+# ======================================================================================== profile data that acts
+# Issue 19: three profile fields the reference and the rules used to leave unread -- SEV-TIO's "DMA blocked
+# until the guest enables it", the outstanding-request limit per TDI, and the guest's TDISP whitelist.
+
+
+def _profile(o: Observation) -> Any:
+    from teeio_conformance.contract.profiles import PROFILES
+
+    return PROFILES.get(o.profile)
+
+
+def _dma_blocked_profiles() -> frozenset[str]:
+    from teeio_conformance.contract.profiles import PROFILES
+
+    return frozenset(p.name for p in PROFILES.values() if p.dma_blocked_until_guest_enables)
+
+
+def prof_dma_enabled_by_guest(o: Observation) -> str | None:
+    """Where the profile says DMA stays blocked until the guest enables it (SEV-TIO: RUN already at attest),
+    T=1 DMA of a TDI is enabled only inside the guest's own accept-DMA request, never with START."""
+    evs = o.ops("iommu", "set_trusted", ok=True)
+    if not evs:
+        return None
+    for e in evs:
+        asked = any(
+            (a.callee, a.operation) == ("tsm", "guest_request")
+            and getattr(a.arguments[2] if len(a.arguments) > 2 else None, "kind", "") == "accept_dma"
+            for a in o.ancestors(e)
+        )
+        if not asked:
+            return f"T=1 DMA of {e.arguments[0]:#06x} was enabled (seq {e.seq}) without the guest's accept-DMA request"
+    return HELD
+
+
+def prof_outstanding_limit(o: Observation) -> str | None:
+    """A TDI has at most the profile's number of outstanding TDISP requests (TDX: one): a host request
+    submitted beyond it is refused with -EBUSY and queues nothing."""
+    prof = _profile(o)
+    subs = o.ops("tsm", "host_tdisp_submit")
+    if prof is None or (not subs and not o.ops("tsm", "host_tdisp_collect")):
+        return None
+    limit = prof.max_outstanding_per_tdi
+    count = {t.rid: len(getattr(t, "outstanding", ())) for t in o.before.tsm.tdis}
+    for e in o.events:
+        if e.callee != "tsm" or e.operation not in ("host_tdisp_submit", "host_tdisp_collect", "disconnect"):
+            continue
+        if e.operation == "disconnect":
+            count = {t.rid: len(getattr(t, "outstanding", ())) for t in o.after.tsm.tdis}
+            continue
+        rid = e.arguments[0]
+        if e.operation == "host_tdisp_collect":
+            count[rid] = max(0, count.get(rid, 0) - (1 if e.ok else 0))
+            continue
+        full = count.get(rid, 0) >= limit
+        if full and (e.ok or e.error != "Busy"):
+            return (
+                f"a host request to TDI {rid:#06x} with {count.get(rid, 0)} outstanding (limit {limit}) gave "
+                f"{e.error or 'success'}, not Busy"
+            )
+        if e.ok:
+            count[rid] = count.get(rid, 0) + 1
+    for t in o.after.tsm.tdis:
+        if len(getattr(t, "outstanding", ())) > limit:
+            return f"TDI {t.rid:#06x} has {len(t.outstanding)} outstanding requests (limit {limit})"
+    return HELD
+
+
+def prof_guest_tdisp_whitelist(o: Observation) -> str | None:
+    """The guest originates only the TDISP requests its profile's guest whitelist names (TDX: GET_REPORT,
+    GET_STATE, START; SEV-TIO and CCA: no START); a request off the list reaches no device."""
+    prof = _profile(o)
+    reqs = [e for e in o.ops("tsm", "guest_request") if len(e.arguments) > 2]
+    if prof is None or not reqs:
+        return None
+    allowed = prof.guest_tdisp_requests
+    hits = 0
+    for e in reqs:
+        req = e.arguments[2]
+        if getattr(req, "kind", "") != "tdisp":
+            continue
+        hits += 1
+        name = bytes(getattr(req, "payload", b"")).decode("ascii", errors="replace")
+        sent = [r for x, r, _ in tdisp_exchanges(_subtree(o, e)) if r is not None]
+        if name not in allowed:
+            if e.ok or e.error != "PermissionDenied":
+                return f"the guest's {name} ({prof.name} forbids it) gave {e.error or 'success'}, not PermissionDenied"
+            if sent:
+                return f"the guest's forbidden {name} reached the device as {type(sent[0]).__name__}"
+        for r in sent:
+            if _TDISP_NAME.get(type(r).__name__) not in allowed:
+                return f"a guest request made the TSM send {type(r).__name__}, which {prof.name} forbids the guest"
+    return HELD if hits else None
+
+
+_TDISP_NAME = {
+    "GetTdispVersion": "GET_TDISP_VERSION",
+    "GetTdispCapabilities": "GET_TDISP_CAPABILITIES",
+    "LockInterface": "LOCK_INTERFACE",
+    "GetDeviceInterfaceReport": "GET_DEVICE_INTERFACE_REPORT",
+    "GetDeviceInterfaceState": "GET_DEVICE_INTERFACE_STATE",
+    "StartInterface": "START_INTERFACE",
+    "StopInterface": "STOP_INTERFACE",
+}
+
+
+RULES += [
+    _r(
+        "PROF-01",
+        "where DMA is blocked until the guest enables it, T=1 DMA is enabled only by the guest's accept-DMA",
+        Area.DMA,
+        P,
+        "flow.md platform table (SEV-TIO: 'IOMMU stays blocked until the guest enables DMA'); [AK-0522]; "
+        "rules-seed D.61; profile field dma_blocked_until_guest_enables",
+        prof_dma_enabled_by_guest,
+        profiles=_dma_blocked_profiles(),
+        on={"iommu.set_trusted"},
+    ),
+    _r(
+        "PROF-02",
+        "a TDI has at most the profile's number of outstanding TDISP requests; one more is -EBUSY",
+        Area.TDISP,
+        P,
+        "flow.md platform table ('outstanding TDISP requests: one per TDI'); PCIe §11.2.3 NUM_REQ_THIS; [TDXMOD]; "
+        "rules-seed 54 and (d); profile field max_outstanding_per_tdi",
+        prof_outstanding_limit,
+        on={"tsm.host_tdisp_submit", "tsm.host_tdisp_collect"},
+    ),
+    _r(
+        "PROF-03",
+        "the guest originates only the TDISP requests its profile's guest whitelist names",
+        Area.FLOW,
+        P,
+        "[TDXMOD] tdg_devif_request.c (the TD: GET_REPORT, GET_STATE, START); rules-seed (b), (d) 'TDISP message "
+        "whitelist'; profile field guest_tdisp_requests",
+        prof_guest_tdisp_whitelist,
+        on={"tsm.guest_request"},
+    ),
+]
+
+
+# ======================================================================================== BUSY and the TSM's retry
+# Issue 19: a responder past its outstanding-request limit answers BUSY and does nothing (PCIe §11.2.3); the
+# TSM sends the same request again, and when the device stays busy it fails the call with -EBUSY.
+
+
+def _busy(resp: Any) -> bool:
+    return isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY
+
+
+def _busy_bytes(e: Any) -> bool:
+    """A TDISP_ERROR (0x7F) answer with ERROR_CODE (offset 16, u32) BUSY, read off the raw bytes."""
+    r = e.result
+    return (
+        e.callee == "device"
+        and e.operation == "handle_vendor_message"
+        and isinstance(r, bytes | bytearray)
+        and len(r) >= 20
+        and r[1] == td.ResponseCode.TDISP_ERROR
+        and int.from_bytes(r[16:20], "little") == td.ErrorCode.BUSY
+    )
+
+
+def retry_busy(o: Observation) -> str | None:
+    """A TDISP request the device answered BUSY is sent again, unchanged, as the TSM's next message to the
+    device -- or, where the TSM gives up, the step fails with -EBUSY (Busy), not another error."""
+    if not any(_busy_bytes(e) for e in o.events):  # cheap look at the raw answers before decoding any
+        return None
+    ex = [(e, req, resp) for e, req, resp in tdisp_exchanges(o.events) if e.caller == "tsm"]
+    hits = [i for i, (_, _, resp) in enumerate(ex) if _busy(resp)]
+    if not hits:
+        return None
+    for i in hits:
+        e = ex[i][0]
+        nxt = ex[i + 1][0] if i + 1 < len(ex) else None
+        if nxt is not None and bytes(nxt.arguments[1]) == bytes(e.arguments[1]):
+            continue
+        if type(o.error).__name__ != "Busy":
+            after = "another request" if nxt is not None else "nothing"
+            return (
+                f"a request the device answered BUSY (seq {e.seq}) was followed by {after}, and the step ended in "
+                f"{type(o.error).__name__ if o.error is not None else 'success'}, not -EBUSY"
+            )
+    return HELD
+
+
+RULES += [
+    _r(
+        "RETRY-01",
+        "the TSM resends a TDISP request the device answered BUSY, or fails the call with -EBUSY",
+        Area.TDISP,
+        M,
+        "PCIe §11.2.3 (BUSY: more outstanding requests than NUM_REQ_THIS); rules-seed 54; issue 19",
+        retry_busy,
+        on={"device.handle_vendor_message"},
+    ),
+]
+
+
+# ======================================================================================== faults: firmware errors
+# Issue 19: a firmware or I/O error part-way through an operation (fail-nth, and the full-stack machine's
+# tsm_firmware_error) must not leave a TDI locked that no one holds.
+
+
+def down_no_orphan_lock(o: Observation) -> str | None:
+    """Every TDI a device holds locked (CONFIG_LOCKED or RUN) is bound to a VM in the TSM: an operation that
+    failed after LOCK (a firmware error below) unlocks again, and an unbind never forgets a TDI it could
+    not stop -- a locked TDI nobody holds can be neither used nor unbound."""
+    states = tdi_states(o.after)
+    locked = [rid for rid, s in states.items() if s in LOCKED]
+    if not locked:
+        return None
+    if o.before.devices is o.after.devices and o.before.tsm is o.after.tsm:
+        return HELD  # neither changed since the last check, which held
+    owners = bound_vm(o.after)
+    for rid in locked:
+        if owners.get(rid) is None:
+            return f"TDI {rid:#06x} is {states[rid].name} on the device, but the TSM binds it to no VM"
+    return HELD
+
+
+RULES += [
+    _r(
+        "DOWN-05",
+        "no orphan lock: every TDI locked on its device is bound to a VM in the TSM",
+        Area.DOWN,
+        M,
+        "[PCI-TSM] pci_tsm_bind/unbind; rules-seed A.16-A.18, F.80; issue 19 (fail-nth, firmware errors)",
+        down_no_orphan_lock,
+    ),
+]
+
+
+# ======================================================================================== faults: surprise removal
+# Issue 19: a device pulled from the bus. The PCI core's remove closes what VFIO had open of it and the TSM
+# disconnects it; nothing of the device may stay bound, mapped, trusted or open.
+
+
+def down_surprise_removal_converges(o: Observation) -> str | None:
+    """After the PCI core removed a device (``vfio.pci_remove``), none of its functions is open in VFIO or
+    bound in the TSM, no session to it is kept, no T=1 translation or CC context and no private or shared
+    mapping of its BARs remains, and every dmabuf of it is revoked."""
+    evs = o.ops("vfio", "pci_remove", ok=True)
+    if not evs:
+        return None
+    a = o.after
+    for e in evs:
+        name = e.arguments[0]
+        dev = next((d for d in a.devices if d.name == name), None)
+        rids = {f.rid for f in dev.functions} if dev is not None else set()
+        if any(n == name for _, n, _, _ in a.vfio.open_fds):
+            return f"{name} was removed, but VFIO still has a function of it open"
+        if any(t.rid in rids and t.vm is not None for t in a.tsm.tdis):
+            return f"{name} was removed, but the TSM still binds a TDI of it"
+        if any(d == name for d, _ in a.tsm.connected):
+            return f"{name} was removed, but the TSM keeps its session"
+        if any(r in rids for r, _ in a.iommu.trusted) or any(c[0] in rids for c in getattr(a.iommu, "cc", ())):
+            return f"{name} was removed, but a T=1 translation or CC context of it remains"
+        if any(s.rid in rids and s.mapping.value != "unmapped" for s in a.kvm.memslots):
+            return f"{name} was removed, but a memslot still maps one of its BARs"
+        if any(d.rid in rids and not d.revoked for d in a.vfio.dmabufs):
+            return f"{name} was removed, but a dmabuf of it is still valid"
+    return HELD
+
+
+RULES += [
+    _r(
+        "DOWN-06",
+        "surprise removal converges: nothing of a removed device stays open, bound, mapped or trusted",
+        Area.DOWN,
+        M,
+        "PCIe hot-plug (surprise removal); [PCI-TSM] remove -> disconnect; [VFIO-DMABUF] revoke; rules-seed "
+        "A.13, A.23, F.80; issue 19",
+        down_surprise_removal_converges,
+        on={"vfio.pci_remove"},
     ),
 ]

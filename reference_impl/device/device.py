@@ -131,6 +131,9 @@ class Device(Actor):
         self.name = name or cfg.name
         rng = random.Random(f"device/{cfg.name}/{cfg.seed}")
         self._rng = rng
+        self._busy: dict[int, int] = {}  # rid -> TDISP requests still to answer BUSY (inject_busy)
+        self._removed = False  # surprise-removed: gone from the bus until replug
+        self._entropy_failures = 0  # LOCKs still to fail for want of entropy (inject_entropy_failure)
         self.identity = DeviceIdentity(seed=cfg.seed)
         size = cfg.bar_pages * PAGE
         self._functions: dict[int, _Function] = {}
@@ -209,6 +212,8 @@ class Device(Actor):
     @operation()
     def spdm_connect(self) -> int:
         """Open an SPDM session (the real SPDM exchange is a later issue; this keeps the seam)."""
+        if self._removed:
+            raise NotFound(f"{self.name} has been removed")
         sid = self._next_session
         self._next_session += 1
         self._sessions.add(sid)
@@ -243,6 +248,8 @@ class Device(Actor):
     @operation(step=lambda protocol_id, message, **kw: _message_step(protocol_id, message))
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         """One TDISP or IDE_KM request in, its response out (None: dropped, as the spec allows)."""
+        if self._removed:
+            return None  # nothing answers on the bus any more
         if protocol_id == PROTOCOL_IDE_KM:
             if session_id is not None and session_id not in self._sessions:
                 return None
@@ -270,6 +277,9 @@ class Device(Actor):
         if session_id is None or session_id not in self._sessions:
             # TDISP is only spoken inside a secure session (PCIe §11.2.2)
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        if self._busy.get(fn.rid):
+            self._busy[fn.rid] -= 1  # past its outstanding-request limit: not acted on (PCIe §11.2.3)
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.BUSY)
         code = td.RequestCode(req.code)
         legal = self._stop_legal if code is td.RequestCode.STOP_INTERFACE else LEGAL_IN[code]
         if fn.tdi.state not in legal:
@@ -313,6 +323,9 @@ class Device(Actor):
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
         if not fn.mse:
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_DEVICE_CONFIGURATION)
+        if self._entropy_failures:
+            self._entropy_failures -= 1  # the nonce generator failed: no LOCK (PCIe §11.3.6)
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INSUFFICIENT_ENTROPY)
         tdi = fn.tdi
         tdi.nonce = self._rng.randbytes(32)
         tdi.lock_session = sid
@@ -444,6 +457,64 @@ class Device(Actor):
                 self._scrub(f)
 
     @operation()
+    def surprise_remove(self) -> None:
+        """The device is pulled from the bus without warning (surprise removal): every SPDM session ends
+        (TDIs locked over one go ERROR), the IDE stream is lost, and from now on nothing answers --
+        messages are dropped, MMIO completes with an error, no DMA goes out -- until :meth:`replug`."""
+        if self._removed:
+            raise InvalidState(f"{self.name} has been removed already")
+        for sid in sorted(self._sessions):
+            self.spdm_end(sid)
+        self.ide_failure("surprise removal")
+        self._removed = True
+
+    @operation()
+    def replug(self) -> None:
+        """The device is plugged in again (hot-add): at power-on state -- every TDI CONFIG_UNLOCKED with
+        its TEE memory scrubbed, no session, a fresh IDE stream, BARs where the config put them -- with
+        the same identity. Its START nonces keep coming from the same generator, so none repeats."""
+        if not self._removed:
+            raise InvalidState(f"{self.name} is present: nothing to plug in")
+        cfg = self.config
+        size = cfg.bar_pages * PAGE
+        for index, fn in enumerate(self._functions.values()):
+            fn.tdi = _Tdi()
+            fn.mse = fn.bme = True
+            fn.bar_base = cfg.bar_base + index * size
+            fn.mmio[PAGE:] = bytes(len(fn.mmio) - PAGE)
+        self._sessions.clear()
+        self._busy.clear()
+        self.ide = IdeStreamEndpoint(
+            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
+        )
+        self.ide_km = IdeKmResponder(
+            ports={0: {cfg.default_stream_id: self.ide}},
+            dev_func_num=0,
+            bus_num=cfg.bus,
+            segment=cfg.segment,
+            max_port_index=0,
+        )
+        self._removed = False
+
+    @operation()
+    def inject_entropy_failure(self, count: int) -> None:
+        """A fault: the device's next ``count`` LOCKs fail with INSUFFICIENT_ENTROPY (its random number
+        generator cannot produce a START nonce), changing nothing. A knob, kept out of the snapshot."""
+        if count < 0:
+            raise InvalidArgument(f"a failure count cannot be negative ({count})")
+        self._entropy_failures = count
+
+    @operation()
+    def inject_busy(self, rid: int, count: int) -> None:
+        """A fault: the TDI answers its next ``count`` TDISP requests BUSY without acting on them, as a
+        responder past its NUM_REQ_THIS may (PCIe §11.2.3). Not device state a host can see: a knob of
+        the environment, kept out of the snapshot."""
+        self._function(rid)
+        if count < 0:
+            raise InvalidArgument(f"a BUSY count cannot be negative ({count})")
+        self._busy[rid] = count
+
+    @operation()
     def poison(self, rid: int) -> None:
         """An uncorrectable data-integrity error on the function: LOCKED/RUN -> ERROR."""
         self._to_error(self._function(rid), "poisoned TLP")
@@ -476,6 +547,8 @@ class Device(Actor):
     @operation()
     def receive(self, packet: Tlp | ProtectedTlp) -> bytes:
         """A downstream request; protected ones are checked on the IDE stream first."""
+        if self._removed:
+            raise AccessFault(f"{self.name} has been removed: the request completes with an error")
         if isinstance(packet, ProtectedTlp):
             try:
                 tlp = self.ide.unprotect(packet)
@@ -489,6 +562,8 @@ class Device(Actor):
     @operation()
     def issue_dma(self, rid: int, address: int, payload: bytes, *, t_bit: bool) -> None:
         """Function ``rid`` writes ``payload`` at ``address``; T=1 goes out on the IDE stream."""
+        if self._removed:
+            raise InvalidState(f"{self.name} has been removed")
         tlp = self.make_dma(rid, address, payload, t_bit=t_bit)
         packet: Tlp | ProtectedTlp = tlp
         if t_bit:

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _progress
+from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _model, _progress
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -72,6 +72,7 @@ def _m(name: str, rule_id: str, machine: str, profile: str, description: str, **
 MUTANTS: tuple[Mutant, ...] = (
     *_host.mutants(_m),
     *_device.mutants(_m),
+    *_model.mutants(_m),
     *_liveness.mutants(_m),
     *_progress.mutants(_m),
     *_progress.session_mutants(_m),

@@ -127,7 +127,7 @@ class TsmStopBeforeUnmapCca(Tsm):
         ctx.private_mapped = mapped
         self._vfio.revoke_mmio(rid)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
+            self._iommufd.cc_disable_dma(rid)
             ctx.trusted_dma = False
         self._free(ctx)
         self._vfio.set_private(rid, False)
@@ -171,6 +171,9 @@ class TsmGuestStartsCca(Tsm):
 
     def _guest_start(self, ctx: Any, request: Any) -> None:
         self._start(ctx)
+
+    def _check_guest_may(self, request: str | None) -> None:
+        return None  # and the guest whitelist (no START on CCA) is not consulted
 
 
 class VmmGuestStartCca(Vmm):
@@ -406,7 +409,7 @@ class TsmForgetsToRevoke(Tsm):
             return
         self._stop(ctx)
         if ctx.trusted_dma:
-            self._iommu.clear_trusted(rid)
+            self._iommufd.cc_disable_dma(rid)
             ctx.trusted_dma = False
         self._free(ctx)
         self._vfio.set_private(rid, False)

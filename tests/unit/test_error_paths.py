@@ -107,6 +107,28 @@ CALLS = {
         lambda s: s.tsm.host_tdisp,
         st.tuples(rid, st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "START_INTERFACE", "LOCK_INTERFACE", "BOGUS"])),
     ),
+    "tsm.host_tdisp_submit": (
+        lambda s: s.tsm.host_tdisp_submit,
+        st.tuples(rid, st.sampled_from(["GET_DEVICE_INTERFACE_STATE", "GET_TDISP_VERSION", "STOP_INTERFACE", "BOGUS"])),
+    ),
+    "tsm.host_tdisp_collect": (lambda s: s.tsm.host_tdisp_collect, st.tuples(rid)),
+    "tsm.guest_request_tdisp": (
+        lambda s: s.tsm.guest_request,
+        st.tuples(
+            rid,
+            vm,
+            st.builds(
+                GuestRequest,
+                kind=st.just("tdisp"),
+                payload=st.sampled_from(
+                    [b"GET_DEVICE_INTERFACE_STATE", b"STOP_INTERFACE", b"START_INTERFACE", b"\xff"]
+                ),
+            ),
+        ),
+    ),
+    "iommufd.cc_enable_dma": (lambda s: s.iommufd.cc_enable_dma, st.tuples(rid, vm)),
+    "iommufd.cc_disable_dma": (lambda s: s.iommufd.cc_disable_dma, st.tuples(rid)),
+    "guest.use_shared": (lambda s: s.guests["vm1"].use_shared, st.tuples(small)),
     "tsm.connect": (lambda s: s.tsm.connect, st.tuples(st.sampled_from(["dev0", "devX"]))),
     "vmm.assign": (lambda s: s.vmm.assign, st.tuples(vm, st.sampled_from(["dev0", "devX"]), rid, small)),
     "vmm.ghci_bind": (lambda s: s.vmm.ghci_bind, st.tuples(vm, small)),
