@@ -744,7 +744,9 @@ def _write_also_broken(report_dir: str, safe: str, record: dict[str, Any], exc: 
     from teeio_conformance.conformance.rules import CATALOGUE
 
     titles = {r.id: r for r in CATALOGUE}
-    for rule_id, message in list(getattr(exc, "teeio_broken", ()))[1:]:
+    for rule_id, message in getattr(exc, "teeio_broken", ()):
+        if rule_id == record["rule_id"]:
+            continue  # the reported rule has its record already
         rule = titles.get(rule_id)
         extra = dict(
             record,

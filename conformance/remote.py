@@ -99,6 +99,10 @@ def remote_device_factory(
             trace, host, port, function_ids, secure=secure, trusted_root=trusted_root, isolate=secure, keep=kept
         )
         dev.pipelined = pipelined
+        if secure:
+            # reach the responder now (or reuse the kept mailbox): one that cannot be reached is a SUT that
+            # cannot be built (SUT-BUILD), not a device that broke a TDISP rule at its first message
+            dev._mailbox_client()
         return dev
 
     return make

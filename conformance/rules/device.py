@@ -677,7 +677,9 @@ def _idekm_progress(o: Observation) -> dict[str, str]:
         "slots": dict(base["slots"]),
         "streams": set(base["streams"]),
         "max_port": base["max_port"],
-        "sessions": set(base["sessions"]) | {x for d in o.before.devices for x in d.sessions},
+        # live sessions: from the trace (spdm_connect / spdm_end), and the snapshot's where one is offered
+        "sessions": set(base["sessions"])
+        | ({x for d in o.before.devices for x in d.sessions} if o.before is not None else set()),
     }
     for e in o.events:
         if e.callee == "device" and e.operation == "handle_vendor_message" and e.ok and e.arguments:
