@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from teeio_conformance.conformance.harness import (
+    LATE_SLACK,
     StepRunner,
     SutBroken,
     SutHang,
@@ -30,11 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_step_that_swallows_the_alarm_and_returns_late_is_a_hang():
     """A SUT that retries under ``except Exception`` catches the alarm's SutHang (an AssertionError); the
-    step then returns long after the limit. Old code: the call returned "finished" and no hang was seen."""
+    step then returns long after the limit (past the slack). Old code: the call returned "finished" and no
+    hang was seen."""
     caught = []
 
     def retries_under_except_exception() -> str:
-        deadline = time.monotonic() + 0.8
+        deadline = time.monotonic() + 0.2 + LATE_SLACK + 0.5
         while time.monotonic() < deadline:
             try:
                 time.sleep(0.05)
@@ -49,10 +51,12 @@ def test_a_step_that_swallows_the_alarm_and_returns_late_is_a_hang():
 
 def test_an_exception_raised_after_the_limit_is_a_hang_too():
     def late_error() -> None:
-        try:
-            time.sleep(1)
-        except Exception:
-            pass
+        deadline = time.monotonic() + 0.1 + LATE_SLACK + 0.5
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except Exception:
+                pass
         raise RuntimeError("gave up")
 
     with pytest.raises(SutHang, match="raised RuntimeError after"):
@@ -171,3 +175,18 @@ def test_the_watchdog_ends_a_sut_that_never_returns_after_writing_the_report(tmp
     assert "the call returned" not in proc.stdout
     assert out.read_text().startswith("the SUT never returned from never_returns")
     assert "the watchdog ended the run" in proc.stderr
+
+
+def test_a_call_just_over_its_limit_is_not_a_hang_when_the_alarm_was_lost():
+    """Scheduling noise: the alarm lands where the interpreter drops it (a gc callback) and the call ends a
+    little late. That is no hang of the SUT's -- it made the hang mutants' 0.1 s runs flaky on a loaded
+    machine (Hypothesis: FlakyStrategyDefinition)."""
+
+    def slightly_late() -> str:
+        try:
+            time.sleep(0.3)
+        except SutHang:  # what "Exception ignored in gc_callback" amounts to
+            pass
+        return "done"
+
+    assert _call(slightly_late, (), {}, 0.1) == "done"
