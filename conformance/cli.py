@@ -132,6 +132,10 @@ def _report_after_run(args: argparse.Namespace, status: int) -> int:
     from teeio_conformance.reports.model import ReportInputError, load_report_dir
     from teeio_conformance.reports.outcome import write_not_started
 
+    try:
+        os.makedirs(args.report_dir, exist_ok=True)
+    except OSError:
+        return status  # not a directory we can use: pytest's one-line usage error has said so
     profiles = ["tdx", "sev-tio", "cca"] if args.tdisp_profile == "all" else [args.tdisp_profile]
     try:
         write_not_started(

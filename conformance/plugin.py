@@ -927,14 +927,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     seen = _COVERAGE.get("reach")
     ran = {name for name, _ in _COVERAGE.get("outcomes", {})}
     if seen and ran & set(MACHINE_TESTS[1:]):  # a run of the catalogue's machines, not a unit test
-        terminalreporter.section("teeio-conformance reach (operation x target state before the step)", sep="-")
-        for line in reach.render(seen):
-            terminalreporter.write_line(line)
         missing = reach.unvisited(seen)
+        # the whole matrix when asked (-v), or when a run that passed left a reachable cell unvisited
+        if config.getoption("verbose") >= 1 or (missing and exitstatus == 0):
+            terminalreporter.section("teeio-conformance reach (operation x target state before the step)", sep="-")
+            for line in reach.render(seen):
+                terminalreporter.write_line(line)
+            if missing:
+                terminalreporter.write_line("not visited: " + ", ".join(f"{a}/{b}" for a, b in missing))
         terminalreporter.write_line(
-            f"{len(missing)} reachable cell(s) not visited"
-            + (": " + ", ".join(f"{a}/{b}" for a, b in missing) if missing else "")
-            + f"; {len(reach.UNREACHABLE)} listed as unreachable (reach.json says why)"
+            f"teeio-conformance reach: {len(seen)} cell(s) visited, {len(missing)} reachable cell(s) not visited, "
+            f"{len(reach.UNREACHABLE)} unreachable (reach.json says why)"
         )
     found = getattr(config, "_teeio_coverage", None)
     if found is None:

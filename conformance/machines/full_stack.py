@@ -644,7 +644,7 @@ class FullStack(RuleBasedStateMachine):
         """The guest names TDISP requests itself through the guest-request channel -- one its profile allows
         and one it does not (STOP) -- on a TDI bound to it (``s``'s, bound first if no TDI is):
         PROF-03. Aimed like the host binds (see :meth:`_bound_tdi`)."""
-        from teeio_conformance.reference_impl.iommufd import GuestRequest
+        from teeio_conformance.contract.guest_request import GuestRequest
 
         rid, vm = self._bound_tdi(s)
         a = next((a for a in self.run._snap.vmm.assignments if a.rid == rid and a.vm == vm), None)

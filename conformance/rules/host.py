@@ -1659,7 +1659,7 @@ RULES += [
         Area.TDISP,
         P,
         "flow.md platform table ('outstanding TDISP requests: one per TDI'); PCIe §11.2.3 NUM_REQ_THIS; [TDXMOD]; "
-        "rules-seed 54 and (d); profile field max_outstanding_per_tdi",
+        "rules-seed C.54/(d); profile field max_outstanding_per_tdi",
         prof_outstanding_limit,
         on={"tsm.host_tdisp_submit", "tsm.host_tdisp_collect"},
     ),
@@ -1668,8 +1668,8 @@ RULES += [
         "the guest originates only the TDISP requests its profile's guest whitelist names",
         Area.FLOW,
         P,
-        "[TDXMOD] tdg_devif_request.c (the TD: GET_REPORT, GET_STATE, START); rules-seed (b), (d) 'TDISP message "
-        "whitelist'; profile field guest_tdisp_requests",
+        "[TDXMOD] tdg_devif_request.c (the TD: GET_REPORT, GET_STATE, START); rules-seed (b)/(d) ('TDISP "
+        "message whitelist'); profile field guest_tdisp_requests",
         prof_guest_tdisp_whitelist,
         on={"tsm.guest_request"},
     ),
@@ -1727,7 +1727,7 @@ RULES += [
         "the TSM resends a TDISP request the device answered BUSY, or fails the call with -EBUSY",
         Area.TDISP,
         M,
-        "PCIe §11.2.3 (BUSY: more outstanding requests than NUM_REQ_THIS); rules-seed 54; issue 19",
+        "PCIe §11.2.3 (BUSY: more outstanding requests than NUM_REQ_THIS); rules-seed C.54; issue 19",
         retry_busy,
         on={"device.handle_vendor_message"},
     ),
@@ -1762,7 +1762,7 @@ RULES += [
         "no orphan lock: every TDI locked on its device is bound to a VM in the TSM",
         Area.DOWN,
         M,
-        "[PCI-TSM] pci_tsm_bind/unbind; rules-seed A.16-A.18, F.80; issue 19 (fail-nth, firmware errors)",
+        "[PCI-TSM] pci_tsm_bind/unbind; rules-seed A.16/A.17/A.18/F.80; issue 19 (fail-nth, firmware errors)",
         down_no_orphan_lock,
     ),
 ]
@@ -1807,7 +1807,7 @@ RULES += [
         Area.DOWN,
         M,
         "PCIe hot-plug (surprise removal); [PCI-TSM] remove -> disconnect; [VFIO-DMABUF] revoke; rules-seed "
-        "A.13, A.23, F.80; issue 19",
+        "A.13/A.23/F.80; issue 19",
         down_surprise_removal_converges,
         on={"vfio.pci_remove"},
     ),

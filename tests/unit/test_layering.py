@@ -80,6 +80,7 @@ CONFORMANCE_MAY_IMPORT_REFERENCE = {
     "conformance/replay.py": "a record naming one of the reference's own mutants replays without --trust-record",
     "conformance/mutation.py": "the suite's meta-test: runs the reference's mutants the way users run a SUT",
     "conformance/validator_cases.py": "probes each validator case on the reference device made to answer wrongly",
+    "conformance/fail_nth.py": "the fail-nth walk injects faults into the reference's own actors, one call at a time",
 }
 """Every conformance module outside this list must not import ``reference_impl``; keep it short."""
 
