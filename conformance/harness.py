@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import signal
 import sys
@@ -335,8 +336,13 @@ def _alarmed(
         # Only while ``fn`` runs (its frames sit on top of this one): a tick that lands in this
         # function itself -- in the ``finally`` below, before the timer is disarmed -- is ignored, or
         # it would skip the cleanup and leave a repeating alarm behind.
+        # Nor inside a gc callback or a __del__ running on top of the SUT's frames: Python would print the
+        # exception as "Exception ignored in ..." and drop it; the repeating alarm fires again after it.
+        callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         f = frame
         while f is not None and f.f_back is not here:
+            if f.f_code in callbacks or f.f_code.co_name == "__del__":
+                return
             f = f.f_back
         if f is not None or frame is None:
             raise SutHang(f"the SUT did not return from {label} within {timeout:g} s")

@@ -190,3 +190,33 @@ def test_a_call_just_over_its_limit_is_not_a_hang_when_the_alarm_was_lost():
         return "done"
 
     assert _call(slightly_late, (), {}, 0.1) == "done"
+
+
+def test_an_alarm_that_lands_in_a_gc_callback_is_not_dropped_with_a_warning():
+    """Hypothesis runs a gc callback (its gc timing) inside whatever frame allocates; an alarm landing there
+    used to raise SutHang inside the callback, which Python drops with "Exception ignored in ...". The
+    alarm now waits the callback out and the hang is reported from the SUT's own frame."""
+    import gc
+
+    dropped: list[object] = []
+    in_callback = []
+
+    def slow_callback(phase: str, info: dict) -> None:
+        if phase == "start" and not in_callback:
+            in_callback.append(True)
+            time.sleep(0.35)  # three alarm periods inside the callback
+
+    def hangs_after_a_collection() -> None:
+        gc.collect()
+        time.sleep(5)
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = dropped.append
+    gc.callbacks.append(slow_callback)
+    try:
+        with pytest.raises(SutHang):
+            _call(hangs_after_a_collection, (), {}, 0.1)
+    finally:
+        gc.callbacks.remove(slow_callback)
+        sys.unraisablehook = old_hook
+    assert in_callback and not dropped, dropped
