@@ -96,13 +96,17 @@ def remote_device_factory(
 
     def make(trace: Any, profile: str) -> RemoteDevice:
         dev = RemoteDevice(
-            trace, host, port, function_ids, secure=secure, trusted_root=trusted_root, isolate=secure, keep=kept
+            trace,
+            host,
+            port,
+            function_ids,
+            secure=secure,
+            trusted_root=trusted_root,
+            isolate=secure,
+            keep=kept,
+            connect_now=True,  # a closed port is SUT-BUILD, not a TDISP rule broken at the first message
+            pipelined=pipelined,
         )
-        dev.pipelined = pipelined
-        if secure:
-            # reach the responder now (or reuse the kept mailbox): one that cannot be reached is a SUT that
-            # cannot be built (SUT-BUILD), not a device that broke a TDISP rule at its first message
-            dev._mailbox_client()
         return dev
 
     return make

@@ -542,6 +542,8 @@ class RemoteDevice(Actor):
         trusted_root: bytes | None = None,
         isolate: bool = False,
         keep: KeptMailbox | None = None,
+        connect_now: bool = False,
+        pipelined: bool | None = None,
     ) -> None:
         super().__init__(trace)
         if mailbox not in ("one", "per-session"):
@@ -552,6 +554,8 @@ class RemoteDevice(Actor):
         # pipelined, and it is reset before the next example, so closing need not wait for session
         # ends. An unknown responder gets one request at a time and a close that waits.
         self.pipelined = self._reset_follows = own_server
+        if pipelined is not None:  # the responder said how it answers (serve-device's ready line)
+            self.pipelined = pipelined
         self.secure, self.one_mailbox, self.trusted_root = secure, mailbox == "one", trusted_root
         self.isolate = isolate
         self._keep = keep if secure and isolate and mailbox == "one" else None
@@ -570,6 +574,10 @@ class RemoteDevice(Actor):
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
         ]
+        if connect_now and secure and self.one_mailbox:
+            # reach the responder while the device is built (or reuse the kept mailbox): one that cannot be
+            # reached is a SUT that cannot be built, not a device that broke a rule at its first message
+            self._mailbox_client()
 
     @query
     def rids(self) -> tuple[int, ...]:
