@@ -139,8 +139,7 @@ def differential_cost(profile: str = "tdx") -> dict[str, float]:
     profiles.register()
     ci = settings(settings.get_profile("ci"), max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate])
     t0 = time.perf_counter()
-    with settings_profile(ci):
-        test_noninterference(make_sut, profile, 5.0)
+    test_noninterference(make_sut, profile, 5.0, ci)
     differential = time.perf_counter() - t0
     plain = type("Plain", (FullStack,), {"config": MachineConfig(factory=make_sut, profile=profile)})
     t0 = time.perf_counter()
@@ -148,21 +147,6 @@ def differential_cost(profile: str = "tdx") -> dict[str, float]:
     single = time.perf_counter() - t0
     del differential_machine
     return {"differential_s": differential, "plain_s": single, "ratio": differential / single if single else 0.0}
-
-
-class settings_profile:
-    """Load a settings object as the default for the duration (what --hypothesis-profile does)."""
-
-    def __init__(self, s: settings) -> None:
-        self.s = s
-
-    def __enter__(self) -> None:
-        settings.register_profile("_bench", self.s)
-        self.previous = settings._current_profile
-        settings.load_profile("_bench")
-
-    def __exit__(self, *exc: object) -> None:
-        settings.load_profile(self.previous or "default")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ Values that do not fit their field are refused when built: validators raise
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -435,7 +436,13 @@ def decode(data: bytes | bytearray | memoryview) -> IdeKmMessage:
         raise IdeKmDecodeError(
             f"an IDE_KM message must be bytes, got {type(data).__name__}", code=KpAckStatus.UNSUPPORTED_VALUE
         )
-    data = bytes(data)
+    return _decode_bytes(bytes(data))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_bytes(data: bytes) -> IdeKmMessage:
+    """:func:`decode` of immutable bytes, kept: a message is decoded by its sender, its receiver and several
+    rules, and every value it gives is frozen (a failure is not kept, so it is raised afresh each time)."""
     if not data:
         raise IdeKmDecodeError("empty IDE_KM message: no object ID", code=KpAckStatus.INCORRECT_LENGTH)
     oid = data[0]

@@ -23,6 +23,7 @@ expected and what it got, so a bad value can never reach the encoder.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self
@@ -820,12 +821,19 @@ def encode(msg: Request | Response) -> bytes:
     return _HEADER.pack(msg.version, msg.code, 0, iid.function_id, iid.reserved) + msg._encode_body()
 
 
-def _decode(data: bytes | bytearray | memoryview, table: dict[int, type[_Message]], what: str) -> Any:
+def _decode(data: bytes | bytearray | memoryview, what: str) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TdispDecodeError(
             f"a TDISP {what} must be bytes, got {type(data).__name__}", code=ErrorCode.INVALID_REQUEST
         )
-    data = bytes(data)
+    return _decode_bytes(bytes(data), what)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_bytes(data: bytes, what: str) -> Any:
+    """:func:`_decode` of immutable bytes, kept: a message is decoded by its sender, its receiver and several
+    rules, and every message is a frozen value (a failure is not kept, so it is raised afresh each time)."""
+    table = _REQUEST_BY_CODE if what == "request" else _RESPONSE_BY_CODE
     if len(data) < HEADER_LEN:
         raise TdispDecodeError(
             f"TDISP {what} of {len(data)} bytes is shorter than the {HEADER_LEN}-byte header",
@@ -870,11 +878,11 @@ def _version_mismatch_error(what: str, message_type: int, data: bytes) -> bool:
 
 def decode_request(data: bytes | bytearray | memoryview) -> Request:
     """A request from its bytes; :class:`TdispDecodeError` carrying the code to answer with otherwise."""
-    msg: Request = _decode(data, _REQUEST_BY_CODE, "request")
+    msg: Request = _decode(data, "request")
     return msg
 
 
 def decode_response(data: bytes | bytearray | memoryview) -> Response:
     """A response from its bytes; :class:`TdispDecodeError` otherwise."""
-    msg: Response = _decode(data, _RESPONSE_BY_CODE, "response")
+    msg: Response = _decode(data, "response")
     return msg

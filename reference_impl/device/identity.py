@@ -237,14 +237,36 @@ def make_evidence(identity: DeviceIdentity, report: bytes, nonce: bytes) -> Sign
     return attrs.evolve(unsigned, signature=identity.sign(unsigned.signed_bytes()))
 
 
-def _parse(chain: tuple[bytes, ...]) -> list[x509.Certificate]:
+@functools.lru_cache(maxsize=64)
+def _parse(chain: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
+    """The chain's certificates (kept per chain: a device presents the same chain to every attestation)."""
     try:
-        return [x509.load_der_x509_certificate(der) for der in chain]
+        return tuple(x509.load_der_x509_certificate(der) for der in chain)
     except (ValueError, TypeError) as exc:
         raise EvidenceError(f"a certificate does not parse: {exc}", reason=EvidenceFailure.MALFORMED) from None
 
 
-def _check_link(issuer: x509.Certificate, cert: x509.Certificate, depth: int, at: datetime.datetime) -> None:
+@functools.lru_cache(maxsize=256)
+def _link_signature(issuer_der: bytes, cert_der: bytes) -> str:
+    """Why ``cert_der`` is not signed by ``issuer_der``'s key ("" if it is). A pure function of the two
+    certificates' bytes, so it is kept: every attestation re-verifies the same device chain, and the ECDSA
+    verify is most of what a verification costs."""
+    issuer = x509.load_der_x509_certificate(issuer_der)
+    cert = x509.load_der_x509_certificate(cert_der)
+    key = issuer.public_key()
+    algorithm = cert.signature_hash_algorithm
+    if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
+        return "its issuer does not hold an ECDSA key"
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+    except InvalidSignature:
+        return "not signed by the certificate before it (swapped or forged)"
+    return ""
+
+
+def _check_link(
+    issuer: x509.Certificate, cert: x509.Certificate, ders: tuple[bytes, bytes], depth: int, at: datetime.datetime
+) -> None:
     """``cert`` (at ``depth`` in the chain) is issued and signed by ``issuer``, which is a CA."""
 
     def bad(why: str) -> EvidenceError:
@@ -258,14 +280,9 @@ def _check_link(issuer: x509.Certificate, cert: x509.Certificate, depth: int, at
         raise bad("its issuer is not a CA certificate")
     if cert.issuer != issuer.subject:
         raise bad(f"issuer {cert.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}")
-    key = issuer.public_key()
-    algorithm = cert.signature_hash_algorithm
-    if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
-        raise bad("its issuer does not hold an ECDSA key")
-    try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-    except InvalidSignature:
-        raise bad("not signed by the certificate before it (swapped or forged)") from None
+    why = _link_signature(*ders)
+    if why:
+        raise bad(why)
     if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
         raise bad(f"not valid at {at.isoformat()}")
 
@@ -293,10 +310,11 @@ def verify_evidence(
         raise EvidenceError(
             "the chain does not start at the trusted root (foreign root)", reason=EvidenceFailure.WRONG_ROOT
         )
+    chain = tuple(chain)
     certs = _parse(chain)
     now = at or datetime.datetime.now(datetime.UTC)
     for depth in range(1, len(certs)):
-        _check_link(certs[depth - 1], certs[depth], depth, now)
+        _check_link(certs[depth - 1], certs[depth], (chain[depth - 1], chain[depth]), depth, now)
     leaf_key = certs[-1].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(leaf_key.curve, ec.SECP384R1):
         raise EvidenceError("the device certificate does not hold a P-384 key", reason=EvidenceFailure.BAD_CHAIN)
