@@ -13,7 +13,16 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _model, _progress
+from teeio_conformance.reference_impl.mutants import (
+    _aimed,
+    _attest,
+    _device,
+    _host,
+    _leaks,
+    _liveness,
+    _model,
+    _progress,
+)
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -76,6 +85,7 @@ MUTANTS: tuple[Mutant, ...] = (
     *_liveness.mutants(_m),
     *_progress.mutants(_m),
     *_progress.session_mutants(_m),
+    *_aimed.mutants(_m),
 )
 
 
