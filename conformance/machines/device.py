@@ -118,7 +118,9 @@ class DeviceMachine(RuleBasedStateMachine):
     @recorded
     def poll(self) -> None:
         """GET_DEVICE_INTERFACE_STATE and GET_TDISP_VERSION to every TDI over the newest live session, and
-        the whole interface report of every TDI that says it is locked.
+        the whole interface report of every TDI that says it is locked -- or a report request, which must be
+        refused, of every TDI that says it is not (a derandomized search that drew no such request let a
+        device serving reports in CONFIG_UNLOCKED pass).
 
         Queries change nothing and must tell the truth, so polling is always safe -- which is why it is
         this machine's first rule (Hypothesis favours the first rule in its order: no target, fewest
@@ -135,6 +137,9 @@ class DeviceMachine(RuleBasedStateMachine):
                 td.TdiState.RUN,
             ):
                 self._report_whole(max(live), rid)
+            elif isinstance(state, td.DeviceInterfaceState):  # no report outside LOCKED/RUN (TDISP-11)
+                report = td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40)
+                self._tdisp("tdisp_report_unlocked", max(live), report)
 
     def _report_whole(self, sid: int, rid: int) -> None:
         """The whole interface report as one step, read portion by portion (GET_DEVICE_INTERFACE_REPORT
@@ -658,6 +663,43 @@ class DeviceMachine(RuleBasedStateMachine):
             )
             for name, msg in bad:
                 self._do(f"key_prog_bad_{name}", self.device.handle_vendor_message, 0, km.encode(msg), session_id=sid)
+
+    @rule()
+    @recorded
+    def ide_km_sweep(self) -> None:
+        """From every live session (connecting one and keying the stream if none is): QUERY of port 0, then of
+        the MaxPortIndex its QUERY_RESP names (validator Query.2: answered up to the maximum the device gave),
+        then the stream disabled and K_SET_STOP of every slot of both key sets (KSetStop.1-4: each acked by
+        the key owner) -- IDE-05 and IDE-04 judge the answers.
+
+        Aimed: no drawn step sent a K_SET_STOP or a QUERY above port 0, so a device that dropped every
+        K_SET_STOP, or claimed ports it then ignored, passed a whole ``ci`` run."""
+        sessions = sorted({s for d in self.run._snap.devices for s in d.sessions})
+        if not sessions:
+            sid = self._do("spdm_connect", self.device.spdm_connect)
+            if not isinstance(sid, int):
+                return
+            self._program_keys(sid, 0)
+            sessions = [sid]
+        send = self.device.handle_vendor_message
+        for sid in sessions:
+            raw = self._do("ide_km_query", send, 0, km.encode(km.Query(port_index=0)), session_id=sid)
+            try:
+                resp = km.decode(bytes(raw)) if isinstance(raw, bytes | bytearray) else None
+            except StackError:
+                resp = None
+            if isinstance(resp, km.QueryResp) and resp.max_port_index > 0:
+                top = km.Query(port_index=resp.max_port_index)
+                self._do("ide_km_query_max_port", send, 0, km.encode(top), session_id=sid)
+        self._do("ide_disable", self.device.ide_enable, False)  # over a socket: refused, and left as it is
+        self.link.disable()
+        for sid in sessions:
+            for key_set in km.KeySet:
+                for d in km.Direction:
+                    for sub in km.SubStream:
+                        slot = km.KeySubStream(key_set=key_set, direction=d, sub_stream=sub)
+                        stop = km.KSetStop(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)
+                        self._do("ide_km_k_set_stop", send, 0, km.encode(stop), session_id=sid)
 
     @rule(fn=st.integers(0, 1))
     @recorded

@@ -205,8 +205,12 @@ class _Replay:
                 for r, s in self.lock_session.items():
                     if s == e.arguments[0]:
                         self._error_event(r, "session")
-            elif (e.operation == "ide_failure" and e.ok) or (
-                e.operation == "receive" and not e.ok and "IDE" in e.message
+            elif (
+                (e.operation == "ide_failure" and e.ok)
+                or (e.operation == "receive" and not e.ok and "IDE" in e.message)
+                # clearing the stream's enable bit leaves it Insecure: a TDI locked over it goes ERROR
+                # (PCIe r6.2 §11.2; rules-seed 45)
+                or (e.operation == "ide_enable" and e.ok and e.arguments and not e.arguments[0])
             ):
                 for r in self.states:
                     self._error_event(r, "ide")

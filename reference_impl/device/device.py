@@ -122,6 +122,7 @@ class Device(Actor):
     """A TEE-IO capable PCIe device (one DSM) with a PF and ``num_vfs`` VFs, each a TDI."""
 
     actor_name = "device"
+    ide_km_class: type[IdeKmResponder] = IdeKmResponder  # the DSM's IDE_KM responder (a part, not an actor)
 
     def __init__(self, trace: Trace, config: DeviceConfig | None = None, *, name: str | None = None) -> None:
         super().__init__(trace)
@@ -148,7 +149,7 @@ class Device(Actor):
         self.ide = IdeStreamEndpoint(
             stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
         )
-        self.ide_km = IdeKmResponder(
+        self.ide_km = self.ide_km_class(
             ports={0: {cfg.default_stream_id: self.ide}},
             dev_func_num=0,
             bus_num=cfg.bus,
@@ -487,7 +488,7 @@ class Device(Actor):
         self.ide = IdeStreamEndpoint(
             stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
         )
-        self.ide_km = IdeKmResponder(
+        self.ide_km = self.ide_km_class(
             ports={0: {cfg.default_stream_id: self.ide}},
             dev_func_num=0,
             bus_num=cfg.bus,

@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import NotFound
+from teeio_conformance.reference_impl.device.device import Device
+from teeio_conformance.reference_impl.device.ide.km_responder import IdeKmResponder
 from teeio_conformance.reference_impl.kvm import Kvm, SlotMapping
 
 
@@ -27,6 +30,41 @@ class KvmMapsRevokedPrivate(Kvm):
         return len(slots)
 
 
+class _DropsKSetStop(IdeKmResponder):
+    def _go_stop(self, msg: km.KSetGo | km.KSetStop) -> bytes | None:
+        answer = super()._go_stop(msg)  # the keys are stopped all the same; only the ack is lost
+        return None if isinstance(msg, km.KSetStop) else answer
+
+
+class DeviceDropsKSetStop(Device):
+    """The device's IDE_KM responder acts on K_SET_STOP but never sends the K_GOSTOP_ACK (KSetStop.1-4):
+    the TSM cannot tell that the key set was stopped."""
+
+    ide_km_class = _DropsKSetStop
+
+
+class _ClaimsPorts(IdeKmResponder):
+    def _query(self, msg: km.Query) -> bytes | None:
+        if msg.port_index > self.max_port_index:
+            return None
+        resp = km.QueryResp(
+            port_index=msg.port_index,
+            dev_func_num=self.dev_func_num,
+            bus_num=self.bus_num,
+            segment=self.segment,
+            max_port_index=self.max_port_index + 2,
+            ide_registers=self.ide_registers,
+        )
+        return km.encode(resp)
+
+
+class DeviceClaimsPorts(Device):
+    """QUERY_RESP names a MaxPortIndex two above the ports the device has, and a QUERY of the claimed
+    highest port is dropped (validator Query.2)."""
+
+    ide_km_class = _ClaimsPorts
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     return [
         m(
@@ -37,4 +75,13 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             KvmMapsRevokedPrivate.__doc__,
             overrides={"kvm_factory": KvmMapsRevokedPrivate},
         ),
+        m(
+            "device-drops-k-set-stop",
+            "IDE-04",
+            "device",
+            "tdx",
+            DeviceDropsKSetStop.__doc__,
+            device=DeviceDropsKSetStop,
+        ),
+        m("device-claims-ports", "IDE-05", "device", "cca", DeviceClaimsPorts.__doc__, device=DeviceClaimsPorts),
     ]

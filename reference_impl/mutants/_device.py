@@ -144,6 +144,7 @@ class ReportInUnlocked(Device):
             isinstance(req, td.GetDeviceInterfaceReport)
             and fn is not None
             and fn.tdi.state is td.TdiState.CONFIG_UNLOCKED
+            and session_id in self._sessions  # only the state check is gone, not the session's
         ):
             return td.DeviceInterfaceReport(interface_id=req.interface_id, portion=b"\0" * 4, remainder_length=0)
         return super()._tdisp(message, session_id)
@@ -188,11 +189,12 @@ class CapsMissStop(Device):
 
 
 class StartFromAnySession(Device):
-    """START is accepted from any session, not only the one that locked."""
+    """START is accepted from any session, not only the one that locked (the TDI stays bound to the locking
+    session: only the START's session check is gone)."""
 
     def _on_start_interface(self, fn: Any, req: Any, sid: int) -> td.Response:
-        fn.tdi.lock_session = sid
-        return super()._on_start_interface(fn, req, sid)
+        locker = fn.tdi.lock_session
+        return super()._on_start_interface(fn, req, sid if locker is None else locker)
 
 
 class ReportRangesUnordered(Device):
