@@ -381,7 +381,8 @@ class Kvm(Actor):
                 state=v.state,
                 refs=v.refs,
                 private_pages=v.private_pages,
-                shared_memory=bytes(v.memory[v.private_pages * PAGE :]),
+                # a destroyed VM's private pages went back to the host (reclaimed): all of it is host-visible
+                shared_memory=bytes(v.memory[0 if v.state is VmState.DESTROYED else v.private_pages * PAGE :]),
                 private_digest=hash(bytes(v.memory[: v.private_pages * PAGE])),
                 secrets=tuple(v.secrets),
             )

@@ -736,8 +736,10 @@ def dma_sev_fence(o: Observation) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- CONF
-def _live_guest_secrets(snap: Any) -> list[bytes]:
-    return [s for v in snap.kvm.vms for s in v.secrets if v.state.value != "destroyed"]
+def _guest_secrets(snap: Any) -> list[bytes]:
+    """Every guest's secrets, a destroyed VM's too: its memory went back to the host, and what the guest kept
+    there must have been scrubbed before the host got it back (the confidential computing threat model)."""
+    return [s for v in snap.kvm.vms for s in v.secrets]
 
 
 def _in_shared_memory(o: Observation, now: list[bytes], before: list[bytes]) -> str | None:
@@ -762,10 +764,10 @@ def _in_shared_memory(o: Observation, now: list[bytes], before: list[bytes]) -> 
 
 
 def conf_guest_secret(o: Observation) -> str | None:
-    secrets = _live_guest_secrets(o.after)
+    secrets = _guest_secrets(o.after)
     if not secrets:
         return None
-    vm = _in_shared_memory(o, secrets, _live_guest_secrets(o.before))
+    vm = _in_shared_memory(o, secrets, _guest_secrets(o.before))
     if vm is not None:
         return f"a guest secret sits in {vm}'s shared memory"
     host = host_view(o)

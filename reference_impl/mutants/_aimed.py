@@ -65,6 +65,16 @@ class DeviceClaimsPorts(Device):
     ide_km_class = _ClaimsPorts
 
 
+class KvmDestroyNoScrub(Kvm):
+    """VM destroy hands the guest's memory back to the host without clearing it: whatever the guest kept in
+    its private pages is the host's to read once the VM is gone."""
+
+    def _destroy(self, v: Any) -> None:
+        kept = bytes(v.memory)
+        super()._destroy(v)
+        v.memory[:] = kept
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     return [
         m(
@@ -74,6 +84,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "sev-tio",
             KvmMapsRevokedPrivate.__doc__,
             overrides={"kvm_factory": KvmMapsRevokedPrivate},
+        ),
+        m(
+            "kvm-destroy-no-scrub",
+            "CONF-01",
+            "full_stack",
+            "cca",
+            KvmDestroyNoScrub.__doc__,
+            overrides={"kvm_factory": KvmDestroyNoScrub},
         ),
         m(
             "device-drops-k-set-stop",
