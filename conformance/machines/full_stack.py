@@ -843,6 +843,43 @@ class FullStack(RuleBasedStateMachine):
             self._do("guest_attest", guest.attest, slot.virt_id)
         return slot
 
+    @rule(target=slots)
+    @recorded
+    def two_functions_one_vm(self) -> Any:
+        """A fresh VM gets two functions at two virtual IDs (the host first stops the VMs holding them); its
+        guest then takes the second through bind, attest, accept and start. Each GHCI call must act on the
+        vdevice of the virtual ID the guest named (FLOW-20).
+
+        Aimed: a drawn ``assign`` seldom gave a VM a second function before it ran, and a VMM that sent
+        every guest request to the VM's first vdevice passed a whole ``ci`` run."""
+        if len(self.rids) < 2:
+            return multiple()
+        rids = self.rids[:2]
+        taken = {a.rid: a.vm for a in self.run._snap.vmm.assignments}
+        for held in sorted({taken[r] for r in rids if r in taken}):
+            self._do("vm_stop", self.stack.vmm.stop_vm, held)
+        vm = self._do("create_vm", self.stack.create_vm)
+        if vm is None:
+            return multiple()
+        self._heal_link()
+        slots: list[Slot] = []
+        for rid in rids:
+            slot = Slot(vm=str(vm), rid=rid, virt_id=VIRT_BASE + self.rids.index(rid))
+            if self._do("assign", self.stack.vmm.assign, slot.vm, self.device_name, rid, slot.virt_id) is None:
+                return multiple(*slots)
+            slots.append(slot)
+        self._do("kvm_run", self.stack.vmm.run, slot.vm)
+        guest = self.stack.guests.get(slot.vm)
+        if guest is not None:
+            for name, call in (
+                ("guest_bind", guest.connect),
+                ("guest_attest", guest.attest),
+                ("guest_accept", guest.accept),
+                ("guest_start", guest.start),
+            ):
+                self._do(name, call, slots[-1].virt_id)
+        return multiple(*slots)
+
     @rule(target=slots, fn=st.integers(0, 3))
     @recorded
     def accept_after_revoke(self, fn: int) -> Any:

@@ -13,6 +13,7 @@ from teeio_conformance.contract.errors import NotFound
 from teeio_conformance.reference_impl.device.device import Device
 from teeio_conformance.reference_impl.device.ide.km_responder import IdeKmResponder
 from teeio_conformance.reference_impl.kvm import Kvm, SlotMapping
+from teeio_conformance.reference_impl.vmm import Vmm
 
 
 class KvmMapsRevokedPrivate(Kvm):
@@ -75,6 +76,17 @@ class KvmDestroyNoScrub(Kvm):
         v.memory[:] = kept
 
 
+class VmmRoutesToFirstVdevice(Vmm):
+    """The VMM looks a GHCI call up by VM only: every request of a guest goes to the VM's first assigned
+    vdevice, whatever virtual ID the guest named (with one device per VM nothing shows)."""
+
+    def _vdev(self, vm: str, virt_id: int) -> int:
+        for (owner, _), a in sorted(self._assignments.items()):
+            if owner == vm:
+                return a.vdevice
+        raise NotFound(f"{vm} has no device at virtual ID {virt_id:#x}")
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     return [
         m(
@@ -84,6 +96,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "sev-tio",
             KvmMapsRevokedPrivate.__doc__,
             overrides={"kvm_factory": KvmMapsRevokedPrivate},
+        ),
+        m(
+            "vmm-routes-to-first-vdevice",
+            "FLOW-20",
+            "full_stack",
+            "tdx",
+            VmmRoutesToFirstVdevice.__doc__,
+            overrides={"vmm_factory": VmmRoutesToFirstVdevice},
         ),
         m(
             "kvm-destroy-no-scrub",
