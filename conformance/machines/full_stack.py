@@ -866,3 +866,22 @@ class FullStack(RuleBasedStateMachine):
             self._do("config_write_command", self.device.config_write, slot.rid, "command", 0x4)
             self._do("device_dma_t1_error", self.device.issue_dma, *dma, t_bit=True)
         return slot
+
+    # ------------------------------------------------------------------ issue 14 gaps
+    @rule(s=slots, kind=st.sampled_from(["state", "accept_mmio"]))
+    @recorded
+    def guest_request_other_vm(self, s: Slot, kind: str) -> None:
+        """A guest request for a bound TDI that names another VM than the one it is bound to (a host forging
+        the requester, or a VM reaching for a TDI it does not own): the TSM must refuse it (LIFE-15). The
+        other VM is any live one, created first if there is none. See :meth:`_bound_tdi` for which TDI."""
+        from teeio_conformance.contract.guest_request import GuestRequest
+
+        rid, vm = self._bound_tdi(s)
+        if vm is None:
+            return
+        live = [v.name for v in self.run._snap.kvm.vms if v.state.value != "destroyed" and v.name != vm]
+        other = live[0] if live else self._do("create_vm", self.stack.create_vm)
+        if not isinstance(other, str):
+            return
+        note(f"guest request {kind} for a TDI of {vm}, from {other}")
+        self._do("guest_request_other_vm", self.stack.tsm.guest_request, rid, other, GuestRequest(kind=kind))

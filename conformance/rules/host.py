@@ -348,8 +348,8 @@ def life_virt_id_unique(o: Observation) -> str | None:
 def life_tombstones(o: Observation) -> str | None:
     tomb = set(o.after.iommufd.tombstones)
     closes = o.ops("vfio", "close_device", ok=True)
-    if not tomb and not closes:
-        return None
+    if not tomb and not closes and not o.before.iommufd.tombstones:
+        return None  # (a step that lost the last tombstone is judged: issue 14)
     live = {x.id for x in o.after.iommufd.objects}
     if tomb & live:
         return f"tombstoned id(s) {sorted(tomb & live)} were reused"
