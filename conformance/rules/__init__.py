@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import attestation, device, host, ide, liveness, noninterference, reset
+from . import attestation, device, guest_checks, host, ide, liveness, noninterference, reset
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
@@ -33,6 +33,7 @@ CATALOGUE: tuple[Rule, ...] = tuple(
             *noninterference.RULES,
             *ide.RULES,
             *reset.RULES,
+            *guest_checks.RULES,
         ],
         key=lambda r: (r.area.name, r.id),
     )

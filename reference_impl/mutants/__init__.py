@@ -94,7 +94,13 @@ def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: s
     )
 
 
-MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m), *_gaps.mutants(_m))
+MUTANTS = (
+    *MUTANTS,
+    *_attest.mutants(_m, _stack_m),
+    *_leaks.mutants(_m),
+    *_gaps.mutants(_m),
+    *_gaps.stack_mutants(_stack_m),
+)
 
 
 def by_name(name: str) -> Mutant:

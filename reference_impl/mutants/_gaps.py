@@ -8,11 +8,12 @@ device's reaction to a failed receive, and IOMMU_DESTROY of a tombstone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from teeio_conformance.contract import ide_km as km
-from teeio_conformance.contract.errors import AccessFault, CodecError
+from teeio_conformance.contract.errors import AccessFault, CodecError, NotFound
 from teeio_conformance.reference_impl.device.device import Device
 from teeio_conformance.reference_impl.device.ide.km_responder import IdeKmResponder
 from teeio_conformance.reference_impl.device.ide.stream import (
@@ -21,7 +22,9 @@ from teeio_conformance.reference_impl.device.ide.stream import (
     ProtectedTlp,
     Tlp,
 )
+from teeio_conformance.reference_impl.guest import Guest
 from teeio_conformance.reference_impl.iommufd import Iommufd
+from teeio_conformance.reference_impl.stack import Stack
 from teeio_conformance.reference_impl.tsm import Tsm
 from teeio_conformance.reference_impl.vfio import Vfio
 
@@ -132,23 +135,25 @@ class VfioResetFlrFirst(Vfio):
             self._recover(self._dmabufs[d])
 
 
-class VfioCloseRevokesSilently(Vfio):
-    """Closing the device marks its dmabufs revoked in VFIO's own books but never tells the importers
-    (no move_notify): KVM keeps the closed device's BAR mapped."""
-
-    def revoke_mmio_dmabuf(self, dmabuf: int) -> None:
-        closing = getattr(self, "_closing", False)
-        if not closing:
-            return super().revoke_mmio_dmabuf(dmabuf)
-        self._revoke(self._dmabuf(dmabuf))
-        return None
+class VfioCloseRevokesBeforeUnbind(Vfio):
+    """Closing the device revokes its dmabufs first and only then drops the idev and unbinds the TDI: the TSM's
+    free (steps 47-49) then recovers them, so the closed device's dmabufs end valid and still imported."""
 
     def close_device(self, fd: int) -> None:
-        self._closing = True
-        try:
-            super().close_device(fd)
-        finally:
-            self._closing = False
+        f = self._fd(fd)
+        for d in f.dmabufs:
+            self.revoke_mmio_dmabuf(d)
+        with contextlib.suppress(NotFound):
+            self._iommufd.unbind_device(f.idev)
+        self._tsm.unbind(f.rid)
+        for d in f.dmabufs:
+            dm = self._dmabufs[d]
+            dm.orphaned = True
+            if not dm.attachments:
+                del self._dmabufs[d]
+        self._private.discard(f.rid)
+        self._mmaps.discard((fd, f.rid))
+        del self._fds[fd]
 
 
 # ------------------------------------------------------------------ LIFE-15: guest requests from the wrong VM
@@ -238,12 +243,12 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             overrides={"vfio_factory": VfioResetFlrFirst},
         ),
         m(
-            "vfio-close-revokes-silently",
+            "vfio-close-revokes-before-unbind",
             "MMIO-06",
             full,
-            "cca",
-            VfioCloseRevokesSilently.__doc__,
-            overrides={"vfio_factory": VfioCloseRevokesSilently},
+            "sev-tio",
+            VfioCloseRevokesBeforeUnbind.__doc__,
+            overrides={"vfio_factory": VfioCloseRevokesBeforeUnbind},
         ),
         m(
             "tsm-guest-request-any-vm",
@@ -268,5 +273,48 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "sev-tio",
             IommufdDestroyDropsTombstone.__doc__,
             overrides={"iommufd_factory": IommufdDestroyDropsTombstone},
+        ),
+    ]
+
+
+# ------------------------------------------------------------------ ATT-05: accept without attest
+
+
+class _TrustingGuest(Guest):
+    """A guest kernel that accepts a bound function whether or not it attested it."""
+
+    def accept(self, virt_id: int) -> None:
+        v = self._v(virt_id)
+        self._tsm.accept(virt_id)
+        v.accepted = True
+
+
+class TrustingGuestStack(Stack):
+    def create_vm(self) -> str:
+        vm = super().create_vm()
+        guest = _TrustingGuest(self.trace, vm, self.guest_tsms[vm])
+        guest._wire(self.kvm)
+        self.guests[vm] = guest
+        return vm
+
+
+def trusting_guest_factory(*, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True) -> Any:
+    """The guest accepts a function it never attested (no verified report): the reference stack otherwise."""
+    from teeio_conformance.reference_impl.device.device import DeviceConfig
+    from teeio_conformance.reference_impl.stack import StackConfig
+
+    devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
+    return TrustingGuestStack(StackConfig(profile=profile, devices=devices, trace=trace))
+
+
+def stack_mutants(stack_m: Callable[..., Any]) -> list[Any]:
+    return [
+        stack_m(
+            "guest-accepts-unattested",
+            "ATT-05",
+            "full_stack",
+            "sev-tio",
+            trusting_guest_factory.__doc__,
+            trusting_guest_factory,
         ),
     ]
