@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._model import HELD, Area, Level, Observation, Rule, make_rule
+from ._model import HELD, Area, Level, Observation, Rule, fold_history, make_rule
 from ._view import bound_vm
 
 __all__ = ["RULES"]
@@ -129,3 +129,44 @@ RULES: list[Rule] = [
         on={"tsm.guest_request"},
     ),
 ]
+
+
+def _note_ran(ran: frozenset[str], e: Any) -> frozenset[str]:
+    """The VMs that have run (a successful KVM run), until destroyed."""
+    if e.callee == "kvm" and e.ok and e.arguments:
+        if e.operation == "run":
+            return ran | {e.arguments[0]}
+        if e.operation == "destroy_vm":
+            return ran - {e.arguments[0]}
+    return ran
+
+
+def flow_import_before_run(o: Observation) -> str | None:
+    """Steps 2-6 -- open the function in VFIO, export its MMIO dmabuf, create the memslot and import the dmabuf
+    into it -- come before KVM run (step 10): the guest sees its vPCI functions from boot and enumerates them
+    (step 11) through that memslot. A VMM's dmabuf-backed memslot for a VM that has already run breaks the
+    order. Memslots the suite creates as a raw host (caller ``harness``) probe KVM, which may accept them."""
+    slots = [e for e in o.ops("kvm", "create_memslot", ok=True) if e.caller != "harness" and len(e.arguments) >= 3]
+    slots = [e for e in slots if e.arguments[2] is not None]
+    if not slots:
+        return None
+    ran: frozenset[str] = fold_history(o, "reset.ran_vms", frozenset, _note_ran)
+    for ev in o.events:
+        if ev in slots and ev.arguments[0] in ran:
+            return f"the MMIO dmabuf {ev.arguments[2]} was imported into a memslot of {ev.arguments[0]} after it ran"
+        ran = _note_ran(ran, ev)
+    return HELD
+
+
+RULES.append(
+    make_rule(
+        "FLOW-14",
+        "a function's MMIO dmabuf is exported and imported into its memslot before the VM runs",
+        Area.FLOW,
+        M,
+        "flow steps 2-6 before 10; flow corr. 1 (setup before KVM run); rules-seed A.1/B.26; issue 14 (steps 2-6 "
+        "and 11 before KVM run)",
+        flow_import_before_run,
+        on={"kvm.create_memslot"},
+    )
+)

@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import AccessFault, CodecError, NotFound
 from teeio_conformance.reference_impl.device.device import Device
@@ -27,6 +29,7 @@ from teeio_conformance.reference_impl.iommufd import Iommufd
 from teeio_conformance.reference_impl.stack import Stack
 from teeio_conformance.reference_impl.tsm import Tsm
 from teeio_conformance.reference_impl.vfio import Vfio
+from teeio_conformance.reference_impl.vmm import Vmm
 
 # ------------------------------------------------------------------ IDE-09: replay
 
@@ -274,6 +277,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             IommufdDestroyDropsTombstone.__doc__,
             overrides={"iommufd_factory": IommufdDestroyDropsTombstone},
         ),
+        m(
+            "vmm-imports-after-run",
+            "FLOW-14",
+            full,
+            "cca",
+            VmmImportsAfterRun.__doc__,
+            overrides={"vmm_factory": VmmImportsAfterRun},
+        ),
     ]
 
 
@@ -318,3 +329,19 @@ def stack_mutants(stack_m: Callable[..., Any]) -> list[Any]:
             trusting_guest_factory,
         ),
     ]
+
+
+# ------------------------------------------------------------------ FLOW-14: the memslot after KVM run
+
+
+class VmmImportsAfterRun(Vmm):
+    """At KVM run the VMM drops each function's memslot and creates it again, importing the MMIO dmabuf anew
+    after the VM started (steps 5-6 after step 10, as if it re-mapped the BARs once the guest runs)."""
+
+    def run(self, vm: str) -> None:
+        super().run(vm)
+        for key, a in list(self._assignments.items()):
+            if a.vm == vm:
+                self._kvm.destroy_memslot(a.memslot)
+                slot = self._kvm.create_memslot(vm, a.bar_gpa, a.dmabuf)
+                self._assignments[key] = attrs.evolve(a, memslot=slot)
