@@ -114,7 +114,7 @@ def _items(seq: Any, fields: Fields, path: str) -> str | None:
 def snapshot_problem(snap: Any) -> str | None:
     """The first field of ``snapshot`` that is not of the contract's shape, as a path (``devices[0].functions[1]
     .tdi_state is str 'RUN'``), or None when every part it has is well formed."""
-    devices = getattr(snap, "devices", _ABSENT)
+    devices: Any = getattr(snap, "devices", _ABSENT)
     if devices is _ABSENT or not _seq(devices):
         return f"devices is {type(devices).__name__}" if devices is not _ABSENT else "devices is missing"
     for i, d in enumerate(devices):
@@ -130,7 +130,7 @@ def snapshot_problem(snap: Any) -> str | None:
             problem = problem or _items(getattr(value, name), fields, f"{part}.{name}")
         if problem:
             return problem
-    guests = getattr(snap, "guests", _ABSENT)
+    guests: Any = getattr(snap, "guests", _ABSENT)
     if guests is not _ABSENT:
         if not _seq(guests):
             return f"guests is {type(guests).__name__}"
