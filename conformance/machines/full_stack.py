@@ -568,8 +568,8 @@ class FullStack(RuleBasedStateMachine):
     @rule(s=slots, kind=st.sampled_from(FAULTS))
     @recorded
     def fault(self, s: Slot, kind: str) -> None:
-        """A fault on one function: poisoned TLP, config-space write, FLR through VFIO (of a bound TDI: ``s``'s,
-        another, or ``s``'s once bound; see :meth:`_bound_tdi`)."""
+        """A fault on one function: poisoned TLP, config-space write, FLR through VFIO (of ``s``'s TDI if it is
+        bound or none is, else of the first bound one)."""
         if kind == "poison":
             self._do("poisoned_tlp", self.device.poison, s.rid)
         elif kind.startswith("config_write_"):
@@ -579,7 +579,8 @@ class FullStack(RuleBasedStateMachine):
         else:
             # a reset of a bound TDI: VFIO must unbind and revoke before the FLR (DOWN-07, MMIO-09); aimed, as a
             # whole ``ci`` search missed a VFIO that resets first and unbinds after
-            rid, _ = self._bound_tdi(s)
+            bound = [rid for rid, vm in bound_vm(self.run._snap).items() if vm is not None]
+            rid = s.rid if s.rid in bound or not bound else bound[0]
             if (fd := self._fd(rid)) is not None:
                 self._do("vfio_reset", self.stack.vfio.reset, fd, rid)
 
