@@ -122,20 +122,21 @@ class VfioResetNoRevoke(Vfio):
 
 
 class VfioResetFlrFirst(Vfio):
-    """VFIO_DEVICE_RESET issues the FLR first and only then unbinds the TDI and revokes (the TDI is reset while
-    it is still locked and bound)."""
+    """VFIO_DEVICE_RESET revokes the function's dmabufs and issues the FLR, and only then unbinds the TDI: the
+    TDI is reset while it is still locked and bound (its STOP comes after, from ERROR)."""
 
     def reset(self, fd: int, rid: int) -> None:
         f = self._fd(fd)
         if rid != f.rid:
             return super().reset(fd, rid)
-        f.device.flr(rid)
-        self._tsm.unbind(rid)
         revoked = [d for d in f.dmabufs if self._dmabufs[d].rid == rid and not self._dmabufs[d].revoked]
         for d in revoked:
             self.revoke_mmio_dmabuf(d)
+        f.device.flr(rid)
+        self._tsm.unbind(rid)
         for d in revoked:
-            self._recover(self._dmabufs[d])
+            if self._dmabufs[d].revoked:
+                self._recover(self._dmabufs[d])
 
 
 class VfioCloseRevokesBeforeUnbind(Vfio):
