@@ -395,6 +395,21 @@ def build_sut(factory: Callable[..., Any], timeout: float, *args: Any, **kwargs:
 _NOT_A_SNAPSHOT = (str, bytes, bytearray, int, float, bool, list, dict, tuple)
 
 
+def _misshapen(action: str, before: Any, after: Any, exc: BaseException) -> SutBroken | None:
+    """A rule failed on an untyped error reading the step's snapshots: a SUT-BROKEN naming the field when a
+    snapshot is not of the contract's shape (issue 14); None when both are well formed (the rule's own bug)."""
+    from teeio_conformance.conformance.rules._shape import snapshot_problem
+
+    for when, snap in (("before", before), ("after", after)):
+        problem = snapshot_problem(snap)
+        if problem is not None:
+            return SutBroken(
+                f"the SUT's snapshot {when} {action!r} is not of the contract's shape: {problem} "
+                f"(docs/sut-contract.md, 'Snapshot fields'); a rule reading it raised {type(exc).__name__}: {exc}"
+            )
+    return None
+
+
 class StepRunner:
     """Runs steps against one stack and checks the catalogue after each."""
 
@@ -463,7 +478,13 @@ class StepRunner:
             error=error,
             carry=self.checker.carry,
         )
-        broken = self.checker.check(obs)
+        try:
+            broken = self.checker.check(obs)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            misshapen = _misshapen(action, before, after, exc)
+            if misshapen is None:
+                raise  # a rule failing on a well-formed snapshot: the suite's own bug, not the SUT's
+            raise misshapen from exc
         _reach.record(before, events)
         if broken:
             # a liveness rule (area LIVE) says only that a lifecycle step failed, ERR-04 only that some component

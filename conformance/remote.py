@@ -48,7 +48,9 @@ REMOTE_RULES = frozenset({"TDISP-01", "TDISP-02", "TDISP-03", "TDISP-05", "TDISP
                           # the session rules, now that sessions are real SPDM sessions on the wire: IDE_KM from
                           # one session only, a session's end moving its locked TDIs to ERROR (a tracked change),
                           # and ERROR staying until STOP
-                          "IDE-01", "TDISP-08", "TDISP-09"})
+                          "IDE-01", "TDISP-08", "TDISP-09",
+                          # K_SET_GO of a slot never programmed (issue 14): IDE_KM bytes only
+                          "IDE-11"})
 # fmt: on
 
 

@@ -28,7 +28,11 @@ from teeio_conformance.strategies.messages import malformed_ide_km_requests, mal
 
 __all__ = ["DEVICE_RULES", "DeviceMachine", "DeviceMachineConfig", "DeviceStack"]
 
-DEVICE_RULES = frozenset(r.id for r in CATALOGUE if r.area.name in ("TDISP", "IDE", "ERR")) - {"IDE-06", "IDE-08"}
+DEVICE_RULES = frozenset(r.id for r in CATALOGUE if r.area.name in ("TDISP", "IDE", "ERR")) - {
+    "IDE-06",
+    "IDE-08",
+    "IDE-10",
+}
 IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
 FAULTS = ("poison", "config_write_command", "config_write_bar0", "config_write_msix_control", "ide_failure")
 
@@ -94,12 +98,16 @@ class DeviceMachine(RuleBasedStateMachine):
         self.nonces: dict[int, bytes] = {}
         self.locked_by: dict[int, int] = {}  # rid -> the session of our last successful LOCK
         self._key_counter = 0
+        self._programmed_sets: set[int] = set()  # key sets this example sent KEY_PROGs for (go_unprogrammed)
         self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
 
     def teardown(self) -> None:
         self.run.finish()
-        states = [f.tdi_state for d in self.run._snap.devices for f in d.functions]
-        score(float(sum(s.value for s in states)), label="sum of TDI states")
+        try:
+            total = sum(f.tdi_state.value for d in self.run._snap.devices for f in d.functions)
+        except (AttributeError, TypeError):  # a SUT's odd snapshot must not crash the machine's own teardown
+            total = 0
+        score(float(total), label="sum of TDI states")
 
     def _do(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result, error = self.run.step(action, fn, *args, **kwargs)
@@ -235,6 +243,10 @@ class DeviceMachine(RuleBasedStateMachine):
         self._program_keys(sid, key_set)
 
     def _program_keys(self, sid: int, key_set: int) -> None:
+        self._programmed_sets.add(key_set)
+        self._program_keys_now(sid, key_set)
+
+    def _program_keys_now(self, sid: int, key_set: int) -> None:
         """QUERY, KEY_PROG x6, K_SET_GO x6 and stream enable, as one TSM step.
 
         The machine keeps the root port's side of the stream (``self.link``): every key the device
@@ -721,3 +733,44 @@ class DeviceMachine(RuleBasedStateMachine):
         if isinstance(sid, int):
             note("STOP over a session other than the locking one")
             self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=td.InterfaceId(function_id=f.rid)))
+
+    # ------------------------------------------------------------------ IDE gaps (issue 14)
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def replayed_tlp(self, fn: int) -> None:
+        """An IDE-protected T=0 read of ``fn``'s registers, then the very same packet again (a replay on the
+        wire): the device must take the first and refuse the second as an integrity failure (IDE-09). Over a
+        Secure link, brought up first (session, keys) if there is none."""
+        if self.link.state is not StreamState.SECURE:
+            if self._bring_up(fn % len(self.rids), "keyed") is None or self.link.state is not StreamState.SECURE:
+                return
+        rid = self.rids[fn % len(self.rids)]
+        base, _ = self.device.bar_range(rid)
+        tlp = Tlp(
+            kind="MRd", requester_id=rid, address=base, t_bit=False, payload=(4).to_bytes(4, "little"), stream_id=0
+        )
+        packet = self.link.protect(tlp)
+        self._do("protected_register_read", self.device.receive, packet)
+        note("the same protected TLP again (replayed)")
+        self._do("protected_register_read_replayed", self.device.receive, packet)
+
+    @rule(direction=st.sampled_from([0, 1]), sub=st.sampled_from([0, 1, 2]))
+    @recorded
+    def go_unprogrammed(self, direction: int, sub: int) -> None:
+        """K_SET_GO of a slot of a key set this example never programmed, over every live session (one opened
+        if there is none): no KEY_PROG filled it, so no K_GOSTOP_ACK may come back (IDE-11)."""
+        fresh = [k for k in (1, 0) if k not in self._programmed_sets]
+        if not fresh:
+            return
+        sessions = sorted({s for d in self.run._snap.devices for s in d.sessions})
+        if not sessions:
+            sid = self._do("spdm_connect", self.device.spdm_connect)
+            if not isinstance(sid, int):
+                return
+            sessions = [sid]
+        slot = km.KeySubStream(
+            key_set=km.KeySet(fresh[0]), direction=km.Direction(direction), sub_stream=km.SubStream(sub)
+        )
+        msg = km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0))
+        for sid in sessions:
+            self._do("k_set_go_unprogrammed", self.device.handle_vendor_message, 0, msg, session_id=sid)

@@ -14,6 +14,7 @@ other rules start from deep states.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from hypothesis import strategies as st
@@ -241,3 +242,27 @@ class HostLifetimes(RuleBasedStateMachine):
     @recorded
     def destroy_vm(self, vm: int) -> None:
         self._do("kvm_destroy", self.stack.kvm.destroy_vm, self._vm(vm))
+
+    # ------------------------------------------------------------------ issue 14: the last tombstone
+    @rule()
+    @recorded
+    def destroy_tombstone(self) -> None:
+        """IOMMU_DESTROY of a tombstoned ID: -ENOENT, and the tombstone stays until the iommufd closes (LIFE-04).
+        With no tombstone, one is made first: a VFIO close of a function whose vdevice lives.
+
+        Aimed: ``misuse`` hands any ID ever seen to IOMMU_DESTROY, and in a ``ci`` run it met the only
+        tombstone too seldom to catch an iommufd that lets the destroy free it."""
+        if self.run._snap.iommufd.closed:
+            return
+        if not self.run._snap.iommufd.tombstones:
+            if not self._objs("vdevice"):
+                inspect.unwrap(HostLifetimes.build_topology)(self)
+            vds = self._objs("vdevice")
+            fd = self._fd_of(vds[0].rid) if vds else None
+            if fd is None:
+                return
+            self._do("vfio_close", self.stack.vfio.close_device, fd)
+        tombs = self.run._snap.iommufd.tombstones
+        if tombs:
+            note("IOMMU_DESTROY of a tombstone")
+            self._do("iommu_destroy_tombstone", self.stack.iommufd.destroy, int(tombs[0]))

@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import attestation, device, host, liveness, noninterference, routing
+from . import attestation, device, guest_checks, host, ide, liveness, noninterference, reset, routing
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
@@ -25,7 +25,17 @@ __all__ = [
 
 CATALOGUE: tuple[Rule, ...] = tuple(
     sorted(
-        [*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES, *noninterference.RULES, *routing.RULES],
+        [
+            *host.RULES,
+            *device.RULES,
+            *liveness.RULES,
+            *attestation.RULES,
+            *noninterference.RULES,
+            *ide.RULES,
+            *reset.RULES,
+            *guest_checks.RULES,
+            *routing.RULES,
+        ],
         key=lambda r: (r.area.name, r.id),
     )
 )

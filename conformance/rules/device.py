@@ -900,9 +900,14 @@ def ide_session_end_insecure(o: Observation) -> str | None:
 
 
 def ide_integrity_failure(o: Observation) -> str | None:
+    # the state-table replay blames a locked TDI left out of ERROR after an IDE failure on this rule: report
+    # it here (issue 14: the model computed that mismatch, and no rule read it)
+    blamed = _final_mismatch(o).get("IDE-03") if any(e.callee == "device" for e in o.events) else None
+    if blamed:
+        return blamed
     bad = [e for e in o.events if not e.ok and "IDE" in e.message and e.operation in ("receive", "dma")]
     if not bad:
-        return None
+        return HELD if o.ops("device", "ide_failure", ok=True) else None
     for e in bad:
         if e.callee == "device" and all(d.stream_state == "SECURE" for d in o.after.devices):
             return "a TLP failed IDE integrity but the device's stream stayed Secure"

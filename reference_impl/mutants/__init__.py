@@ -17,6 +17,7 @@ from teeio_conformance.reference_impl.mutants import (
     _aimed,
     _attest,
     _device,
+    _gaps,
     _host,
     _leaks,
     _liveness,
@@ -95,7 +96,13 @@ def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: s
     )
 
 
-MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m))
+MUTANTS = (
+    *MUTANTS,
+    *_attest.mutants(_m, _stack_m),
+    *_leaks.mutants(_m),
+    *_gaps.mutants(_m),
+    *_gaps.stack_mutants(_stack_m),
+)
 
 
 def by_name(name: str) -> Mutant:
