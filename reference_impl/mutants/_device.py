@@ -154,7 +154,7 @@ class MalformedGetsSilence(Device):
     """A request with a wrong TDISP version is answered with a success-shaped garbage message."""
 
     def _tdisp(self, message: bytes, session_id: int | None) -> td.Response:
-        if message and message[0] != td.TDISP_VERSION_1_0:
+        if message and message[0] >> 4 != td.TDISP_VERSION_1_0 >> 4:  # not 1.x: malformed (1.1 is still 1.x)
             return td.DeviceInterfaceState(interface_id=td.InterfaceId(function_id=0), tdi_state=td.TdiState.RUN)
         return super()._tdisp(message, session_id)
 
