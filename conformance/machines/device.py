@@ -93,6 +93,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self.rids = list(self.device.rids())
         self.nonces: dict[int, bytes] = {}
         self.locked_by: dict[int, int] = {}  # rid -> the session of our last successful LOCK
+        self.ended: set[int] = set()  # sessions this machine ended (they stay drawable: the device must refuse)
         self._key_counter = 0
         self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
 
@@ -106,7 +107,21 @@ class DeviceMachine(RuleBasedStateMachine):
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
+    def _gone(self, sid: int | None) -> bool:
+        """Can no message go over ``sid`` any more? Only for a responder without secure sessions
+        (``--device-plaintext``), where a session is its connection: once the machine ended it, nothing can
+        be sent "over" it, and nothing outside a session is possible either. In process, and inside secure
+        sessions, a message over an ended session reaches the device as one outside any session, which it
+        must refuse (TDISP-12), so it is sent."""
+        return sid in self.ended and not getattr(self.device, "secure", True)
+
+    def _end(self, sid: int) -> None:
+        self.ended.add(sid)
+        self._do("spdm_end", self.device.spdm_end, sid)
+
     def _tdisp(self, action: str, sid: int | None, msg: Any) -> Any:
+        if self._gone(sid):
+            return None
         raw = self._do(action, self.device.handle_vendor_message, 1, td.encode(msg), session_id=sid)
         try:
             return td.decode_response(raw) if raw is not None else None
@@ -141,6 +156,8 @@ class DeviceMachine(RuleBasedStateMachine):
         with OFFSET moving on while REMAINDER_LENGTH is not 0, PCIe §11.3.10-§11.3.11), so the rules can
         put it back together and judge its content (TDISP-16) whatever portion size the device serves."""
         iid = td.InterfaceId(function_id=rid)
+        if self._gone(sid):
+            return
 
         def go() -> None:
             offset = 0
@@ -222,7 +239,22 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(sid=sessions)
     @recorded
     def end_session(self, sid: int) -> None:
-        self._do("spdm_end", self.device.spdm_end, sid)
+        self._end(sid)
+
+    @rule(running=st.booleans())
+    @recorded
+    def end_locking_session(self, running: bool) -> None:
+        """END_SESSION of the session that locked a TDI in RUN (``running``) or CONFIG_LOCKED (brought there
+        first if none is): the TDI must go to ERROR (TDISP-09; PCIe §11.4.5 -- the session that bound it is
+        gone) and stay there until a STOP (TDISP-08), whatever comes over the other sessions.
+
+        Aimed: with ``end_session`` drawing any session, the locking one while its TDI is still locked, a
+        ``ci`` search over the socket (where config writes, FLR and TLPs cannot reach the device, so a
+        session's end is the only tracked change) reached neither rule."""
+        f = self._locked_tdi(running)
+        if f is not None:
+            note(f"END_SESSION of the session that locked a {f.tdi_state.name} TDI")
+            self._end(f.locked_session)
 
     @rule(sid=sessions, key_set=st.sampled_from([0, 1]))
     @recorded
@@ -235,6 +267,8 @@ class DeviceMachine(RuleBasedStateMachine):
         The machine keeps the root port's side of the stream (``self.link``): every key the device
         acknowledges is programmed there for the opposite direction, so the machine can send the device
         IDE-protected TLPs -- and tampered ones."""
+        if self._gone(sid):
+            return
 
         def go() -> None:
             send = self.device.handle_vendor_message
@@ -484,12 +518,16 @@ class DeviceMachine(RuleBasedStateMachine):
         """Malformed TDISP bytes. The drawn bytes are recorded as ``raw_hex`` (replacing the draw), so a
         failure record replays the very bytes that failed."""
         raw = self._malformed_bytes(data, raw_hex, malformed_tdisp_requests(valid_function_ids=tuple(self.rids)), sid)
+        if self._gone(sid):
+            return
         self._do("malformed_tdisp", self.device.handle_vendor_message, 1, raw, session_id=sid)
 
     @rule(sid=sessions, data=st.data())
     @recorded
     def malformed_ide_km(self, sid: int, data: Any = None, raw_hex: str | None = None) -> None:
         raw = self._malformed_bytes(data, raw_hex, malformed_ide_km_requests(), sid)
+        if self._gone(sid):
+            return
         self._do("malformed_ide_km", self.device.handle_vendor_message, 0, raw, session_id=sid)
 
     def _malformed_bytes(self, data: Any, raw_hex: str | None, strategy: Any, sid: int) -> bytes:

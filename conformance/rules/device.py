@@ -205,6 +205,10 @@ class _Replay:
                 for r, s in self.lock_session.items():
                     if s == e.arguments[0]:
                         self._error_event(r, "session")
+                    elif s is not None and self.states.get(r) in LOCKED:
+                        # the end of a session that did not lock this TDI is no tracked change for it (only
+                        # its binding session's end is, PCIe §11.4.5): a move now is TDISP-09's to judge
+                        self.last_kind.setdefault(r, "other-session-end")
             elif (e.operation == "ide_failure" and e.ok) or (
                 e.operation == "receive" and not e.ok and "IDE" in e.message
             ):
@@ -554,6 +558,7 @@ def _final_mismatch(o: Observation) -> dict[str, str]:
             "STOP_INTERFACE": "TDISP-07",
             "event": "TDISP-09",
             "session": "TDISP-09",
+            "other-session-end": "TDISP-09",
             "ide": "IDE-03",
             "event-pf": "TDISP-10",
         }.get(kind or "", "TDISP-08")
@@ -1011,10 +1016,11 @@ RULES: list[Rule] = [
     ),
     _r(
         "TDISP-09",
-        "tracked changes (config write, FLR, poison, session end) move LOCKED/RUN to ERROR",
+        "tracked changes (config write, FLR, poison, the locking session's end) move LOCKED/RUN to ERROR; "
+        "another session's end does not",
         Area.TDISP,
         M,
-        f"{PCIE}.2, §11.4.6, §11.4.9; rules-seed C.42/C.44",
+        f"{PCIE}.2, §11.4.5, §11.4.6, §11.4.9; rules-seed C.42/C.44",
         _rule_check("TDISP-09"),
         on=_DEV,
     ),

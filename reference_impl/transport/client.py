@@ -565,6 +565,7 @@ class RemoteDevice(Actor):
         self.pf_rid = self.function_ids[0]
         self._mailbox: EmuClient | None = None
         self._sessions: dict[int, tuple[EmuClient, int | None]] = {}  # our ID -> (connection, SPDM session)
+        self._ended: set[int] = set()  # our IDs of sessions that have ended
         self._next = 1
         self._states: dict[int, td.TdiState] = {f: td.TdiState.CONFIG_UNLOCKED for f in self.function_ids}
         self._observer: tuple[EmuClient, int | None] | None = None  # its own session, for state queries only
@@ -641,6 +642,7 @@ class RemoteDevice(Actor):
         entry = self._sessions.pop(session_id, None)
         if entry is None:
             raise NotFound(f"no SPDM session {session_id}")
+        self._ended.add(session_id)
         self._release(*entry)
 
     @operation()
@@ -662,6 +664,10 @@ class RemoteDevice(Actor):
         if session_id is None:
             if not self.secure:
                 raise NotFound("no SPDM session given, and without secure sessions every message needs one")
+            client, spdm_sid = self._clear_client(), None
+        elif session_id in self._ended and self.secure:
+            # a session that has ended has no keys left to seal with: to the device, a message over it is one
+            # outside any session (in the clear), which it must refuse (PCIe §11.2.2, §6.33.3)
             client, spdm_sid = self._clear_client(), None
         else:
             entry = self._sessions.get(session_id)
