@@ -15,9 +15,12 @@ inside an SPDM secure session (the server's default).
 
 The headline since secure sessions: the device machine's TDISP / IDE_KM messages per second against an
 external ``serve-device`` process (``--device-at`` style: one kept mailbox connection, sessions ended
-and TDIs stopped between examples; the snapshot's state queries ride pipelined behind each message and
-are not counted), as a ratio of that same process's raw request rate (one GET_DEVICE_INTERFACE_STATE
-at a time inside one session). The two are measured in alternating rounds
+and TDIs stopped between examples, in one round trip; the snapshot's state queries ride pipelined behind
+the first message of a step, or FINISH / END_SESSION, else go out once when the step ends, and are not
+counted), as a ratio of that same process's raw request rate (one GET_DEVICE_INTERFACE_STATE at a time
+inside one session). A second ratio counts the sessions' own messages too (KEY_EXCHANGE, FINISH,
+END_SESSION, KEY_UPDATE: requests the machine's steps make the responder answer); every request the
+process wrote is split by kind in the result file. The two rates are measured in alternating rounds
 and the ratio is the median of the rounds' ratios: on a shared machine the load moves within seconds,
 and only measurements taken side by side compare. Target: >= 50%.
 

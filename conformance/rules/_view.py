@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
+from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Event
@@ -60,6 +62,27 @@ def private_slots(snap: Any) -> list[Any]:
     return [s for s in snap.kvm.memslots if s.mapping.value == "private"]
 
 
+# Decoding is pure and the decoded messages are frozen values, so one decode serves every rule that reads the
+# same bytes (an IDE_KM message was decoded some eight times per step, once per rule and history fold). A
+# decode that fails is not kept: it raises again, the same error, for every caller.
+@functools.lru_cache(maxsize=8192)
+def decode_td_request(raw: bytes) -> Any:
+    """:func:`td.decode_request`, kept per byte string."""
+    return td.decode_request(raw)
+
+
+@functools.lru_cache(maxsize=8192)
+def decode_td_response(raw: bytes) -> Any:
+    """:func:`td.decode_response`, kept per byte string."""
+    return td.decode_response(raw)
+
+
+@functools.lru_cache(maxsize=8192)
+def decode_km(raw: bytes) -> Any:
+    """:func:`km.decode`, kept per byte string."""
+    return km.decode(raw)
+
+
 def tdisp_exchanges(events: list[Event] | Any) -> Iterator[tuple[Event, Any, Any]]:
     """(event, decoded request or None, decoded response or None) for each TDISP message to a device."""
     for e in events:
@@ -68,13 +91,13 @@ def tdisp_exchanges(events: list[Event] | Any) -> Iterator[tuple[Event, Any, Any
         if e.arguments[0] != 1:
             continue
         try:
-            req = td.decode_request(bytes(e.arguments[1]))
+            req = decode_td_request(bytes(e.arguments[1]))
         except StackError:
             req = None
         resp = None
         if e.ok and isinstance(e.result, bytes | bytearray):
             try:
-                resp = td.decode_response(bytes(e.result))
+                resp = decode_td_response(bytes(e.result))
             except StackError:
                 resp = None
         yield e, req, resp

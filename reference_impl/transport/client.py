@@ -329,6 +329,25 @@ class EmuClient:
             self.requester.forget(session_id)
         return then_answers
 
+    def end_sessions_after(self, then: list[tuple[int, bytes, int | None]], session_ids: list[int]) -> None:
+        """``then``'s vendor requests, then END_SESSION of every session in ``session_ids``: all written at
+        once and answered in order, one round trip (only for a responder that answers a connection's frames
+        in order, see :meth:`send_many`). Answers are not judged -- this is clean-up between examples -- and
+        every session's keys are gone afterwards whatever the answers; a broken stream raises."""
+        try:
+            ends = [(sid, self.requester.end_session(sid)) for sid in session_ids]
+            frames = [*self._vendor_frames(then), *(self._sealed(sid, request) for sid, request in ends)]
+            payloads = self._pipeline(frames)
+            self._vendor_answers(then, payloads[: len(then)])
+            for (sid, _request), payload in zip(ends, payloads[len(then) :], strict=True):
+                try:
+                    self.requester.on_end_session_ack(sid, self._unseal(sid, payload, "END_SESSION"))
+                except StackError:
+                    pass
+        finally:
+            for sid in session_ids:
+                self.requester.forget(sid)
+
     def key_update(self, session_id: int, op: sp.KeyUpdateOp = sp.KeyUpdateOp.UPDATE_ALL_KEYS, tag: int = 0) -> None:
         """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17); an update is followed by
         VerifyNewKey under the new keys, as the spec's flow has it (libspdm refuses a second update before)."""
@@ -921,6 +940,8 @@ class RemoteDevice(Actor):
         """Leave the responder as the next example must find it, without a fresh process: STOP every TDI
         that is not CONFIG_UNLOCKED (over its locking session, else the observer's), then END_SESSION every
         session, which drops the key owner and every session binding (PCIe §11.3.16, §11.4.5)."""
+        if self._isolate_in_one_round():
+            return
         if self._observer is not None and not self._observer[0].unusable:
             client, spdm_sid = self._observer
             for fid in self.function_ids:
@@ -946,6 +967,38 @@ class RemoteDevice(Actor):
         self._locked_by.clear()
         if kept:
             self._mailbox = None  # handed on to the next example, with its observer session
+
+    def _isolate_in_one_round(self) -> bool:
+        """:meth:`_isolate` as one round trip -- the same STOPs, then the same END_SESSIONs, written at once --
+        when every session lives on the one mailbox and the responder answers its frames in order. False
+        (nothing sent) otherwise."""
+        mailbox, observer = self._mailbox, self._observer
+        if not self.pipelined or mailbox is None or mailbox.unusable or observer is None or observer[0] is not mailbox:
+            return False
+        if any(client is not mailbox for client, _ in self._sessions.values()) or observer[1] is None:
+            return False
+        stops = []
+        for fid in self.function_ids:
+            if self._states.get(fid) is td.TdiState.CONFIG_UNLOCKED and self._snap is not None:
+                continue
+            owner = self._sessions.get(self._locked_by.get(fid, -1))
+            via_sid = owner[1] if owner is not None else observer[1]
+            stops.append((1, td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid))), via_sid))
+        kept = self._keep is not None
+        ends = [sid for _, sid in self._sessions.values() if sid is not None and sid in mailbox.requester.sessions]
+        if not kept and observer[1] in mailbox.requester.sessions:
+            ends.append(observer[1])
+        self.isolation += len(stops)
+        try:
+            mailbox.end_sessions_after(stops, ends)
+        except StackError:
+            pass
+        self._sessions.clear()
+        self._observer = None
+        self._locked_by.clear()
+        if kept and not mailbox.unusable:
+            self._mailbox = None  # handed on to the next example, with its observer session
+        return True
 
     @operation()
     def close(self) -> None:
