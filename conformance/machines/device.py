@@ -271,30 +271,38 @@ class DeviceMachine(RuleBasedStateMachine):
             return
 
         def go() -> None:
-            send = self.device.handle_vendor_message
-            send(0, km.encode(km.Query(port_index=0)), session_id=sid)
             slots = [
                 km.KeySubStream(key_set=km.KeySet(key_set), direction=d, sub_stream=s)
                 for d in km.Direction
                 for s in km.SubStream
             ]
-            for slot in slots:
+            keys = []
+            for _slot in slots:
                 self._key_counter += 1
-                key = self._key_counter.to_bytes(4, "little") * 8
-                raw = send(
-                    0,
-                    km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV)),
-                    session_id=sid,
-                )
+                keys.append(self._key_counter.to_bytes(4, "little") * 8)
+            requests = [
+                km.encode(km.Query(port_index=0)),
+                *(
+                    km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV))
+                    for slot, key in zip(slots, keys, strict=True)
+                ),
+                *(km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)) for slot in slots),
+            ]
+            # none of these requests depends on another's answer: a device that takes several at once (over a
+            # socket, in one round trip) gets them so, each still a crossing of its own; else one by one
+            batch = getattr(self.device, "handle_vendor_messages", None)
+            if batch is not None:
+                answers = list(batch(tuple((0, r) for r in requests), session_id=sid))
+            else:
+                answers = [self.device.handle_vendor_message(0, r, session_id=sid) for r in requests]
+            progs, gos = answers[1 : 1 + len(slots)], answers[1 + len(slots) :]
+            for slot, key, raw in zip(slots, keys, progs, strict=True):
                 if _acked(raw):
                     mirror = km.KeySubStream(
                         key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
                     )
                     self.link.program_key(mirror, key, IV)
-            for slot in slots:
-                raw = send(
-                    0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)), session_id=sid
-                )
+            for slot, raw in zip(slots, gos, strict=True):
                 mirror = km.KeySubStream(
                     key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
                 )

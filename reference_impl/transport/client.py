@@ -644,6 +644,7 @@ class RemoteDevice(Actor):
         self._plain: EmuClient | None = None  # messages in the clear, when each session has its own connection
         self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
         self._fresh = True  # no message sent since the last snapshot (the next may carry its state queries)
+        self._prefetched: collections.deque[bytes | TransportError] | None = None  # a batch's answers, in order
         self._locked_by: dict[int, int] = {}  # TDI -> the session whose LOCK_INTERFACE it accepted last
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
@@ -766,22 +767,89 @@ class RemoteDevice(Actor):
             raise NotFound(f"no live secure SPDM session {session_id}")
         entry[0].key_update(entry[1])
 
-    @operation()
-    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
-        self._snap = None  # the device may change state from here on
+    def _route(self, session_id: int | None) -> tuple[EmuClient, int | None]:
+        """The connection and SPDM session a message for our session ``session_id`` goes over."""
         if session_id is None:
             if not self.secure:
                 raise NotFound("no SPDM session given, and without secure sessions every message needs one")
-            client, spdm_sid = self._clear_client(), None
-        elif session_id in self._ended and self.secure:
+            return self._clear_client(), None
+        if session_id in self._ended and self.secure:
             # a session that has ended has no keys left to seal with: to the device, a message over it is one
             # outside any session (in the clear), which it must refuse (PCIe §11.2.2, §6.33.3)
-            client, spdm_sid = self._clear_client(), None
-        else:
-            entry = self._sessions.get(session_id)
-            if entry is None:
-                raise NotFound(f"no live SPDM session {session_id} to the remote device")
-            client, spdm_sid = entry
+            return self._clear_client(), None
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            raise NotFound(f"no live SPDM session {session_id} to the remote device")
+        return entry
+
+    @operation()
+    def handle_vendor_messages(
+        self, messages: tuple[tuple[int, bytes], ...], *, session_id: int | None
+    ) -> tuple[bytes | None, ...]:
+        """Several (protocol, message) requests over one session, for a TSM step whose requests do not depend
+        on each other's answers (QUERY, KEY_PROG and K_SET_GO of a key programming). Each is a crossing of
+        its own inside this one (``handle_vendor_message``, in order, with its own answer or error), so the
+        rules see exactly what they see of one-by-one requests; a responder that answers a connection's
+        frames in order gets them written at once (one round trip, the snapshot's state queries behind the
+        last), any other one by one. Every request is sent even if one fails; the first failure is raised
+        at the end, once every request is traced -- the device has seen them all."""
+        self._snap = None  # the device may change state from here on
+        riders: list[tuple[int, bytes, int | None]] | None = None
+        prefetched: collections.deque[bytes | TransportError] | None = None
+        try:
+            client, spdm_sid = self._route(session_id)
+        except NotFound:
+            client, spdm_sid = None, None  # each request raises its own NotFound below
+        if (
+            client is not None
+            and self.pipelined
+            and len(messages) > 1
+            and not client.unusable
+            and (spdm_sid is None or spdm_sid in client.requester.sessions)
+        ):
+            first_since_snapshot, self._fresh = self._fresh, False
+            riders = (self._riders(client) if first_since_snapshot else None) or []
+            items = [(p, m, spdm_sid) for p, m in messages]
+            try:
+                answers = client.send_batch([*items, *riders])
+            except TransportError as exc:  # the stream broke: every request meets it
+                answers = [exc] * (len(items) + len(riders))
+            self.queries += len(riders)
+            prefetched = collections.deque(answers[: len(items)])
+            riders_answers = answers[len(items) :]
+        out: list[bytes | None] = []
+        first_error: StackError | None = None
+        for protocol_id, message in messages:
+            self._prefetched = prefetched
+            try:
+                out.append(self.handle_vendor_message(protocol_id, message, session_id=session_id))
+            except StackError as exc:
+                out.append(None)
+                first_error = first_error or exc
+            finally:
+                self._prefetched = None
+        if riders:
+            self._snap = self._snapshot_from(riders_answers)
+        if first_error is not None:
+            raise first_error
+        return tuple(out)
+
+    @operation()
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        self._snap = None  # the device may change state from here on
+        prefetched = self._prefetched
+        if prefetched:  # written already, with the rest of a batch: its answer is here
+            self.messages += 1
+            first: bytes | TransportError = prefetched.popleft()
+            if isinstance(first, bytes) and protocol_id == 1 and session_id is not None:
+                if message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+                    self._note_lock(first, session_id)
+            if isinstance(first, NoResponse):
+                return None
+            if isinstance(first, TransportError):
+                raise first
+            return first
+        client, spdm_sid = self._route(session_id)
         self.messages += 1
         first_since_snapshot, self._fresh = self._fresh, False
         riders = self._riders(client) if first_since_snapshot else None
