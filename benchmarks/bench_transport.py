@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'measure':<48} {'value':>10}   note")
     for name, value, note in rows:
-        print(f"{name:<48} {value:>10.1f}   {note}")
+        print(f"{name:<48} {value:>10.3f}   {note}" if value < 10 else f"{name:<48} {value:>10.1f}   {note}")
     result = {
         "requests_per_second": device,  # the headline number: the reference device behind the socket
         "requests_per_second_minimal": minimal,
