@@ -568,17 +568,20 @@ class DeviceMachine(RuleBasedStateMachine):
         else:
             self._tracked_event(kind, self.rids[fn % len(self.rids)])
 
-    @rule(kind=st.sampled_from(FAULTS[:-1]))
+    @rule(kind=st.sampled_from((*FAULTS[:-1], "flr")), running=st.booleans())
     @recorded
-    def fault_on_locked(self, kind: str) -> None:
-        """The same tracked events, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
+    def fault_on_locked(self, kind: str, running: bool) -> None:
+        """The same tracked events, and an FLR, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
 
-        Random sequences seldom keep a TDI locked long enough for ``fault`` to pick it (re-keying, a stop,
-        a T=0 TLP all move it on), yet a tracked change to a locked TDI is what TDISP-09 is about."""
+        Random sequences seldom keep a TDI locked long enough for ``fault`` or ``flr`` to pick it (re-keying,
+        a stop, a T=0 TLP all move it on), yet a tracked change to a locked TDI is what TDISP-09 is about
+        (the FLR is here since a drawn ``flr`` stopped meeting a locked TDI once the machine had another rule)."""
         locked = self._locked()
         if locked:
+            state = td.TdiState.RUN if running else td.TdiState.CONFIG_LOCKED
+            rid = next((f.rid for f in self._tdis_in(state) if f.rid in locked), locked[0])  # RUN, or CONFIG_LOCKED
             note("tracked event on a locked TDI")
-            self._tracked_event(kind, locked[0])
+            self._tracked_event(kind, rid)
 
     @rule()
     @recorded
