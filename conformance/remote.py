@@ -295,7 +295,7 @@ class RemoteDeviceMachine(DeviceMachine):
     @rule(sid=consumes(DeviceMachine.sessions))
     @recorded
     def end_session(self, sid: int) -> None:
-        self._do("spdm_end", self.device.spdm_end, sid)
+        self._end(sid)
 
     @rule(sid=DeviceMachine.sessions)
     @recorded

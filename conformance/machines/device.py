@@ -97,6 +97,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self.rids = list(self.device.rids())
         self.nonces: dict[int, bytes] = {}
         self.locked_by: dict[int, int] = {}  # rid -> the session of our last successful LOCK
+        self.ended: set[int] = set()  # sessions this machine ended (they stay drawable: the device must refuse)
         self._key_counter = 0
         self._programmed_sets: set[int] = set()  # key sets this example sent KEY_PROGs for (go_unprogrammed)
         self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
@@ -114,7 +115,21 @@ class DeviceMachine(RuleBasedStateMachine):
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
+    def _gone(self, sid: int | None) -> bool:
+        """Can no message go over ``sid`` any more? Only for a responder without secure sessions
+        (``--device-plaintext``), where a session is its connection: once the machine ended it, nothing can
+        be sent "over" it, and nothing outside a session is possible either. In process, and inside secure
+        sessions, a message over an ended session reaches the device as one outside any session, which it
+        must refuse (TDISP-12), so it is sent."""
+        return sid in self.ended and not getattr(self.device, "secure", True)
+
+    def _end(self, sid: int) -> None:
+        self.ended.add(sid)
+        self._do("spdm_end", self.device.spdm_end, sid)
+
     def _tdisp(self, action: str, sid: int | None, msg: Any) -> Any:
+        if self._gone(sid):
+            return None
         raw = self._do(action, self.device.handle_vendor_message, 1, td.encode(msg), session_id=sid)
         try:
             return td.decode_response(raw) if raw is not None else None
@@ -154,6 +169,8 @@ class DeviceMachine(RuleBasedStateMachine):
         with OFFSET moving on while REMAINDER_LENGTH is not 0, PCIe §11.3.10-§11.3.11), so the rules can
         put it back together and judge its content (TDISP-16) whatever portion size the device serves."""
         iid = td.InterfaceId(function_id=rid)
+        if self._gone(sid):
+            return
 
         def go() -> None:
             offset = 0
@@ -235,7 +252,22 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(sid=sessions)
     @recorded
     def end_session(self, sid: int) -> None:
-        self._do("spdm_end", self.device.spdm_end, sid)
+        self._end(sid)
+
+    @rule(running=st.booleans())
+    @recorded
+    def end_locking_session(self, running: bool) -> None:
+        """END_SESSION of the session that locked a TDI in RUN (``running``) or CONFIG_LOCKED (brought there
+        first if none is): the TDI must go to ERROR (TDISP-09; PCIe §11.4.5 -- the session that bound it is
+        gone) and stay there until a STOP (TDISP-08), whatever comes over the other sessions.
+
+        Aimed: with ``end_session`` drawing any session, the locking one while its TDI is still locked, a
+        ``ci`` search over the socket (where config writes, FLR and TLPs cannot reach the device, so a
+        session's end is the only tracked change) reached neither rule."""
+        f = self._locked_tdi(running)
+        if f is not None:
+            note(f"END_SESSION of the session that locked a {f.tdi_state.name} TDI")
+            self._end(f.locked_session)
 
     @rule(sid=sessions, key_set=st.sampled_from([0, 1]))
     @recorded
@@ -252,32 +284,42 @@ class DeviceMachine(RuleBasedStateMachine):
         The machine keeps the root port's side of the stream (``self.link``): every key the device
         acknowledges is programmed there for the opposite direction, so the machine can send the device
         IDE-protected TLPs -- and tampered ones."""
+        if self._gone(sid):
+            return
 
         def go() -> None:
-            send = self.device.handle_vendor_message
-            send(0, km.encode(km.Query(port_index=0)), session_id=sid)
             slots = [
                 km.KeySubStream(key_set=km.KeySet(key_set), direction=d, sub_stream=s)
                 for d in km.Direction
                 for s in km.SubStream
             ]
-            for slot in slots:
+            keys = []
+            for _slot in slots:
                 self._key_counter += 1
-                key = self._key_counter.to_bytes(4, "little") * 8
-                raw = send(
-                    0,
-                    km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV)),
-                    session_id=sid,
-                )
+                keys.append(self._key_counter.to_bytes(4, "little") * 8)
+            requests = [
+                km.encode(km.Query(port_index=0)),
+                *(
+                    km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV))
+                    for slot, key in zip(slots, keys, strict=True)
+                ),
+                *(km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)) for slot in slots),
+            ]
+            # none of these requests depends on another's answer: a device that takes several at once (over a
+            # socket, in one round trip) gets them so, each still a crossing of its own; else one by one
+            batch = getattr(self.device, "handle_vendor_messages", None)
+            if batch is not None:
+                answers = list(batch(tuple((0, r) for r in requests), session_id=sid))
+            else:
+                answers = [self.device.handle_vendor_message(0, r, session_id=sid) for r in requests]
+            progs, gos = answers[1 : 1 + len(slots)], answers[1 + len(slots) :]
+            for slot, key, raw in zip(slots, keys, progs, strict=True):
                 if _acked(raw):
                     mirror = km.KeySubStream(
                         key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
                     )
                     self.link.program_key(mirror, key, IV)
-            for slot in slots:
-                raw = send(
-                    0, km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)), session_id=sid
-                )
+            for slot, raw in zip(slots, gos, strict=True):
                 mirror = km.KeySubStream(
                     key_set=slot.key_set, direction=km.Direction(1 - slot.direction), sub_stream=slot.sub_stream
                 )
@@ -501,12 +543,16 @@ class DeviceMachine(RuleBasedStateMachine):
         """Malformed TDISP bytes. The drawn bytes are recorded as ``raw_hex`` (replacing the draw), so a
         failure record replays the very bytes that failed."""
         raw = self._malformed_bytes(data, raw_hex, malformed_tdisp_requests(valid_function_ids=tuple(self.rids)), sid)
+        if self._gone(sid):
+            return
         self._do("malformed_tdisp", self.device.handle_vendor_message, 1, raw, session_id=sid)
 
     @rule(sid=sessions, data=st.data())
     @recorded
     def malformed_ide_km(self, sid: int, data: Any = None, raw_hex: str | None = None) -> None:
         raw = self._malformed_bytes(data, raw_hex, malformed_ide_km_requests(), sid)
+        if self._gone(sid):
+            return
         self._do("malformed_ide_km", self.device.handle_vendor_message, 0, raw, session_id=sid)
 
     def _malformed_bytes(self, data: Any, raw_hex: str | None, strategy: Any, sid: int) -> bytes:
@@ -539,17 +585,20 @@ class DeviceMachine(RuleBasedStateMachine):
         else:
             self._tracked_event(kind, self.rids[fn % len(self.rids)])
 
-    @rule(kind=st.sampled_from(FAULTS[:-1]))
+    @rule(kind=st.sampled_from((*FAULTS[:-1], "flr")), running=st.booleans())
     @recorded
-    def fault_on_locked(self, kind: str) -> None:
-        """The same tracked events, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
+    def fault_on_locked(self, kind: str, running: bool) -> None:
+        """The same tracked events, and an FLR, aimed at a TDI that is CONFIG_LOCKED or RUN (if any is).
 
-        Random sequences seldom keep a TDI locked long enough for ``fault`` to pick it (re-keying, a stop,
-        a T=0 TLP all move it on), yet a tracked change to a locked TDI is what TDISP-09 is about."""
+        Random sequences seldom keep a TDI locked long enough for ``fault`` or ``flr`` to pick it (re-keying,
+        a stop, a T=0 TLP all move it on), yet a tracked change to a locked TDI is what TDISP-09 is about
+        (the FLR is here since a drawn ``flr`` stopped meeting a locked TDI once the machine had another rule)."""
         locked = self._locked()
         if locked:
+            state = td.TdiState.RUN if running else td.TdiState.CONFIG_LOCKED
+            rid = next((f.rid for f in self._tdis_in(state) if f.rid in locked), locked[0])  # RUN, or CONFIG_LOCKED
             note("tracked event on a locked TDI")
-            self._tracked_event(kind, locked[0])
+            self._tracked_event(kind, rid)
 
     @rule()
     @recorded

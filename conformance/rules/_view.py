@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from teeio_conformance.contract import ide_km as km
 from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.trace import Event
@@ -60,6 +61,13 @@ def private_slots(snap: Any) -> list[Any]:
     return [s for s in snap.kvm.memslots if s.mapping.value == "private"]
 
 
+# The contract's decoders keep what they decoded, per byte string (decoding is pure and every message is a
+# frozen value), so one decode serves every rule that reads the same bytes; a failure is raised afresh.
+decode_td_request = td.decode_request
+decode_td_response = td.decode_response
+decode_km = km.decode
+
+
 def tdisp_exchanges(events: list[Event] | Any) -> Iterator[tuple[Event, Any, Any]]:
     """(event, decoded request or None, decoded response or None) for each TDISP message to a device."""
     for e in events:
@@ -68,13 +76,13 @@ def tdisp_exchanges(events: list[Event] | Any) -> Iterator[tuple[Event, Any, Any
         if e.arguments[0] != 1:
             continue
         try:
-            req = td.decode_request(bytes(e.arguments[1]))
+            req = decode_td_request(bytes(e.arguments[1]))
         except StackError:
             req = None
         resp = None
         if e.ok and isinstance(e.result, bytes | bytearray):
             try:
-                resp = td.decode_response(bytes(e.result))
+                resp = decode_td_response(bytes(e.result))
             except StackError:
                 resp = None
         yield e, req, resp

@@ -22,7 +22,16 @@ from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.contract.tdisp.state import LEGAL_IN, QUERIES, TRANSITIONS
 
 from ._model import HELD, Area, Level, Needs, Observation, Rule, fold_history, make_rule
-from ._view import LOCKED, device_of, session_of, tdi_states, tdisp_exchanges
+from ._view import (
+    LOCKED,
+    decode_km,
+    decode_td_request,
+    decode_td_response,
+    device_of,
+    session_of,
+    tdi_states,
+    tdisp_exchanges,
+)
 
 M, S, P = Level.MUST, Level.SHOULD, Level.PROFILE
 PCIE = "PCIe Base r6.2 §11"
@@ -52,7 +61,7 @@ def _track_key_owner(owner: int | None, e: Any) -> int | None:
         return owner
     if e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result:
         try:
-            m = km.decode(bytes(e.result))
+            m = decode_km(bytes(e.result))
         except (StackError, TypeError):
             return owner
         if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and owner is None:
@@ -80,7 +89,7 @@ def _note_device_facts(acc: dict[str, Any], e: Any) -> dict[str, Any]:
                 acc["reports"].pop(req.interface_id.function_id & 0xFFFF, None)
     elif e.arguments and e.arguments[0] == 0:
         try:
-            resp = km.decode(bytes(e.result))
+            resp = decode_km(bytes(e.result))
         except (StackError, TypeError):
             return acc
         if isinstance(resp, km.QueryResp):
@@ -205,11 +214,15 @@ class _Replay:
                 for r, s in self.lock_session.items():
                     if s == e.arguments[0]:
                         self._error_event(r, "session")
+                    elif s is not None and self.states.get(r) in LOCKED:
+                        # the end of a session that did not lock this TDI is no tracked change for it (only
+                        # its binding session's end is, PCIe §11.4.5): a move now is TDISP-09's to judge
+                        self.last_kind.setdefault(r, "other-session-end")
             elif (
                 (e.operation == "ide_failure" and e.ok)
                 or (e.operation == "receive" and not e.ok and "IDE" in e.message)
                 # clearing the stream's enable bit leaves it Insecure: a TDI locked over it goes ERROR
-                # (PCIe r6.2 §11.2; rules-seed 45)
+                # (PCIe r6.2 §11.2; rules-seed C.42)
                 or (e.operation == "ide_enable" and e.ok and e.arguments and not e.arguments[0])
             ):
                 for r in self.states:
@@ -228,12 +241,12 @@ class _Replay:
             self.flag("TDISP-12", f"a TDISP request raised {e.error} instead of answering TDISP_ERROR")
             return
         try:
-            resp = td.decode_response(bytes(e.result))
+            resp = decode_td_response(bytes(e.result))
         except (StackError, TypeError):
             self.flag("TDISP-12", f"the device answered with undecodable bytes {bytes(e.result or b'')[:8].hex()}")
             return
         try:
-            req = td.decode_request(raw)
+            req = decode_td_request(raw)
         except td.TdispDecodeError as exc:
             self._malformed(raw, exc, resp)
             return
@@ -558,6 +571,7 @@ def _final_mismatch(o: Observation) -> dict[str, str]:
             "STOP_INTERFACE": "TDISP-07",
             "event": "TDISP-09",
             "session": "TDISP-09",
+            "other-session-end": "TDISP-09",
             "ide": "IDE-03",
             "event-pf": "TDISP-10",
         }.get(kind or "", "TDISP-08")
@@ -621,7 +635,7 @@ def ide_second_session_dropped(o: Observation) -> str | None:
 
 def _decodes_as_ide_km(raw: bytes) -> bool:
     try:
-        km.decode(raw)
+        decode_km(raw)
     except StackError:
         return False
     return True
@@ -646,7 +660,7 @@ def _note_keys(acc: dict[str, Any], e: Any) -> dict[str, Any]:
         acc["slots"] = {}  # whatever a reset or failure does to keys, nothing is claimed of them after it
     elif e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result is not None:
         try:
-            req, resp = km.decode(bytes(e.arguments[1])), km.decode(bytes(e.result))
+            req, resp = decode_km(bytes(e.arguments[1])), decode_km(bytes(e.result))
         except (StackError, TypeError):
             return acc
         if isinstance(resp, km.QueryResp):
@@ -699,13 +713,13 @@ def _judge_idekm(acc: dict[str, Any], e: Any, out: dict[str, str]) -> None:
     if sid is None or sid not in acc["sessions"] or acc["owner"] not in (None, sid):
         return  # outside a session, or another session owns key programming: dropping is right (IDE-01)
     try:
-        req = km.decode(bytes(e.arguments[1]))
+        req = decode_km(bytes(e.arguments[1]))
     except (StackError, TypeError):
         return
     resp: Any = None
     if e.result is not None:
         try:
-            resp = km.decode(bytes(e.result))
+            resp = decode_km(bytes(e.result))
         except (StackError, TypeError):
             return
     max_port = acc["max_port"]
@@ -780,13 +794,13 @@ def ide_kp_ack_status(o: Observation) -> str | None:
             continue
         hit = True
         try:
-            ack = km.decode(bytes(e.result))
+            ack = decode_km(bytes(e.result))
         except StackError:
             return "KEY_PROG answered with undecodable bytes"
         if not isinstance(ack, km.KpAck):
             return f"KEY_PROG answered {type(ack).__name__}, not KP_ACK"
         try:
-            req = km.decode(raw)
+            req = decode_km(raw)
         except km.IdeKmDecodeError as exc:
             if ack.status == km.KpAckStatus.SUCCESS:
                 return f"malformed KEY_PROG ({exc}) acknowledged with SUCCESS"
@@ -813,7 +827,7 @@ def ide_gostop_ack(o: Observation) -> str | None:
             continue
         hit = True
         try:
-            req, ack = km.decode(raw), km.decode(bytes(e.result))
+            req, ack = decode_km(raw), decode_km(bytes(e.result))
         except StackError:
             continue
         if not isinstance(req, km.KSetGo | km.KSetStop):
@@ -841,7 +855,7 @@ def ide_query_resp(o: Observation) -> str | None:
         if not raw or raw[0] != km.ObjectId.QUERY or not e.ok or e.result is None:
             continue
         try:
-            req, resp = km.decode(raw), km.decode(bytes(e.result))
+            req, resp = decode_km(raw), decode_km(bytes(e.result))
         except StackError:
             continue
         hit = True
@@ -1020,10 +1034,11 @@ RULES: list[Rule] = [
     ),
     _r(
         "TDISP-09",
-        "tracked changes (config write, FLR, poison, session end) move LOCKED/RUN to ERROR",
+        "tracked changes (config write, FLR, poison, the locking session's end) move LOCKED/RUN to ERROR; "
+        "another session's end does not",
         Area.TDISP,
         M,
-        f"{PCIE}.2, §11.4.6, §11.4.9; rules-seed C.42/C.44",
+        f"{PCIE}.2, §11.4.5, §11.4.6, §11.4.9; rules-seed C.42/C.44",
         _rule_check("TDISP-09"),
         on=_DEV,
     ),

@@ -42,10 +42,21 @@ __all__ = [
     "RemoteResponder",
     "SpdmErrorAnswer",
     "TransportError",
+    "requests_sent",
     "spawn",
 ]
 
 _PROTOCOL_NAMES = {0: "IDE_KM", 1: "TDISP"}
+
+
+_SENT = [0]
+"""SPDM requests (NORMAL frames) this process wrote, over every connection: what a benchmark counts."""
+
+
+def requests_sent() -> int:
+    """SPDM requests written so far by this process's clients (VCA, session set-up and end, KEY_UPDATE,
+    TDISP and IDE_KM, state queries): take a difference around what is measured."""
+    return _SENT[0]
 
 
 _VERIFIED_CHAINS: dict[tuple[bytes | None, bytes], tuple[bytes, Any]] = {}
@@ -136,6 +147,7 @@ class EmuClient:
     def exchange(self, command: int, payload: bytes = b"") -> tuple[int, bytes]:
         """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE."""
         self._write(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
+        _SENT[0] += command == fr.Command.NORMAL
         return self._read(command)
 
     @property
@@ -245,6 +257,7 @@ class EmuClient:
     def _pipeline(self, payloads: list[bytes]) -> list[bytes]:
         """NORMAL frames written at once, then every answer's payload, in order (before judging any)."""
         self._write(b"".join(fr.encode_frame(fr.Command.NORMAL, fr.Transport.PCI_DOE, p) for p in payloads))
+        _SENT[0] += len(payloads)
         return [self._read(fr.Command.NORMAL)[1] for _ in payloads]
 
     # ------------------------------------------------------------------------------------------ sessions
@@ -259,6 +272,16 @@ class EmuClient:
         (first time only; GET_DIGESTS, then GET_CERTIFICATE in portions, verified against the trusted
         root), KEY_EXCHANGE, then FINISH inside the session. Returns its session ID; any failure is a
         TransportError naming the step."""
+        return self.open_session_and_ask([])[0]
+
+    def open_session_and_ask(
+        self, then: list[tuple[int, bytes, int | None]]
+    ) -> tuple[int, list[bytes | TransportError]]:
+        """:meth:`open_session`, with ``then`` (vendor requests, as for :meth:`send_batch`) written right
+        behind FINISH and answered after it: their answers say what the device is once the session is
+        open, in the round trip of FINISH. Only for a responder that answers a connection's frames in
+        order (see :meth:`send_many`)."""
+        then_answers: list[bytes | TransportError] = []
         try:
             if not self.requester.has_chain:
                 digest = self.requester.on_digests(self.spdm(self.requester.get_digests()))
@@ -277,24 +300,53 @@ class EmuClient:
                 self.requester.abandon_key_exchange()
             finish = self.requester.finish(sid)
             try:
-                answer = self._secured_round(sid, finish, "FINISH")
+                answer, then_answers = self._secured_round_then(sid, finish, "FINISH", then)
                 self.requester.on_finish_rsp(sid, finish, answer)
             except BaseException:
                 self.requester.forget(sid)
                 raise
         except fr.FramingError as exc:
             raise TransportError(f"responder at {self.where}: secure session not opened: {exc}") from None
-        return sid
+        return sid, then_answers
 
     def end_session(self, session_id: int) -> None:
         """END_SESSION inside the session; its keys are gone afterwards whatever the answer."""
+        self.end_session_and_ask(session_id, [])
+
+    def end_session_and_ask(
+        self, session_id: int, then: list[tuple[int, bytes, int | None]]
+    ) -> list[bytes | TransportError]:
+        """:meth:`end_session`, with ``then`` written right behind END_SESSION and answered after it (as in
+        :meth:`open_session_and_ask`): what the device is once the session has ended."""
+        then_answers: list[bytes | TransportError] = []
         try:
-            answer = self._secured_round(session_id, self.requester.end_session(session_id), "END_SESSION")
+            request = self.requester.end_session(session_id)
+            answer, then_answers = self._secured_round_then(session_id, request, "END_SESSION", then)
             self.requester.on_end_session_ack(session_id, answer)
         except fr.FramingError as exc:
             raise TransportError(f"responder at {self.where}: END_SESSION failed: {exc}") from None
         finally:
             self.requester.forget(session_id)
+        return then_answers
+
+    def end_sessions_after(self, then: list[tuple[int, bytes, int | None]], session_ids: list[int]) -> None:
+        """``then``'s vendor requests, then END_SESSION of every session in ``session_ids``: all written at
+        once and answered in order, one round trip (only for a responder that answers a connection's frames
+        in order, see :meth:`send_many`). Answers are not judged -- this is clean-up between examples -- and
+        every session's keys are gone afterwards whatever the answers; a broken stream raises."""
+        try:
+            ends = [(sid, self.requester.end_session(sid)) for sid in session_ids]
+            frames = [*self._vendor_frames(then), *(self._sealed(sid, request) for sid, request in ends)]
+            payloads = self._pipeline(frames)
+            self._vendor_answers(then, payloads[: len(then)])
+            for (sid, _request), payload in zip(ends, payloads[len(then) :], strict=True):
+                try:
+                    self.requester.on_end_session_ack(sid, self._unseal(sid, payload, "END_SESSION"))
+                except StackError:
+                    pass
+        finally:
+            for sid in session_ids:
+                self.requester.forget(sid)
 
     def key_update(self, session_id: int, op: sp.KeyUpdateOp = sp.KeyUpdateOp.UPDATE_ALL_KEYS, tag: int = 0) -> None:
         """KEY_UPDATE inside the session, then the new keys (DSP0274 1.2 §10.17); an update is followed by
@@ -315,6 +367,17 @@ class EmuClient:
     def _secured_round(self, session_id: int, message: bytes, what: str) -> bytes:
         _cmd, payload = self.exchange(fr.Command.NORMAL, self._sealed(session_id, message))
         return self._unseal(session_id, payload, what)
+
+    def _secured_round_then(
+        self, session_id: int, message: bytes, what: str, then: list[tuple[int, bytes, int | None]]
+    ) -> tuple[bytes, list[bytes | TransportError]]:
+        """One secured round trip, with ``then``'s vendor requests pipelined behind it (none: a plain round)."""
+        if not then:
+            return self._secured_round(session_id, message, what), []
+        frames = [self._sealed(session_id, message), *self._vendor_frames(then)]
+        payloads = self._pipeline(frames)
+        then_answers = self._vendor_answers(then, payloads[1:])  # read and opened first: the stream stays in step
+        return self._unseal(session_id, payloads[0], what), then_answers
 
     def _sealed(self, session_id: int, message: bytes) -> bytes:
         try:
@@ -372,12 +435,20 @@ class EmuClient:
     def send_batch(self, items: list[tuple[int, bytes, int | None]]) -> list[bytes | TransportError]:
         """Like :meth:`send_many`, for (protocol, message, session) items that may differ: each goes in its
         own session (sealed) or in the clear, all written at once, answers read in order."""
+        return self._vendor_answers(items, self._pipeline(self._vendor_frames(items)))
+
+    def _vendor_frames(self, items: list[tuple[int, bytes, int | None]]) -> list[bytes]:
         frames = []
         for protocol_id, message, session_id in items:
             vm = fr.VendorMessage(request=True, protocol_id=protocol_id, message=message).encode()
             frames.append(fr.encode_doe(vm) if session_id is None else self._sealed(session_id, vm))
+        return frames
+
+    def _vendor_answers(
+        self, items: list[tuple[int, bytes, int | None]], payloads: list[bytes]
+    ) -> list[bytes | TransportError]:
         out: list[bytes | TransportError] = []
-        for (protocol_id, _m, session_id), payload in zip(items, self._pipeline(frames), strict=True):
+        for (protocol_id, _m, session_id), payload in zip(items, payloads, strict=True):
             what = f"a {_PROTOCOL_NAMES.get(protocol_id, f'protocol {protocol_id}')} message"
             try:
                 if session_id is None:
@@ -561,15 +632,19 @@ class RemoteDevice(Actor):
         self._keep = keep if secure and isolate and mailbox == "one" else None
         self.messages = 0  # TDISP / IDE_KM messages the machine sent
         self.queries = 0  # state queries the snapshot sent (not counted in ``messages``)
+        self.isolation = 0  # STOPs sent at close to leave the responder as the next example must find it
         self.function_ids = tuple(function_ids)
         self.pf_rid = self.function_ids[0]
         self._mailbox: EmuClient | None = None
         self._sessions: dict[int, tuple[EmuClient, int | None]] = {}  # our ID -> (connection, SPDM session)
+        self._ended: set[int] = set()  # our IDs of sessions that have ended
         self._next = 1
         self._states: dict[int, td.TdiState] = {f: td.TdiState.CONFIG_UNLOCKED for f in self.function_ids}
         self._observer: tuple[EmuClient, int | None] | None = None  # its own session, for state queries only
         self._plain: EmuClient | None = None  # messages in the clear, when each session has its own connection
         self._snap: RemoteDeviceSnapshot | None = None  # valid until a crossing reaches the device
+        self._fresh = True  # no message sent since the last snapshot (the next may carry its state queries)
+        self._prefetched: collections.deque[bytes | TransportError] | None = None  # a batch's answers, in order
         self._locked_by: dict[int, int] = {}  # TDI -> the session whose LOCK_INTERFACE it accepted last
         self._queries = [
             td.encode(td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=f))) for f in self.function_ids
@@ -606,21 +681,54 @@ class RemoteDevice(Actor):
 
     def _open(self) -> tuple[EmuClient, int | None]:
         """A connection and, when secure, a new session on it (on the mailbox, or a connection of its own)."""
+        client, sid, _ = self._open_asking(False)
+        return client, sid
+
+    def _open_asking(self, ask: bool) -> tuple[EmuClient, int | None, list[bytes | TransportError] | None]:
+        """:meth:`_open`; with ``ask``, the snapshot's state queries ride behind FINISH when they may
+        (:meth:`_riders`), and their answers come third (None when they did not ride)."""
         if not self.secure:
-            return self._connect(), None
+            return self._connect(), None, None
         client = self._mailbox_client() if self.one_mailbox else self._connect()
+        riders = self._riders(client) if ask else None
         try:
-            return client, client.open_session()
+            if riders:
+                self.queries += len(riders)
+                sid, answers = client.open_session_and_ask(riders)
+                return client, sid, answers
+            return client, client.open_session(), None
         except BaseException:
             if client is not self._mailbox:
                 client.close(wait=False)
             raise
 
-    def _release(self, client: EmuClient, spdm_sid: int | None) -> None:
-        """End a session: END_SESSION inside it (secure), and close its connection unless it is the mailbox."""
+    def _riders(self, client: EmuClient) -> list[tuple[int, bytes, int | None]] | None:
+        """The snapshot's state queries as requests that may ride behind another on ``client`` (pipelined,
+        answered after it, in order, so they say the state it left): when the responder answers a
+        connection's frames in order and the observer's session lives on that same connection."""
+        observer = self._observer
+        if (
+            self.pipelined
+            and observer is not None
+            and observer[0] is client
+            and not client.unusable
+            and (observer[1] is None or observer[1] in client.requester.sessions)
+        ):
+            return [(1, q, observer[1]) for q in self._queries]
+        return None
+
+    def _release(self, client: EmuClient, spdm_sid: int | None, *, ask: bool = False) -> None:
+        """End a session: END_SESSION inside it (secure), and close its connection unless it is the mailbox.
+        With ``ask``, the snapshot's state queries ride behind END_SESSION when they may (the snapshot
+        after the end comes with it)."""
         try:
             if spdm_sid is not None and not client.unusable and spdm_sid in client.requester.sessions:
-                client.end_session(spdm_sid)
+                riders = self._riders(client) if ask else None
+                if riders:
+                    self.queries += len(riders)
+                    self._snap = self._snapshot_from(client.end_session_and_ask(spdm_sid, riders))
+                else:
+                    client.end_session(spdm_sid)
         finally:
             if client is not self._mailbox:
                 client.close()
@@ -629,10 +737,12 @@ class RemoteDevice(Actor):
     @operation()
     def spdm_connect(self) -> int:
         self._snap = None  # the device may change state from here on
-        entry = self._open()
+        client, spdm_sid, answers = self._open_asking(True)
         sid = self._next
         self._next += 1
-        self._sessions[sid] = entry
+        self._sessions[sid] = (client, spdm_sid)
+        if answers is not None:  # the state once the session is open, in FINISH's round trip
+            self._snap = self._snapshot_from(answers)
         return sid
 
     @operation()
@@ -641,7 +751,8 @@ class RemoteDevice(Actor):
         entry = self._sessions.pop(session_id, None)
         if entry is None:
             raise NotFound(f"no SPDM session {session_id}")
-        self._release(*entry)
+        self._ended.add(session_id)
+        self._release(*entry, ask=True)
 
     @operation()
     def end_session(self, session_id: int) -> None:
@@ -656,34 +767,100 @@ class RemoteDevice(Actor):
             raise NotFound(f"no live secure SPDM session {session_id}")
         entry[0].key_update(entry[1])
 
-    @operation()
-    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
-        self._snap = None  # the device may change state from here on
+    def _route(self, session_id: int | None) -> tuple[EmuClient, int | None]:
+        """The connection and SPDM session a message for our session ``session_id`` goes over."""
         if session_id is None:
             if not self.secure:
                 raise NotFound("no SPDM session given, and without secure sessions every message needs one")
-            client, spdm_sid = self._clear_client(), None
-        else:
-            entry = self._sessions.get(session_id)
-            if entry is None:
-                raise NotFound(f"no live SPDM session {session_id} to the remote device")
-            client, spdm_sid = entry
-        self.messages += 1
-        observer = self._observer
+            return self._clear_client(), None
+        if session_id in self._ended and self.secure:
+            # a session that has ended has no keys left to seal with: to the device, a message over it is one
+            # outside any session (in the clear), which it must refuse (PCIe §11.2.2, §6.33.3)
+            return self._clear_client(), None
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            raise NotFound(f"no live SPDM session {session_id} to the remote device")
+        return entry
+
+    @operation()
+    def handle_vendor_messages(
+        self, messages: tuple[tuple[int, bytes], ...], *, session_id: int | None
+    ) -> tuple[bytes | None, ...]:
+        """Several (protocol, message) requests over one session, for a TSM step whose requests do not depend
+        on each other's answers (QUERY, KEY_PROG and K_SET_GO of a key programming). Each is a crossing of
+        its own inside this one (``handle_vendor_message``, in order, with its own answer or error), so the
+        rules see exactly what they see of one-by-one requests; a responder that answers a connection's
+        frames in order gets them written at once (one round trip, the snapshot's state queries behind the
+        last), any other one by one. Every request is sent even if one fails; the first failure is raised
+        at the end, once every request is traced -- the device has seen them all."""
+        self._snap = None  # the device may change state from here on
+        riders: list[tuple[int, bytes, int | None]] | None = None
+        prefetched: collections.deque[bytes | TransportError] | None = None
+        try:
+            client, spdm_sid = self._route(session_id)
+        except NotFound:
+            client, spdm_sid = None, None  # each request raises its own NotFound below
         if (
-            self.pipelined
-            and observer is not None
-            and observer[0] is client
+            client is not None
+            and self.pipelined
+            and len(messages) > 1
             and not client.unusable
-            and (observer[1] is None or observer[1] in client.requester.sessions)
             and (spdm_sid is None or spdm_sid in client.requester.sessions)
         ):
+            first_since_snapshot, self._fresh = self._fresh, False
+            riders = (self._riders(client) if first_since_snapshot else None) or []
+            items = [(p, m, spdm_sid) for p, m in messages]
+            try:
+                answers = client.send_batch([*items, *riders])
+            except TransportError as exc:  # the stream broke: every request meets it
+                answers = [exc] * (len(items) + len(riders))
+            self.queries += len(riders)
+            prefetched = collections.deque(answers[: len(items)])
+            riders_answers = answers[len(items) :]
+        out: list[bytes | None] = []
+        first_error: StackError | None = None
+        for protocol_id, message in messages:
+            self._prefetched = prefetched
+            try:
+                out.append(self.handle_vendor_message(protocol_id, message, session_id=session_id))
+            except StackError as exc:
+                out.append(None)
+                first_error = first_error or exc
+            finally:
+                self._prefetched = None
+        if riders:
+            self._snap = self._snapshot_from(riders_answers)
+        if first_error is not None:
+            raise first_error
+        return tuple(out)
+
+    @operation()
+    def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
+        self._snap = None  # the device may change state from here on
+        prefetched = self._prefetched
+        if prefetched:  # written already, with the rest of a batch: its answer is here
+            self.messages += 1
+            first: bytes | TransportError = prefetched.popleft()
+            if isinstance(first, bytes) and protocol_id == 1 and session_id is not None:
+                if message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
+                    self._note_lock(first, session_id)
+            if isinstance(first, NoResponse):
+                return None
+            if isinstance(first, TransportError):
+                raise first
+            return first
+        client, spdm_sid = self._route(session_id)
+        self.messages += 1
+        first_since_snapshot, self._fresh = self._fresh, False
+        riders = self._riders(client) if first_since_snapshot else None
+        if riders and (spdm_sid is None or spdm_sid in client.requester.sessions):
             # the snapshot's state queries ride behind the message on the same mailbox: answered after it,
-            # in order, so they say the state the message left -- one round trip instead of two
-            self.queries += len(self._queries)
-            answers = client.send_batch(
-                [(protocol_id, message, spdm_sid), *((1, q, observer[1]) for q in self._queries)]
-            )
+            # in order, so they say the state the message left -- one round trip instead of two. Only behind
+            # the first message after a snapshot: a step of several messages (keys, a whole report) would
+            # have them answered after every one and read only after the last, so after the first the
+            # snapshot asks once, when the step is over (the responder's work per message stays one request)
+            self.queries += len(riders)
+            answers = client.send_batch([(protocol_id, message, spdm_sid), *riders])
             first = answers[0]
             if isinstance(first, bytes) and protocol_id == 1 and session_id is not None:
                 if message[1:2] == bytes([td.RequestCode.LOCK_INTERFACE]):
@@ -773,6 +950,7 @@ class RemoteDevice(Actor):
         The questions go out pipelined when allowed (one round trip for all TDIs); the answer is kept until
         this adapter next sends the device anything: a step the socket cannot carry (config space,
         FLR, TLPs) reaches nobody, so the device's state is what it was. Not kept if a query failed."""
+        self._fresh = True
         if self._snap is not None:
             return self._snap
         try:
@@ -830,6 +1008,8 @@ class RemoteDevice(Actor):
         """Leave the responder as the next example must find it, without a fresh process: STOP every TDI
         that is not CONFIG_UNLOCKED (over its locking session, else the observer's), then END_SESSION every
         session, which drops the key owner and every session binding (PCIe §11.3.16, §11.4.5)."""
+        if self._isolate_in_one_round():
+            return
         if self._observer is not None and not self._observer[0].unusable:
             client, spdm_sid = self._observer
             for fid in self.function_ids:
@@ -839,6 +1019,7 @@ class RemoteDevice(Actor):
                 via, via_sid = owner if owner is not None and not owner[0].unusable else (client, spdm_sid)
                 stop = td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid)))
                 try:
+                    self.isolation += 1
                     via.send(1, stop, session_id=via_sid)
                 except StackError:
                     pass
@@ -854,6 +1035,38 @@ class RemoteDevice(Actor):
         self._locked_by.clear()
         if kept:
             self._mailbox = None  # handed on to the next example, with its observer session
+
+    def _isolate_in_one_round(self) -> bool:
+        """:meth:`_isolate` as one round trip -- the same STOPs, then the same END_SESSIONs, written at once --
+        when every session lives on the one mailbox and the responder answers its frames in order. False
+        (nothing sent) otherwise."""
+        mailbox, observer = self._mailbox, self._observer
+        if not self.pipelined or mailbox is None or mailbox.unusable or observer is None or observer[0] is not mailbox:
+            return False
+        if any(client is not mailbox for client, _ in self._sessions.values()) or observer[1] is None:
+            return False
+        stops = []
+        for fid in self.function_ids:
+            if self._states.get(fid) is td.TdiState.CONFIG_UNLOCKED and self._snap is not None:
+                continue
+            owner = self._sessions.get(self._locked_by.get(fid, -1))
+            via_sid = owner[1] if owner is not None else observer[1]
+            stops.append((1, td.encode(td.StopInterface(interface_id=td.InterfaceId(function_id=fid))), via_sid))
+        kept = self._keep is not None
+        ends = [sid for _, sid in self._sessions.values() if sid is not None and sid in mailbox.requester.sessions]
+        if not kept and observer[1] in mailbox.requester.sessions:
+            ends.append(observer[1])
+        self.isolation += len(stops)
+        try:
+            mailbox.end_sessions_after(stops, ends)
+        except StackError:
+            pass
+        self._sessions.clear()
+        self._observer = None
+        self._locked_by.clear()
+        if kept and not mailbox.unusable:
+            self._mailbox = None  # handed on to the next example, with its observer session
+        return True
 
     @operation()
     def close(self) -> None:

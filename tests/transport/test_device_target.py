@@ -124,12 +124,6 @@ def _verdicts(machine: type) -> dict[str, str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the merge of issues 14 and 15, the served machine's derandomized ci search no longer reaches "
-    "TDISP-08/09 (a TDI left in ERROR; a locking session ended) over the socket, though it does in process; "
-    "an aimed device-machine rule is the fix (open in the closing note)",
-)
 def test_the_served_reference_gets_the_in_process_verdicts():
     """Over the socket, every rule the socket can serve gets the verdict it gets in process (PASS, each
     rule exercised in both runs); every other rule is NOT EXERCISED, never FAIL."""
