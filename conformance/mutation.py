@@ -146,7 +146,9 @@ USER_TESTS = {
 }
 
 
-def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | None = None) -> CatchResult:
+def catch_as_user(
+    mutant: Any, *, shrink: bool = False, step_timeout: float | None = None, tests: tuple[str, ...] | None = None
+) -> CatchResult:
     """Run ``mutant`` the way ``teeio-conformance run --sut <mutant> --tdisp-profile <its profile> -- -x``
     does: the SUT factory its name gives, the conformance tests' own functions (liveness first), the whole
     catalogue, the ``ci`` settings profile, no retry. The first failing step is the verdict: the mutant is
@@ -156,7 +158,8 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
     Reduced, to keep CI time in check, in two ways that do not change which rule fails first: only the
     tests that drive the mutant's broken actor run (a host mutant's device is the reference one, so the
     device machine cannot see it), and Hypothesis does not shrink (shrinking keeps the failing rule --
-    each rule has its own exception type -- and only shortens the sequence), unless ``shrink``."""
+    each rule has its own exception type -- and only shortens the sequence), unless ``shrink``. ``tests`` runs
+    only those of the users' tests (e.g. ``("full_stack",)``: a device mutant caught from inside the stack)."""
     from hypothesis import settings as hsettings
 
     from teeio_conformance.conformance import settings as _profiles
@@ -192,7 +195,7 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
     hsettings.load_profile("_teeio_as_user")
     t0 = time.perf_counter()
     try:
-        for name in USER_TESTS[mutant.machine]:
+        for name in USER_TESTS[mutant.machine] if tests is None else tests:
             try:
                 runs[name]()
             except BaseException as exc:

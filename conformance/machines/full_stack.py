@@ -18,6 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multi
 
 from teeio_conformance.conformance.harness import StepRunner, build_sut
 from teeio_conformance.conformance.machines.recording import note, recorded, score
+from teeio_conformance.conformance.machines.rogue_tsm import RogueTsm
 from teeio_conformance.conformance.rules._view import bound_vm
 
 __all__ = ["FullStack", "MachineConfig", "Slot"]
@@ -71,7 +72,7 @@ def _vm(target: str | Slot) -> str:
     return target.vm if isinstance(target, Slot) else target
 
 
-class FullStack(RuleBasedStateMachine):
+class FullStack(RogueTsm, RuleBasedStateMachine):  # RogueTsm: a misbehaving host TSM's steps
     config: MachineConfig  # set by the test that runs it (see conformance/test_full_stack.py)
 
     # Hypothesis orders rules by (target bundle names, argument count, name) and favours the first and the

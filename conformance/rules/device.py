@@ -280,6 +280,8 @@ class _Replay:
             if code is td.RequestCode.GET_DEVICE_INTERFACE_REPORT and not isinstance(resp, td.TdispError):
                 # reports exist only for a locked TDI (PCIe §11.3.10): serving one is TDISP-11's promise too
                 self.flag("TDISP-11", f"a report was served for TDI {rid:#06x} in {state.name}")
+                self.last_kind[rid] = "illegal"
+                return  # TDISP-11 names the broken promise; TDISP-01 would say the same of any request
             if _err(resp) != E.INVALID_INTERFACE_STATE:
                 self.flag(
                     "TDISP-01",
@@ -409,6 +411,7 @@ class _Replay:
         elif isinstance(resp, td.StartInterfaceResponse):
             rule = "TDISP-15" if nonce is not None and req.start_interface_nonce == nonce else "TDISP-05"
             self.flag(rule, f"START of {rid:#06x} succeeded with a wrong nonce or from another session")
+            self.states[rid] = td.TdiState.RUN  # what the device says happened: the finding names the cause
         elif _err(resp) != E.INVALID_NONCE:
             self.flag("TDISP-05", f"START with a wrong nonce answered {_err(resp)}, not INVALID_NONCE")
         else:
@@ -1197,3 +1200,11 @@ _DEVICE_ONLY_IDE = frozenset({"IDE-01", "IDE-07"})
 RULES = [
     attrs.evolve(r, needs=DEVICE_SNAPSHOT) if r.area is Area.TDISP or r.id in _DEVICE_ONLY_IDE else r for r in RULES
 ]
+
+RAW_DEVICE_ONLY = frozenset({"TDISP-15", "TDISP-17", "IDE-01"})
+"""Rules whose situation needs a second SPDM session. In a whole stack only the suite playing a second host TSM
+over the raw device channel reaches it (``conformance/machines/rogue_tsm.py``): a SUT that does not offer the
+channel (``Offers(raw_device=False)``) gets them NOT APPLICABLE there. The device machine, which is itself the
+device's only requester, judges them as before."""
+
+RULES = [attrs.evolve(r, needs=attrs.evolve(r.needs, raw_device=True)) if r.id in RAW_DEVICE_ONLY else r for r in RULES]
