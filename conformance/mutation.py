@@ -42,6 +42,10 @@ def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
             device_factory=mutant.device_factory, profile=mutant.profile, only=only, timeout=timeout
         )
         return type("MutantDeviceMachine", (DeviceMachine,), {"config": cfg_d})
+    if mutant.machine == "isolation":  # the differential machine itself: a single run cannot see a leak
+        from teeio_conformance.conformance.isolation import isolation_machine
+
+        return isolation_machine(mutant.factory, mutant.profile, timeout)
     base = HostLifetimes if mutant.machine == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=mutant.factory, profile=mutant.profile, only=only, timeout=timeout)
     return type(f"Mutant{base.__name__}", (base,), {"config": cfg})
@@ -143,6 +147,7 @@ USER_TESTS = {
     "full_stack": ("liveness", "full_stack"),
     "host_lifetimes": ("liveness", "host_lifetimes"),
     "noninterference": ("liveness", "noninterference"),
+    "isolation": ("liveness", "isolation"),
 }
 
 
@@ -166,6 +171,7 @@ def catch_as_user(
     from teeio_conformance.conformance.test_device import run_device_machine
     from teeio_conformance.conformance.test_full_stack import test_full_stack_lifecycle
     from teeio_conformance.conformance.test_host_lifetimes import test_host_object_lifetimes
+    from teeio_conformance.conformance.test_isolation import test_isolation
     from teeio_conformance.conformance.test_liveness import test_lifecycle_completes
     from teeio_conformance.conformance.test_noninterference import test_noninterference
     from teeio_conformance.reference_impl import mutants as _mutants
@@ -190,6 +196,7 @@ def catch_as_user(
         "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit, as_user, quiet),
         "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit, as_user, quiet),
         "noninterference": lambda: test_noninterference(sut, profile, limit, as_user),
+        "isolation": lambda: test_isolation(sut, profile, limit, as_user),
     }
     previous = hsettings._current_profile
     hsettings.load_profile("_teeio_as_user")

@@ -74,10 +74,12 @@ class RogueTsm:
     def _tdisp_raw(self: Any, action: str, sid: int | None, msg: Any) -> None:
         self._do(action, self.device.handle_vendor_message, TDISP, td.encode(msg), session_id=sid)
 
-    def _second_session(self: Any) -> int | None:
-        """A second SPDM session to the device (the TSM's link up first, so the TSM owns the IDE keys), with
-        GET_TDISP_VERSION for every TDI over it, as a TSM names a TDI before other requests (PCIe §11.3.6)."""
-        self._heal_link()
+    def _second_session(self: Any, heal: bool = True) -> int | None:
+        """A second SPDM session to the device (the TSM's link up first, unless not ``heal``, so the TSM owns the
+        IDE keys), with GET_TDISP_VERSION for every TDI over it, as a TSM names a TDI before other requests (PCIe
+        §11.3.6)."""
+        if heal:
+            self._heal_link()
         sid = self._do("rogue_spdm_connect", self.device.spdm_connect)
         if not isinstance(sid, int):
             return None
