@@ -78,3 +78,11 @@ def test_a_sut_without_the_raw_channel_gets_those_rules_not_applicable() -> None
 
     s = settings(max_examples=60, stateful_step_count=20, derandomize=True, database=None, deadline=None)
     run_state_machine_as_test(Search, settings=settings(s, suppress_health_check=list(HealthCheck)))
+
+
+def test_the_raw_channel_is_a_need_and_an_offer():
+    from teeio_conformance.contract.tiers import EVERYTHING, Needs, missing
+
+    assert missing(Needs(raw_device=True), Offers(raw_device=False)) == ["a raw device channel"]
+    assert missing(Needs(raw_device=True), EVERYTHING) == []
+    assert missing(Needs(), Offers(raw_device=False)) == []
