@@ -43,6 +43,16 @@ RAW_KINDS = ("tdisp", "tdisp_malformed", "ide_km", "ide_km_malformed")
 _LOCKED = ("CONFIG_LOCKED", "RUN")
 
 
+def _bad_key_progs() -> list[tuple[str, bytes]]:
+    slot = km.KeySubStream(key_set=km.KeySet.K0, direction=km.Direction.RX, sub_stream=km.SubStream.PR).to_byte()
+    key = b"\x69" * 32
+    return [
+        ("port", km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot, port_index=0xF0, key=key, iv=IV))),
+        ("sub_stream", km.encode(km.KeyProg(stream_id=0, key_sub_stream=0x30, port_index=0, key=key, iv=IV))),
+        ("iv", km.encode(km.KeyProg(stream_id=0, key_sub_stream=slot, port_index=0, key=key, iv=km.ifv_to_wire(2)))),
+    ]
+
+
 class RogueTsm:
     """Rules of a second, misbehaving host TSM; mixed into :class:`FullStack` (which provides ``stack``,
     ``run``, ``device``, ``device_name``, ``rids``, ``_do``, ``_heal_link``, ``_guest_ready``, ``_vdev``)."""
@@ -112,7 +122,8 @@ class RogueTsm:
     @recorded
     def rogue_tsm_sessions(self: Any, s: Any) -> None:
         """A second host TSM on ``s``'s TDI, locked by the TSM first (a guest bind): START with a wrong nonce
-        over the locking session (TDISP-05); then, from a second SPDM session, IDE_KM QUERY and KEY_PROG while
+        over the locking session (TDISP-05) and KEY_PROGs with bad fields over it (IDE-02); then, from a second
+        SPDM session, IDE_KM QUERY and KEY_PROG while
         the TSM's session owns the keys (IDE-01), START with the LOCK's own nonce (TDISP-15), STOP (TDISP-17)
         and LOCK of another TDI (TDISP-04, no keys); the session ends.
 
@@ -129,6 +140,14 @@ class RogueTsm:
             wrong = bytes(b ^ 0xFF for b in nonce) if nonce else b"\xa5" * 32  # every bit (StartInterface.2)
             msg = td.StartInterface(interface_id=iid, start_interface_nonce=wrong)
             self._tdisp_raw("rogue_start_wrong_nonce", f.locked_session, msg)
+        tsm_sid = next((sid for d, sid in self.run._snap.tsm.connected if d == self.device_name), None)
+        if tsm_sid in self._live_sessions():
+            # over the key owner's own session: KEY_PROGs with a port beyond MaxPortIndex, sub-stream 3 and IFV 2
+            # must get a failing KP_ACK and program nothing (IDE-02; validator KeyProg.3-.5)
+            for name, bad in _bad_key_progs():
+                self._do(
+                    f"rogue_key_prog_bad_{name}", self.device.handle_vendor_message, IDE_KM, bad, session_id=tsm_sid
+                )
         sid = self._second_session()
         if sid is None:
             return

@@ -28,6 +28,7 @@ FROM_THE_STACK = (
     "device-start-from-any-session",  # TDISP-15: START with the right nonce from a second session
     "device-report-in-unlocked",  # TDISP-11: a report after STOP
     "device-stop-from-any-session",  # TDISP-17: STOP from a second session
+    "device-kp-acks-bad-fields",  # IDE-02: KEY_PROGs with bad fields over the key owner's session
 )
 
 
