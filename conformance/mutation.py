@@ -1,7 +1,8 @@
 """Run a machine against one mutant and report whether, how fast and how briefly it was caught.
 
 Used by the mutant tests, the benchmarks and ``teeio-conformance mutants``. A mutant is *caught* when
-the machine fails with the violation of the mutant's own rule ID (only that rule is checked, so the
+the machine fails with the violation of the mutant's own rule ID, reported or broken by the same step (only that
+rule is checked unless ``all_rules``, so the
 verdict is about that rule alone); the shrunk sequence is the failing example Hypothesis settles on.
 """
 
@@ -125,12 +126,14 @@ def catch(
             rid, detail = ("SUT-HANG" if isinstance(exc, SutHang) else "SUT-BROKEN"), str(exc)
         shrunk = list(getattr(exc, "teeio_steps", []) or [])
         final = shrunk
-        if rid == expected and minimize_seconds > 0:
-            final = minimize(machine, rid, shrunk, max_seconds=minimize_seconds)
+        # caught as catch_as_user counts it: the reported rule, or one the same step broke too
+        caught = rid == expected or expected in tuple(getattr(exc, "also_broken", ()))
+        if caught and minimize_seconds > 0:
+            final = minimize(machine, expected, shrunk, max_seconds=minimize_seconds)
         return CatchResult(
             mutant.name,
             expected,
-            rid == expected,
+            caught,
             rid,
             len(final),
             time.perf_counter() - t0,

@@ -51,20 +51,17 @@ class ReachSteps:
     """Rules that visit the reach matrix's harder cells; mixed into :class:`FullStack`."""
 
     def _sweep(self: Any, rid: int, label: str, heal: bool = True) -> None:
-        """Every TDISP request type to ``rid``'s TDI, as one step, from a second SPDM session (opened and ended
-        around it). A second session may change nothing: its LOCK has no keys, its START is not the locking
-        session's (the LOCK's own nonce, TDISP-15), its STOP not the owner's (TDISP-17)."""
+        """Every TDISP request type but STOP to ``rid``'s TDI, as one step, from a second SPDM session (opened and ended
+        around it). A second session may change nothing: its LOCK has no keys, its START, with the LOCK's own
+        nonce, is not the locking session's (TDISP-15)."""
         sid = self._second_session(heal)
         if sid is None:
             return
-        nonce = self._lock_nonce(rid) or b"\x5a" * 32
-        msgs = every_request(rid, nonce)
-        f = self._function(rid)
-        owner_lives = f is not None and f.locked_session in self._live_sessions()
-        if f is None or not (owner_lives or f.tdi_state.name == "CONFIG_UNLOCKED"):
-            # a STOP a conforming device would carry out (a locked TDI whose session is gone): the TDI would leave
-            # ERROR behind the TSM's back, which is no device's fault and no host's either -- not sent
-            msgs = [m for m in msgs if not isinstance(m, td.StopInterface)]
+        # no STOP: from a second session a device that took ownership with an earlier request (a START it should
+        # have refused) would carry it out and hide that START's finding; the TSM's own unbinds STOP in every state
+        msgs = [
+            m for m in every_request(rid, self._lock_nonce(rid) or b"\x5a" * 32) if not isinstance(m, td.StopInterface)
+        ]
 
         def go() -> None:
             for msg in msgs:

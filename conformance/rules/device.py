@@ -411,7 +411,9 @@ class _Replay:
         elif isinstance(resp, td.StartInterfaceResponse):
             rule = "TDISP-15" if nonce is not None and req.start_interface_nonce == nonce else "TDISP-05"
             self.flag(rule, f"START of {rid:#06x} succeeded with a wrong nonce or from another session")
-            self.states[rid] = td.TdiState.RUN  # what the device says happened: the finding names the cause
+            # the model follows what the device says happened, so the rest of the step is judged against RUN and
+            # the finding names the cause (not a state mismatch blamed on whatever came last)
+            self.states[rid] = td.TdiState.RUN
         elif _err(resp) != E.INVALID_NONCE:
             self.flag("TDISP-05", f"START with a wrong nonce answered {_err(resp)}, not INVALID_NONCE")
         else:

@@ -335,7 +335,8 @@ class TsmDisconnectKeepsBinding(Tsm):
         sid = self._sessions.pop(device, None)
         if sid is not None:
             self._iommu.rp_stream_enable(dev.config.default_stream_id, False)
-            dev.spdm_end(sid)
+            if sid in dev.snapshot().sessions:  # as the reference: a session the device lost is not ended again
+                dev.spdm_end(sid)
 
 
 class IommufdDestroyHwptInUse(Iommufd):
