@@ -280,8 +280,6 @@ class _Replay:
             if code is td.RequestCode.GET_DEVICE_INTERFACE_REPORT and not isinstance(resp, td.TdispError):
                 # reports exist only for a locked TDI (PCIe §11.3.10): serving one is TDISP-11's promise too
                 self.flag("TDISP-11", f"a report was served for TDI {rid:#06x} in {state.name}")
-                self.last_kind[rid] = "illegal"
-                return  # TDISP-11 names the broken promise; TDISP-01 would say the same of any request
             if _err(resp) != E.INVALID_INTERFACE_STATE:
                 self.flag(
                     "TDISP-01",
