@@ -140,7 +140,7 @@ def differential_cost(profile: str = "tdx") -> dict[str, float]:
     ci = settings(settings.get_profile("ci"), max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate])
     t0 = time.perf_counter()
     with settings_profile(ci):
-        test_noninterference(make_sut, profile, 5.0)
+        test_noninterference(make_sut, profile, 5.0, ci)
     differential = time.perf_counter() - t0
     plain = type("Plain", (FullStack,), {"config": MachineConfig(factory=make_sut, profile=profile)})
     t0 = time.perf_counter()
