@@ -122,10 +122,10 @@ class RogueTsm:
     @recorded
     def rogue_tsm_sessions(self: Any, s: Any) -> None:
         """A second host TSM on ``s``'s TDI, locked by the TSM first (a guest bind): START with a wrong nonce
-        over the locking session (TDISP-05) and KEY_PROGs with bad fields over it (IDE-02); then, from a second
-        SPDM session, IDE_KM QUERY and KEY_PROG while
-        the TSM's session owns the keys (IDE-01), START with the LOCK's own nonce (TDISP-15), STOP (TDISP-17)
-        and LOCK of another TDI (TDISP-04, no keys); the session ends.
+        over the locking session (TDISP-05) and KEY_PROGs with bad fields over it (IDE-02); a state query outside
+        any session (TDISP-12); then, from a second SPDM session, a LOCK cut short (TDISP-12, ERR-02), IDE_KM
+        QUERY and KEY_PROG while the TSM's session owns the keys (IDE-01), START with the LOCK's own nonce
+        (TDISP-15), STOP (TDISP-17) and LOCK of another TDI (TDISP-04, no keys); the session ends.
 
         Aimed and in one step: each case needs the TDI locked with the TSM's link up, which drawn steps met
         seldom; the device mutants that need these cases are caught from the full stack on 3 of 3 seeds."""
@@ -148,10 +148,19 @@ class RogueTsm:
                 self._do(
                     f"rogue_key_prog_bad_{name}", self.device.handle_vendor_message, IDE_KM, bad, session_id=tsm_sid
                 )
+        # TDISP outside any SPDM session (PCIe §11.2.2: TDISP_ERROR, TDISP-12)
+        self._tdisp_raw("rogue_tdisp_outside_session", None, td.GetDeviceInterfaceState(interface_id=iid))
         sid = self._second_session()
         if sid is None:
             return
         note("rogue TSM: a second SPDM session")
+        lock_bytes = td.encode(
+            td.LockInterface(
+                interface_id=iid, flags=0, default_stream_id=0, mmio_reporting_offset=0, bind_p2p_address_mask=0
+            )
+        )
+        # a LOCK cut short: TDISP_ERROR, never a crash (TDISP-12, ERR-02)
+        self._do("rogue_lock_truncated", self.device.handle_vendor_message, TDISP, lock_bytes[:12], session_id=sid)
         slot = km.KeySubStream(key_set=km.KeySet.K0, direction=km.Direction.RX, sub_stream=km.SubStream.PR)
         for action, msg_km in (
             ("rogue_ide_km_query", km.Query(port_index=0)),

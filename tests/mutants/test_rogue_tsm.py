@@ -29,6 +29,8 @@ FROM_THE_STACK = (
     "device-report-in-unlocked",  # TDISP-11: a report after STOP
     "device-stop-from-any-session",  # TDISP-17: STOP from a second session
     "device-kp-acks-bad-fields",  # IDE-02: KEY_PROGs with bad fields over the key owner's session
+    "device-tdisp-outside-session",  # TDISP-12: a request outside any SPDM session
+    "device-crashes-on-malformed",  # ERR-02: a LOCK cut short
 )
 
 
