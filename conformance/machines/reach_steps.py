@@ -79,38 +79,48 @@ class ReachSteps:
     @recorded
     def rogue_tsm_sweep(self: Any, s: Any) -> None:
         """Every TDISP request type, from a second session, to ``s``'s TDI in each state the guest takes it
-        through -- CONFIG_UNLOCKED, CONFIG_LOCKED (bound), RUN (started), ERROR (a config write) -- and an FLR
-        (VFIO reset) of the bound function, in the locked, RUN or ERROR state in turn from one draw of this rule
-        to the next (a count of this machine's sweeps: a record replays the same)."""
+        through -- CONFIG_UNLOCKED, CONFIG_LOCKED (bound), RUN (started), ERROR (a config write) -- each locked
+        state followed by an FLR (VFIO reset) of the bound function, after which the guest lets go and binds
+        again. In RUN the host also binds the TDI to its own VM (a no-op) and to an idle VM (-EBUSY).
+
+        All states in every draw: with the FLR's state chosen per draw, a whole tdx ``ci`` search missed FLRs
+        of bound functions in CONFIG_LOCKED and RUN."""
         if not self._raw_offered():
             return
-        turn = self.__dict__.get("_sweeps", 0)
-        self.__dict__["_sweeps"] = turn + 1
         guest = self.stack.guests.get(s.vm)
-        v = self._vdev(s)
-        if guest is None or v is None:
+        if guest is None or self._vdev(s) is None:
             return
         self._guest_ready(s.vm)
-        if v.bound:
-            self._do("guest_unbind", guest.disconnect, s.virt_id)
+        self._fresh_bind(s, guest, ())
         self._sweep(s.rid, "unlocked")
-        steps = (
-            ("guest_bind", guest.connect, "locked"),
-            ("guest_attest", guest.attest, None),
-            ("guest_accept", guest.accept, None),
-            ("guest_start", guest.start, "run"),
-        )
-        for name, call, label in steps:
-            self._do(name, call, s.virt_id)
-            if label is None:
-                continue
+        for label, steps in (
+            ("locked", ("guest_bind",)),
+            ("run", ("guest_bind", "guest_attest", "guest_accept", "guest_start")),
+            ("error", ("guest_bind",)),
+        ):
+            self._fresh_bind(s, guest, steps)
+            if label == "error":
+                self._do("config_write_command", self.device.config_write, s.rid, "command", 0x4)
             self._sweep(s.rid, label)
-            if turn % 3 == ("locked", "run").index(label):
-                self._flr(s)
-                return
-        self._do("config_write_command", self.device.config_write, s.rid, "command", 0x4)
-        self._sweep(s.rid, "error")
-        self._flr(s)
+            if label == "run":
+                self._do("host_tsm_bind", self.stack.tsm.bind, s.rid, s.vm)
+                idle = self._do("create_vm", self.stack.create_vm)
+                if idle is not None:
+                    self._do("host_tsm_bind", self.stack.tsm.bind, s.rid, str(idle))
+            self._flr(s)
+
+    def _fresh_bind(self: Any, s: Any, guest: Any, steps: tuple[str, ...]) -> None:
+        """The guest lets go of ``s`` if it holds it (in sync again after a reset), the link is healed, then it
+        takes ``steps`` (guest_bind, guest_attest, ...) in order."""
+        v = self._vdev(s)
+        if v is not None and v.bound:
+            self._do("guest_unbind", guest.disconnect, s.virt_id)
+        if steps:
+            self._heal_link()
+        calls = {"guest_bind": guest.connect, "guest_attest": guest.attest, "guest_accept": guest.accept}
+        calls["guest_start"] = guest.start
+        for name in steps:
+            self._do(name, calls[name], s.virt_id)
 
     @rule(fn=st.integers(0, 3))
     @recorded
