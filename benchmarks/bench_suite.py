@@ -149,6 +149,24 @@ def differential_cost(profile: str = "tdx") -> dict[str, float]:
     return {"differential_s": differential, "plain_s": single, "ratio": differential / single if single else 0.0}
 
 
+def isolation_cost(profile: str = "tdx") -> dict[str, float]:
+    """Seconds of the isolation test (CONF-05: its explicit example + 20 drawn examples, each replayed on a twin
+    SUT whose first VM has other secrets) next to the same number of plain full-stack examples, under ``ci``."""
+    from teeio_conformance.conformance import settings as profiles
+    from teeio_conformance.conformance.test_isolation import EXAMPLES, test_isolation
+
+    profiles.register()
+    ci = settings(settings.get_profile("ci"), max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate])
+    t0 = time.perf_counter()
+    test_isolation(make_sut, profile, 5.0, ci)
+    isolation = time.perf_counter() - t0
+    plain = type("Plain", (FullStack,), {"config": MachineConfig(factory=make_sut, profile=profile)})
+    t0 = time.perf_counter()
+    run_state_machine_as_test(plain, settings=ci)
+    single = time.perf_counter() - t0
+    return {"isolation_s": isolation, "plain_s": single, "ratio": isolation / single if single else 0.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--examples", type=int, default=60)
@@ -166,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"noninterference (CONF-04, tdx): {d['differential_s']:.2f} s for the differential test vs "
         f"{d['plain_s']:.2f} s for as many plain examples ({d['ratio']:.2f}x)"
+    )
+    i = out["isolation"] = isolation_cost()
+    print(
+        f"isolation (CONF-05, tdx): {i['isolation_s']:.2f} s for the differential test vs "
+        f"{i['plain_s']:.2f} s for as many plain examples ({i['ratio']:.2f}x)"
     )
     if not args.only_steps:
         rows = out["catch"] = time_to_catch(args.seeds, [n for n in args.mutants.split(",") if n])

@@ -27,10 +27,16 @@ _DUTY = (Level.MUST, Level.PROFILE)  # PROFILE: a platform's own MUST
 
 
 DIFFERENTIAL = frozenset({"CONF-04"})  # judged by test_noninterference, which needs the secrets_seed capability
+ISOLATION = frozenset({"CONF-05"})  # judged by test_isolation, which needs the vm_secrets_seed capability
 
 
 def applicable_rules(
-    profile: str, *, remote_device: bool = False, differential: bool = True, rules: Iterable[Rule] = CATALOGUE
+    profile: str,
+    *,
+    remote_device: bool = False,
+    differential: bool = True,
+    isolation: bool = True,
+    rules: Iterable[Rule] = CATALOGUE,
 ) -> list[str]:
     """The MUST (and platform MUST) rules that apply to ``profile`` and that this SUT can carry (without
     ``differential`` -- the SUT cannot vary its secrets -- the noninterference rule is not applicable)."""
@@ -46,6 +52,8 @@ def applicable_rules(
         if r.level not in _DUTY or not r.applies_to(profile):
             continue
         if r.id in DIFFERENTIAL and not differential:
+            continue
+        if r.id in ISOLATION and not isolation:  # the SUT cannot vary one VM's secrets alone
             continue
         if r.id in device_ids and r.id not in remote:
             continue  # the socket cannot carry what it needs (config writes, resets, TLPs): not applicable

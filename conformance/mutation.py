@@ -1,7 +1,8 @@
 """Run a machine against one mutant and report whether, how fast and how briefly it was caught.
 
 Used by the mutant tests, the benchmarks and ``teeio-conformance mutants``. A mutant is *caught* when
-the machine fails with the violation of the mutant's own rule ID (only that rule is checked, so the
+the machine fails with the violation of the mutant's own rule ID, reported or broken by the same step (only that
+rule is checked unless ``all_rules``, so the
 verdict is about that rule alone); the shrunk sequence is the failing example Hypothesis settles on.
 """
 
@@ -42,6 +43,10 @@ def _machine(mutant: Any, only: frozenset[str] | None, timeout: float) -> type:
             device_factory=mutant.device_factory, profile=mutant.profile, only=only, timeout=timeout
         )
         return type("MutantDeviceMachine", (DeviceMachine,), {"config": cfg_d})
+    if mutant.machine == "isolation":  # the differential machine itself: a single run cannot see a leak
+        from teeio_conformance.conformance.isolation import isolation_machine
+
+        return isolation_machine(mutant.factory, mutant.profile, timeout)
     base = HostLifetimes if mutant.machine == "host_lifetimes" else FullStack
     cfg = MachineConfig(factory=mutant.factory, profile=mutant.profile, only=only, timeout=timeout)
     return type(f"Mutant{base.__name__}", (base,), {"config": cfg})
@@ -121,12 +126,14 @@ def catch(
             rid, detail = ("SUT-HANG" if isinstance(exc, SutHang) else "SUT-BROKEN"), str(exc)
         shrunk = list(getattr(exc, "teeio_steps", []) or [])
         final = shrunk
-        if rid == expected and minimize_seconds > 0:
-            final = minimize(machine, rid, shrunk, max_seconds=minimize_seconds)
+        # caught as catch_as_user counts it: the reported rule, or one the same step broke too
+        caught = rid == expected or expected in tuple(getattr(exc, "also_broken", ()))
+        if caught and minimize_seconds > 0:
+            final = minimize(machine, expected, shrunk, max_seconds=minimize_seconds)
         return CatchResult(
             mutant.name,
             expected,
-            rid == expected,
+            caught,
             rid,
             len(final),
             time.perf_counter() - t0,
@@ -143,10 +150,13 @@ USER_TESTS = {
     "full_stack": ("liveness", "full_stack"),
     "host_lifetimes": ("liveness", "host_lifetimes"),
     "noninterference": ("liveness", "noninterference"),
+    "isolation": ("liveness", "isolation"),
 }
 
 
-def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | None = None) -> CatchResult:
+def catch_as_user(
+    mutant: Any, *, shrink: bool = False, step_timeout: float | None = None, tests: tuple[str, ...] | None = None
+) -> CatchResult:
     """Run ``mutant`` the way ``teeio-conformance run --sut <mutant> --tdisp-profile <its profile> -- -x``
     does: the SUT factory its name gives, the conformance tests' own functions (liveness first), the whole
     catalogue, the ``ci`` settings profile, no retry. The first failing step is the verdict: the mutant is
@@ -156,13 +166,15 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
     Reduced, to keep CI time in check, in two ways that do not change which rule fails first: only the
     tests that drive the mutant's broken actor run (a host mutant's device is the reference one, so the
     device machine cannot see it), and Hypothesis does not shrink (shrinking keeps the failing rule --
-    each rule has its own exception type -- and only shortens the sequence), unless ``shrink``."""
+    each rule has its own exception type -- and only shortens the sequence), unless ``shrink``. ``tests`` runs
+    only those of the users' tests (e.g. ``("full_stack",)``: a device mutant caught from inside the stack)."""
     from hypothesis import settings as hsettings
 
     from teeio_conformance.conformance import settings as _profiles
     from teeio_conformance.conformance.test_device import run_device_machine
     from teeio_conformance.conformance.test_full_stack import test_full_stack_lifecycle
     from teeio_conformance.conformance.test_host_lifetimes import test_host_object_lifetimes
+    from teeio_conformance.conformance.test_isolation import test_isolation
     from teeio_conformance.conformance.test_liveness import test_lifecycle_completes
     from teeio_conformance.conformance.test_noninterference import test_noninterference
     from teeio_conformance.reference_impl import mutants as _mutants
@@ -187,12 +199,13 @@ def catch_as_user(mutant: Any, *, shrink: bool = False, step_timeout: float | No
         "full_stack": lambda: test_full_stack_lifecycle(sut, profile, limit, as_user, quiet),
         "host_lifetimes": lambda: test_host_object_lifetimes(sut, profile, limit, as_user, quiet),
         "noninterference": lambda: test_noninterference(sut, profile, limit, as_user),
+        "isolation": lambda: test_isolation(sut, profile, limit, as_user),
     }
     previous = hsettings._current_profile
     hsettings.load_profile("_teeio_as_user")
     t0 = time.perf_counter()
     try:
-        for name in USER_TESTS[mutant.machine]:
+        for name in USER_TESTS[mutant.machine] if tests is None else tests:
             try:
                 runs[name]()
             except BaseException as exc:

@@ -7,8 +7,8 @@ sequence is replayed on a twin built with another (``factory(..., secrets_seed=N
 capability), and the host views are compared step by step: the host-visible crossings of the step
 (arguments, results, error messages), and what the host holds afterwards -- every VM's shared memory
 (destroyed VMs' included), the host's MMIO reads and the IOMMU's fault log. The first step whose views
-differ fails CONF-04. (VM isolation -- VM B's view independent of VM A's secrets alone -- needs a SUT
-that can vary one VM's secrets; the capability varies all of them, so it is not checked separately.)
+differ fails CONF-04. VM isolation -- VM B's view independent of VM A's secrets alone -- is CONF-05, with its
+own capability (``vm_secrets_seed``): ``conformance/isolation.py``.
 """
 
 from __future__ import annotations

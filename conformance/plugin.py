@@ -893,7 +893,10 @@ def _judge_coverage(session: pytest.Session) -> None:
     outcomes = _COVERAGE.get("outcomes", {})
     applicable = {
         p: applicable_rules(
-            p, remote_device=remote, differential=outcomes.get(("test_noninterference", p)) in ("passed", "failed")
+            p,
+            remote_device=remote,
+            differential=outcomes.get(("test_noninterference", p)) in ("passed", "failed"),
+            isolation=outcomes.get(("test_isolation", p)) in ("passed", "failed"),
         )
         for p in judged
     }

@@ -72,6 +72,9 @@ class Needs:
     """It reads the typed error of a refused step (not just its errno)."""
     snapshots: frozenset[str] = attrs.field(default=SNAPSHOT_PARTS, converter=_parts)
     """The snapshot parts it compares before and after a step."""
+    raw_device: bool = False
+    """In a whole stack it is reached only through the raw device channel (:attr:`Offers.raw_device`): the suite
+    playing a misbehaving host TSM -- a second SPDM session, a wrong nonce, raw TDISP/IDE_KM bytes."""
 
     @property
     def trace_only(self) -> bool:
@@ -89,6 +92,10 @@ class Offers:
     """Refused calls raise the contract's typed errors (not just an errno)."""
     snapshots: frozenset[str] = attrs.field(default=SNAPSHOT_PARTS, converter=_parts)
     """The snapshot parts its ``snapshot()`` fills in."""
+    raw_device: bool = True
+    """The raw device channel: the suite may speak to a device of the stack itself, beside the host TSM -- open
+    and end SPDM sessions (``spdm_connect``/``spdm_end``) and send TDISP/IDE_KM bytes over any live session
+    (``handle_vendor_message``), as a second or misbehaving host TSM would (docs/sut-contract.md)."""
 
 
 EVERYTHING = Offers()
@@ -110,6 +117,8 @@ def missing(needs: Needs, offers: Offers) -> list[str]:
             out.append("crossings " + ", ".join(sorted(lacking)))
     if needs.errors and not offers.errors:
         out.append("typed errors")
+    if needs.raw_device and not offers.raw_device:
+        out.append("a raw device channel")
     lacking_parts = needs.snapshots - offers.snapshots
     if lacking_parts:
         out.append("snapshots of " + ", ".join(sorted(lacking_parts)))

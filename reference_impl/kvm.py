@@ -95,7 +95,15 @@ class _Memslot:
 class Kvm(Actor):
     actor_name = "kvm"
 
-    def __init__(self, trace: Trace, *, guest_pages: int = 8, private_pages: int = 4, seed: int = 7) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        guest_pages: int = 8,
+        private_pages: int = 4,
+        seed: int = 7,
+        first_vm_seed: int | None = None,
+    ) -> None:
         super().__init__(trace)
         self._vms: dict[str, _Vm] = {}
         self._slots: dict[int, _Memslot] = {}
@@ -103,6 +111,8 @@ class Kvm(Actor):
         self._guest_pages = guest_pages
         self._private_pages = private_pages
         self._rng = random.Random(f"kvm-guest-secrets/{seed}")
+        # the isolation test's capability: the first VM's secrets from their own seed, every other VM's as without
+        self._first_rng = None if first_vm_seed is None else random.Random(f"kvm-first-vm-secrets/{first_vm_seed}")
         self._vfio: Any = None
         self._tsm: Any = None
         self._iommu: Any = None
@@ -117,6 +127,8 @@ class Kvm(Actor):
         mem = bytearray(self._guest_pages * PAGE)
         vm = _Vm(name=name, memory=mem, private_pages=self._private_pages)
         secret = self._rng.randbytes(32)  # the guest's secret, in private memory
+        if self._first_rng is not None and not self._vms:
+            secret = self._first_rng.randbytes(32)  # VM A's own (the shared draw above keeps the others' as they were)
         mem[0:32] = secret
         vm.secrets.append(secret)
         self._vms[name] = vm

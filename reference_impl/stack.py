@@ -143,16 +143,23 @@ def build_stack(config: StackConfig | None = None, **overrides: Any) -> Stack:
 
 
 def make_sut(
-    *, profile: str = "tdx", num_devices: int = 1, num_vfs: int = 1, trace: bool = True, secrets_seed: int | None = None
+    *,
+    profile: str = "tdx",
+    num_devices: int = 1,
+    num_vfs: int = 1,
+    trace: bool = True,
+    secrets_seed: int | None = None,
+    vm_secrets_seed: int | None = None,
 ) -> Stack:
     """The SUT factory the suite calls by default: see docs/sut-contract.md. ``secrets_seed`` (optional
-    capability) draws the guests' secrets from another seed and nothing else, for the noninterference test."""
+    capability) draws the guests' secrets from another seed and nothing else, for the noninterference test;
+    ``vm_secrets_seed`` (another) draws the first VM's secrets alone from it, for the isolation test."""
     devices = tuple(DeviceConfig(num_vfs=num_vfs, seed=1 + i) for i in range(num_devices))
-    if secrets_seed is None:
+    if secrets_seed is None and vm_secrets_seed is None:
         return build_stack(StackConfig(profile=profile, devices=devices, trace=trace))
 
     def kvm(trace_: Trace, **kw: Any) -> Kvm:
-        return Kvm(trace_, seed=secrets_seed, **kw)
+        return Kvm(trace_, seed=7 if secrets_seed is None else secrets_seed, first_vm_seed=vm_secrets_seed, **kw)
 
     return build_stack(StackConfig(profile=profile, devices=devices, trace=trace), kvm_factory=kvm)
 

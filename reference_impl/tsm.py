@@ -384,6 +384,11 @@ class Tsm(Actor):
         return Evidence(signed=signed, chain=dev.certificate_chain())
 
     def _guest_accept_mmio(self, ctx: _TdiCtx, request: GuestRequest) -> int:
+        if ctx.virt_id is None:
+            # bound by the host directly (pci-tsm bind), not through the VM's vdevice: no CC vIOMMU context to
+            # accept DMA in either, so the accept is refused here, before it maps anything (ERR-01) -- found by the
+            # reach steps: a host rebind after a disconnect, then the guest's accept, changed KVM and was refused
+            raise InvalidState(f"TDI {ctx.rid:#06x} was not bound through {ctx.vm}'s vdevice: nothing to accept")
         n: int = self._kvm.map_private_mmio(ctx.vm, ctx.rid)
         return n
 

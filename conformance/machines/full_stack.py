@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, precondition, rule
 
 from teeio_conformance.conformance.harness import StepRunner, build_sut
+from teeio_conformance.conformance.machines.reach_steps import ReachSteps
 from teeio_conformance.conformance.machines.recording import note, recorded, score
+from teeio_conformance.conformance.machines.rogue_tsm import RogueTsm
 from teeio_conformance.conformance.rules._view import bound_vm
 
 __all__ = ["FullStack", "MachineConfig", "Slot"]
@@ -71,7 +73,9 @@ def _vm(target: str | Slot) -> str:
     return target.vm if isinstance(target, Slot) else target
 
 
-class FullStack(RuleBasedStateMachine):
+class FullStack(
+    RogueTsm, ReachSteps, RuleBasedStateMachine
+):  # mixins: conformance/machines/rogue_tsm.py, reach_steps.py
     config: MachineConfig  # set by the test that runs it (see conformance/test_full_stack.py)
 
     # Hypothesis orders rules by (target bundle names, argument count, name) and favours the first and the

@@ -426,6 +426,9 @@ class _Replay:
         elif isinstance(resp, td.StartInterfaceResponse):
             rule = "TDISP-15" if nonce is not None and req.start_interface_nonce == nonce else "TDISP-05"
             self.flag(rule, f"START of {rid:#06x} succeeded with a wrong nonce or from another session")
+            # the model follows what the device says happened, so the rest of the step is judged against RUN and
+            # the finding names the cause (not a state mismatch blamed on whatever came last)
+            self.states[rid] = td.TdiState.RUN
         elif _err(resp) != E.INVALID_NONCE:
             self.flag("TDISP-05", f"START with a wrong nonce answered {_err(resp)}, not INVALID_NONCE")
         else:
@@ -1221,3 +1224,11 @@ _DEVICE_ONLY_IDE = frozenset({"IDE-01", "IDE-07"})
 RULES = [
     attrs.evolve(r, needs=DEVICE_SNAPSHOT) if r.area is Area.TDISP or r.id in _DEVICE_ONLY_IDE else r for r in RULES
 ]
+
+RAW_DEVICE_ONLY = frozenset({"TDISP-15", "TDISP-17", "IDE-01"})
+"""Rules whose situation needs a second SPDM session. In a whole stack only the suite playing a second host TSM
+over the raw device channel reaches it (``conformance/machines/rogue_tsm.py``): a SUT that does not offer the
+channel (``Offers(raw_device=False)``) gets them NOT APPLICABLE there. The device machine, which is itself the
+device's only requester, judges them as before."""
+
+RULES = [attrs.evolve(r, needs=attrs.evolve(r.needs, raw_device=True)) if r.id in RAW_DEVICE_ONLY else r for r in RULES]

@@ -19,6 +19,7 @@ from teeio_conformance.reference_impl.mutants import (
     _device,
     _gaps,
     _host,
+    _isolation,
     _leaks,
     _liveness,
     _model,
@@ -32,7 +33,7 @@ __all__ = ["MUTANTS", "Mutant", "by_name"]
 class Mutant:
     name: str
     rule_id: str
-    machine: str  # "full_stack" | "host_lifetimes" | "device"
+    machine: str  # "full_stack" | "host_lifetimes" | "device" | "noninterference" | "isolation"
     profile: str
     description: str
     overrides: dict[str, Callable[..., Any]] = attrs.field(factory=dict)  # build_stack factory overrides
@@ -49,6 +50,7 @@ class Mutant:
         num_vfs: int = 1,
         trace: bool = True,
         secrets_seed: int | None = None,
+        vm_secrets_seed: int | None = None,
     ) -> Any:
         """A SUT factory with the same signature as ``teeio_conformance.reference_impl.stack.make_sut``."""
         from teeio_conformance.reference_impl.device.device import DeviceConfig
@@ -61,11 +63,13 @@ class Mutant:
         overrides = dict(self.overrides)
         if self.device is not None:
             overrides["device_factory"] = self.device
-        if secrets_seed is not None:  # the noninterference test's capability: other guest secrets, nothing else
+        if secrets_seed is not None or vm_secrets_seed is not None:
+            # the noninterference tests' capabilities: other guest secrets (all, or the first VM's), nothing else
             from teeio_conformance.reference_impl.kvm import Kvm
 
             kvm_cls = overrides.get("kvm_factory", Kvm)
-            overrides["kvm_factory"] = lambda trace_, **kw: kvm_cls(trace_, seed=secrets_seed, **kw)
+            seeds = {"seed": 7 if secrets_seed is None else secrets_seed, "first_vm_seed": vm_secrets_seed}
+            overrides["kvm_factory"] = lambda trace_, **kw: kvm_cls(trace_, **seeds, **kw)
         return build_stack(StackConfig(profile=profile or self.profile, devices=devices, trace=trace), **overrides)
 
     def device_factory(self, trace: Any, profile: str) -> Any:
@@ -102,6 +106,7 @@ MUTANTS = (
     *_leaks.mutants(_m),
     *_gaps.mutants(_m),
     *_gaps.stack_mutants(_stack_m),
+    *_isolation.mutants(_m),
 )
 
 

@@ -74,11 +74,12 @@ class LockWithoutKeys(Device):
 
 
 class StartIgnoresNonce(Device):
-    """START moves to RUN whatever nonce it carries (validator StartInterface.2)."""
+    """START over the locking session moves to RUN whatever nonce it carries (validator StartInterface.2). The
+    session is still checked: a START from another session is TDISP-15's mutant (device-start-from-any-session)."""
 
     def _on_start_interface(self, fn: Any, req: Any, sid: int) -> td.Response:
-        fn.tdi.nonce = req.start_interface_nonce
-        fn.tdi.lock_session = sid
+        if fn.tdi.lock_session == sid and fn.tdi.nonce is not None:
+            fn.tdi.nonce = req.start_interface_nonce
         return super()._on_start_interface(fn, req, sid)
 
 
