@@ -410,7 +410,7 @@ class Tsm(Actor):
         """A vendor-defined request of the guest (``payload`` = the VDM_REQUEST body: REGISTRY_ID,
         VENDOR_ID_LEN, VENDOR_ID, data) passed to its TDI, and the device's answer handed back as the bytes
         it sent -- a VDM_RESPONSE or a TDISP_ERROR (VENDOR_SPECIFIC_ERROR and its extended data) alike. The
-        TSM reads neither: vendor messages are the device vendor's business (PCIe §11.3.22-§11.3.23). Not
+        TSM reads neither: vendor messages are the device vendor's business (PCIe §11.3.24-§11.3.25). Not
         gated by the profiles' guest whitelists, which name the standard requests."""
         sid = self._sessions.get(ctx.device)
         if sid is None:
@@ -524,7 +524,7 @@ class Tsm(Actor):
     def bind_p2p(self, vm: str, rid: int, peer_rid: int) -> int:
         """Join two TDIs of one confidential VM, on two devices, by the devices' P2P IDE stream: the TSM keys
         the stream on both ends over its sessions (one end's Tx key is the other's Rx key), makes it Secure,
-        and sends BIND_P2P_STREAM to each TDI (PCIe §11.3.16). Both TDIs must be bound to ``vm`` and started
+        and sends BIND_P2P_STREAM to each TDI (PCIe §11.3.18). Both TDIs must be bound to ``vm`` and started
         (P2P is legal in RUN only, PCIe §11.2), and neither may share its stream with a third TDI. Returns the
         stream ID. A refusal leaves no binding behind (the first end is unbound if the second refuses)."""
         a, b = self._ctx(rid), self._ctx(peer_rid)
@@ -543,24 +543,34 @@ class Tsm(Actor):
         stream = self._p2p_stream(a.device)
         if self._p2p_stream(b.device) != stream:
             raise Unsupported(f"{a.device} and {b.device} keep their P2P streams under different stream IDs")
-        self._program_p2p(a.device, b.device, stream)
-        self._expect(rid, td.BindP2PStream(interface_id=self._iid(rid), p2p_stream_id=stream), td.BindP2PStreamResponse)
+        return self._join(a, b, stream)
+
+    def _join(self, a: _TdiCtx, b: _TdiCtx, stream: int) -> int:
+        """Key and enable the stream, BIND both ends. On a refusal the ends are unbound and a stream that was
+        not Secure before is disabled again, so a refused bind_p2p leaves the devices as they were."""
+        was = {d: self._device(d).snapshot().p2p_stream_state for d in (a.device, b.device)}
+        bound: list[_TdiCtx] = []
         try:
-            self._expect(
-                peer_rid,
-                td.BindP2PStream(interface_id=self._iid(peer_rid), p2p_stream_id=stream),
-                td.BindP2PStreamResponse,
-            )
+            self._program_p2p(a.device, b.device, stream)
+            for c in (a, b):
+                bind = td.BindP2PStream(interface_id=self._iid(c.rid), p2p_stream_id=stream)
+                self._expect(c.rid, bind, td.BindP2PStreamResponse)
+                bound.append(c)
         except StackError:
-            self._teardown_step(self._p2p_unbind_one, a, peer_rid)
+            for c in bound:
+                self._teardown_step(self._p2p_unbind_one, c, (b if c is a else a).rid)
+            for d, state in was.items():
+                if state != "SECURE":
+                    with contextlib.suppress(StackError):
+                        self._device(d).ide_p2p_enable(False)
             raise
-        a.p2p_peers.add(peer_rid)
-        b.p2p_peers.add(rid)
+        a.p2p_peers.add(b.rid)
+        b.p2p_peers.add(a.rid)
         return stream
 
     @operation()
     def unbind_p2p(self, rid: int, peer_rid: int) -> None:
-        """Unbind the P2P stream two TDIs share: UNBIND_P2P_STREAM to each end (PCIe §11.3.18). A no-op when
+        """Unbind the P2P stream two TDIs share: UNBIND_P2P_STREAM to each end (PCIe §11.3.20). A no-op when
         they share none; like unbind it does not give up halfway."""
         a, b = self._ctx(rid), self._ctx(peer_rid)
         if peer_rid not in a.p2p_peers:

@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import attestation, device, host, liveness, noninterference
+from . import attestation, device, host, liveness, noninterference, p2p
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
 
 CATALOGUE: tuple[Rule, ...] = tuple(
     sorted(
-        [*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES, *noninterference.RULES],
+        [*host.RULES, *device.RULES, *liveness.RULES, *attestation.RULES, *noninterference.RULES, *p2p.RULES],
         key=lambda r: (r.area.name, r.id),
     )
 )

@@ -55,7 +55,7 @@ REGISTRY_CXL = 1
 
 def vendor_error_data(registry_id: int, vendor_id: bytes, data: bytes = b"") -> bytes:
     """EXTENDED_ERROR_DATA of a VENDOR_SPECIFIC_ERROR: REGISTRY_ID u8, VENDOR_ID_LEN u8, VENDOR_ID, then the
-    vendor's own error data (PCIe §11.3.24)."""
+    vendor's own error data (PCIe §11.3.26)."""
     return bytes([registry_id, len(vendor_id)]) + vendor_id + data
 
 
@@ -380,7 +380,7 @@ class Device(Actor):
     @staticmethod
     def _lock_ranges(fn: _Function, offset: int) -> tuple[td.MmioRange, ...]:
         """The MMIO ranges a LOCK reports: the register page (MSI-X table, non-TEE) and the TEE pages,
-        whose attributes the TVM may change in RUN (IS_MEM_ATTR_UPDATABLE, PCIe §11.3.20)."""
+        whose attributes the TVM may change in RUN (IS_MEM_ATTR_UPDATABLE, PCIe §11.3.22)."""
         pages = len(fn.mmio) // PAGE
         return (
             td.MmioRange(
@@ -445,7 +445,7 @@ class Device(Actor):
 
     def _on_bind_p2p_stream(self, fn: _Function, req: td.BindP2PStream, sid: int) -> td.Response:
         """Bind the TDI (in RUN: the state table saw to that) to a P2P stream: the stream must be the
-        device's P2P stream, keyed over the session that locked the TDI and Secure (PCIe §11.3.16: keys
+        device's P2P stream, keyed over the session that locked the TDI and Secure (PCIe §11.3.18: keys
         from the lock session), and not bound to it already. Anything else: INVALID_REQUEST, no change."""
         iid = req.interface_id
         if self.p2p_ide is None:
@@ -479,7 +479,7 @@ class Device(Actor):
 
     def _on_set_mmio_attribute(self, fn: _Function, req: td.SetMmioAttribute, sid: int) -> td.Response:
         """Change IS_NON_TEE_MEM of pages inside one reported range marked IS_MEM_ATTR_UPDATABLE (PCIe
-        §11.3.20); the report shows the change from now on (the range is split where needed). A range not
+        §11.3.22); the report shows the change from now on (the range is split where needed). A range not
         inside such a reported range, with another RANGE_ID, or changing any other attribute bit:
         INVALID_REQUEST, nothing changes."""
         iid = req.interface_id
@@ -514,7 +514,7 @@ class Device(Actor):
     def _on_vdm(self, fn: _Function, req: td.VdmRequest, sid: int) -> td.Response:
         """A vendor-defined request: the device's own protocol (PCI-SIG registry, its vendor ID) answers
         with the payload echoed; any other vendor's gets VENDOR_SPECIFIC_ERROR naming that registry and
-        vendor ID in its extended error data (PCIe §11.3.24: REGISTRY_ID, VENDOR_ID_LEN, VENDOR_ID)."""
+        vendor ID in its extended error data (PCIe §11.3.26: REGISTRY_ID, VENDOR_ID_LEN, VENDOR_ID)."""
         iid = req.interface_id
         if req.registry_id not in (REGISTRY_PCI_SIG, REGISTRY_CXL):
             return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
@@ -536,7 +536,7 @@ class Device(Actor):
         tdi.lock_session = None
         tdi.report = None
         tdi.reported_bar_base = None
-        tdi.p2p_streams = set()  # STOP unbinds every P2P stream (PCIe §11.3.14)
+        tdi.p2p_streams = set()  # STOP unbinds every P2P stream (PCIe §11.3.16)
         tdi.ranges = []
         tdi.non_tee = set()
         if tdi.state is td.TdiState.CONFIG_UNLOCKED:

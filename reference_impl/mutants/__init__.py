@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _model, _progress
+from teeio_conformance.reference_impl.mutants import _attest, _device, _host, _leaks, _liveness, _model, _p2p, _progress
 
 __all__ = ["MUTANTS", "Mutant", "by_name"]
 
@@ -85,7 +85,7 @@ def _stack_m(name: str, rule_id: str, machine: str, profile: str, description: s
     )
 
 
-MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m))
+MUTANTS = (*MUTANTS, *_attest.mutants(_m, _stack_m), *_leaks.mutants(_m), *_p2p.mutants(_m))
 
 
 def by_name(name: str) -> Mutant:
