@@ -78,6 +78,7 @@ class Stack:
                 bus=dc.bus + i,
                 bar_base=dc.bar_base + i * 0x100_0000,
                 name=dc.name if i == 0 else f"dev{i}",
+                first_session=dc.first_session + i * 0x1000,  # session IDs unique in the stack, as the trace sees them
             )
             self.devices[dc.name] = device_factory(self.trace, dc)
         self.iommu = iommu_factory(self.trace, self.profile)

@@ -76,6 +76,7 @@ class DeviceConfig:
     bar_base: int = 0xE000_0000
     p2p_stream_id: int | None = 1  # the selective IDE stream kept for peer-to-peer; None: no P2P support
     vendor_id: bytes = VENDOR_ID  # the vendor-defined (VDM) protocol the device speaks, PCI-SIG registry
+    first_session: int = 1  # the ID of the first SPDM session (a stack of several devices keeps them apart)
 
 
 @attrs.frozen
@@ -173,7 +174,7 @@ class Device(Actor):
         self.pf_rid = cfg.bus << 8
         self._sessions: set[int] = set()
         self._secrets: list[bytes] = []
-        self._next_session = 1
+        self._next_session = cfg.first_session
         self._new_streams()
         self._stop_legal = stop_legal_in(idempotent=cfg.stop_in_unlocked_idempotent)
         self._iommu: Any = None
@@ -370,10 +371,7 @@ class Device(Actor):
         tdi.lock_session = sid
         tdi.state = TRANSITIONS[(tdi.state, td.RequestCode.LOCK_INTERFACE)]
         tdi.reported_bar_base = fn.bar_base
-        tdi.offset = req.mmio_reporting_offset
-        tdi.ranges = list(self._lock_ranges(fn, req.mmio_reporting_offset))
-        tdi.non_tee = set()
-        tdi.report = self._build_report(fn)
+        tdi.report = self._build_report(fn, req.mmio_reporting_offset)
         tdi.error_reason = None
         return td.LockInterfaceResponse(interface_id=iid, start_interface_nonce=tdi.nonce)
 
@@ -397,7 +395,16 @@ class Device(Actor):
             ),
         )
 
-    def _build_report(self, fn: _Function) -> bytes:
+    def _build_report(self, fn: _Function, offset: int) -> bytes:
+        """The report a LOCK with MMIO_REPORTING_OFFSET ``offset`` gives: the lock-time ranges, kept in the TDI
+        (SET_MMIO_ATTRIBUTE changes them later, :meth:`_encode_report`)."""
+        tdi = fn.tdi
+        tdi.offset = offset
+        tdi.ranges = list(self._lock_ranges(fn, offset))
+        tdi.non_tee = set()
+        return self._encode_report(fn)
+
+    def _encode_report(self, fn: _Function) -> bytes:
         info = hashlib.sha384(bytes(fn.mmio[:64])).digest()[:16]
         report = td.InterfaceReport(
             interface_info=0x2,
@@ -507,7 +514,7 @@ class Device(Actor):
             first = (start - tdi.offset - fn.bar_base) % 2**64 // PAGE
             pages = set(range(first, first + want.number_of_pages))
             tdi.non_tee = tdi.non_tee | pages if want.attributes & td.RangeAttr.IS_NON_TEE_MEM else tdi.non_tee - pages
-            tdi.report = self._build_report(fn)
+            tdi.report = self._encode_report(fn)
             return td.SetMmioAttributeResponse(interface_id=iid)
         return bad
 
