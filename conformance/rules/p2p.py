@@ -34,6 +34,26 @@ _NOT_JUDGED = (E.BUSY, E.INVALID_INTERFACE_STATE, E.INVALID_INTERFACE)  # TDISP-
 _TRACKED = ("flr", "config_write", "poison", "spdm_end", "ide_failure", "surprise_remove", "replug")
 
 
+_OPTIONAL = frozenset({Rq.BIND_P2P_STREAM, Rq.UNBIND_P2P_STREAM, Rq.SET_MMIO_ATTRIBUTE, Rq.VDM})
+
+
+def _has_optional(o: Observation) -> bool:
+    """Did a device get one of the optional requests this step? (Its MessageType byte; nothing decoded.)"""
+    hit = o.memo.get("p2p.optional")
+    if hit is None:
+        hit = o.memo["p2p.optional"] = any(
+            e.callee == "device"
+            and e.operation == "handle_vendor_message"
+            and len(e.arguments) > 1
+            and e.arguments[0] == 1
+            and isinstance(e.arguments[1], bytes | bytearray)
+            and len(e.arguments[1]) > 1
+            and e.arguments[1][1] in _OPTIONAL
+            for e in o.events
+        )
+    return bool(hit)
+
+
 def _err(resp: Any) -> int | None:
     return resp.error_code if isinstance(resp, td.TdispError) else None
 
@@ -113,7 +133,7 @@ class _Judge:
         self.pending: dict[int, td.MmioRange] = {}  # a SET_MMIO_ATTRIBUTE that succeeded, not yet seen in a report
         self.bound_in_step: set[int] = set()
         self.owner = False  # the exchange being judged came over its TDI's locking session
-        if any(e.callee == "device" for e in o.events):
+        if _has_optional(o):  # most steps send none: the history's fold catches up when one does
             self._run()
 
     def flag(self, rule: str, msg: str) -> None:
@@ -397,6 +417,8 @@ def p2p_dropped_outside_run(o: Observation) -> str | None:
     if after is None:
         return None
     before = _bindings(o.before) or {}
+    if not any(after.values()) and not any(before.values()) and not _has_optional(o):
+        return None  # nothing was bound, nor bound in this step
     j = _judge(o)
     states = {rid: f.tdi_state for rid, f in functions(o.after).items()}
     touched = False
