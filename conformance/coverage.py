@@ -39,9 +39,9 @@ def applicable_rules(
     device_ids: set[str] = set()
     if remote_device:
         from teeio_conformance.conformance.remote import REMOTE_RULES
-        from teeio_conformance.conformance.rules import device
+        from teeio_conformance.conformance.rules import device, p2p
 
-        remote, device_ids = REMOTE_RULES, {r.id for r in device.RULES}
+        remote, device_ids = REMOTE_RULES, {r.id for r in (*device.RULES, *p2p.DEVICE_RULES)}
     for r in rules:
         if r.level not in _DUTY or not r.applies_to(profile):
             continue
