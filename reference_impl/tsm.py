@@ -601,9 +601,12 @@ class Tsm(Actor):
     def _program_p2p(self, first: str, second: str, stream: int) -> None:
         """Key the P2P stream on both devices over the TSM's sessions (fresh keys, key set 0), GO Rx then Tx
         (rules-seed E.66), and enable both ends."""
-        ends = [(self._device(d), self._sessions.get(d)) for d in (first, second)]
-        if any(sid is None for _, sid in ends):
-            raise InvalidState(f"{first} and {second} must both be connected for a P2P stream")
+        ends: list[tuple[Any, int]] = []
+        for d in (first, second):
+            sid = self._sessions.get(d)
+            if sid is None:
+                raise InvalidState(f"{first} and {second} must both be connected for a P2P stream")
+            ends.append((self._device(d), sid))
         for direction in (km.Direction.RX, km.Direction.TX):
             for sub in km.SubStream:
                 key = self._fresh_key()
