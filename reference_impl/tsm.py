@@ -611,8 +611,8 @@ class Tsm(Actor):
             for sub in km.SubStream:
                 key = self._fresh_key()
                 for i, (dev, sid) in enumerate(ends):
-                    d = direction if i == 0 else km.Direction(1 - direction)  # the peer's opposite direction
-                    slot = km.KeySubStream(key_set=km.KeySet.K0, direction=d, sub_stream=sub)
+                    way = direction if i == 0 else km.Direction(1 - direction)  # the peer's opposite direction
+                    slot = km.KeySubStream(key_set=km.KeySet.K0, direction=way, sub_stream=sub)
                     ack = self._ide_km(
                         dev,
                         sid,
