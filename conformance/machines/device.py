@@ -802,32 +802,14 @@ class DeviceMachine(RuleBasedStateMachine):
 
     @rule(fn=st.integers(0, 1))
     @recorded
-    def vendor_message(self, fn: int) -> None:
-        """Vendor-defined requests to ``fn``'s TDI over the newest live session (one opened if there is none), in
-        whatever state it is (VDM is legal in all): one for :data:`VENDOR_PROBES`' first vendor, one for a vendor
-        no device here speaks, one in the CXL registry -- each must get a VDM_RESPONSE naming its vendor or a
-        well-formed TDISP_ERROR (VDM-01)."""
-        live = [s for d in self.run._snap.devices for s in d.sessions]
-        sid = max(live) if live else self._connect()
-        if sid is None:
-            return
-        iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
-
-        def go() -> None:
-            self._send(sid, td.GetTdispCapabilities(interface_id=iid, tsm_caps=0))
-            for registry, vendor in ((0, VENDOR_PROBES[0]), (0, VENDOR_PROBES[1]), (1, VENDOR_PROBES[1])):
-                self._send(
-                    sid, td.VdmRequest(interface_id=iid, registry_id=registry, vendor_id=vendor, payload=b"probe")
-                )
-
-        self._do("vendor_messages", go)
-
-    @rule(fn=st.integers(0, 1))
-    @recorded
     def optional_requests_any_state(self, fn: int) -> None:
-        """BIND_P2P_STREAM, UNBIND_P2P_STREAM, SET_MMIO_ATTRIBUTE and a VDM to ``fn``'s TDI in whatever state it is,
-        over its locking session if it has one (else the newest live session): outside RUN the first three must
-        get INVALID_INTERFACE_STATE and change nothing (TDISP-01); in RUN the rules above judge them."""
+        """BIND_P2P_STREAM, UNBIND_P2P_STREAM, SET_MMIO_ATTRIBUTE and vendor-defined requests to ``fn``'s TDI in
+        whatever state it is, over its locking session if it has one (else the newest live session, one opened
+        if there is none): outside RUN the first three must get INVALID_INTERFACE_STATE and change nothing
+        (TDISP-01); in RUN the rules above judge them. The VDMs (legal in every state) go to the vendor protocol
+        of :data:`VENDOR_PROBES`' first vendor, to one no device here speaks, and to the CXL registry: each must
+        get a VDM_RESPONSE naming its vendor or a well-formed TDISP_ERROR (VDM-01). The capabilities first, so
+        the rules know what the device serves."""
         rid = self.rids[fn % len(self.rids)]
         f = next((f for d in self.run._snap.devices for f in d.functions if f.rid == rid), None)
         live = [s for d in self.run._snap.devices for s in d.sessions]
@@ -845,10 +827,14 @@ class DeviceMachine(RuleBasedStateMachine):
 
         def go() -> None:
             for msg in (
+                td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
                 td.BindP2PStream(interface_id=iid, p2p_stream_id=P2P_STREAM),
                 td.UnbindP2PStream(interface_id=iid, p2p_stream_id=P2P_STREAM),
                 td.SetMmioAttribute(interface_id=iid, mmio_range=page),
-                td.VdmRequest(interface_id=iid, registry_id=0, vendor_id=VENDOR_PROBES[1], payload=b""),
+                *(
+                    td.VdmRequest(interface_id=iid, registry_id=registry, vendor_id=vendor, payload=b"probe")
+                    for registry, vendor in ((0, VENDOR_PROBES[0]), (0, VENDOR_PROBES[1]), (1, VENDOR_PROBES[1]))
+                ),
             ):
                 self._send(sid, msg)
 
