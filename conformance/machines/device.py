@@ -720,14 +720,14 @@ class DeviceMachine(RuleBasedStateMachine):
         except StackError:
             return None
 
-    @rule(leave=st.sampled_from(["stop", "poison", "keep"]))
+    @rule(leave=st.sampled_from(["stop", "flr", "poison", "keep"]))
     @recorded
     def p2p_streams(self, leave: str) -> None:
         """P2P stream binding on a TDI in RUN (brought there first if none is), over its locking session, as one
         step: the capabilities, a BIND of a stream never keyed and an UNBIND of one not bound (both must be
         refused: P2P-01, P2P-02), the P2P stream keyed and enabled, then BIND, BIND again, UNBIND, UNBIND again
-        and BIND -- each judged. Then the TDI leaves RUN with the stream bound (``leave``: STOP, or a poisoned
-        TLP that moves it to ERROR) and must drop it (P2P-03), or keeps it (``keep``).
+        and BIND -- each judged. Then the TDI leaves RUN with the stream bound (``leave``: STOP, or an FLR or a
+        poisoned TLP that moves it to ERROR) and must drop it (P2P-03), or keeps it (``keep``).
 
         Aimed and in one step: a BIND is legal only in RUN and needs the keys of the TDI's locking session,
         which random messages over random sessions almost never meet."""
@@ -748,8 +748,8 @@ class DeviceMachine(RuleBasedStateMachine):
         self._do("p2p_stream_cycle", go)
         if leave == "stop":
             self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=iid))
-        elif leave == "poison":
-            self._do("poison", self.device.poison, f.rid)
+        elif leave in ("flr", "poison"):
+            self._do(leave, getattr(self.device, leave), f.rid)
 
     def _read_report(self, sid: int, iid: td.InterfaceId) -> td.InterfaceReport | None:
         """The whole interface report, portion by portion, inside the current step (None if refused)."""
@@ -774,7 +774,7 @@ class DeviceMachine(RuleBasedStateMachine):
         the last page of an updatable range (the last range if none says so) is made non-TEE memory, the report
         read again, the page made TEE memory again, the report read again, and a range past every reported one
         sent: each judged (MMIOATTR-01: a valid change succeeds and shows in the report, a bad range gets
-        INVALID_REQUEST)."""
+        INVALID_REQUEST). Last a VDM of an unknown vendor (VDM-01) and a START, illegal in RUN (TDISP-01)."""
         f = self._locked_tdi(True)
         if f is None:
             return
@@ -796,6 +796,10 @@ class DeviceMachine(RuleBasedStateMachine):
             past = (last.first_page + (last.number_of_pages + 16) * 4096) % 2**64 & ~0xFFF
             bad = td.MmioRange(first_page=past, number_of_pages=1, attributes=r.attributes, range_id=r.range_id)
             self._send(sid, td.SetMmioAttribute(interface_id=iid, mmio_range=bad))
+            # and, to a TDI in RUN, which random draws seldom meet: a vendor request of an unknown vendor (VDM-01)
+            # and START once more, illegal in RUN (TDISP-01)
+            self._send(sid, td.VdmRequest(interface_id=iid, registry_id=0, vendor_id=VENDOR_PROBES[1], payload=b""))
+            self._send(sid, td.StartInterface(interface_id=iid, start_interface_nonce=bytes(32)))
 
         note("SET_MMIO_ATTRIBUTE on a RUN TDI")
         self._do("mmio_attribute_cycle", go)
