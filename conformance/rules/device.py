@@ -94,7 +94,8 @@ def _note_device_facts(acc: dict[str, Any], e: Any) -> dict[str, Any]:
             elif isinstance(resp, td.DeviceInterfaceReport) and req is not None:
                 rid = req.interface_id.function_id & 0xFFFF
                 acc["reports"][rid] = req.offset + len(resp.portion) + resp.remainder_length
-            elif isinstance(resp, td.LockInterfaceResponse) and req is not None:
+            elif isinstance(resp, td.LockInterfaceResponse | td.SetMmioAttributeResponse) and req is not None:
+                # a new lock, or ranges split by SET_MMIO_ATTRIBUTE: the report's length is not known any more
                 acc["reports"].pop(req.interface_id.function_id & 0xFFFF, None)
     elif e.arguments and e.arguments[0] == 0:
         try:
@@ -331,6 +332,8 @@ class _Replay:
                 self.flag("TDISP-14", f"GET_TDISP_VERSION answered {resp}")
             else:
                 self.ok("TDISP-14")
+        elif code is td.RequestCode.SET_MMIO_ATTRIBUTE and isinstance(resp, td.SetMmioAttributeResponse):
+            self.__dict__.setdefault("attr_changed", set()).add(rid)  # its report may have grown (split ranges)
         elif code is td.RequestCode.GET_DEVICE_INTERFACE_STATE:
             if not isinstance(resp, td.DeviceInterfaceState) or resp.tdi_state != state:
                 self.flag(
@@ -454,7 +457,7 @@ class _Replay:
             self.flag("TDISP-11", f"report request answered {type(resp).__name__}")
             return
         known = _report_totals(self.o, before=True).get(rid)
-        if known is not None and req.offset >= known:
+        if known is not None and req.offset >= known and rid not in self.__dict__.get("attr_changed", ()):
             # OFFSET beyond the report the device itself said it has (DeviceReport.3): INVALID_REQUEST
             self.flag("TDISP-11", f"a report portion was served at OFFSET {req.offset:#x} of a {known}-byte report")
             return
