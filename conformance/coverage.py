@@ -45,9 +45,10 @@ def applicable_rules(
     device_ids: set[str] = set()
     if remote_device:
         from teeio_conformance.conformance.remote import REMOTE_RULES
-        from teeio_conformance.conformance.rules import device, ide
+        from teeio_conformance.conformance.rules import device, ide, p2p
 
-        remote, device_ids = REMOTE_RULES, {r.id for r in device.RULES} | ide.DEVICE_SIDE
+        device_rules = (*device.RULES, *p2p.DEVICE_RULES)
+        remote, device_ids = REMOTE_RULES, {r.id for r in device_rules} | ide.DEVICE_SIDE
     for r in rules:
         if r.level not in _DUTY or not r.applies_to(profile):
             continue

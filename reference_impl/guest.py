@@ -61,11 +61,21 @@ class GuestTsm(Actor):
 
     actor_name = "guest_tsm"
 
-    def __init__(self, trace: Trace, vm: str, profile: Profile, trusted_root: bytes, *, seed: int = 5) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        vm: str,
+        profile: Profile,
+        trusted_root: bytes,
+        *,
+        seed: int = 5,
+        also_trusted: tuple[bytes, ...] = (),
+    ) -> None:
         super().__init__(trace)
         self.vm = vm
         self.profile = profile
         self._root = trusted_root
+        self._also_trusted = also_trusted  # further vendors' roots (a stack of several devices)
         self._rng = random.Random(f"guest-tsm/{vm}/{seed}")  # own seed domain: nonces never equal secrets
         self._vmm: Any = None
 
@@ -81,10 +91,17 @@ class GuestTsm(Actor):
         """Ask for a report signed over a fresh nonce; verify chain, signature, freshness, ranges."""
         nonce = self._rng.randbytes(32)
         ev = self._vmm.ghci_guest_request(self.vm, virt_id, GuestRequest(kind="report", nonce=nonce))
-        try:
-            verify_evidence(ev.signed, trusted_root=self._root, chain=ev.chain, expected_nonce=nonce)
-        except EvidenceError as exc:
-            raise AttestationRejected(f"attestation of {virt_id:#x} failed: {exc}") from exc
+        failure: EvidenceError | None = None
+        for root in (self._root, *self._also_trusted):
+            try:
+                verify_evidence(ev.signed, trusted_root=root, chain=ev.chain, expected_nonce=nonce)
+            except EvidenceError as exc:
+                failure = failure or exc
+                continue
+            failure = None
+            break
+        if failure is not None:
+            raise AttestationRejected(f"attestation of {virt_id:#x} failed: {failure}") from failure
         report = td.InterfaceReport.decode(ev.signed.report)
         private = [r for r in report.mmio_ranges if not r.attributes & td.RangeAttr.IS_NON_TEE_MEM]
         for r in report.mmio_ranges:

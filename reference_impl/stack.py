@@ -78,6 +78,7 @@ class Stack:
                 bus=dc.bus + i,
                 bar_base=dc.bar_base + i * 0x100_0000,
                 name=dc.name if i == 0 else f"dev{i}",
+                first_session=dc.first_session + i * 0x1000,  # session IDs unique in the stack, as the trace sees them
             )
             self.devices[dc.name] = device_factory(self.trace, dc)
         self.iommu = iommu_factory(self.trace, self.profile)
@@ -102,8 +103,11 @@ class Stack:
     def create_vm(self) -> str:
         """A new VM with its guest kernel and guest TSM (the guest trusts the devices' root CA)."""
         vm: str = self.kvm.create_vm()
-        root = next(iter(self.devices.values())).identity.root_certificate()
-        gtsm = GuestTsm(self.trace, vm, self.profile, root, seed=len(self.guests) + 1)
+        first, *rest = self.devices.values()
+        root = first.identity.root_certificate()
+        # a second device's vendor is trusted too (a VM with TDIs of two devices, P2P)
+        others = tuple(r for d in rest if hasattr(d, "identity") and (r := d.identity.root_certificate()) != root)
+        gtsm = GuestTsm(self.trace, vm, self.profile, root, seed=len(self.guests) + 1, also_trusted=others)
         gtsm._wire(self.vmm)
         guest = Guest(self.trace, vm, gtsm)
         guest._wire(self.kvm)

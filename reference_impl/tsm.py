@@ -64,6 +64,7 @@ class TdiRecord:
     trusted_dma: bool
     started: bool
     outstanding: tuple[str, ...] = ()  # host TDISP requests submitted and not yet collected (oldest first)
+    p2p_peers: tuple[int, ...] = ()  # TDIs of other devices this one shares a bound P2P stream with
 
 
 @attrs.frozen
@@ -84,6 +85,7 @@ class _TdiCtx:
     trusted_dma: bool = False
     started: bool = False
     outstanding: list[str] = attrs.Factory(list)
+    p2p_peers: set[int] = attrs.Factory(set)
 
 
 _GUEST_KIND_TDISP = {
@@ -129,9 +131,13 @@ class Tsm(Actor):
         sid = self._sessions.get(ctx.device)
         if sid is None:
             raise InvalidState(f"{ctx.device} is not connected")
+        return self._exchange(ctx.device, sid, request)[1]
+
+    def _exchange(self, device: str, sid: int, request: td.Request) -> tuple[bytes, td.Response]:
+        """One request on the wire and the device's answer, as bytes and decoded, BUSY retried (see _tdisp)."""
         wire = td.encode(request)
         for attempt in range(BUSY_RETRIES + 1):
-            raw = self._devices[ctx.device].handle_vendor_message(PROTOCOL_TDISP, wire, session_id=sid)
+            raw = self._devices[device].handle_vendor_message(PROTOCOL_TDISP, wire, session_id=sid)
             if raw is None:
                 raise ConformanceViolation(f"device dropped {type(request).__name__} (no response)")
             try:
@@ -143,7 +149,7 @@ class Tsm(Actor):
                 or attempt == BUSY_RETRIES
             ):
                 break
-        return resp
+        return bytes(raw), resp
 
     def _expect(self, rid: int, request: td.Request, want: type) -> Any:
         resp = self._tdisp(rid, request)
@@ -405,6 +411,24 @@ class Tsm(Actor):
             raise InvalidState(f"{self.profile.title}: accept MMIO and DMA of {ctx.rid:#06x} before START")
         self._start(ctx)
 
+    def _guest_vdm(self, ctx: _TdiCtx, request: GuestRequest) -> bytes:
+        """A vendor-defined request of the guest (``payload`` = the VDM_REQUEST body: REGISTRY_ID,
+        VENDOR_ID_LEN, VENDOR_ID, data) passed to its TDI, and the device's answer handed back as the bytes
+        it sent -- a VDM_RESPONSE or a TDISP_ERROR (VENDOR_SPECIFIC_ERROR and its extended data) alike. The
+        TSM reads neither: vendor messages are the device vendor's business (PCIe §11.3.24-§11.3.25). Not
+        gated by the profiles' guest whitelists, which name the standard requests."""
+        sid = self._sessions.get(ctx.device)
+        if sid is None:
+            raise InvalidState(f"{ctx.device} is not connected")
+        header = bytearray(td.encode(td.GetDeviceInterfaceState(interface_id=self._iid(ctx.rid))))
+        header[1] = td.RequestCode.VDM
+        try:
+            req = td.decode_request(bytes(header) + bytes(request.payload))
+        except td.TdispDecodeError as exc:
+            raise InvalidArgument(f"the guest's vendor-defined request does not decode: {exc}") from None
+        raw, _ = self._exchange(ctx.device, sid, req)
+        return raw
+
     def _start(self, ctx: _TdiCtx) -> None:
         if ctx.nonce is None:
             raise InvalidState(f"TDI {ctx.rid:#06x} has no START nonce (not locked, or already started)")
@@ -443,6 +467,9 @@ class Tsm(Actor):
             step(self._vfio.revoke_mmio, rid)
         if ctx.trusted_dma:
             step(self._disable_dma, ctx)  # the disable-DMA callback into IOMMUFD (steps 45-46)
+        for peer in sorted(ctx.p2p_peers):  # STOP unbound this end's P2P stream; the peer lets go of it too
+            step(self._p2p_unbind_one, self._ctx(peer), rid)
+            ctx.p2p_peers.discard(peer)
         step(self._free, ctx)
         step(self._vfio.set_private, rid, False)
         step(self._vfio.recover_mmio, rid)
@@ -496,6 +523,118 @@ class Tsm(Actor):
         self._kvm.put_ref(vm)
         ctx.vm = ctx.virt_id = None
         ctx.started = False
+
+    # ------------------------------------------------------------------ P2P streams between two TDIs
+    @operation()
+    def bind_p2p(self, vm: str, rid: int, peer_rid: int) -> int:
+        """Join two TDIs of one confidential VM, on two devices, by the devices' P2P IDE stream: the TSM keys
+        the stream on both ends over its sessions (one end's Tx key is the other's Rx key), makes it Secure,
+        and sends BIND_P2P_STREAM to each TDI (PCIe §11.3.18). Both TDIs must be bound to ``vm`` and started
+        (P2P is legal in RUN only, PCIe §11.2), and neither may share its stream with a third TDI. Returns the
+        stream ID. A refusal leaves no binding behind (the first end is unbound if the second refuses)."""
+        a, b = self._ctx(rid), self._ctx(peer_rid)
+        if a.device == b.device:
+            raise InvalidArgument(f"{rid:#06x} and {peer_rid:#06x} are functions of one device: no P2P stream")
+        for c in (a, b):
+            if c.vm != vm:
+                raise PermissionDenied(f"TDI {c.rid:#06x} is not bound to {vm}: P2P only within one VM")
+            if not c.started:
+                raise InvalidState(f"TDI {c.rid:#06x} is not started: P2P streams are bound in RUN only")
+        if peer_rid in a.p2p_peers:
+            return int(self._p2p_stream(a.device))
+        for c, other in ((a, b), (b, a)):
+            if self._stream_users(c.device) - {other.rid}:
+                raise Busy(f"{c.device}'s P2P stream is bound to another peer already")
+        stream = self._p2p_stream(a.device)
+        if self._p2p_stream(b.device) != stream:
+            raise Unsupported(f"{a.device} and {b.device} keep their P2P streams under different stream IDs")
+        return self._join(a, b, stream)
+
+    def _join(self, a: _TdiCtx, b: _TdiCtx, stream: int) -> int:
+        """Key and enable the stream, BIND both ends. On a refusal the ends are unbound and a stream that was
+        not Secure before is disabled again, so a refused bind_p2p leaves the devices as they were."""
+        was = {d: self._device(d).snapshot().p2p_stream_state for d in (a.device, b.device)}
+        bound: list[_TdiCtx] = []
+        try:
+            self._program_p2p(a.device, b.device, stream)
+            for c in (a, b):
+                bind = td.BindP2PStream(interface_id=self._iid(c.rid), p2p_stream_id=stream)
+                self._expect(c.rid, bind, td.BindP2PStreamResponse)
+                bound.append(c)
+        except StackError:
+            for c in bound:
+                self._teardown_step(self._p2p_unbind_one, c, (b if c is a else a).rid)
+            for d, state in was.items():
+                if state != "SECURE":
+                    with contextlib.suppress(StackError):
+                        self._device(d).ide_p2p_enable(False)
+            raise
+        a.p2p_peers.add(b.rid)
+        b.p2p_peers.add(a.rid)
+        return stream
+
+    @operation()
+    def unbind_p2p(self, rid: int, peer_rid: int) -> None:
+        """Unbind the P2P stream two TDIs share: UNBIND_P2P_STREAM to each end (PCIe §11.3.20). A no-op when
+        they share none; like unbind it does not give up halfway."""
+        a, b = self._ctx(rid), self._ctx(peer_rid)
+        if peer_rid not in a.p2p_peers:
+            return
+        self._teardown_step(self._p2p_unbind_one, a, peer_rid)
+        self._teardown_step(self._p2p_unbind_one, b, rid)
+
+    def _p2p_unbind_one(self, ctx: _TdiCtx, peer_rid: int) -> None:
+        ctx.p2p_peers.discard(peer_rid)
+        dev = self._devices[ctx.device]
+        sid = self._sessions.get(ctx.device)
+        if sid is None or sid not in dev.snapshot().sessions or self._ctx(ctx.rid).stopped:
+            return  # no session, or stopped: the device dropped the binding with it
+        stream = self._p2p_stream(ctx.device)
+        resp = self._tdisp(ctx.rid, td.UnbindP2PStream(interface_id=self._iid(ctx.rid), p2p_stream_id=stream))
+        if isinstance(resp, td.TdispError) and resp.error_code == td.ErrorCode.BUSY:
+            raise Busy(f"device stayed BUSY for UNBIND_P2P_STREAM after {BUSY_RETRIES} retries")
+
+    def _stream_users(self, device: str) -> set[int]:
+        return {p for c in self._tdis.values() if c.device == device for p in c.p2p_peers}
+
+    def _p2p_stream(self, device: str) -> int:
+        stream = getattr(self._device(device).config, "p2p_stream_id", None)
+        if stream is None:
+            raise Unsupported(f"{device} has no P2P IDE stream")
+        return int(stream)
+
+    def _program_p2p(self, first: str, second: str, stream: int) -> None:
+        """Key the P2P stream on both devices over the TSM's sessions (fresh keys, key set 0), GO Rx then Tx
+        (rules-seed E.66), and enable both ends."""
+        ends: list[tuple[Any, int]] = []
+        for d in (first, second):
+            sid = self._sessions.get(d)
+            if sid is None:
+                raise InvalidState(f"{first} and {second} must both be connected for a P2P stream")
+            ends.append((self._device(d), sid))
+        for direction in (km.Direction.RX, km.Direction.TX):
+            for sub in km.SubStream:
+                key = self._fresh_key()
+                for i, (dev, sid) in enumerate(ends):
+                    way = direction if i == 0 else km.Direction(1 - direction)  # the peer's opposite direction
+                    slot = km.KeySubStream(key_set=km.KeySet.K0, direction=way, sub_stream=sub)
+                    ack = self._ide_km(
+                        dev,
+                        sid,
+                        km.KeyProg(stream_id=stream, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IDE_IV),
+                    )
+                    if not isinstance(ack, km.KpAck) or ack.status != km.KpAckStatus.SUCCESS:
+                        raise InvalidState(f"{dev.name} refused KEY_PROG {slot} for P2P stream {stream}: {ack}")
+        for dev, sid in ends:
+            for direction in (km.Direction.RX, km.Direction.TX):
+                for sub in km.SubStream:
+                    slot = km.KeySubStream(key_set=km.KeySet.K0, direction=direction, sub_stream=sub)
+                    ack = self._ide_km(
+                        dev, sid, km.KSetGo(stream_id=stream, key_sub_stream=slot.to_byte(), port_index=0)
+                    )
+                    if not isinstance(ack, km.KGoStopAck):
+                        raise InvalidState(f"{dev.name} refused K_SET_GO {slot} for P2P stream {stream}: {ack}")
+            dev.ide_p2p_enable(True)
 
     # ------------------------------------------------------------------ secure EPT (from KVM)
     @operation()
@@ -579,6 +718,7 @@ class Tsm(Actor):
                     trusted_dma=c.trusted_dma,
                     started=c.started,
                     outstanding=tuple(c.outstanding),
+                    p2p_peers=tuple(sorted(c.p2p_peers)),
                 )
                 for c in self._tdis.values()
             ),

@@ -35,6 +35,12 @@ DEVICE_RULES = frozenset(r.id for r in CATALOGUE if r.area.name in ("TDISP", "ID
 }
 IV = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
 FAULTS = ("poison", "config_write_command", "config_write_bar0", "config_write_msix_control", "ide_failure")
+P2P_STREAM = 1
+"""The stream ID the machine keys for peer-to-peer (the reference keeps its P2P stream there)."""
+UNKEYED_STREAM = 7
+"""A stream ID the machine never keys: a BIND to it must be refused."""
+VENDOR_PROBES = (b"\xfe\xff", b"\x34\x12")
+"""Vendor IDs for VDM requests: the reference's own protocol, and one no device here speaks."""
 
 
 def _acked(raw: bytes | None) -> bool:
@@ -823,3 +829,161 @@ class DeviceMachine(RuleBasedStateMachine):
         msg = km.encode(km.KSetGo(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0))
         for sid in sessions:
             self._do("k_set_go_unprogrammed", self.device.handle_vendor_message, 0, msg, session_id=sid)
+
+    # ------------------------------------------------------------------ optional requests (issue 19)
+    def _p2p_keys(self, sid: int) -> None:
+        """KEY_PROG and K_SET_GO of key set 0 on the P2P stream :data:`P2P_STREAM` over ``sid``, then its enable
+        bit: the machine plays the peer device's end (it keeps no copy: no TLP goes over the stream here)."""
+        send = self.device.handle_vendor_message
+        slots = [
+            km.KeySubStream(key_set=km.KeySet.K0, direction=d, sub_stream=s) for d in km.Direction for s in km.SubStream
+        ]
+        for slot in slots:
+            self._key_counter += 1
+            key = self._key_counter.to_bytes(4, "little") * 8
+            msg = km.KeyProg(stream_id=P2P_STREAM, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV)
+            send(0, km.encode(msg), session_id=sid)
+        for slot in slots:
+            send(
+                0,
+                km.encode(km.KSetGo(stream_id=P2P_STREAM, key_sub_stream=slot.to_byte(), port_index=0)),
+                session_id=sid,
+            )
+        enable = getattr(self.device, "ide_p2p_enable", None)
+        if enable is not None:
+            try:
+                enable(True)
+            except StackError:  # no P2P stream (then BIND is refused, and the rules say whether rightly)
+                return
+
+    def _send(self, sid: int | None, msg: Any) -> Any:
+        """One TDISP request inside a step (no step of its own); its decoded answer or None."""
+        raw = self.device.handle_vendor_message(1, td.encode(msg), session_id=sid)
+        try:
+            return td.decode_response(raw) if raw is not None else None
+        except StackError:
+            return None
+
+    @rule(leave=st.sampled_from(["stop", "flr", "poison", "keep"]))
+    @recorded
+    def p2p_streams(self, leave: str) -> None:
+        """P2P stream binding on a TDI in RUN (brought there first if none is), over its locking session, as one
+        step: the capabilities, a BIND of a stream never keyed and an UNBIND of one not bound (both must be
+        refused: P2P-01, P2P-02), the P2P stream keyed and enabled, then BIND, BIND again, UNBIND, UNBIND again
+        and BIND -- each judged. Then the TDI leaves RUN with the stream bound (``leave``: STOP, or an FLR or a
+        poisoned TLP that moves it to ERROR) and must drop it (P2P-03), or keeps it (``keep``).
+
+        Aimed and in one step: a BIND is legal only in RUN and needs the keys of the TDI's locking session,
+        which random messages over random sessions almost never meet."""
+        f = self._locked_tdi(True)
+        if f is None:
+            return
+        sid, iid = f.locked_session, td.InterfaceId(function_id=f.rid)
+
+        def go() -> None:
+            self._send(sid, td.GetTdispCapabilities(interface_id=iid, tsm_caps=0))
+            self._send(sid, td.BindP2PStream(interface_id=iid, p2p_stream_id=UNKEYED_STREAM))
+            self._send(sid, td.UnbindP2PStream(interface_id=iid, p2p_stream_id=P2P_STREAM))
+            self._p2p_keys(sid)
+            for msg in (td.BindP2PStream, td.BindP2PStream, td.UnbindP2PStream, td.UnbindP2PStream, td.BindP2PStream):
+                self._send(sid, msg(interface_id=iid, p2p_stream_id=P2P_STREAM))
+
+        note("P2P stream bind/unbind cycle on a RUN TDI")
+        self._do("p2p_stream_cycle", go)
+        if leave == "stop":
+            self._tdisp("STOP_INTERFACE", sid, td.StopInterface(interface_id=iid))
+        elif leave in ("flr", "poison"):
+            self._do(leave, getattr(self.device, leave), f.rid)
+
+    def _read_report(self, sid: int, iid: td.InterfaceId) -> td.InterfaceReport | None:
+        """The whole interface report, portion by portion, inside the current step (None if refused)."""
+        buf, offset = b"", 0
+        for _ in range(64):
+            resp = self._send(sid, td.GetDeviceInterfaceReport(interface_id=iid, offset=offset, length=0x400))
+            if not isinstance(resp, td.DeviceInterfaceReport) or not resp.portion:
+                return None
+            buf += resp.portion
+            offset += len(resp.portion)
+            if not resp.remainder_length:
+                try:
+                    return td.InterfaceReport.decode(buf)
+                except StackError:
+                    return None
+        return None
+
+    @rule()
+    @recorded
+    def mmio_attribute(self) -> None:
+        """SET_MMIO_ATTRIBUTE on a TDI in RUN (brought there first if none is), as one step: the report is read,
+        the last page of an updatable range (the last range if none says so) is made non-TEE memory, the report
+        read again, the page made TEE memory again, the report read again, and a range past every reported one
+        sent: each judged (MMIOATTR-01: a valid change succeeds and shows in the report, a bad range gets
+        INVALID_REQUEST). Last a VDM of an unknown vendor (VDM-01) and a START, illegal in RUN (TDISP-01)."""
+        f = self._locked_tdi(True)
+        if f is None:
+            return
+        sid, iid = f.locked_session, td.InterfaceId(function_id=f.rid)
+
+        def go() -> None:
+            self._send(sid, td.GetTdispCapabilities(interface_id=iid, tsm_caps=0))
+            report = self._read_report(sid, iid)
+            if report is None or not report.mmio_ranges:
+                return
+            ranges = report.mmio_ranges
+            r = next((r for r in ranges if r.attributes & td.RangeAttr.IS_MEM_ATTR_UPDATABLE), ranges[-1])
+            page = r.first_page + (r.number_of_pages - 1) * 4096 if r.number_of_pages else r.first_page
+            for attr in (r.attributes | td.RangeAttr.IS_NON_TEE_MEM, r.attributes & ~td.RangeAttr.IS_NON_TEE_MEM):
+                one = td.MmioRange(first_page=page, number_of_pages=1, attributes=int(attr), range_id=r.range_id)
+                self._send(sid, td.SetMmioAttribute(interface_id=iid, mmio_range=one))
+                self._read_report(sid, iid)
+            last = max(ranges, key=lambda x: x.first_page)
+            past = (last.first_page + (last.number_of_pages + 16) * 4096) % 2**64 & ~0xFFF
+            bad = td.MmioRange(first_page=past, number_of_pages=1, attributes=r.attributes, range_id=r.range_id)
+            self._send(sid, td.SetMmioAttribute(interface_id=iid, mmio_range=bad))
+            # and, to a TDI in RUN, which random draws seldom meet: a vendor request of an unknown vendor (VDM-01)
+            # and START once more, illegal in RUN (TDISP-01)
+            self._send(sid, td.VdmRequest(interface_id=iid, registry_id=0, vendor_id=VENDOR_PROBES[1], payload=b""))
+            self._send(sid, td.StartInterface(interface_id=iid, start_interface_nonce=bytes(32)))
+
+        note("SET_MMIO_ATTRIBUTE on a RUN TDI")
+        self._do("mmio_attribute_cycle", go)
+
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def optional_requests_any_state(self, fn: int) -> None:
+        """BIND_P2P_STREAM, UNBIND_P2P_STREAM, SET_MMIO_ATTRIBUTE and vendor-defined requests to ``fn``'s TDI in
+        whatever state it is, over its locking session if it has one (else the newest live session, one opened
+        if there is none): outside RUN the first three must get INVALID_INTERFACE_STATE and change nothing
+        (TDISP-01); in RUN the rules above judge them. The VDMs (legal in every state) go to the vendor protocol
+        of :data:`VENDOR_PROBES`' first vendor, to one no device here speaks, and to the CXL registry: each must
+        get a VDM_RESPONSE naming its vendor or a well-formed TDISP_ERROR (VDM-01). The capabilities first, so
+        the rules know what the device serves."""
+        rid = self.rids[fn % len(self.rids)]
+        f = next((f for d in self.run._snap.devices for f in d.functions if f.rid == rid), None)
+        live = [s for d in self.run._snap.devices for s in d.sessions]
+        sid = getattr(f, "locked_session", None) or self.locked_by.get(rid) or (max(live) if live else None)
+        if sid is None or sid not in live:
+            sid = max(live) if live else self._connect()
+        if sid is None:
+            return
+        iid = td.InterfaceId(function_id=rid)
+        try:
+            base, _ = self.device.bar_range(rid)
+        except StackError:  # a device behind a socket does not show its BARs: any page will do out of RUN
+            base = 0
+        page = td.MmioRange(first_page=base + 4096, number_of_pages=1, attributes=0, range_id=0)
+
+        def go() -> None:
+            for msg in (
+                td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
+                td.BindP2PStream(interface_id=iid, p2p_stream_id=P2P_STREAM),
+                td.UnbindP2PStream(interface_id=iid, p2p_stream_id=P2P_STREAM),
+                td.SetMmioAttribute(interface_id=iid, mmio_range=page),
+                *(
+                    td.VdmRequest(interface_id=iid, registry_id=registry, vendor_id=vendor, payload=b"probe")
+                    for registry, vendor in ((0, VENDOR_PROBES[0]), (0, VENDOR_PROBES[1]), (1, VENDOR_PROBES[1]))
+                ),
+            ):
+                self._send(sid, msg)
+
+        self._do(f"optional_requests_{getattr(getattr(f, 'tdi_state', None), 'name', 'unknown').lower()}", go)

@@ -28,6 +28,7 @@ VIRT_BASE = 0x10
 PRIVATE_GPA = 0x800
 SHARED_GPA = 0x5000
 HOST_SLOT_GPA = 0x80_0000  # where a misbehaving host puts a memslot of its own (above any VMM vBAR)
+P2P_PEER_VIRT = 0x20  # where the second device's function sits in a VM that joins two devices (host_p2p)
 STAGES = ("running", "bound", "attested", "accepted", "started", "used", "unbound")
 GUEST_VERBS = ("bind", "attest", "accept", "start", "use_private", "enumerate", "unbind")
 FAULTS = (
@@ -47,6 +48,7 @@ class MachineConfig:
     num_vfs: int = 1
     only: frozenset[str] | None = None  # check only these rules (mutant tests aim at one)
     timeout: float = 5.0
+    num_devices: int | None = None  # devices to ask the SUT factory for (None: the factory's own default)
 
 
 @attrs.frozen
@@ -88,7 +90,8 @@ class FullStack(
     def __init__(self) -> None:
         super().__init__()
         cfg = self.config
-        self.stack = build_sut(cfg.factory, cfg.timeout, profile=cfg.profile, num_vfs=cfg.num_vfs)
+        more = {} if cfg.num_devices is None else {"num_devices": cfg.num_devices}
+        self.stack = build_sut(cfg.factory, cfg.timeout, profile=cfg.profile, num_vfs=cfg.num_vfs, **more)
         self.run = StepRunner(self.stack, cfg.profile, only=cfg.only, timeout=cfg.timeout)
         self.device_name = next(iter(self.stack.devices))
         self.device = self.stack.devices[self.device_name]
@@ -955,3 +958,96 @@ class FullStack(
             return
         note(f"guest request {kind} for a TDI of {vm}, from {other}")
         self._do("guest_request_other_vm", self.stack.tsm.guest_request, rid, other, GuestRequest(kind=kind))
+
+    # ------------------------------------------------------------------ optional TDISP features (issue 19)
+    @rule(s=slots)
+    @recorded
+    def guest_vdm(self, s: Slot) -> None:
+        """The guest sends its TDI vendor-defined requests through the guest-request channel (``s``'s TDI, bound
+        first if no TDI is; see :meth:`_bound_tdi`): one for the vendor protocol the reference device speaks and
+        one for a vendor it does not know. The TSM must carry each to the device and the answer -- a
+        VDM_RESPONSE, or a VENDOR_SPECIFIC_ERROR with its extended data -- back unchanged (VDM-02)."""
+        from teeio_conformance.contract.guest_request import GuestRequest
+
+        rid, vm = self._bound_tdi(s)
+        a = next((a for a in self.run._snap.vmm.assignments if a.rid == rid and a.vm == vm), None)
+        if a is None:
+            return
+        for name, vendor in (("known", b"\xfe\xff"), ("unknown", b"\x34\x12")):
+            req = GuestRequest(kind="vdm", payload=bytes([0, len(vendor)]) + vendor + b"guest")
+            self._do(f"guest_vdm_{name}_vendor", self.stack.vmm.ghci_guest_request, vm, a.virt_id, req)
+
+    @rule(s=slots)
+    @recorded
+    def host_p2p(self, s: Slot) -> None:
+        """A P2P stream between TDIs of two devices. With a second device: a fresh VM gets ``s``'s function and the
+        second device's first function, its guest takes both to RUN, and the host TSM binds the pair, unbinds it,
+        tries to bind it for another VM (refused: P2P-04), and binds it again, leaving it bound for later steps
+        to tear down. With one device there is no pair: the TSM is asked to join a started TDI (``s``'s, taken
+        to RUN first if no TDI is started) with another function of the same device, and must refuse.
+
+        (The device rules follow one device's SPDM sessions and key owner, so a second device is for a SUT
+        factory that gives one -- a mutant, or a test -- rather than the default run.)"""
+        names = list(self.stack.devices)
+        tsm = self.stack.tsm
+        if len(names) < 2:
+            self._p2p_one_device(s)
+            return
+        peer_name = names[1]
+        prid = min(self.stack.devices[peer_name].rids())
+        taken = {a.rid: a.vm for a in self.run._snap.vmm.assignments}
+        for held in sorted({taken[r] for r in (s.rid, prid) if r in taken}):
+            self._do("vm_stop", self.stack.vmm.stop_vm, held)
+        vm = str(self._do("create_vm", self.stack.create_vm))
+        self._heal_link()
+        if not any(d == peer_name for d, _ in self.run._snap.tsm.connected):
+            self._do("connect_ide_peer", self.stack.vmm.connect_ide, peer_name)
+        pairs = ((self.device_name, s.rid, VIRT_BASE + self.rids.index(s.rid)), (peer_name, prid, P2P_PEER_VIRT))
+        for dev, rid, virt in pairs:
+            if self._do("assign", self.stack.vmm.assign, vm, dev, rid, virt) is None:
+                return
+        self._do("kvm_run", self.stack.vmm.run, vm)
+        guest = self.stack.guests.get(vm)
+        if guest is None:
+            return
+        for _, _, virt in pairs:
+            for name, call in (
+                ("guest_bind", guest.connect),
+                ("guest_attest", guest.attest),
+                ("guest_accept", guest.accept),
+                ("guest_start", guest.start),
+            ):
+                self._do(name, call, virt)
+        self._do("host_bind_p2p", tsm.bind_p2p, vm, s.rid, prid)
+        self._do("host_unbind_p2p", tsm.unbind_p2p, s.rid, prid)
+        other = next((v.name for v in self.run._snap.kvm.vms if v.name != vm and v.state.value != "destroyed"), None)
+        if other is not None:
+            note("P2P bind of another VM's TDIs")
+            self._do("host_bind_p2p_other_vm", tsm.bind_p2p, other, s.rid, prid)
+        self._do("host_bind_p2p", tsm.bind_p2p, vm, s.rid, prid)
+
+    def _started(self) -> list[Any]:
+        """The TSM's records of this device's TDIs bound, started and (the device says) in RUN."""
+        run = {rid for rid in self.rids if self._state(rid) == "RUN"}
+        return [t for t in self.run._snap.tsm.tdis if t.started and t.vm is not None and t.rid in run]
+
+    def _p2p_one_device(self, s: Slot) -> None:
+        started = self._started()
+        if not started:
+            self._guest_ready(s.vm)
+            guest = self.stack.guests.get(s.vm)
+            for flag, name, verb in (
+                ("bound", "guest_bind", "connect"),
+                ("attested", "guest_attest", "attest"),
+                ("accepted", "guest_accept", "accept"),
+                ("running", "guest_start", "start"),
+            ):
+                v = self._vdev(s)
+                if guest is not None and v is not None and not getattr(v, flag):
+                    self._do(name, getattr(guest, verb), s.virt_id)
+            started = self._started()
+        t = next((t for t in started if t.rid == s.rid), started[0] if started else None)
+        rid, vm = (t.rid, str(t.vm)) if t is not None else (s.rid, s.vm)
+        other = next((r for r in self.rids if r != rid), rid)
+        note("P2P bind of two functions of one device")
+        self._do("host_bind_p2p_one_device", self.stack.tsm.bind_p2p, vm, rid, other)

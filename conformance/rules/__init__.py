@@ -6,7 +6,7 @@ two cannot drift apart because the docs are never written by hand.
 
 from __future__ import annotations
 
-from . import attestation, device, guest_checks, host, ide, liveness, noninterference, reset, routing
+from . import attestation, device, guest_checks, host, ide, liveness, noninterference, p2p, reset, routing
 from ._model import HELD, Area, Checker, Level, Observation, Rule, RuleViolation, applicable, violation_type
 
 __all__ = [
@@ -35,6 +35,7 @@ CATALOGUE: tuple[Rule, ...] = tuple(
             *reset.RULES,
             *guest_checks.RULES,
             *routing.RULES,
+            *p2p.RULES,
         ],
         key=lambda r: (r.area.name, r.id),
     )

@@ -54,21 +54,39 @@ def _lock_nonces(o: Observation) -> dict[int, tuple[bytes, int | None]]:
     return dict(fold_history(o, "device.lock_nonces", dict, add))
 
 
-def _track_key_owner(owner: int | None, e: Any) -> int | None:
-    """The session that owns IDE key programming after ``e``: the first to get a successful KP_ACK, until
-    that session ends."""
+def _track_key_owner(owners: tuple[int | None, ...], e: Any) -> tuple[int | None, ...]:
+    """The sessions that got a successful KP_ACK and have not ended, first acknowledged first, after ``e``.
+    A device's key owner is the first of them that is that device's (:func:`_owner_for`): the first session
+    to get a successful KP_ACK, until that session ends."""
     if e.callee != "device" or not e.ok:
-        return owner
+        return owners
     if e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 0 and e.result:
         try:
             m = decode_km(bytes(e.result))
         except (StackError, TypeError):
-            return owner
-        if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and owner is None:
-            return session_of(e)
-    elif e.operation == "spdm_end" and e.arguments[0] == owner:
-        return None
-    return owner
+            return owners
+        sid = session_of(e)
+        if isinstance(m, km.KpAck) and m.status == km.KpAckStatus.SUCCESS and sid not in owners:
+            return (*owners, sid)
+    elif e.operation == "spdm_end" and e.arguments[0] in owners:
+        return tuple(x for x in owners if x != e.arguments[0])
+    return owners
+
+
+def _owner_for(owners: tuple[int | None, ...], sid: int | None, snaps: tuple[Any, ...]) -> int | None:
+    """The key owner of the device ``sid`` is a session of: the first of ``owners`` not known (from the
+    snapshots' live sessions per device) to be another device's. With one device, or a session no snapshot
+    lists, simply the first owner; a stack of several devices gives each its own session IDs, and this keeps
+    their owners apart."""
+    groups: dict[str, set[int]] = {}
+    for snap in snaps:
+        for d in getattr(snap, "devices", ()) or ():
+            groups.setdefault(d.name, set()).update(d.sessions)
+    mine = next((g for g in groups.values() if sid in g), None)
+    if mine is None or len(groups) < 2:
+        return owners[0] if owners else None
+    others = [g for g in groups.values() if g is not mine]
+    return next((o for o in owners if o in mine or not any(o in g for g in others)), None)
 
 
 # ------------------------------------------------------------------ progress (issue 14)
@@ -85,7 +103,8 @@ def _note_device_facts(acc: dict[str, Any], e: Any) -> dict[str, Any]:
             elif isinstance(resp, td.DeviceInterfaceReport) and req is not None:
                 rid = req.interface_id.function_id & 0xFFFF
                 acc["reports"][rid] = req.offset + len(resp.portion) + resp.remainder_length
-            elif isinstance(resp, td.LockInterfaceResponse) and req is not None:
+            elif isinstance(resp, td.LockInterfaceResponse | td.SetMmioAttributeResponse) and req is not None:
+                # a new lock, or ranges split by SET_MMIO_ATTRIBUTE: the report's length is not known any more
                 acc["reports"].pop(req.interface_id.function_id & 0xFFFF, None)
     elif e.arguments and e.arguments[0] == 0:
         try:
@@ -330,6 +349,8 @@ class _Replay:
                 self.flag("TDISP-14", f"GET_TDISP_VERSION answered {resp}")
             else:
                 self.ok("TDISP-14")
+        elif code is td.RequestCode.SET_MMIO_ATTRIBUTE and isinstance(resp, td.SetMmioAttributeResponse):
+            self.__dict__.setdefault("attr_changed", set()).add(rid)  # its report may have grown (split ranges)
         elif code is td.RequestCode.GET_DEVICE_INTERFACE_STATE:
             if not isinstance(resp, td.DeviceInterfaceState) or resp.tdi_state != state:
                 self.flag(
@@ -371,7 +392,7 @@ class _Replay:
 
     def _lock(self, rid: int, req: Any, resp: Any, sid: int | None, seen: set[bytes], nonces: dict) -> None:
         dev = next(d for d in self.o.before.devices if any(f.rid == rid for f in d.functions))
-        owner_ok = self.stream_ok.get(dev.name, False) and self._key_owner(dev.name) == sid
+        owner_ok = self.stream_ok.get(dev.name, False) and self._key_owner(sid) == sid
         if dev.stream_state not in ("SECURE", "INSECURE"):  # unobservable (a device behind a socket):
             owner_ok = isinstance(resp, td.LockInterfaceResponse)  # either outcome is possible
         if isinstance(resp, td.LockInterfaceResponse):
@@ -408,11 +429,12 @@ class _Replay:
             else:
                 self.ok("TDISP-03")
 
-    def _key_owner(self, device: str) -> int | None:
-        owner = fold_history(self.o, "device.key_owner", lambda: None, _track_key_owner)
+    def _key_owner(self, sid: int | None) -> int | None:
+        """The key owner of the device that session ``sid`` belongs to (after this step's events)."""
+        owners = fold_history(self.o, "device.key_owner", tuple, _track_key_owner)
         for e in self.o.events:
-            owner = _track_key_owner(owner, e)
-        return owner
+            owners = _track_key_owner(owners, e)
+        return _owner_for(owners, sid, (self.o.before, self.o.after))
 
     def _start(self, rid: int, req: Any, resp: Any, sid: int | None, nonces: dict) -> None:
         nonce, lsid = nonces.get(rid, (None, None))
@@ -455,7 +477,7 @@ class _Replay:
             self.flag("TDISP-11", f"report request answered {type(resp).__name__}")
             return
         known = _report_totals(self.o, before=True).get(rid)
-        if known is not None and req.offset >= known:
+        if known is not None and req.offset >= known and rid not in self.__dict__.get("attr_changed", ()):
             # OFFSET beyond the report the device itself said it has (DeviceReport.3): INVALID_REQUEST
             self.flag("TDISP-11", f"a report portion was served at OFFSET {req.offset:#x} of a {known}-byte report")
             return
@@ -625,12 +647,12 @@ def ide_second_session_dropped(o: Observation) -> str | None:
         return None
     r = _Replay.__new__(_Replay)
     r.o = o
-    owner = r._key_owner.__func__(r, "")  # type: ignore[attr-defined]
     live = set()
     for d in o.before.devices:
         live |= set(d.sessions)
     for e in evs:
         sid = session_of(e)
+        owner = r._key_owner.__func__(r, sid)  # type: ignore[attr-defined]
         if owner is not None and owner in live and sid != owner and e.ok and e.result is not None:
             return f"IDE_KM from session {sid} answered while session {owner} owns key programming"
     return HELD
@@ -651,7 +673,7 @@ _IFV_INITIAL = (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # IV words
 def _note_keys(acc: dict[str, Any], e: Any) -> dict[str, Any]:
     """Key-slot bookkeeping from the device's answers: which (port, stream, slot) hold a key and over which
     session, the streams known to exist, the highest port, and the key owner (:func:`_track_key_owner`)."""
-    acc["owner"] = _track_key_owner(acc["owner"], e)
+    acc["owner"] = _track_key_owner(acc["owner"], e)  # every live owner; _owner_for picks the device's
     if e.callee != "device" or not e.ok:
         return acc
     if e.operation == "spdm_end":
@@ -677,7 +699,7 @@ def _note_keys(acc: dict[str, Any], e: Any) -> dict[str, Any]:
 
 
 def _new_keys() -> dict[str, Any]:
-    return {"owner": None, "slots": {}, "streams": set(), "max_port": None, "sessions": set()}
+    return {"owner": (), "slots": {}, "streams": set(), "max_port": None, "sessions": set()}
 
 
 def _idekm_progress(o: Observation) -> dict[str, str]:
@@ -701,6 +723,7 @@ def _idekm_progress(o: Observation) -> dict[str, str]:
         # live sessions: from the trace (spdm_connect / spdm_end), and the snapshot's where one is offered
         "sessions": set(base["sessions"])
         | ({x for d in o.before.devices for x in d.sessions} if o.before is not None else set()),
+        "snaps": (o.before, o.after),
     }
     for e in o.events:
         if e.callee == "device" and e.operation == "handle_vendor_message" and e.ok and e.arguments:
@@ -713,7 +736,7 @@ def _idekm_progress(o: Observation) -> dict[str, str]:
 
 def _judge_idekm(acc: dict[str, Any], e: Any, out: dict[str, str]) -> None:
     sid = session_of(e)
-    if sid is None or sid not in acc["sessions"] or acc["owner"] not in (None, sid):
+    if sid is None or sid not in acc["sessions"] or _owner_for(acc["owner"], sid, acc["snaps"]) not in (None, sid):
         return  # outside a session, or another session owns key programming: dropping is right (IDE-01)
     try:
         req = decode_km(bytes(e.arguments[1]))

@@ -31,13 +31,32 @@ from teeio_conformance.reference_impl.device.ide.stream import (
 )
 from teeio_conformance.reference_impl.device.identity import DeviceIdentity, SignedEvidence, make_evidence
 
-__all__ = ["PAGE", "PROTOCOL_IDE_KM", "PROTOCOL_TDISP", "Device", "DeviceConfig", "DeviceSnapshot", "FunctionSnapshot"]
+__all__ = [
+    "PAGE",
+    "PROTOCOL_IDE_KM",
+    "PROTOCOL_TDISP",
+    "VENDOR_ID",
+    "Device",
+    "DeviceConfig",
+    "DeviceSnapshot",
+    "FunctionSnapshot",
+    "vendor_error_data",
+]
 
 PAGE = 4096
 PROTOCOL_IDE_KM = 0
 PROTOCOL_TDISP = 1
 REPORT_PORTION_MAX = 0x400
 MMIO_REPORTING_OFFSET_DEFAULT = 0
+VENDOR_ID = b"\xfe\xff"  # a made-up PCI-SIG vendor ID (0xFFFE) for the model's own VDM protocol
+REGISTRY_PCI_SIG = 0
+REGISTRY_CXL = 1
+
+
+def vendor_error_data(registry_id: int, vendor_id: bytes, data: bytes = b"") -> bytes:
+    """EXTENDED_ERROR_DATA of a VENDOR_SPECIFIC_ERROR: REGISTRY_ID u8, VENDOR_ID_LEN u8, VENDOR_ID, then the
+    vendor's own error data (PCIe §11.3.26)."""
+    return bytes([registry_id, len(vendor_id)]) + vendor_id + data
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +74,9 @@ class DeviceConfig:
     default_stream_id: int = 0
     seed: int = 1
     bar_base: int = 0xE000_0000
+    p2p_stream_id: int | None = 1  # the selective IDE stream kept for peer-to-peer; None: no P2P support
+    vendor_id: bytes = VENDOR_ID  # the vendor-defined (VDM) protocol the device speaks, PCI-SIG registry
+    first_session: int = 1  # the ID of the first SPDM session (a stack of several devices keeps them apart)
 
 
 @attrs.frozen
@@ -71,6 +93,8 @@ class FunctionSnapshot:
     has_nonce: bool
     reported_bar_base: int | None
     error_reason: str | None
+    p2p_streams: tuple[int, ...] = ()  # P2P stream IDs bound to the TDI (BIND_P2P_STREAM)
+    non_tee_pages: tuple[int, ...] = ()  # BAR pages SET_MMIO_ATTRIBUTE turned into non-TEE memory
 
 
 @attrs.frozen
@@ -80,6 +104,7 @@ class DeviceSnapshot:
     sessions: tuple[int, ...]
     stream_state: str
     secrets: tuple[bytes, ...]  # what must never reach the host (device private MMIO data)
+    p2p_stream_state: str | None = None  # the P2P IDE stream's state (None: the device has no P2P stream)
 
 
 @attrs.define
@@ -91,6 +116,10 @@ class _Tdi:
     reported_bar_base: int | None = None
     error_reason: str | None = None
     outstanding: int = 0
+    p2p_streams: set[int] = attrs.Factory(set)
+    ranges: list[td.MmioRange] = attrs.Factory(list)  # the report's MMIO ranges, as SET_MMIO_ATTRIBUTE left them
+    offset: int = 0  # the LOCK's MMIO_REPORTING_OFFSET
+    non_tee: set[int] = attrs.Factory(set)  # BAR page indices made non-TEE memory by SET_MMIO_ATTRIBUTE
 
 
 @attrs.define
@@ -109,6 +138,7 @@ class _Function:
 
 
 _TDISP_STEPS = {0x83: "19", 0x84: "24", 0x86: "34", 0x87: "41"}
+_P2P_REQUESTS = (td.RequestCode.BIND_P2P_STREAM, td.RequestCode.UNBIND_P2P_STREAM)
 
 
 def _message_step(protocol_id: int, message: bytes) -> str | None:
@@ -145,22 +175,29 @@ class Device(Actor):
         self.pf_rid = cfg.bus << 8
         self._sessions: set[int] = set()
         self._secrets: list[bytes] = []
-        self._next_session = 1
-        self.ide = IdeStreamEndpoint(
-            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
-        )
-        self.ide_km = self.ide_km_class(
-            ports={0: {cfg.default_stream_id: self.ide}},
-            dev_func_num=0,
-            bus_num=cfg.bus,
-            segment=cfg.segment,
-            max_port_index=0,
-        )
+        self._next_session = cfg.first_session
+        self._new_streams()
         self._stop_legal = stop_legal_in(idempotent=cfg.stop_in_unlocked_idempotent)
         self._iommu: Any = None
 
     def _wire(self, iommu: Any) -> None:
         self._iommu = iommu
+
+    def _new_streams(self) -> None:
+        """The IDE stream ends at power-on: the default stream to the root port and, with P2P support, the
+        stream kept for a peer device (its RID association is the peer's, set by the host: left open here)."""
+        cfg = self.config
+        self.ide = IdeStreamEndpoint(
+            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
+        )
+        streams = {cfg.default_stream_id: self.ide}
+        self.p2p_ide: IdeStreamEndpoint | None = None
+        if cfg.p2p_stream_id is not None and cfg.p2p_stream_id != cfg.default_stream_id:
+            self.p2p_ide = IdeStreamEndpoint(stream_id=cfg.p2p_stream_id, rid_base=0, rid_limit=0xFFFF)
+            streams[cfg.p2p_stream_id] = self.p2p_ide
+        self.ide_km = self.ide_km_class(
+            ports={0: streams}, dev_func_num=0, bus_num=cfg.bus, segment=cfg.segment, max_port_index=0
+        )
 
     # ------------------------------------------------------------------ views
     @property
@@ -197,6 +234,8 @@ class Device(Actor):
                 has_nonce=f.tdi.nonce is not None,
                 reported_bar_base=f.tdi.reported_bar_base,
                 error_reason=f.tdi.error_reason,
+                p2p_streams=tuple(sorted(f.tdi.p2p_streams)),
+                non_tee_pages=tuple(sorted(f.tdi.non_tee)),
             )
             for f in self._functions.values()
         )
@@ -207,6 +246,7 @@ class Device(Actor):
             sessions=tuple(sorted(self._sessions)),
             stream_state=self.ide.state.name,
             secrets=secrets,
+            p2p_stream_state=None if self.p2p_ide is None else self.p2p_ide.state.name,
         )
 
     # ------------------------------------------------------------------ SPDM (simplified, honest)
@@ -298,7 +338,7 @@ class Device(Actor):
     def _on_get_tdisp_capabilities(self, fn: _Function, req: Any, sid: int) -> td.Response:
         bitmap = 0
         for code in LEGAL_IN:
-            if code not in (td.RequestCode.BIND_P2P_STREAM, td.RequestCode.UNBIND_P2P_STREAM, td.RequestCode.VDM):
+            if self.p2p_ide is not None or code not in _P2P_REQUESTS:
                 bitmap |= 1 << (code - 0x80)
         return td.TdispCapabilities(
             interface_id=req.interface_id,
@@ -336,9 +376,12 @@ class Device(Actor):
         tdi.error_reason = None
         return td.LockInterfaceResponse(interface_id=iid, start_interface_nonce=tdi.nonce)
 
-    def _build_report(self, fn: _Function, offset: int) -> bytes:
+    @staticmethod
+    def _lock_ranges(fn: _Function, offset: int) -> tuple[td.MmioRange, ...]:
+        """The MMIO ranges a LOCK reports: the register page (MSI-X table, non-TEE) and the TEE pages,
+        whose attributes the TVM may change in RUN (IS_MEM_ATTR_UPDATABLE, PCIe §11.3.22)."""
         pages = len(fn.mmio) // PAGE
-        ranges = (
+        return (
             td.MmioRange(
                 first_page=(fn.bar_base + offset) & (2**64 - 1),
                 number_of_pages=1,
@@ -348,17 +391,28 @@ class Device(Actor):
             td.MmioRange(
                 first_page=(fn.bar_base + PAGE + offset) & (2**64 - 1),
                 number_of_pages=pages - 1,
-                attributes=0,
+                attributes=int(td.RangeAttr.IS_MEM_ATTR_UPDATABLE),
                 range_id=0,
             ),
         )
+
+    def _build_report(self, fn: _Function, offset: int) -> bytes:
+        """The report a LOCK with MMIO_REPORTING_OFFSET ``offset`` gives: the lock-time ranges, kept in the TDI
+        (SET_MMIO_ATTRIBUTE changes them later, :meth:`_encode_report`)."""
+        tdi = fn.tdi
+        tdi.offset = offset
+        tdi.ranges = list(self._lock_ranges(fn, offset))
+        tdi.non_tee = set()
+        return self._encode_report(fn)
+
+    def _encode_report(self, fn: _Function) -> bytes:
         info = hashlib.sha384(bytes(fn.mmio[:64])).digest()[:16]
         report = td.InterfaceReport(
             interface_info=0x2,
             msix_message_control=0,
             lnr_control=0,
             tph_control=0,
-            mmio_ranges=ranges,
+            mmio_ranges=tuple(fn.tdi.ranges),
             device_specific_info=info,
         )
         return report.encode()
@@ -397,16 +451,90 @@ class Device(Actor):
         self._scrub(fn)
         return td.StopInterfaceResponse(interface_id=req.interface_id)
 
-    def _on_bind_p2p_stream(self, fn: _Function, req: Any, sid: int) -> td.Response:
-        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+    def _on_bind_p2p_stream(self, fn: _Function, req: td.BindP2PStream, sid: int) -> td.Response:
+        """Bind the TDI (in RUN: the state table saw to that) to a P2P stream: the stream must be the
+        device's P2P stream, keyed over the session that locked the TDI and Secure (PCIe §11.3.18: keys
+        from the lock session), and not bound to it already. Anything else: INVALID_REQUEST, no change."""
+        iid = req.interface_id
+        if self.p2p_ide is None:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+        if not self._p2p_stream_ready(req.p2p_stream_id, fn.tdi.lock_session) or (
+            req.p2p_stream_id in fn.tdi.p2p_streams
+        ):
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        fn.tdi.p2p_streams.add(req.p2p_stream_id)
+        return td.BindP2PStreamResponse(interface_id=iid)
 
-    _on_unbind_p2p_stream = _on_bind_p2p_stream
+    def _p2p_stream_ready(self, stream_id: int, session: int | None) -> bool:
+        p2p = self.p2p_ide
+        return (
+            p2p is not None
+            and stream_id == p2p.stream_id
+            and p2p.state is StreamState.SECURE
+            and session is not None
+            and (0, stream_id, session) in self.ide_km.snapshot().keyed_by
+        )
 
-    def _on_set_mmio_attribute(self, fn: _Function, req: Any, sid: int) -> td.Response:
-        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+    def _on_unbind_p2p_stream(self, fn: _Function, req: td.UnbindP2PStream, sid: int) -> td.Response:
+        """Unbind a P2P stream bound to the TDI (its P2P traffic stops); a stream not bound: INVALID_REQUEST."""
+        iid = req.interface_id
+        if self.p2p_ide is None:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+        if req.p2p_stream_id not in fn.tdi.p2p_streams:
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        fn.tdi.p2p_streams.discard(req.p2p_stream_id)
+        return td.UnbindP2PStreamResponse(interface_id=iid)
 
-    def _on_vdm(self, fn: _Function, req: Any, sid: int) -> td.Response:
-        return td.TdispError(interface_id=req.interface_id, error_code=td.ErrorCode.UNSUPPORTED_REQUEST)
+    def _on_set_mmio_attribute(self, fn: _Function, req: td.SetMmioAttribute, sid: int) -> td.Response:
+        """Change IS_NON_TEE_MEM of pages inside one reported range marked IS_MEM_ATTR_UPDATABLE (PCIe
+        §11.3.22); the report shows the change from now on (the range is split where needed). A range not
+        inside such a reported range, with another RANGE_ID, or changing any other attribute bit:
+        INVALID_REQUEST, nothing changes."""
+        iid = req.interface_id
+        bad = td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        want = req.mmio_range
+        tdi = fn.tdi
+        start, end = want.first_page, want.first_page + want.number_of_pages * PAGE
+        if want.number_of_pages == 0 or want.first_page % PAGE:
+            return bad
+        for i, r in enumerate(tdi.ranges):
+            r_end = r.first_page + r.number_of_pages * PAGE
+            if not (r.first_page <= start and end <= r_end):
+                continue
+            keep = r.attributes & ~int(td.RangeAttr.IS_NON_TEE_MEM)
+            if not r.attributes & td.RangeAttr.IS_MEM_ATTR_UPDATABLE or r.range_id != want.range_id:
+                return bad
+            if want.attributes & ~int(td.RangeAttr.IS_NON_TEE_MEM) != keep:
+                return bad
+            parts = [
+                attrs.evolve(r, number_of_pages=(start - r.first_page) // PAGE),
+                attrs.evolve(r, first_page=start, number_of_pages=want.number_of_pages, attributes=want.attributes),
+                attrs.evolve(r, first_page=end, number_of_pages=(r_end - end) // PAGE),
+            ]
+            tdi.ranges[i : i + 1] = [p for p in parts if p.number_of_pages]
+            first = (start - tdi.offset - fn.bar_base) % 2**64 // PAGE
+            pages = set(range(first, first + want.number_of_pages))
+            tdi.non_tee = tdi.non_tee | pages if want.attributes & td.RangeAttr.IS_NON_TEE_MEM else tdi.non_tee - pages
+            tdi.report = self._encode_report(fn)
+            return td.SetMmioAttributeResponse(interface_id=iid)
+        return bad
+
+    def _on_vdm(self, fn: _Function, req: td.VdmRequest, sid: int) -> td.Response:
+        """A vendor-defined request: the device's own protocol (PCI-SIG registry, its vendor ID) answers
+        with the payload echoed; any other vendor's gets VENDOR_SPECIFIC_ERROR naming that registry and
+        vendor ID in its extended error data (PCIe §11.3.26: REGISTRY_ID, VENDOR_ID_LEN, VENDOR_ID)."""
+        iid = req.interface_id
+        if req.registry_id not in (REGISTRY_PCI_SIG, REGISTRY_CXL):
+            return td.TdispError(interface_id=iid, error_code=td.ErrorCode.INVALID_REQUEST)
+        if req.registry_id == REGISTRY_PCI_SIG and req.vendor_id == self.config.vendor_id:
+            return td.VdmResponse(
+                interface_id=iid, registry_id=req.registry_id, vendor_id=req.vendor_id, payload=req.payload
+            )
+        return td.TdispError(
+            interface_id=iid,
+            error_code=td.ErrorCode.VENDOR_SPECIFIC_ERROR,
+            extended_error_data=vendor_error_data(req.registry_id, req.vendor_id),
+        )
 
     def _scrub(self, fn: _Function) -> None:
         """STOP: drop nonce and lock binding; TDI secrets are scrubbed (PCIe §11.3.16)."""
@@ -416,6 +544,9 @@ class Device(Actor):
         tdi.lock_session = None
         tdi.report = None
         tdi.reported_bar_base = None
+        tdi.p2p_streams = set()  # STOP unbinds every P2P stream (PCIe §11.3.16)
+        tdi.ranges = []
+        tdi.non_tee = set()
         if tdi.state is td.TdiState.CONFIG_UNLOCKED:
             tdi.error_reason = None
 
@@ -424,6 +555,7 @@ class Device(Actor):
             fn.tdi.state = td.TdiState.ERROR
             fn.tdi.nonce = None  # the START nonce dies when LOCKED is left
             fn.tdi.error_reason = reason
+            fn.tdi.p2p_streams = set()  # out of RUN: no P2P stream stays bound (PCIe §11.2)
 
     def _function(self, rid: int) -> _Function:
         try:
@@ -485,16 +617,7 @@ class Device(Actor):
             fn.mmio[PAGE:] = bytes(len(fn.mmio) - PAGE)
         self._sessions.clear()
         self._busy.clear()
-        self.ide = IdeStreamEndpoint(
-            stream_id=cfg.default_stream_id, rid_base=self.pf_rid, rid_limit=self.pf_rid + cfg.num_vfs
-        )
-        self.ide_km = self.ide_km_class(
-            ports={0: {cfg.default_stream_id: self.ide}},
-            dev_func_num=0,
-            bus_num=cfg.bus,
-            segment=cfg.segment,
-            max_port_index=0,
-        )
+        self._new_streams()
         self._removed = False
 
     @operation()
@@ -533,6 +656,21 @@ class Device(Actor):
     def _check_stream(self) -> None:
         if self.ide.state is not StreamState.SECURE:
             self._on_stream_insecure(self.ide.snapshot().insecure_reason or "stream not Secure")
+
+    @operation()
+    def ide_p2p_enable(self, enable: bool) -> str:
+        """Set or clear the enable bit of the device's P2P IDE stream; returns its state. Clearing it
+        makes the stream Insecure: the TDIs bound to it lose it (their peer traffic has no stream)."""
+        p2p = self.p2p_ide
+        if p2p is None:
+            raise InvalidState(f"{self.name} has no P2P IDE stream")
+        if enable:
+            p2p.enable()
+        else:
+            p2p.disable()
+            for fn in self._functions.values():
+                fn.tdi.p2p_streams.discard(p2p.stream_id)
+        return p2p.state.name
 
     @operation()
     def ide_enable(self, enable: bool) -> str:
@@ -574,7 +712,10 @@ class Device(Actor):
         self._iommu.dma(packet)
 
     def _tee_range(self, fn: _Function, offset: int, length: int) -> bool:
-        return offset >= PAGE and offset + length <= len(fn.mmio)
+        if not (offset >= PAGE and offset + length <= len(fn.mmio)):
+            return False
+        non_tee = fn.tdi.non_tee
+        return not non_tee or not any(p in non_tee for p in range(offset // PAGE, (offset + length - 1) // PAGE + 1))
 
     def _complete(self, tlp: Tlp) -> bytes:
         """Complete an MMIO request; T=1 only in RUN, inside a locked TEE range (PCIe §11.2.1)."""

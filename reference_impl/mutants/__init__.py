@@ -23,6 +23,7 @@ from teeio_conformance.reference_impl.mutants import (
     _leaks,
     _liveness,
     _model,
+    _p2p,
     _progress,
 )
 
@@ -107,6 +108,7 @@ MUTANTS = (
     *_gaps.mutants(_m),
     *_gaps.stack_mutants(_stack_m),
     *_isolation.mutants(_m),
+    *_p2p.mutants(_m),
 )
 
 
