@@ -120,22 +120,37 @@ def ide_keys_fresh(o: Observation) -> str | None:
     ]
     if not progs:
         return None
-    seen = set(fold_history(o, "ide.tsm_keys", frozenset, _note_tsm_keys))
+    seen = fold_history(o, "ide.tsm_keys", frozenset, _note_tsm_keys)
+    now: dict[bytes, tuple[int | None, int, int]] = {}  # key -> (session, stream, slot byte) first given it here
     hit = False
     for e in progs:
         req = _key_prog_ok(e)
         if req is None:
             continue
         hit = True
-        if req.key in seen:
+        first = now.get(req.key)
+        end = (session_of(e), req.stream_id, req.key_sub_stream)
+        if req.key in seen or (first is not None and not _other_end(first, end)):
             return (
                 f"the TSM programmed slot {req.key_sub_stream:#04x} of stream {req.stream_id} with a key it had "
                 "programmed before (a refresh must bring new keys)"
             )
         if req.iv != _IFV_INITIAL:
             return f"the TSM programmed a fresh key with IFV {req.iv.hex()}, not the initial invocation field 1"
-        seen.add(req.key)
+        now.setdefault(req.key, end)
     return HELD if hit else None
+
+
+def _other_end(a: tuple[int | None, int, int], b: tuple[int | None, int, int]) -> bool:
+    """Are ``a`` and ``b`` (session, stream, slot byte) the two ends of one sub-stream -- two devices (their
+    sessions differ), the same stream, key set and sub-stream, opposite directions? A P2P stream's two devices
+    get the same key that way, in one step (one end's Tx is the other's Rx, PCIe §6.33.4)."""
+    try:
+        x, y = km.KeySubStream.from_byte(a[2]), km.KeySubStream.from_byte(b[2])
+    except StackError:
+        return False
+    same_sub = (x.key_set, x.sub_stream) == (y.key_set, y.sub_stream)
+    return a[0] != b[0] and a[1] == b[1] and same_sub and x.direction != y.direction
 
 
 # ------------------------------------------------------------------------------------------ IDE-11 GO on an empty slot

@@ -204,11 +204,12 @@ def _as_full_stack(record: Path, tmp_path: Path) -> Path:
 
 
 def test_every_rule_a_failing_step_broke_gets_a_record_that_replays(tmp_path):
-    """A START over another session that succeeds breaks TDISP-15 and, by the state it reaches, TDISP-05:
-    one record per broken rule, each replaying to its own rule (served over secure sessions)."""
+    """A report served in CONFIG_UNLOCKED breaks TDISP-11 (no report outside LOCKED/RUN) and TDISP-01 (a request
+    the state table forbids must be refused) in one step: one record per broken rule, each replaying to its own
+    rule (served over secure sessions)."""
     (tmp_path / "test_served_suite.py").write_text(SUITE, encoding="utf-8")
     report = tmp_path / "report"
-    command = f"{SERVE} --mutant device-start-from-any-session"
+    command = f"{SERVE} --mutant device-report-in-unlocked"
     proc = run_pytest(
         tmp_path,
         "test_served_suite.py",
@@ -221,7 +222,7 @@ def test_every_rule_a_failing_step_broke_gets_a_record_that_replays(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     records = sorted((report / "failures").glob("*.json"))
     rules = {json.loads(r.read_text())["rule_id"]: r for r in records}
-    assert "TDISP-15" in rules and len(rules) == len(records) >= 2, sorted(rules)
+    assert {"TDISP-11", "TDISP-01"} <= set(rules) and len(rules) == len(records), sorted(rules)
     for rule_id, record in rules.items():
         again = replay(record, trust_record=True)  # the test spawned this responder itself
         assert again.still_fails and again.rule_id == rule_id, (rule_id, again.message)
