@@ -252,6 +252,9 @@ class DeviceMachine(RuleBasedStateMachine):
         if stage in ("locked", "running"):
             self._lock(sid, fn)
         if stage == "running":
+            # first with every nonce bit inverted, which must be refused (validator StartInterface.2): drawn
+            # apart, a wrong nonce over the locking session of a CONFIG_LOCKED TDI was too rare to reach
+            self._start(sid, fn, False)
             self._start(sid, fn, True)
         return sid
 

@@ -148,3 +148,15 @@ def host_view(o: Any) -> HostView:
     if view is None:
         view = o.memo["host_view"] = HostView(o.events)
     return view
+
+
+def subtree(o: Any, ev: Event) -> list[Event]:
+    """The events of ``o``'s step nested inside ``ev`` (they follow it in sequence order, deeper than it)."""
+    out = []
+    for e in o.events:
+        if e.seq <= ev.seq:
+            continue
+        if e.depth <= ev.depth:
+            break
+        out.append(e)
+    return out

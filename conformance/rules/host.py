@@ -20,6 +20,7 @@ from ._view import (
     host_view,
     objects,
     private_slots,
+    subtree,
     tdi_states,
     tdisp_exchanges,
     tsm_tdi,
@@ -1391,18 +1392,6 @@ RULES: list[Rule] = [
 # IOMMUFD, which programs the IOMMU. Flow corr. 6 forbids disabling the vIOMMU while the VM runs.
 
 
-def _subtree(o: Observation, ev: Any) -> list[Any]:
-    """The events of this step nested inside ``ev`` (they follow it in sequence order, deeper than it)."""
-    out = []
-    for e in o.events:
-        if e.seq <= ev.seq:
-            continue
-        if e.depth <= ev.depth:
-            break
-        out.append(e)
-    return out
-
-
 def ccv_trusted_dma_through_iommufd(o: Observation) -> str | None:
     """The IOMMU's T=1 translation of a TDI is enabled inside IOMMUFD's ``cc_enable_dma`` and disabled by
     IOMMUFD (its disable callback), never programmed by the TSM or anyone else directly. Raw probes the
@@ -1462,7 +1451,7 @@ def ccv_unbind_disables_dma_first(o: Observation) -> str | None:
         if not (e.callee == "tsm" and e.operation == "unbind") or e.arguments[0] not in trusted:
             continue
         rid, hits = e.arguments[0], hits + 1
-        sub = _subtree(o, e)
+        sub = subtree(o, e)
         cb = next(  # the first that succeeded: a callback that failed below may be tried again
             (
                 x
@@ -1474,7 +1463,7 @@ def ccv_unbind_disables_dma_first(o: Observation) -> str | None:
         if cb is None:
             return f"unbind of {rid:#06x}, trusted for DMA, ran no disable-DMA callback into IOMMUFD (steps 45-46)"
         clear = next(
-            (x for x in _subtree(o, cb) if x.callee == "iommu" and x.operation == "clear_trusted" and x.ok), None
+            (x for x in subtree(o, cb) if x.callee == "iommu" and x.operation == "clear_trusted" and x.ok), None
         )
         if clear is None:
             return f"IOMMUFD's disable callback for {rid:#06x} did not clear its T=1 translation (step 46)"
@@ -1629,7 +1618,7 @@ def prof_guest_tdisp_whitelist(o: Observation) -> str | None:
             continue
         hits += 1
         name = bytes(getattr(req, "payload", b"")).decode("ascii", errors="replace")
-        sent = [r for x, r, _ in tdisp_exchanges(_subtree(o, e)) if r is not None]
+        sent = [r for x, r, _ in tdisp_exchanges(subtree(o, e)) if r is not None]
         if name not in allowed:
             if e.ok or e.error != "PermissionDenied":
                 return f"the guest's {name} ({prof.name} forbids it) gave {e.error or 'success'}, not PermissionDenied"

@@ -22,7 +22,7 @@ from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.tdisp import codec as td
 
 from ._model import HELD, Area, Level, Needs, Observation, Rule, fold_history, make_rule
-from ._view import functions, session_of, tdisp_exchanges
+from ._view import functions, session_of, subtree, tdisp_exchanges
 
 __all__ = ["DEVICE_RULES", "RULES"]
 
@@ -433,17 +433,6 @@ def p2p_dropped_outside_run(o: Observation) -> str | None:
 
 
 # ------------------------------------------------------------------ host: the TSM's part
-def _subtree(o: Observation, ev: Any) -> list[Any]:
-    out = []
-    for e in o.events:
-        if e.seq <= ev.seq:
-            continue
-        if e.depth <= ev.depth:
-            break
-        out.append(e)
-    return out
-
-
 def vdm_passed_through(o: Observation) -> str | None:
     """A guest's vendor-defined request reaches its TDI with the body the guest gave, and the device's answer
     -- VDM_RESPONSE or TDISP_ERROR, extended error data and all -- reaches the guest byte for byte."""
@@ -456,7 +445,7 @@ def vdm_passed_through(o: Observation) -> str | None:
         return None
     for e in reqs:
         body = bytes(getattr(e.arguments[2], "payload", b""))
-        sent = [x for x in _subtree(o, e) if x.callee == "device" and x.operation == "handle_vendor_message"]
+        sent = [x for x in subtree(o, e) if x.callee == "device" and x.operation == "handle_vendor_message"]
         if not sent:
             continue  # refused before the device (not bound, malformed): nothing was carried
         for x in sent:
@@ -505,7 +494,7 @@ def p2p_same_vm(o: Observation) -> str | None:
         )
         sent = [
             (req.interface_id.function_id & 0xFFFF, resp)
-            for _, req, resp in tdisp_exchanges(_subtree(o, e))
+            for _, req, resp in tdisp_exchanges(subtree(o, e))
             if isinstance(req, td.BindP2PStream) and isinstance(resp, td.BindP2PStreamResponse)
         ]
         if not fit and (e.ok or sent):
