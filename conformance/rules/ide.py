@@ -15,7 +15,7 @@ from teeio_conformance.contract.errors import StackError
 from teeio_conformance.contract.ide_stream import ProtectedTlp
 
 from ._model import HELD, Area, Level, Needs, Observation, Rule, fold_history, make_rule
-from ._view import session_of
+from ._view import session_of, subtree
 
 __all__ = ["DEVICE_SIDE", "RULES"]
 
@@ -198,6 +198,36 @@ def ide_go_needs_key(o: Observation) -> str | None:
     return verdict
 
 
+def ide_refresh_goes_live(o: Observation) -> str | None:
+    """A key refresh the TSM reports done has made the key set it programmed live: every slot a KEY_PROG of
+    the refresh filled on a device was then switched to with an acknowledged K_SET_GO. Programming the other
+    key set and never going to it leaves the stream on the old keys while the host believes them replaced."""
+    refreshes = o.ops("tsm", "refresh_keys", ok=True)
+    if not refreshes:
+        return None
+    for r in refreshes:
+        filled: set[tuple[int | None, int, int]] = set()
+        live: set[tuple[int | None, int, int]] = set()
+        for e in subtree(o, r):
+            x = _idekm(e)
+            if x is None:
+                continue
+            req, resp = x
+            slot = (session_of(e), getattr(req, "stream_id", -1), getattr(req, "key_sub_stream", -1))
+            if isinstance(req, km.KeyProg) and isinstance(resp, km.KpAck) and resp.status == km.KpAckStatus.SUCCESS:
+                filled.add(slot)
+            elif isinstance(req, km.KSetGo) and isinstance(resp, km.KGoStopAck):
+                live.add(slot)
+        missing = sorted(filled - live, key=repr)
+        if missing:
+            _, stream, sub = missing[0]
+            return (
+                f"refresh_keys returned with slot {sub:#04x} of stream {stream} programmed but never made live "
+                f"(no acknowledged K_SET_GO; {len(missing)} slot(s) in all)"
+            )
+    return HELD
+
+
 _IDEKM = "device.handle_vendor_message"
 
 RULES: list[Rule] = [
@@ -237,6 +267,17 @@ RULES: list[Rule] = [
         ide_go_needs_key,
         on={_IDEKM},
         needs=Needs(crossings={_IDEKM}, errors=False, snapshots=()),
+    ),
+    make_rule(
+        "IDE-12",
+        "a key refresh that returns has made the key set it programmed live (K_SET_GO of every slot)",
+        Area.IDE,
+        M,
+        "PCIe §11.4.5; rules-seed E.72 (program the other key set, then K_SET_GO it); issue 14 (key freshness "
+        "across a refresh)",
+        ide_refresh_goes_live,
+        on={"tsm.refresh_keys"},
+        needs=Needs(crossings={"tsm.refresh_keys", _IDEKM}, errors=False, snapshots=()),
     ),
 ]
 

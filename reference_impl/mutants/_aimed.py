@@ -13,6 +13,7 @@ from teeio_conformance.contract.errors import NotFound
 from teeio_conformance.reference_impl.device.device import Device
 from teeio_conformance.reference_impl.device.ide.km_responder import IdeKmResponder
 from teeio_conformance.reference_impl.kvm import Kvm, SlotMapping
+from teeio_conformance.reference_impl.tsm import IDE_IV, Tsm
 from teeio_conformance.reference_impl.vmm import Vmm
 
 
@@ -87,6 +88,24 @@ class VmmRoutesToFirstVdevice(Vmm):
         raise NotFound(f"{vm} has no device at virtual ID {virt_id:#x}")
 
 
+class TsmRefreshNeverGoes(Tsm):
+    """A key refresh programs fresh keys into the other key set and returns, but never sends K_SET_GO: the
+    stream stays on the old keys while the host believes them replaced."""
+
+    def _program_stream(self, dev: Any, sid: int, key_set: km.KeySet) -> None:
+        if key_set is km.KeySet.K0:  # the first programming (connect) is left as it is
+            super()._program_stream(dev, sid, key_set)
+            return
+        stream = dev.config.default_stream_id
+        for direction in km.Direction:
+            for sub in km.SubStream:
+                slot = km.KeySubStream(key_set=key_set, direction=direction, sub_stream=sub)
+                msg = km.KeyProg(
+                    stream_id=stream, key_sub_stream=slot.to_byte(), port_index=0, key=self._fresh_key(), iv=IDE_IV
+                )
+                self._ide_km(dev, sid, msg)
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     return [
         m(
@@ -104,6 +123,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             VmmRoutesToFirstVdevice.__doc__,
             overrides={"vmm_factory": VmmRoutesToFirstVdevice},
+        ),
+        m(
+            "tsm-refresh-never-goes",
+            "IDE-12",
+            "full_stack",
+            "tdx",
+            TsmRefreshNeverGoes.__doc__,
+            overrides={"tsm_factory": TsmRefreshNeverGoes},
         ),
         m(
             "kvm-destroy-no-scrub",
