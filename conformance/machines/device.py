@@ -142,6 +142,52 @@ class DeviceMachine(RuleBasedStateMachine):
         except StackError:
             return None
 
+    def _send_all(self, action: str, sid: int | None, requests: list[tuple[int, bytes]]) -> list[Any]:
+        """(protocol, message) requests none of which depends on another's answer, over ``sid``, as one step.
+
+        Each request is still a crossing of its own, so the rules judge every answer and the model replays
+        them in order; the step's snapshot is taken once, after the last. A device that takes several
+        requests at once (over a socket that answers in order: one round trip) gets them so, any other one
+        by one. Every request is sent even if one is refused; the answers (None where there is none, all
+        None if the step failed)."""
+        answers: list[Any] = [None] * len(requests)
+        if self._gone(sid) or not requests:
+            return answers
+
+        def go() -> None:
+            answers[:] = self._vendor_batch(sid, requests)
+
+        self._do(action, go)
+        return answers
+
+    def _vendor_batch(self, sid: int | None, requests: list[tuple[int, bytes]]) -> list[Any]:
+        """Inside a step: every request sent (at once where the device takes that), the answers; the first
+        refusal is raised once all are sent."""
+        batch = getattr(self.device, "handle_vendor_messages", None)
+        if batch is not None:
+            return list(batch(tuple(requests), session_id=sid))
+        answers: list[Any] = []
+        first: StackError | None = None
+        for protocol_id, message in requests:
+            try:
+                answers.append(self.device.handle_vendor_message(protocol_id, message, session_id=sid))
+            except StackError as exc:
+                answers.append(None)
+                first = first or exc
+        if first is not None:
+            raise first
+        return answers
+
+    def _tdisp_all(self, action: str, sid: int | None, msgs: list[Any]) -> list[Any]:
+        """TDISP requests as one step (:meth:`_send_all`); their decoded responses (None where none)."""
+        out: list[Any] = []
+        for raw in self._send_all(action, sid, [(1, td.encode(m)) for m in msgs]):
+            try:
+                out.append(td.decode_response(raw) if isinstance(raw, bytes | bytearray) else None)
+            except StackError:
+                out.append(None)
+        return out
+
     # ------------------------------------------------------------------ the TSM polling its TDIs
     @rule()
     @recorded
@@ -157,10 +203,13 @@ class DeviceMachine(RuleBasedStateMachine):
         live = [s for d in self.run._snap.devices for s in d.sessions]
         if not live:
             return
+        asks: list[Any] = []
         for rid in self.rids:
             iid = td.InterfaceId(function_id=rid)
-            state = self._tdisp("tdisp_state", max(live), td.GetDeviceInterfaceState(interface_id=iid))
-            self._tdisp("tdisp_version", max(live), td.GetTdispVersion(interface_id=iid))
+            asks += [td.GetDeviceInterfaceState(interface_id=iid), td.GetTdispVersion(interface_id=iid)]
+        states = self._tdisp_all("tdisp_state_and_version", max(live), asks)[::2]
+        for rid, state in zip(self.rids, states, strict=True):
+            iid = td.InterfaceId(function_id=rid)
             if isinstance(state, td.DeviceInterfaceState) and state.tdi_state in (
                 td.TdiState.CONFIG_LOCKED,
                 td.TdiState.RUN,
@@ -210,8 +259,8 @@ class DeviceMachine(RuleBasedStateMachine):
         other TDISP request (PCIe §11.3.6; DMTF spdm-emu refuses a TDI until it has been named so)."""
         sid: int | None = self._do("spdm_connect", self.device.spdm_connect)
         if sid is not None:
-            for rid in self.rids:
-                self._tdisp("tdisp_version", sid, td.GetTdispVersion(interface_id=td.InterfaceId(function_id=rid)))
+            versions = [td.GetTdispVersion(interface_id=td.InterfaceId(function_id=rid)) for rid in self.rids]
+            self._tdisp_all("tdisp_version", sid, versions)
         return sid
 
     @rule(fn=st.integers(0, 1))
@@ -253,9 +302,11 @@ class DeviceMachine(RuleBasedStateMachine):
             self._lock(sid, fn)
         if stage == "running":
             # first with every nonce bit inverted, which must be refused (validator StartInterface.2): drawn
-            # apart, a wrong nonce over the locking session of a CONFIG_LOCKED TDI was too rare to reach
-            self._start(sid, fn, False)
-            self._start(sid, fn, True)
+            # apart, a wrong nonce over the locking session of a CONFIG_LOCKED TDI was too rare to reach. Both
+            # in one step: neither depends on the other's answer, and the rules judge each START's
+            self._tdisp_all(
+                "START_INTERFACE_bad_then_good", sid, [self._start_msg(fn, False), self._start_msg(fn, True)]
+            )
         return sid
 
     @rule(sid=sessions)
@@ -316,11 +367,7 @@ class DeviceMachine(RuleBasedStateMachine):
             ]
             # none of these requests depends on another's answer: a device that takes several at once (over a
             # socket, in one round trip) gets them so, each still a crossing of its own; else one by one
-            batch = getattr(self.device, "handle_vendor_messages", None)
-            if batch is not None:
-                answers = list(batch(tuple((0, r) for r in requests), session_id=sid))
-            else:
-                answers = [self.device.handle_vendor_message(0, r, session_id=sid) for r in requests]
+            answers = self._vendor_batch(sid, [(0, r) for r in requests])
             progs, gos = answers[1 : 1 + len(slots)], answers[1 + len(slots) :]
             for slot, key, raw in zip(slots, keys, progs, strict=True):
                 if _acked(raw):
@@ -421,15 +468,14 @@ class DeviceMachine(RuleBasedStateMachine):
         self._start(sid, fn, good)
 
     def _start(self, sid: int, fn: int, good: bool) -> None:
+        self._tdisp("START_INTERFACE", sid, self._start_msg(fn, good))
+
+    def _start_msg(self, fn: int, good: bool) -> td.StartInterface:
         rid = self.rids[fn % len(self.rids)]
         nonce = self.nonces.get(rid, bytes(32))
         if not good:
             nonce = bytes(b ^ 0xFF for b in nonce)  # every bit inverted (validator StartInterface.2)
-        self._tdisp(
-            "START_INTERFACE",
-            sid,
-            td.StartInterface(interface_id=td.InterfaceId(function_id=rid), start_interface_nonce=nonce),
-        )
+        return td.StartInterface(interface_id=td.InterfaceId(function_id=rid), start_interface_nonce=nonce)
 
     @rule(sid=sessions, fn=st.integers(0, 1))
     @recorded
@@ -485,13 +531,13 @@ class DeviceMachine(RuleBasedStateMachine):
             return
         note(f"queries to a {f.tdi_state.name} TDI over its locking session")
         iid = td.InterfaceId(function_id=f.rid)
-        for request, msg in (
-            ("state", td.GetDeviceInterfaceState(interface_id=iid)),
-            ("report", td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40)),
-            ("caps", td.GetTdispCapabilities(interface_id=iid, tsm_caps=0)),
-            ("version", td.GetTdispVersion(interface_id=iid)),
-        ):
-            self._tdisp(f"tdisp_{request}", f.locked_session, msg)
+        queries = [
+            td.GetDeviceInterfaceState(interface_id=iid),
+            td.GetDeviceInterfaceReport(interface_id=iid, offset=0, length=0x40),
+            td.GetTdispCapabilities(interface_id=iid, tsm_caps=0),
+            td.GetTdispVersion(interface_id=iid),
+        ]
+        self._tdisp_all("tdisp_state_report_caps_version", f.locked_session, queries)
 
     def _locked_tdi(self, running: bool) -> Any:
         """A TDI in RUN (``running``) or CONFIG_LOCKED with its locking session; if none is, one brought
@@ -728,11 +774,8 @@ class DeviceMachine(RuleBasedStateMachine):
             ("iv", km.KeyProg(stream_id=0, key_sub_stream=slot, port_index=0, key=bytes(32), iv=km.ifv_to_wire(2))),
         )
         for sid in sessions:
-            self._do(
-                "ide_km_query", self.device.handle_vendor_message, 0, km.encode(km.Query(port_index=0)), session_id=sid
-            )
-            for name, msg in bad:
-                self._do(f"key_prog_bad_{name}", self.device.handle_vendor_message, 0, km.encode(msg), session_id=sid)
+            requests = [(0, km.encode(km.Query(port_index=0))), *((0, km.encode(msg)) for _name, msg in bad)]
+            self._send_all("ide_km_query_then_key_prog_bad_" + "_".join(n for n, _ in bad), sid, requests)
 
     @rule()
     @recorded
@@ -763,13 +806,17 @@ class DeviceMachine(RuleBasedStateMachine):
                 self._do("ide_km_query_max_port", send, 0, km.encode(top), session_id=sid)
         self._do("ide_disable", self.device.ide_enable, False)  # over a socket: refused, and left as it is
         self.link.disable()
+        stops = [
+            (0, km.encode(km.KSetStop(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)))
+            for slot in (
+                km.KeySubStream(key_set=key_set, direction=d, sub_stream=sub)
+                for key_set in km.KeySet
+                for d in km.Direction
+                for sub in km.SubStream
+            )
+        ]
         for sid in sessions:
-            for key_set in km.KeySet:
-                for d in km.Direction:
-                    for sub in km.SubStream:
-                        slot = km.KeySubStream(key_set=key_set, direction=d, sub_stream=sub)
-                        stop = km.KSetStop(stream_id=0, key_sub_stream=slot.to_byte(), port_index=0)
-                        self._do("ide_km_k_set_stop", send, 0, km.encode(stop), session_id=sid)
+            self._send_all("ide_km_k_set_stop_every_slot", sid, stops)
 
     @rule(fn=st.integers(0, 1))
     @recorded
@@ -837,21 +884,20 @@ class DeviceMachine(RuleBasedStateMachine):
     def _p2p_keys(self, sid: int) -> None:
         """KEY_PROG and K_SET_GO of key set 0 on the P2P stream :data:`P2P_STREAM` over ``sid``, then its enable
         bit: the machine plays the peer device's end (it keeps no copy: no TLP goes over the stream here)."""
-        send = self.device.handle_vendor_message
         slots = [
             km.KeySubStream(key_set=km.KeySet.K0, direction=d, sub_stream=s) for d in km.Direction for s in km.SubStream
         ]
+        requests = []
         for slot in slots:
             self._key_counter += 1
             key = self._key_counter.to_bytes(4, "little") * 8
             msg = km.KeyProg(stream_id=P2P_STREAM, key_sub_stream=slot.to_byte(), port_index=0, key=key, iv=IV)
-            send(0, km.encode(msg), session_id=sid)
+            requests.append((0, km.encode(msg)))
         for slot in slots:
-            send(
-                0,
-                km.encode(km.KSetGo(stream_id=P2P_STREAM, key_sub_stream=slot.to_byte(), port_index=0)),
-                session_id=sid,
+            requests.append(
+                (0, km.encode(km.KSetGo(stream_id=P2P_STREAM, key_sub_stream=slot.to_byte(), port_index=0)))
             )
+        self._vendor_batch(sid, requests)  # independent of each other's answers: at once where the device allows
         enable = getattr(self.device, "ide_p2p_enable", None)
         if enable is not None:
             try:
