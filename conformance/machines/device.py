@@ -104,6 +104,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self.nonces: dict[int, bytes] = {}
         self.locked_by: dict[int, int] = {}  # rid -> the session of our last successful LOCK
         self.ended: set[int] = set()  # sessions this machine ended (they stay drawable: the device must refuse)
+        self.keyed: list[int] = []  # sessions a KEY_PROG of ours was acked over, first first (the key owner)
         self._key_counter = 0
         self._programmed_sets: set[int] = set()  # key sets this example sent KEY_PROGs for (go_unprogrammed)
         self.link = IdeStreamEndpoint(stream_id=0, rid_base=min(self.rids), rid_limit=max(self.rids))
@@ -121,6 +122,12 @@ class DeviceMachine(RuleBasedStateMachine):
         note(f"{action}: {'refused ' + type(error).__name__ if error else 'ok'}")
         return None if error else result
 
+    def _key_owner(self) -> int | None:
+        """The first live session a KEY_PROG of ours was acked over (the device's key owner, as far as this
+        machine knows), or None."""
+        live = {s for d in self.run._snap.devices for s in d.sessions}
+        return next((s for s in self.keyed if s in live and s not in self.ended), None)
+
     def _gone(self, sid: int | None) -> bool:
         """Can no message go over ``sid`` any more? Only for a responder without secure sessions
         (``--device-plaintext``), where a session is its connection: once the machine ended it, nothing can
@@ -131,6 +138,8 @@ class DeviceMachine(RuleBasedStateMachine):
 
     def _end(self, sid: int) -> None:
         self.ended.add(sid)
+        if sid in self.keyed:
+            self.keyed.remove(sid)
         self._do("spdm_end", self.device.spdm_end, sid)
 
     def _tdisp(self, action: str, sid: int | None, msg: Any) -> Any:
@@ -266,12 +275,16 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(fn=st.integers(0, 1))
     @recorded
     def tdisp_before_version(self, fn: int) -> None:
-        """A state query over a fresh session before any GET_TDISP_VERSION: the named case of a TSM that
-        skips the version exchange. The right answer or a TDISP_ERROR are both accepted; no state change."""
+        """State queries over a fresh session before any GET_TDISP_VERSION, to ``fn``'s TDI first, then to
+        every other: the named case of a TSM that skips the version exchange. The right answer or a
+        TDISP_ERROR are both accepted; no state change. Every TDI in one step, since the session it opens
+        costs far more than the questions."""
         sid = self._do("spdm_connect", self.device.spdm_connect)
         if sid is not None:
-            iid = td.InterfaceId(function_id=self.rids[fn % len(self.rids)])
-            self._tdisp("tdisp_state_before_version", sid, td.GetDeviceInterfaceState(interface_id=iid))
+            first = fn % len(self.rids)
+            order = [self.rids[first], *(r for i, r in enumerate(self.rids) if i != first)]
+            asks = [td.GetDeviceInterfaceState(interface_id=td.InterfaceId(function_id=rid)) for rid in order]
+            self._tdisp_all("tdisp_state_before_version", sid, asks)
 
     @rule(fn=st.integers(0, 1))
     @recorded
@@ -293,8 +306,14 @@ class DeviceMachine(RuleBasedStateMachine):
         sid = self._bring_up(fn, stage)
         return multiple() if sid is None else sid
 
-    def _bring_up(self, fn: int, stage: str) -> Any:
-        sid = self._connect()
+    def _bring_up(self, fn: int, stage: str, *, reuse: bool = False) -> Any:
+        """Keys, then LOCK (``locked``) and START (``running``) of ``fn``'s TDI, over a new session -- or, with
+        ``reuse``, over the live session that holds the device's keys if there is one, as a TSM brings up one
+        TDI after another over its one session with the device (re-keying the stream first). The aimed rules
+        that only need a TDI in a state reuse; ``bring_up`` itself always opens a session."""
+        sid = self._key_owner() if reuse else None
+        if sid is None:
+            sid = self._connect()
         if sid is None:
             return None
         self._program_keys(sid, 0)
@@ -369,6 +388,8 @@ class DeviceMachine(RuleBasedStateMachine):
             # socket, in one round trip) gets them so, each still a crossing of its own; else one by one
             answers = self._vendor_batch(sid, [(0, r) for r in requests])
             progs, gos = answers[1 : 1 + len(slots)], answers[1 + len(slots) :]
+            if any(_acked(raw) for raw in progs) and sid not in self.keyed:
+                self.keyed.append(sid)
             for slot, key, raw in zip(slots, keys, progs, strict=True):
                 if _acked(raw):
                     mirror = km.KeySubStream(
@@ -548,7 +569,7 @@ class DeviceMachine(RuleBasedStateMachine):
             unlocked = self._tdi_in(td.TdiState.CONFIG_UNLOCKED)
             if unlocked is None:
                 return None
-            self._bring_up(self.rids.index(unlocked.rid), "running" if running else "locked")
+            self._bring_up(self.rids.index(unlocked.rid), "running" if running else "locked", reuse=True)
             f = self._tdi_in(state)
         return f
 
@@ -669,7 +690,7 @@ class DeviceMachine(RuleBasedStateMachine):
             vf = self._tdi_in(td.TdiState.CONFIG_UNLOCKED, exclude=pfs)
             if vf is None:
                 return
-            self._bring_up(self.rids.index(vf.rid), "locked")
+            self._bring_up(self.rids.index(vf.rid), "locked", reuse=True)
         if any(rid not in pfs for rid in self._locked()):
             note("PF FLR under a locked VF")
             self._do("flr", self.device.flr, pfs[0])
@@ -694,7 +715,7 @@ class DeviceMachine(RuleBasedStateMachine):
         rid = self.rids[fn % len(self.rids)]
         locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
         if not locked:  # take one there first, so every draw tests the case
-            self._bring_up(fn % len(self.rids), "locked")
+            self._bring_up(fn % len(self.rids), "locked", reuse=True)
             locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
             if not locked:
                 return
@@ -827,7 +848,7 @@ class DeviceMachine(RuleBasedStateMachine):
         rid = self.rids[fn % len(self.rids)]
         locked = self._tdis_in(td.TdiState.CONFIG_LOCKED) + self._tdis_in(td.TdiState.RUN)
         if not locked:
-            self._bring_up(fn % len(self.rids), "locked")
+            self._bring_up(fn % len(self.rids), "locked", reuse=True)
             locked = self._tdis_in(td.TdiState.CONFIG_LOCKED)
             if not locked:
                 return
@@ -847,7 +868,10 @@ class DeviceMachine(RuleBasedStateMachine):
         wire): the device must take the first and refuse the second as an integrity failure (IDE-09). Over a
         Secure link, brought up first (session, keys) if there is none."""
         if self.link.state is not StreamState.SECURE:
-            if self._bring_up(fn % len(self.rids), "keyed") is None or self.link.state is not StreamState.SECURE:
+            if (
+                self._bring_up(fn % len(self.rids), "keyed", reuse=True) is None
+                or self.link.state is not StreamState.SECURE
+            ):
                 return
         rid = self.rids[fn % len(self.rids)]
         base, _ = self.device.bar_range(rid)

@@ -431,9 +431,12 @@ class _Replay:
 
     def _key_owner(self, sid: int | None) -> int | None:
         """The key owner of the device that session ``sid`` belongs to (after this step's events)."""
-        owners = fold_history(self.o, "device.key_owner", tuple, _track_key_owner)
-        for e in self.o.events:
-            owners = _track_key_owner(owners, e)
+        owners = self.o.memo.get("device.key_owners_after")
+        if owners is None:  # the same for every crossing of the step: folded once
+            owners = fold_history(self.o, "device.key_owner", tuple, _track_key_owner)
+            for e in self.o.events:
+                owners = _track_key_owner(owners, e)
+            self.o.memo["device.key_owners_after"] = owners
         return _owner_for(owners, sid, (self.o.before, self.o.after))
 
     def _start(self, rid: int, req: Any, resp: Any, sid: int | None, nonces: dict) -> None:
