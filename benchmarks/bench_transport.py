@@ -9,20 +9,20 @@ connection, after VCA) against
 * the reference device in a server thread,
 * the reference device in its own process (``teeio-conformance serve-device``), as a SUT would run,
 
-and device-machine examples per second over the socket (10 steps each, against the served reference
-device, one server per process reset before every example -- as the suite runs it). Every request goes
-inside an SPDM secure session (the server's default).
+and device-machine examples per second over the socket (as many steps each as the ``ci`` profile runs,
+against the served reference device, one server per process reset before every example -- as the suite
+runs it). Every request goes inside an SPDM secure session (the server's default).
 
 The headline since secure sessions: the device machine's TDISP / IDE_KM messages per second against an
 external ``serve-device`` process (``--device-at`` style: one kept mailbox connection, sessions ended
 and TDIs stopped between examples, in one round trip; the snapshot's state queries ride pipelined behind
 the first message of a step, or FINISH / END_SESSION, else go out once when the step ends, and are not
 counted), as a ratio of that same process's raw request rate (one GET_DEVICE_INTERFACE_STATE at a time
-inside one session). A second ratio counts the sessions' own messages too (KEY_EXCHANGE, FINISH,
-END_SESSION, KEY_UPDATE: requests the machine's steps make the responder answer); every request the
-process wrote is split by kind in the result file. The two rates are measured in alternating rounds
-and the ratio is the median of the rounds' ratios: on a shared machine the load moves within seconds,
-and only measurements taken side by side compare. Target: >= 50%.
+inside one session) measured just before and just after each round of examples. A second ratio counts
+the sessions' own messages too (KEY_EXCHANGE, FINISH, END_SESSION, KEY_UPDATE: requests the machine's
+steps make the responder answer); every request the process wrote is split by kind in the result file.
+The ratio is the median of the rounds' ratios: on a shared machine the load moves within seconds, and
+only measurements taken side by side compare. Target: >= 50%.
 
 Prints a table and writes benchmarks/results/transport.json. Bars: >= 2,000 requests/s, >= 100
 examples/s. The machine is often shared: compare runs taken at the same time, not across a day.
@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from teeio_conformance.conformance.settings import PROFILES
 from teeio_conformance.contract.tdisp import codec as td
 from teeio_conformance.reference_impl.transport.client import EmuClient, TransportError, requests_sent, spawn
 from teeio_conformance.reference_impl.transport.server import start_in_thread
@@ -76,7 +77,7 @@ def _rate(host: str, port: int, seconds: float) -> tuple[float, int]:
         return n / (time.perf_counter() - t0), n
 
 
-def machine_vs_raw(rounds: int, seconds: float, examples: int) -> dict[str, Any] | None:
+def machine_vs_raw(rounds: int, seconds: float, examples: int, steps: int) -> dict[str, Any] | None:
     """Device-machine messages/s against an external serve-device process vs its raw request rate,
     alternating rounds (see the module docstring). None if the CLI is not available."""
     from hypothesis import HealthCheck, Phase, settings
@@ -115,7 +116,7 @@ def machine_vs_raw(rounds: int, seconds: float, examples: int) -> dict[str, Any]
     per_round = max(1, examples // rounds)
     s = settings(
         max_examples=per_round,
-        stateful_step_count=10,
+        stateful_step_count=steps,
         deadline=None,
         database=None,
         derandomize=True,
@@ -127,13 +128,15 @@ def machine_vs_raw(rounds: int, seconds: float, examples: int) -> dict[str, Any]
     try:
         run_state_machine_as_test(Machine, settings=settings(s, max_examples=3))  # warm up
         for i in range(rounds):
-            raw, _n = _rate(host, port, seconds / rounds)
+            before, _n = _rate(host, port, seconds / rounds / 2)
             devices.clear()
             sent0 = requests_sent()
             t0 = time.perf_counter()
             run_state_machine_as_test(Machine, settings=settings(s, database=None, derandomize=False))
             dt = time.perf_counter() - t0
             total = requests_sent() - sent0
+            after, _n = _rate(host, port, seconds / rounds / 2)
+            raw = (before + after) / 2  # on both sides of the machine's run: a load that drifts meanwhile evens out
             msgs = sum(d.messages for d in devices)
             queries = sum(d.queries for d in devices)
             isolation = sum(d.isolation for d in devices)
@@ -210,7 +213,7 @@ def in_process(seconds: float) -> tuple[float, int] | None:
             proc.wait()
 
 
-def examples_per_second(examples: int) -> float:
+def examples_per_second(examples: int, steps: int) -> float:
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
 
@@ -227,7 +230,7 @@ def examples_per_second(examples: int) -> float:
 
     s = settings(
         max_examples=examples,
-        stateful_step_count=10,
+        stateful_step_count=steps,
         deadline=None,
         database=None,
         derandomize=True,
@@ -245,7 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per requests/s measurement")
     p.add_argument("--examples", type=int, default=200, help="device-machine examples to time (0 skips)")
     p.add_argument("--rounds", type=int, default=6, help="alternating rounds of the machine-vs-raw comparison")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=PROFILES["ci"].stateful_step_count,
+        help="steps per device-machine example (default: the ci profile's, as the suite runs it)",
+    )
     args = p.parse_args(argv)
+    if args.steps < 1 or args.examples < 0 or args.rounds < 1 or args.seconds <= 0:
+        p.error("--steps and --rounds must be at least 1, --examples at least 0, --seconds above 0")
 
     from teeio_conformance.reference_impl.transport.served import served_device_factory
 
@@ -257,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     proc = in_process(args.seconds)
     if proc is not None:
         rows.append(("TDISP requests/s, reference device (process)", proc[0], f"{proc[1]} requests"))
-    eps = examples_per_second(args.examples) if args.examples else None
+    eps = examples_per_second(args.examples, args.steps) if args.examples else None
     if eps is not None:
-        rows.append(("device-machine examples/s over the socket", eps, f"{args.examples} x 10 steps"))
-    versus = machine_vs_raw(args.rounds, args.seconds, args.examples) if args.examples else None
+        rows.append(("device-machine examples/s over the socket", eps, f"{args.examples} x {args.steps} steps"))
+    versus = machine_vs_raw(args.rounds, args.seconds, args.examples, args.steps) if args.examples else None
     if versus is not None:
         rows.append(("raw requests/s, serve-device (session)", versus["raw_requests_per_second"], "median"))
         rows.append(("machine TDISP/IDE_KM msg/s, same process", versus["machine_messages_per_second"], "median"))
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "examples_per_second": eps,
         "machine_vs_raw": versus,
-        "steps_per_example": 10,
+        "steps_per_example": args.steps,
         "bar_requests_per_second": 2000,
         "bar_examples_per_second": 100,
         "cpus": os.cpu_count(),

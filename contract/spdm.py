@@ -498,6 +498,24 @@ class _Transcript:
         self.message_a += request + response
 
 
+class _Ephemeral:
+    """The next KEY_EXCHANGE's ephemeral ECDHE key, made ahead of time by :meth:`prepare`.
+
+    A caller that is about to wait anyway (for the peer's answer, or for the next request) makes it then,
+    so the key exchange itself does not. Each key is still used for one exchange only."""
+
+    def __init__(self) -> None:
+        self._spare: ec.EllipticCurvePrivateKey | None = None
+
+    def prepare(self) -> None:
+        if self._spare is None:
+            self._spare = ec.generate_private_key(ec.SECP384R1())
+
+    def take(self) -> ec.EllipticCurvePrivateKey:
+        key, self._spare = self._spare, None
+        return key if key is not None else ec.generate_private_key(ec.SECP384R1())
+
+
 class SpdmResponder:
     """The responder's session state for one connection (one DOE mailbox): several sessions at once.
 
@@ -526,6 +544,11 @@ class SpdmResponder:
         self._sessions: dict[int, _Session] = {}
         self._next_half = 1
         self._events: list[tuple[str, int]] = []
+        self._ephemeral = _Ephemeral()
+
+    def prepare_key_exchange(self) -> None:
+        """Make the next KEY_EXCHANGE_RSP's ephemeral key now: for a server to call while it waits for a request."""
+        self._ephemeral.prepare()
 
     @property
     def sessions(self) -> dict[int, str]:
@@ -618,7 +641,7 @@ class SpdmResponder:
         sid = ke.req_session_id | half << 16
         if sid in self._sessions:
             raise _bad(f"session {sid:#010x} exists")
-        key = ec.generate_private_key(ec.SECP384R1())
+        key = self._ephemeral.take()
         shared = _ecdh(key, ke.exchange)
         body = struct.pack("<HBB", half, 0, 0) + self._rng(NONCE_SIZE) + _ecdh_public(key) + struct.pack("<H", 0)
         head = _msg(Code.KEY_EXCHANGE_RSP, 0, 0, body)
@@ -732,6 +755,11 @@ class SpdmRequester:
         self._pending: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}  # req half -> (key, request)
         self._next_half = 1
         self.digest: bytes | None = None
+        self._ephemeral = _Ephemeral()
+
+    def prepare_key_exchange(self) -> None:
+        """Make the next KEY_EXCHANGE's ephemeral key now: for a caller to do while it waits for an answer."""
+        self._ephemeral.prepare()
 
     @property
     def sessions(self) -> dict[int, str]:
@@ -813,7 +841,7 @@ class SpdmRequester:
             raise InvalidArgument("read and verify the certificate chain before KEY_EXCHANGE")
         half = self._next_half
         self._next_half = self._next_half % 0xFFFF + 1
-        key = ec.generate_private_key(ec.SECP384R1())
+        key = self._ephemeral.take()
         req = _msg(
             Code.KEY_EXCHANGE,
             0,

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import attrs
@@ -144,10 +144,15 @@ class EmuClient:
             raise self._fail(f"responder at {self.where} closed the connection")
         return data
 
-    def exchange(self, command: int, payload: bytes = b"") -> tuple[int, bytes]:
-        """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE."""
+    def exchange(
+        self, command: int, payload: bytes = b"", *, meanwhile: Callable[[], None] | None = None
+    ) -> tuple[int, bytes]:
+        """One frame out, one frame in: (command, payload) of the answer, which must be for PCI DOE.
+        ``meanwhile`` is work to do while the responder works on the request."""
         self._write(fr.encode_frame(command, fr.Transport.PCI_DOE, payload))
         _SENT[0] += command == fr.Command.NORMAL
+        if meanwhile is not None:
+            meanwhile()
         return self._read(command)
 
     @property
@@ -191,9 +196,9 @@ class EmuClient:
             raise self._fail(f"responder at {self.where} answered socket command {cmd:#x} to {command:#x}")
         return cmd, body
 
-    def spdm(self, message: bytes) -> bytes:
+    def spdm(self, message: bytes, *, meanwhile: Callable[[], None] | None = None) -> bytes:
         """One SPDM round trip in plain DOE: the answer without its dword padding."""
-        _cmd, payload = self.exchange(fr.Command.NORMAL, fr.encode_doe(message))
+        _cmd, payload = self.exchange(fr.Command.NORMAL, fr.encode_doe(message), meanwhile=meanwhile)
         return self._spdm_body(payload)
 
     def _spdm_body(self, payload: bytes) -> bytes:
@@ -295,7 +300,9 @@ class EmuClient:
                     if leaf is not None and len(_VERIFIED_CHAINS) < 64:
                         _VERIFIED_CHAINS[(self.requester.trusted_root, digest)] = (self.requester.chain, leaf)
             try:
-                sid = self.requester.on_key_exchange_rsp(self.spdm(self.requester.key_exchange()))
+                # the next session's ephemeral key is made while the responder signs this one's
+                rsp = self.spdm(self.requester.key_exchange(), meanwhile=self.requester.prepare_key_exchange)
+                sid = self.requester.on_key_exchange_rsp(rsp)
             finally:
                 self.requester.abandon_key_exchange()
             finish = self.requester.finish(sid)

@@ -466,6 +466,8 @@ class EmuServer:
                     self.responder_errors += 1
                     answer = fr.encode_doe(self._error(state, fr.SpdmErrorCode.UNSPECIFIED))
                 reply(fr.Command.NORMAL, answer)
+                if state.spdm is not None and not out:  # answered and idle: the next KEY_EXCHANGE's key, now
+                    state.spdm.prepare_key_exchange()
         except TimeoutError:
             self.dropped_connections += 1
             return

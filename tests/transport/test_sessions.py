@@ -99,6 +99,28 @@ def test_handshake_key_update_and_end_between_the_state_objects():
     assert _in_session(req, rsp, second, b"\x12\xfe\x00\x00two") == b"\x12\xfe\x00\x00two"
 
 
+def test_keys_made_ahead_are_each_used_for_one_exchange_only():
+    """prepare_key_exchange makes the next ephemeral key early (while a caller waits); asked twice it still makes
+    one, and every KEY_EXCHANGE and KEY_EXCHANGE_RSP carries a fresh public key, made ahead or not."""
+    req, rsp = _pair()
+    _read_chain(req, rsp)
+    dhe = slice(sp._KE_FIXED, sp._KE_FIXED + sp.DHE_SIZE)
+    seen: set[bytes] = set()
+    for ahead in (True, True, False, True):
+        if ahead:
+            req.prepare_key_exchange()
+            req.prepare_key_exchange()  # idempotent: still one spare key
+            rsp.prepare_key_exchange()
+        request = req.key_exchange()
+        answer = rsp.handle(request)
+        sid = req.on_key_exchange_rsp(answer)
+        finish = req.finish(sid)
+        req.on_finish_rsp(sid, finish, _in_session(req, rsp, sid, finish))
+        assert _in_session(req, rsp, sid, b"\x12\xfe\x00\x00ping") == b"\x12\xfe\x00\x00ping"
+        seen |= {request[dhe], answer[dhe]}
+    assert len(seen) == 8  # four sessions, two fresh public keys each
+
+
 def test_a_tampered_or_replayed_record_fails_and_moves_nothing():
     req, rsp = _pair()
     _read_chain(req, rsp)
