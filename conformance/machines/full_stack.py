@@ -412,6 +412,34 @@ class FullStack(
 
     @rule(s=slots)
     @recorded
+    def host_import_revoked(self, s: Slot) -> None:
+        """The host imports a revoked dmabuf (``s``'s, revoked first if none is) into a new memslot of ``s``'s VM,
+        then destroys that memslot: KVM asks the exporter for the pages, which must refuse them, so the slot
+        stays unmapped until a recover (MMIO-01; flow steps 43-44).
+
+        Aimed: KVM asks for a dmabuf's pages only when a memslot is created on it or it is recovered, and no
+        drawn sequence created one on a revoked dmabuf, so a VFIO whose ``dmabuf_map`` ignored the revoke
+        passed every profile."""
+        vfio = self.run._snap.vfio
+        open_fds = {fd for fd, *_ in vfio.open_fds}  # a closed device's dmabuf takes no new importer
+        revoked = [d for d in vfio.dmabufs if d.revoked and d.fd in open_fds]
+        if not revoked:
+            mine = next((d for d in vfio.dmabufs if d.rid == s.rid and d.fd in open_fds), None)
+            if mine is None:
+                return
+            self._do("host_revoke_dmabuf", self.stack.vfio.revoke_mmio_dmabuf, mine.dmabuf)
+            revoked = [d for d in self.run._snap.vfio.dmabufs if d.revoked and d.dmabuf == mine.dmabuf]
+            if not revoked:
+                return  # the platform refused the revoke (MMIO-08 judges that)
+        d = next((d for d in revoked if d.rid == s.rid), revoked[0])
+        gpa = HOST_SLOT_GPA + 0x800_0000 + (d.rid & 0xFF) * 0x10_0000
+        note("host import of a revoked dmabuf")
+        slot = self._do("host_import_revoked_dmabuf", self.stack.kvm.create_memslot, s.vm, gpa, d.dmabuf)
+        if isinstance(slot, int):
+            self._do("host_destroy_memslot", self.stack.kvm.destroy_memslot, slot)
+
+    @rule(s=slots)
+    @recorded
     def host_unmap_private(self, s: Slot) -> None:
         self._do("host_unmap_private_mmio", self.stack.kvm.unmap_private_mmio, s.vm, s.rid)
 

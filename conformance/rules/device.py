@@ -73,6 +73,17 @@ def _track_key_owner(owners: tuple[int | None, ...], e: Any) -> tuple[int | None
     return owners
 
 
+def _step_key_owner(o: Observation, sid: int | None) -> int | None:
+    """The key owner of the device that session ``sid`` belongs to, after the step's events."""
+    owners = o.memo.get("device.key_owners_after")
+    if owners is None:  # the same for every crossing of the step: folded once
+        owners = fold_history(o, "device.key_owner", tuple, _track_key_owner)
+        for e in o.events:
+            owners = _track_key_owner(owners, e)
+        o.memo["device.key_owners_after"] = owners
+    return _owner_for(owners, sid, (o.before, o.after))
+
+
 def _owner_for(owners: tuple[int | None, ...], sid: int | None, snaps: tuple[Any, ...]) -> int | None:
     """The key owner of the device ``sid`` is a session of: the first of ``owners`` not known (from the
     snapshots' live sessions per device) to be another device's. With one device, or a session no snapshot
@@ -430,14 +441,7 @@ class _Replay:
                 self.ok("TDISP-03")
 
     def _key_owner(self, sid: int | None) -> int | None:
-        """The key owner of the device that session ``sid`` belongs to (after this step's events)."""
-        owners = self.o.memo.get("device.key_owners_after")
-        if owners is None:  # the same for every crossing of the step: folded once
-            owners = fold_history(self.o, "device.key_owner", tuple, _track_key_owner)
-            for e in self.o.events:
-                owners = _track_key_owner(owners, e)
-            self.o.memo["device.key_owners_after"] = owners
-        return _owner_for(owners, sid, (self.o.before, self.o.after))
+        return _step_key_owner(self.o, sid)
 
     def _start(self, rid: int, req: Any, resp: Any, sid: int | None, nonces: dict) -> None:
         nonce, lsid = nonces.get(rid, (None, None))
@@ -648,14 +652,12 @@ def ide_second_session_dropped(o: Observation) -> str | None:
     evs = list(_ide_km_exchanges(o))
     if not evs:
         return None
-    r = _Replay.__new__(_Replay)
-    r.o = o
     live = set()
     for d in o.before.devices:
         live |= set(d.sessions)
     for e in evs:
         sid = session_of(e)
-        owner = r._key_owner.__func__(r, sid)  # type: ignore[attr-defined]
+        owner = _step_key_owner(o, sid)
         if owner is not None and owner in live and sid != owner and e.ok and e.result is not None:
             return f"IDE_KM from session {sid} answered while session {owner} owns key programming"
     return HELD
@@ -803,6 +805,35 @@ def _judge_idekm(acc: dict[str, Any], e: Any, out: dict[str, str]) -> None:
             out.setdefault("IDE-05", f"QUERY of port {req.port_index} from session {sid} got no QUERY_RESP")
 
 
+_GO_STOP = frozenset({km.ObjectId.K_SET_GO, km.ObjectId.K_SET_STOP})
+_OTHER_OBJECTS = frozenset(range(256)) - _GO_STOP - {km.ObjectId.QUERY}
+"""The first byte (Object ID) of requests IDE-02 judges a raise for: KEY_PROG, and bytes no other rule takes."""
+
+
+def _raised_instead_of_answering(o: Observation, objects: frozenset[int]) -> str | None:
+    """An IDE_KM request whose first byte is in ``objects``, from the session that owns key programming (or
+    while none does), that raised rather than being answered. IDE_KM has no error message of its own
+    (PCIe §6.33.3), so for bytes that are no IDE_KM request the SPDM layer's ERROR (DSP0274 1.2 §10.10,
+    InvalidRequest) is a fair answer; and a session that does not own the keys is IDE-01's to judge (its
+    requests are discarded)."""
+    for e in _ide_km_exchanges(o):
+        raw = bytes(e.arguments[1])
+        if e.ok or not raw or raw[0] not in objects:
+            continue
+        if e.error == "SpdmErrorAnswer" and not _decodes_as_ide_km(raw):
+            continue
+        sid = session_of(e)
+        owner = _step_key_owner(o, sid)
+        if sid is None or (owner is not None and owner != sid):
+            continue
+        name = km.ObjectId(raw[0]).name if raw[0] in _OBJECT_NAMES else f"object {raw[0]:#04x}"
+        return f"IDE_KM {name} from session {sid} raised {e.error} instead of answering"
+    return None
+
+
+_OBJECT_NAMES = frozenset(int(x) for x in km.ObjectId)
+
+
 def ide_kp_ack_status(o: Observation) -> str | None:
     evs = list(_ide_km_exchanges(o))
     if not evs:
@@ -810,16 +841,13 @@ def ide_kp_ack_status(o: Observation) -> str | None:
     progress = _idekm_progress(o).get("IDE-02")
     if progress:
         return progress
+    raised = _raised_instead_of_answering(o, _OTHER_OBJECTS)
+    if raised:
+        return raised
     hit = False
     for e in evs:
         raw = bytes(e.arguments[1])
-        if not e.ok:
-            if e.error == "SpdmErrorAnswer" and not _decodes_as_ide_km(raw):
-                # IDE_KM has no error message of its own (PCIe §6.33.3): for bytes that are no IDE_KM
-                # request the SPDM layer's ERROR (DSP0274 1.2 §10.10, InvalidRequest) is a fair answer
-                continue
-            return f"IDE_KM request raised {e.error} instead of answering"
-        if not raw or raw[0] != km.ObjectId.KEY_PROG or e.result is None:
+        if not e.ok or not raw or raw[0] != km.ObjectId.KEY_PROG or e.result is None:
             continue
         hit = True
         try:
@@ -846,7 +874,7 @@ def ide_kp_ack_status(o: Observation) -> str | None:
 def ide_gostop_ack(o: Observation) -> str | None:
     if not any(True for _ in _ide_km_exchanges(o)):
         return None
-    progress = _idekm_progress(o).get("IDE-04")
+    progress = _idekm_progress(o).get("IDE-04") or _raised_instead_of_answering(o, _GO_STOP)
     if progress:
         return progress
     hit = False
@@ -875,7 +903,7 @@ def ide_gostop_ack(o: Observation) -> str | None:
 def ide_query_resp(o: Observation) -> str | None:
     if not any(True for _ in _ide_km_exchanges(o)):
         return None
-    progress = _idekm_progress(o).get("IDE-05")
+    progress = _idekm_progress(o).get("IDE-05") or _raised_instead_of_answering(o, frozenset({km.ObjectId.QUERY}))
     if progress:
         return progress
     hit = False

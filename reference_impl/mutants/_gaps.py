@@ -203,6 +203,21 @@ class IommufdDestroyDropsTombstone(Iommufd):
         super().destroy(obj_id)
 
 
+# ------------------------------------------------------------------ MMIO-01: the exporter's side of a revoke
+
+
+class VfioMapsRevoked(Vfio):
+    """VFIO's ``dmabuf_map`` hands an importer the pages of a revoked dmabuf: a memslot created on it after the
+    revoke is mapped (shared) while the revoke still stands."""
+
+    def dmabuf_map(self, attachment: int) -> int:
+        for d in self._dmabufs.values():
+            if attachment in d.attachments:
+                base, _ = d.device.bar_range(d.rid)
+                return int(base)
+        return super().dmabuf_map(attachment)
+
+
 def mutants(m: Callable[..., Any]) -> list[Any]:
     full, dev = "full_stack", "device"
     return [
@@ -229,6 +244,14 @@ def mutants(m: Callable[..., Any]) -> list[Any]:
             "tdx",
             DeviceAcksGoOnEmptySlot.__doc__,
             device=DeviceAcksGoOnEmptySlot,
+        ),
+        m(
+            "vfio-maps-revoked-dmabuf",
+            "MMIO-01",
+            full,
+            "cca",
+            VfioMapsRevoked.__doc__,
+            overrides={"vfio_factory": VfioMapsRevoked},
         ),
         m(
             "vfio-reset-no-revoke",
