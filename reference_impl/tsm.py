@@ -607,7 +607,7 @@ class Tsm(Actor):
         """Key the P2P stream on both devices over the TSM's sessions (fresh keys, key set 0), GO Rx then Tx
         (rules-seed E.66), and enable both ends."""
         ends: list[tuple[Any, int]] = []
-        for d in (first, second):
+        for d in dict.fromkeys((first, second)):  # each device once: one key must never fill two of its slots
             sid = self._sessions.get(d)
             if sid is None:
                 raise InvalidState(f"{first} and {second} must both be connected for a P2P stream")

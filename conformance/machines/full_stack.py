@@ -277,6 +277,29 @@ class FullStack(
         if verb == "start":
             note(f"TDI state after start: {self._state(s.rid)}")
 
+    @rule(fn=st.integers(0, 1))
+    @recorded
+    def guest_private_before_start(self, fn: int) -> None:
+        """The guest reads private MMIO of a TDI it accepted but has not started (one brought there first if no
+        TDI is): the TDI is CONFIG_LOCKED, and a device completes T=1 requests to its TEE memory only in RUN
+        (DMA-05; PCIe §11.2).
+
+        Aimed: as a verb of ``guest`` the read met an accepted, not started TDI only when the draws lined up,
+        and once the machine grew a step a ``ci`` search of the users' path missed a device completing it."""
+        rid_of = {(a.vm, a.virt_id): a.rid for a in self.run._snap.vmm.assignments}
+        waiting = [
+            Slot(vm=g.vm, rid=rid_of[(g.vm, v.virt_id)], virt_id=v.virt_id)
+            for g in self.run._snap.guests
+            for v in g.vdevs
+            if v.accepted and not v.running and (g.vm, v.virt_id) in rid_of
+        ]
+        slot = waiting[0] if waiting else inspect.unwrap(type(self).bring_up)(self, fn=fn, stage="accepted")
+        guest = self.stack.guests.get(getattr(slot, "vm", None) or "")
+        if guest is None:
+            return
+        note("guest private MMIO read before START")
+        self._do("guest_read_private_mmio_before_start", guest.read_private_mmio, slot.virt_id)
+
     @rule(s=slots)
     @recorded
     def guest_tsm_start_early(self, s: Slot) -> None:

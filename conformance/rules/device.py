@@ -209,6 +209,16 @@ class _Replay:
     def ok(self, rule: str) -> None:
         self.exercised.add(rule)
 
+    def _ide_hit(self) -> list[int]:
+        """The TDIs an IDE stream failure reaches: those of the device whose stream it is. The event does not
+        name its device; with one device that is every TDI, with several it is those of the devices whose
+        stream is not Secure after the step -- a stream's state is its own port's (PCIe §6.33.4), so one
+        device's receiver failing leaves another device's stream, and the TDIs locked over it, as they were."""
+        if len(self.o.before.devices) <= 1:
+            return list(self.states)
+        down = {d.name for d in self.o.after.devices if getattr(d, "stream_state", "SECURE") != "SECURE"}
+        return [f.rid for d in self.o.before.devices if d.name in down for f in d.functions]
+
     def _error_event(self, rid: int, kind: str) -> None:
         if self.states.get(rid) in LOCKED:
             self.states[rid] = td.TdiState.ERROR
@@ -255,7 +265,7 @@ class _Replay:
                 # (PCIe r6.2 §11.2; rules-seed C.42)
                 or (e.operation == "ide_enable" and e.ok and e.arguments and not e.arguments[0])
             ):
-                for r in self.states:
+                for r in self._ide_hit():
                     self._error_event(r, "ide")
             elif e.operation == "handle_vendor_message" and e.arguments and e.arguments[0] == 1:
                 self._exchange(e, nonces, seen_nonces)
