@@ -266,6 +266,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from teeio_conformance.reference_impl.transport.served import ServedDevice, served_device_factory
 
     fields: dict[str, object] = {}
+    if getattr(args, "asym", None):  # the device's identity on the curve the served suite signs with
+        fields["identity_curve"] = server.suite_from_args(args).curve_name
     if args.profile:
         idempotent = get_profile(args.profile).stop_in_unlocked is StopInUnlocked.IDEMPOTENT
         fields["stop_in_unlocked_idempotent"] = idempotent

@@ -34,6 +34,7 @@ import attrs
 from teeio_conformance.contract.errors import CodecError, InvalidArgument
 
 __all__ = [
+    "DEFAULT_SESSION_SIZES",
     "DOE_HEADER",
     "FRAME_HEADER",
     "MAX_PAYLOAD",
@@ -51,6 +52,7 @@ __all__ = [
     "GetCapabilities",
     "GetVersion",
     "NegotiateAlgorithms",
+    "SessionSizes",
     "SpdmCode",
     "SpdmError",
     "SpdmErrorCode",
@@ -770,8 +772,23 @@ def decode_spdm(data: bytes) -> SpdmMessage:
     return decoder(data)
 
 
-def spdm_length(data: bytes) -> int:
-    """Length of the SPDM message at the front of ``data``, from its header (DOE pads to a dword).
+@attrs.frozen
+class SessionSizes:
+    """The sizes the length of a session message in the clear depends on: digest (DIGESTS, FINISH), ECDHE
+    exchange data and signature (KEY_EXCHANGE, KEY_EXCHANGE_RSP). They come from the negotiated cipher suite
+    (``spdm.CipherSuite.session_sizes``); the default is the reference suite's (SHA-384, secp384r1, P-384)."""
+
+    hash: int = 48
+    dhe: int = 96
+    sig: int = 96
+
+
+DEFAULT_SESSION_SIZES = SessionSizes()
+
+
+def spdm_length(data: bytes, sizes: SessionSizes = DEFAULT_SESSION_SIZES) -> int:
+    """Length of the SPDM message at the front of ``data``, from its header (DOE pads to a dword); a
+    session message's length also depends on the connection's cipher suite (``sizes``).
 
     For a code this module does not know, and for a vendor-defined ERROR (whose extended data has no
     length field), the whole of ``data``, padding included. The result may exceed ``len(data)``
@@ -794,14 +811,13 @@ def spdm_length(data: bytes) -> int:
         return len(data) if extended is None else 4 + extended
     if code == SpdmCode.GET_VERSION:
         return 4
-    session = _session_length(code, data)
+    session = _session_length(code, data, sizes)
     return len(data) if session is None else session
 
 
-def _session_length(code: int, data: bytes) -> int | None:
-    """Lengths of the session messages (DSP0274 1.2 §10.6-§10.19) for the one suite sessions use:
-    SHA-384 (48), ECDSA P-384 (96-byte signatures), ECDHE secp384r1 (96-byte exchange data)."""
-    h, dhe, sig = 48, 96, 96
+def _session_length(code: int, data: bytes, sizes: SessionSizes) -> int | None:
+    """Lengths of the session messages (DSP0274 1.2 §10.6-§10.19) under the suite's sizes."""
+    h, dhe, sig = sizes.hash, sizes.dhe, sizes.sig
 
     def u16(at: int) -> int | None:
         return int.from_bytes(data[at : at + 2], "little") if len(data) >= at + 2 else None
@@ -826,9 +842,10 @@ def _session_length(code: int, data: bytes) -> int | None:
     return None
 
 
-def strip_doe_padding(body: bytes) -> bytes:
-    """The SPDM message inside a DOE body, without the 0-3 bytes of dword padding."""
-    n = spdm_length(body)
+def strip_doe_padding(body: bytes, sizes: SessionSizes = DEFAULT_SESSION_SIZES) -> bytes:
+    """The SPDM message inside a DOE body, without the 0-3 bytes of dword padding (``sizes``: see
+    :func:`spdm_length`)."""
+    n = spdm_length(body, sizes)
     if n < len(body) - 3:
         raise FramingError(
             f"DOE object carries {len(body) - n} bytes after its {n}-byte SPDM message (padding is at most 3)",

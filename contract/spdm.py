@@ -10,31 +10,40 @@ carried in PCI DOE data object type 2, "secured SPDM", PCIe 6.x §6.31.4):
   and its ResponderVerifyData HMAC (§10.13); FINISH / FINISH_RSP inside the session under the
   handshake keys (§10.14; HANDSHAKE_IN_THE_CLEAR is not used, so FINISH_RSP carries no HMAC);
 * END_SESSION / END_SESSION_ACK (§10.19) and KEY_UPDATE / KEY_UPDATE_ACK (§10.17);
-* the key schedule (§12.4-§12.7): HKDF-Extract/Expand over SHA-384 with ``BinConcat(Length,
-  "spdm1.2 " + Label, Context)`` labels ("derived", "req hs data", "rsp hs data", "req app data",
-  "rsp app data", "finished", "key", "iv", "traffic upd");
+* the key schedule (§12.4-§12.7): HKDF-Extract/Expand over the negotiated hash with
+  ``BinConcat(Length, "spdm1.2 " + Label, Context)`` labels ("derived", "req hs data", "rsp hs data",
+  "req app data", "rsp app data", "finished", "key" -- as long as the AEAD's key --, "iv", "traffic upd");
 * secured messages (DSP0277 §6): session ID (4 bytes, the requester's half first), Length (2), then
-  AES-256-GCM over ApplicationDataLength (2) || the SPDM message, with the session ID and Length as
+  AES-GCM over ApplicationDataLength (2) || the SPDM message, with the session ID and Length as
   associated data and a per-direction 64-bit sequence number XORed into the IV (PCI DOE sends no
   sequence number on the wire).
 
-One cipher suite only, which the reference device's identity fixes: SHA-384, ECDSA P-384 (raw r||s
-signatures), ECDHE secp384r1, AES-256-GCM, the SPDM key schedule. :class:`SpdmRequester` and
-:class:`SpdmResponder` are pure state objects (no sockets): bytes in, bytes out. Bad input raises
-:class:`SessionError` (a FramingError, so a CodecError, carrying the SPDM error code to answer) and
-changes no state.
+Cipher suites (:class:`CipherSuite`): SHA-256 or SHA-384; ECDSA P-256 or P-384 (raw r||s signatures);
+ECDHE secp256r1 or secp384r1; AES-128-GCM or AES-256-GCM; always the SPDM key schedule and opaque data
+format 1. The requester offers all of them (:func:`offer_algorithms`) and follows whatever ALGORITHMS
+selects, refusing a selection it did not offer or of more than one bit (:func:`negotiated_suite`), and a
+leaf certificate whose key is not on the selected curve. A responder serves one suite, by default
+:data:`DEFAULT_SUITE` (SHA-384, P-384, secp384r1, AES-256-GCM: what the reference device's P-384
+identity signs with); another is chosen with ``SpdmResponder(..., suite=...)`` and a chain on its curve.
+
+:class:`SpdmRequester` and :class:`SpdmResponder` are pure state objects (no sockets): bytes in, bytes
+out. Bad input raises :class:`SessionError` (a FramingError, so a CodecError, carrying the SPDM error
+code to answer) and changes no state.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import hashlib
 import hmac
 import itertools
+import operator
 import os
 import struct
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 from cryptography import x509
@@ -54,12 +63,18 @@ __all__ = [
     "CAP_KEY_UPD",
     "CAP_MAC",
     "CERT_PORTION",
+    "DEFAULT_SUITE",
     "DHE_SECP384R1",
     "IN_SESSION_CODES",
     "KEY_SCHEDULE_SPDM",
     "SESSION_FLAGS",
+    "Aead",
+    "BaseAsym",
+    "BaseHash",
     "ChainError",
+    "CipherSuite",
     "Code",
+    "Dhe",
     "ErrorCode",
     "H",
     "KeyUpdateOp",
@@ -69,16 +84,13 @@ __all__ = [
     "bin_concat",
     "cert_chain_buffer",
     "get_capabilities",
+    "negotiated_suite",
     "offer_algorithms",
     "select_session_algorithms",
     "session_id_of",
     "verify_chain",
 ]
 
-H = 48  # SHA-384 digest size
-DHE_SIZE = 96  # secp384r1 X || Y
-SIG_SIZE = 96  # ECDSA P-384 r || s
-KEY_SIZE = 32  # AES-256
 IV_SIZE = 12
 TAG_SIZE = 16
 NONCE_SIZE = 32
@@ -96,9 +108,6 @@ CAP_ENCRYPT = 0x0000_0040
 CAP_MAC = 0x0000_0080
 CAP_KEY_UPD = 0x0000_4000
 SESSION_FLAGS = CAP_CERT | CAP_ENCRYPT | CAP_MAC | fr.CAP_KEY_EX | CAP_KEY_UPD
-# algorithm structure bits (DSP0274 1.2 NEGOTIATE_ALGORITHMS structure tables)
-DHE_SECP384R1 = 0x0010
-AEAD_AES_256_GCM = 0x0002
 KEY_SCHEDULE_SPDM = 0x0001
 OPAQUE_DATA_FMT_1 = 0x02
 """OtherParamsSupport: opaque data in the general format 1 (DSP0274 1.2); libspdm refuses KEY_EXCHANGE
@@ -154,13 +163,200 @@ def _bad(why: str, code: int = ErrorCode.INVALID_REQUEST) -> SessionError:
     return SessionError(why, code=code)
 
 
-# ------------------------------------------------------------------------------------------ primitives
-def _hash(data: bytes) -> bytes:
-    return hashlib.sha384(data).digest()
+# ------------------------------------------------------------------------------------------ cipher suites
+class BaseHash(enum.IntEnum):
+    """BaseHashAlgo / BaseHashSel bits this stack speaks (DSP0274 1.2 NEGOTIATE_ALGORITHMS); the names are
+    spdm-emu's ``--hash`` values."""
+
+    SHA_256 = fr.HASH_SHA_256
+    SHA_384 = fr.HASH_SHA_384
 
 
-def _hmac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha384).digest()
+class BaseAsym(enum.IntEnum):
+    """BaseAsymAlgo / BaseAsymSel bits this stack speaks (spdm-emu's ``--asym`` names)."""
+
+    ECDSA_P256 = fr.ASYM_ECDSA_P256
+    ECDSA_P384 = fr.ASYM_ECDSA_P384
+
+
+class Dhe(enum.IntEnum):
+    """DHE structure table bits this stack speaks (DSP0274 1.2 Table 'DHE'; spdm-emu's ``--dhe`` names)."""
+
+    SECP_256_R1 = 0x0008
+    SECP_384_R1 = 0x0010
+
+
+class Aead(enum.IntEnum):
+    """AEAD structure table bits this stack speaks (DSP0274 1.2 Table 'AEAD'; spdm-emu's ``--aead`` names)."""
+
+    AES_128_GCM = 0x0001
+    AES_256_GCM = 0x0002
+
+
+DHE_SECP384R1 = Dhe.SECP_384_R1
+AEAD_AES_256_GCM = Aead.AES_256_GCM
+
+_HASHES: dict[BaseHash, tuple[int, Callable[[], hashes.HashAlgorithm], Callable[..., Any]]] = {
+    BaseHash.SHA_256: (32, hashes.SHA256, hashlib.sha256),
+    BaseHash.SHA_384: (48, hashes.SHA384, hashlib.sha384),
+}
+_CURVES: dict[int, tuple[int, type[ec.EllipticCurve], str]] = {  # coordinate size, curve, name
+    BaseAsym.ECDSA_P256: (32, ec.SECP256R1, "P-256"),
+    BaseAsym.ECDSA_P384: (48, ec.SECP384R1, "P-384"),
+}
+_GROUPS: dict[Dhe, tuple[int, type[ec.EllipticCurve]]] = {
+    Dhe.SECP_256_R1: (32, ec.SECP256R1),
+    Dhe.SECP_384_R1: (48, ec.SECP384R1),
+}
+_AEAD_KEY_SIZE = {Aead.AES_128_GCM: 16, Aead.AES_256_GCM: 32}
+
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+def _member(kind: type[_E], field: str, value: object) -> _E:
+    try:
+        return kind(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        names = ", ".join(m.name for m in kind)
+        raise InvalidArgument(f"CipherSuite.{field}: {value!r} is not one of {names}") from None
+
+
+def _to_hash(value: object) -> BaseHash:
+    return _member(BaseHash, "hash", value)
+
+
+def _to_asym(value: object) -> BaseAsym:
+    return _member(BaseAsym, "asym", value)
+
+
+def _to_dhe(value: object) -> Dhe:
+    return _member(Dhe, "dhe", value)
+
+
+def _to_aead(value: object) -> Aead:
+    return _member(Aead, "aead", value)
+
+
+@attrs.frozen
+class CipherSuite:
+    """The algorithms one SPDM connection negotiated for its sessions (DSP0274 1.2 §10.4 ALGORITHMS): the
+    hash of the transcript, HKDF and HMAC; the responder's signature; the ephemeral ECDHE group; the AEAD of
+    secured messages (DSP0277). The key schedule is always SPDM's. Every size a message or key derives
+    from comes from here, so nothing else names a digest or a curve."""
+
+    hash: BaseHash = attrs.field(default=BaseHash.SHA_384, converter=_to_hash)
+    asym: BaseAsym = attrs.field(default=BaseAsym.ECDSA_P384, converter=_to_asym)
+    dhe: Dhe = attrs.field(default=Dhe.SECP_384_R1, converter=_to_dhe)
+    aead: Aead = attrs.field(default=Aead.AES_256_GCM, converter=_to_aead)
+    hash_size: int = attrs.field(init=False, eq=False, repr=False)
+    """H: digest size, and the size of every secret, finished key and verify data (§12.4)."""
+    sig_size: int = attrs.field(init=False, eq=False, repr=False)
+    """ECDSA signatures travel as raw r || s, each the curve's coordinate size (§10.13)."""
+    dhe_size: int = attrs.field(init=False, eq=False, repr=False)
+    """ExchangeData: the ephemeral public point X || Y (§10.13)."""
+    key_size: int = attrs.field(init=False, eq=False, repr=False)
+    """The AEAD key length asked of HKDF-Expand with "key" (§12.7)."""
+    session_sizes: fr.SessionSizes = attrs.field(init=False, eq=False, repr=False)
+    """The sizes a session message's length in the clear takes from the suite (DOE padding is stripped by it)."""
+    hash_algorithm: hashes.HashAlgorithm = attrs.field(init=False, eq=False, repr=False)
+    _hashlib: Callable[..., Any] = attrs.field(init=False, eq=False, repr=False)
+
+    @hash_size.default
+    def _hash_size(self) -> int:
+        return _HASHES[self.hash][0]
+
+    @sig_size.default
+    def _sig_size(self) -> int:
+        return 2 * _CURVES[self.asym][0]
+
+    @dhe_size.default
+    def _dhe_size(self) -> int:
+        return 2 * _GROUPS[self.dhe][0]
+
+    @key_size.default
+    def _key_size(self) -> int:
+        return _AEAD_KEY_SIZE[self.aead]
+
+    @session_sizes.default
+    def _session_sizes(self) -> fr.SessionSizes:
+        return fr.SessionSizes(hash=self.hash_size, dhe=self.dhe_size, sig=self.sig_size)
+
+    @hash_algorithm.default
+    def _hash_algorithm(self) -> hashes.HashAlgorithm:
+        return _HASHES[self.hash][1]()
+
+    @_hashlib.default
+    def _hashlib_default(self) -> Callable[..., Any]:
+        return _HASHES[self.hash][2]
+
+    @classmethod
+    def all(cls) -> tuple[CipherSuite, ...]:
+        """Every suite this stack speaks (2 x 2 x 2 x 2)."""
+        return tuple(cls(*c) for c in itertools.product(BaseHash, BaseAsym, Dhe, Aead))
+
+    @property
+    def curve_name(self) -> str:
+        """The curve the responder's leaf key must be on ("P-256" or "P-384")."""
+        return _CURVES[self.asym][2]
+
+    def __str__(self) -> str:
+        return f"{self.hash.name}/{self.asym.name}/{self.dhe.name}/{self.aead.name}"
+
+    # -- primitives
+    def digest(self, data: bytes) -> bytes:
+        return bytes(self._hashlib(data).digest())
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        return hmac.new(key, data, self._hashlib).digest()
+
+    def expand(self, secret: bytes, label: bytes, length: int, context: bytes = b"") -> bytes:
+        return HKDFExpand(self.hash_algorithm, length, bin_concat(length, label, context)).derive(secret)
+
+    def extract(self, salt: bytes, ikm: bytes) -> bytes:
+        return self.hmac(salt, ikm)  # HKDF-Extract is HMAC(salt, IKM)
+
+    def raw_signature(self, der: bytes) -> bytes:
+        """A DER ECDSA signature as SPDM sends it: r || s, each the coordinate size (DSP0274 §10.13)."""
+        r, s = decode_dss_signature(der)
+        n = self.sig_size // 2
+        return r.to_bytes(n, "big") + s.to_bytes(n, "big")
+
+    def verify(self, key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> None:
+        """Raises InvalidSignature unless ``signature`` (r || s) signs ``message`` under the suite's hash."""
+        n = self.sig_size // 2
+        r, s = int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big")
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(self.hash_algorithm))
+
+    def new_dhe_key(self) -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(_GROUPS[self.dhe][1]())
+
+    def dhe_public(self, key: ec.EllipticCurvePrivateKey) -> bytes:
+        n, pub = self.dhe_size // 2, key.public_key().public_numbers()
+        return pub.x.to_bytes(n, "big") + pub.y.to_bytes(n, "big")
+
+    def dhe_shared(self, key: ec.EllipticCurvePrivateKey, peer: bytes) -> bytes:
+        n, curve = self.dhe_size // 2, _GROUPS[self.dhe][1]()
+        try:
+            pub = ec.EllipticCurvePublicNumbers(
+                int.from_bytes(peer[:n], "big"), int.from_bytes(peer[n:], "big"), curve
+            ).public_key()
+            return key.exchange(ec.ECDH(), pub)
+        except ValueError:
+            raise _bad(f"the ExchangeData is not a point on {curve.name}") from None
+
+    def holds(self, key: object) -> bool:
+        """Is ``key`` an EC public key on the curve BaseAsymSel names?"""
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES[self.asym][1])
+
+
+DEFAULT_SUITE = CipherSuite()
+"""What the reference responder selects unless configured otherwise, and what its identity (P-384) signs
+with: SHA-384, ECDSA P-384, secp384r1, AES-256-GCM."""
+H = DEFAULT_SUITE.hash_size
+DHE_SIZE = DEFAULT_SUITE.dhe_size
+SIG_SIZE = DEFAULT_SUITE.sig_size
+KEY_SIZE = DEFAULT_SUITE.key_size
 
 
 def bin_concat(length: int, label: bytes, context: bytes = b"") -> bytes:
@@ -168,49 +364,44 @@ def bin_concat(length: int, label: bytes, context: bytes = b"") -> bytes:
     return struct.pack("<H", length) + _VERSION_LABEL + label + context
 
 
-def _expand(secret: bytes, label: bytes, length: int, context: bytes = b"") -> bytes:
-    return HKDFExpand(hashes.SHA384(), length, bin_concat(length, label, context)).derive(secret)
-
-
-def _extract(salt: bytes, ikm: bytes) -> bytes:
-    return _hmac(salt, ikm)  # HKDF-Extract is HMAC(salt, IKM)
-
-
 @attrs.frozen
 class _Secrets:
     """One session's secrets after the handshake (TH1) and, once FINISH is done, the data phase (TH2)."""
 
+    suite: CipherSuite
     handshake: bytes
     req_hs: bytes
     rsp_hs: bytes
 
     @classmethod
-    def from_dhe(cls, dhe_secret: bytes, th1: bytes) -> _Secrets:
-        hs = _extract(bytes(H), dhe_secret)  # Salt_0 is H zero bytes
-        return cls(hs, _expand(hs, b"req hs data", H, th1), _expand(hs, b"rsp hs data", H, th1))
+    def from_dhe(cls, suite: CipherSuite, dhe_secret: bytes, th1: bytes) -> _Secrets:
+        h = suite.hash_size
+        hs = suite.extract(bytes(h), dhe_secret)  # Salt_0 is H zero bytes
+        return cls(suite, hs, suite.expand(hs, b"req hs data", h, th1), suite.expand(hs, b"rsp hs data", h, th1))
 
     def data(self, th2: bytes) -> tuple[bytes, bytes]:
-        salt1 = _expand(self.handshake, b"derived", H)
-        master = _extract(salt1, bytes(H))
-        return _expand(master, b"req app data", H, th2), _expand(master, b"rsp app data", H, th2)
+        suite, h = self.suite, self.suite.hash_size
+        salt1 = suite.expand(self.handshake, b"derived", h)
+        master = suite.extract(salt1, bytes(h))
+        return suite.expand(master, b"req app data", h, th2), suite.expand(master, b"rsp app data", h, th2)
 
-
-def _finished_key(secret: bytes) -> bytes:
-    return _expand(secret, b"finished", H)
+    def finished_key(self, secret: bytes) -> bytes:
+        return self.suite.expand(secret, b"finished", self.suite.hash_size)
 
 
 class _Direction:
     """One direction of a session: AEAD key, IV and the next sequence number (DSP0277 §6.2)."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, suite: CipherSuite, secret: bytes) -> None:
+        self.suite = suite
         self.secret = secret
-        self.aead = AESGCM(_expand(secret, b"key", KEY_SIZE))
-        self.iv = _expand(secret, b"iv", IV_SIZE)
+        self.aead = AESGCM(suite.expand(secret, b"key", suite.key_size))
+        self.iv = suite.expand(secret, b"iv", IV_SIZE)
         self.seq = 0
 
     def updated(self) -> _Direction:
         """The next generation (KEY_UPDATE): HKDF-Expand of the current secret with "traffic upd"."""
-        return _Direction(_expand(self.secret, b"traffic upd", H))
+        return _Direction(self.suite, self.suite.expand(self.secret, b"traffic upd", self.suite.hash_size))
 
     def nonce(self, seq: int) -> bytes:
         low = int.from_bytes(self.iv[:8], "little") ^ seq
@@ -257,11 +448,12 @@ def _open(d: _Direction, record: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ certificates
-def cert_chain_buffer(chain: tuple[bytes, ...]) -> bytes:
-    """The SPDM certificate chain (DSP0274 §10.6.1): Length, reserved, H(root), the DER certificates."""
+def cert_chain_buffer(chain: tuple[bytes, ...], suite: CipherSuite = DEFAULT_SUITE) -> bytes:
+    """The SPDM certificate chain (DSP0274 §10.6.1): Length, reserved, H(root) under the negotiated hash,
+    the DER certificates."""
     if not chain:
         raise InvalidArgument("a certificate chain needs at least the root certificate")
-    body = _hash(chain[0]) + b"".join(chain)
+    body = suite.digest(chain[0]) + b"".join(chain)
     return struct.pack("<HH", 4 + len(body), 0) + body
 
 
@@ -284,15 +476,20 @@ def _split_der(data: bytes) -> list[bytes]:
     return out
 
 
-def verify_chain(buffer: bytes, trusted_root: bytes | None) -> ec.EllipticCurvePublicKey:
-    """The leaf's P-384 public key once the chain checks out: its Length and root hash, the root is the
-    trusted one (when given), every certificate is signed by the one before it, which is a CA."""
-    if len(buffer) < 4 + H or struct.unpack_from("<H", buffer)[0] != len(buffer):
+def verify_chain(
+    buffer: bytes, trusted_root: bytes | None, suite: CipherSuite = DEFAULT_SUITE
+) -> ec.EllipticCurvePublicKey:
+    """The leaf's public key once the chain checks out: its Length and root hash (under the suite's hash),
+    the root is the trusted one (when given), every certificate is signed by the one before it, which is a
+    CA, and the leaf's key is on the curve ALGORITHMS selected (BaseAsymSel: DSP0274 §10.4, the KEY_EXCHANGE_RSP
+    signature is made with it)."""
+    h = suite.hash_size
+    if len(buffer) < 4 + h or struct.unpack_from("<H", buffer)[0] != len(buffer):
         raise ChainError(f"the certificate chain's Length does not match its {len(buffer)} bytes")
-    ders = _split_der(buffer[4 + H :])
+    ders = _split_der(buffer[4 + h :])
     if len(ders) < 2:
         raise ChainError(f"the chain needs a root and a device certificate, got {len(ders)}")
-    if buffer[4 : 4 + H] != _hash(ders[0]):
+    if buffer[4 : 4 + h] != suite.digest(ders[0]):
         raise ChainError("the chain's RootHash is not the hash of its first certificate")
     if trusted_root is not None and ders[0] != trusted_root:
         raise ChainError("the chain does not start at the trusted root")
@@ -316,35 +513,33 @@ def verify_chain(buffer: bytes, trusted_root: bytes | None) -> ec.EllipticCurveP
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise ChainError(f"{cert.subject.rfc4514_string()} is not valid now")
     leaf = certs[-1].public_key()
-    if not isinstance(leaf, ec.EllipticCurvePublicKey) or not isinstance(leaf.curve, ec.SECP384R1):
-        raise ChainError("the device certificate does not hold a P-384 key")
+    if not isinstance(leaf, ec.EllipticCurvePublicKey) or not suite.holds(leaf):
+        held = leaf.curve.name if isinstance(leaf, ec.EllipticCurvePublicKey) else type(leaf).__name__
+        raise ChainError(
+            f"the device certificate holds a {held} key; ALGORITHMS selected BaseAsymSel {suite.asym.name}, "
+            f"which needs a {suite.curve_name} key"
+        )
     return leaf
+
+
+@functools.lru_cache(maxsize=64)
+def _leaf_curve(der: bytes) -> str:
+    """The curve of a DER certificate's EC key ("P-256", "P-384", or what else it holds); kept per
+    certificate, as every connection of a served device constructs a responder over the same chain."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError as exc:
+        raise InvalidArgument(f"the chain's leaf certificate does not parse: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return type(key).__name__
+    names = {curve().name: name for _size, curve, name in _CURVES.values()}
+    return names.get(key.curve.name, key.curve.name)
 
 
 def _signed_message(th: bytes) -> bytes:
     """What a 1.2 KEY_EXCHANGE_RSP signature covers (DSP0274 §15): the version prefix four times, zero
     padding and the context to 36 bytes, then the transcript hash."""
     return _SIGN_PREFIX + bytes(36 - len(_KE_CONTEXT)) + _KE_CONTEXT + th
-
-
-def _raw_signature(der: bytes) -> bytes:
-    r, s = decode_dss_signature(der)
-    return r.to_bytes(48, "big") + s.to_bytes(48, "big")
-
-
-def _ecdh_public(key: ec.EllipticCurvePrivateKey) -> bytes:
-    n = key.public_key().public_numbers()
-    return n.x.to_bytes(48, "big") + n.y.to_bytes(48, "big")
-
-
-def _ecdh(key: ec.EllipticCurvePrivateKey, peer: bytes) -> bytes:
-    try:
-        pub = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(peer[:48], "big"), int.from_bytes(peer[48:], "big"), ec.SECP384R1()
-        ).public_key()
-        return key.exchange(ec.ECDH(), pub)
-    except ValueError:
-        raise _bad("the ExchangeData is not a point on secp384r1") from None
 
 
 # ------------------------------------------------------------------------------------------ messages
@@ -361,17 +556,6 @@ def _msg(code: int, p1: int = 0, p2: int = 0, body: bytes = b"") -> bytes:
     return bytes([fr.SPDM_VERSION, code, p1, p2]) + body
 
 
-def _algorithms_ok(algs: fr.Algorithms) -> bool:
-    chosen = {s.alg_type: s.supported for s in algs.alg_structs}
-    return (
-        algs.base_hash_sel == fr.HASH_SHA_384
-        and algs.base_asym_sel == fr.ASYM_ECDSA_P384
-        and chosen.get(fr.AlgType.DHE) == DHE_SECP384R1
-        and chosen.get(fr.AlgType.AEAD) == AEAD_AES_256_GCM
-        and chosen.get(fr.AlgType.KEY_SCHEDULE) == KEY_SCHEDULE_SPDM
-    )
-
-
 REQUESTER_FLAGS = CAP_ENCRYPT | CAP_MAC | fr.CAP_KEY_EX | CAP_KEY_UPD
 
 
@@ -382,46 +566,95 @@ def get_capabilities() -> bytes:
 
 
 def offer_algorithms() -> fr.NegotiateAlgorithms:
-    """The requester's NEGOTIATE_ALGORITHMS: the one suite sessions use, plus what VCA offered before. No
-    ReqBaseAsymAlg table: this requester has no key of its own, and an empty AlgSupported is refused by
-    libspdm (InvalidRequest)."""
+    """The requester's NEGOTIATE_ALGORITHMS: every suite it speaks (each of hash, signature, DHE group and
+    AEAD in both sizes), the SPDM key schedule and opaque data format 1. No ReqBaseAsymAlg table: this
+    requester has no key of its own, and an empty AlgSupported is refused by libspdm (InvalidRequest)."""
     return fr.NegotiateAlgorithms(
         measurement_specification=fr.MEAS_SPEC_DMTF,
         other_params_support=OPAQUE_DATA_FMT_1,
-        base_asym_algo=fr.ASYM_ECDSA_P256 | fr.ASYM_ECDSA_P384,
-        base_hash_algo=fr.HASH_SHA_256 | fr.HASH_SHA_384,
+        base_asym_algo=_all_bits(BaseAsym),
+        base_hash_algo=_all_bits(BaseHash),
         alg_structs=(
-            fr.AlgStruct(alg_type=fr.AlgType.DHE, supported=DHE_SECP384R1),
-            fr.AlgStruct(alg_type=fr.AlgType.AEAD, supported=AEAD_AES_256_GCM),
+            fr.AlgStruct(alg_type=fr.AlgType.DHE, supported=_all_bits(Dhe)),
+            fr.AlgStruct(alg_type=fr.AlgType.AEAD, supported=_all_bits(Aead)),
             fr.AlgStruct(alg_type=fr.AlgType.KEY_SCHEDULE, supported=KEY_SCHEDULE_SPDM),
         ),
     )
 
 
-def select_session_algorithms(req: fr.NegotiateAlgorithms) -> fr.Algorithms | None:
-    """The responder's selection when the requester offers the session suite; None when it does not."""
+def _all_bits(kind: type[enum.IntEnum]) -> int:
+    return functools.reduce(operator.or_, (int(m) for m in kind), 0)
+
+
+def select_session_algorithms(req: fr.NegotiateAlgorithms, suite: CipherSuite = DEFAULT_SUITE) -> fr.Algorithms | None:
+    """The responder's selection of ``suite`` (its one suite) when the requester offers all of it; None when
+    it does not. Every requested structure table gets a response table (DSP0274 1.2 ALGORITHMS)."""
     offered = {s.alg_type: s.supported for s in req.alg_structs}
     if not (
-        req.base_hash_algo & fr.HASH_SHA_384
-        and req.base_asym_algo & fr.ASYM_ECDSA_P384
-        and offered.get(fr.AlgType.DHE, 0) & DHE_SECP384R1
-        and offered.get(fr.AlgType.AEAD, 0) & AEAD_AES_256_GCM
+        req.base_hash_algo & suite.hash
+        and req.base_asym_algo & suite.asym
+        and offered.get(fr.AlgType.DHE, 0) & suite.dhe
+        and offered.get(fr.AlgType.AEAD, 0) & suite.aead
         and offered.get(fr.AlgType.KEY_SCHEDULE, 0) & KEY_SCHEDULE_SPDM
     ):
         return None
     pick: dict[int, int] = {
-        fr.AlgType.DHE: DHE_SECP384R1,
-        fr.AlgType.AEAD: AEAD_AES_256_GCM,
-        fr.AlgType.KEY_SCHEDULE: 1,
+        fr.AlgType.DHE: suite.dhe,
+        fr.AlgType.AEAD: suite.aead,
+        fr.AlgType.KEY_SCHEDULE: KEY_SCHEDULE_SPDM,
     }
     return fr.Algorithms(
         other_params_selection=req.other_params_support & OPAQUE_DATA_FMT_1,
-        base_hash_sel=fr.HASH_SHA_384,
-        base_asym_sel=fr.ASYM_ECDSA_P384,
+        base_hash_sel=suite.hash,
+        base_asym_sel=suite.asym,
         alg_structs=tuple(
             fr.AlgStruct(alg_type=s.alg_type, supported=pick.get(s.alg_type, 0)) for s in req.alg_structs
         ),
     )
+
+
+def _selected_suite(algs: fr.Algorithms) -> CipherSuite | None:
+    """The suite an ALGORITHMS answer selects, or None when it leaves a session algorithm unselected (a
+    responder without KEY_EX selects no DHE group or AEAD) or selects one this stack does not speak."""
+    chosen = {s.alg_type: s.supported for s in algs.alg_structs}
+    if chosen.get(fr.AlgType.KEY_SCHEDULE) != KEY_SCHEDULE_SPDM:
+        return None
+    try:
+        return CipherSuite(
+            algs.base_hash_sel, algs.base_asym_sel, chosen.get(fr.AlgType.DHE), chosen.get(fr.AlgType.AEAD)
+        )
+    except InvalidArgument:
+        return None
+
+
+def negotiated_suite(offer: fr.NegotiateAlgorithms, algs: fr.Algorithms) -> CipherSuite | None:
+    """What a requester that sent ``offer`` takes from the answer ``algs``: the selected suite, or None when
+    the responder selected no session suite (sessions then cannot be opened, VCA still stands).
+
+    Each selection must be one bit (or none) of what was offered (DSP0274 1.2 §10.4: the responder selects
+    one of the requester's algorithms); anything else is a SessionError naming the field."""
+
+    def one_of(field: str, selected: int, offered: int) -> None:
+        if selected & ~offered:
+            raise _bad(
+                f"ALGORITHMS {field} {selected:#x} selects what NEGOTIATE_ALGORITHMS did not offer ({offered:#x})"
+            )
+        if selected & (selected - 1):
+            raise _bad(f"ALGORITHMS {field} {selected:#x} selects more than one algorithm")
+
+    one_of("MeasurementSpecificationSel", algs.measurement_specification_sel, offer.measurement_specification)
+    one_of("OtherParamsSelection", algs.other_params_selection & 0x0F, offer.other_params_support & 0x0F)
+    one_of("BaseHashSel", algs.base_hash_sel, offer.base_hash_algo)
+    one_of("BaseAsymSel", algs.base_asym_sel, offer.base_asym_algo)
+    if algs.ext_asym_sel and not offer.ext_asym:
+        raise _bad("ALGORITHMS selects an extended asymmetric algorithm; none was offered")
+    if algs.ext_hash_sel and not offer.ext_hash:
+        raise _bad("ALGORITHMS selects an extended hash algorithm; none was offered")
+    offered = {s.alg_type: s.supported for s in offer.alg_structs}
+    for table in algs.alg_structs:
+        name = fr.AlgType(table.alg_type).name
+        one_of(f"{name} AlgSupported", table.supported, offered.get(table.alg_type, 0))
+    return _selected_suite(algs)
 
 
 _KE_FIXED = 4 + 2 + 1 + 1 + NONCE_SIZE  # header, ReqSessionID, SessionPolicy, reserved, RandomData
@@ -446,16 +679,17 @@ class _KeyExchange:
     meas_hash_type: int
 
     @classmethod
-    def decode(cls, data: bytes) -> _KeyExchange:
-        _head(data, Code.KEY_EXCHANGE, _KE_FIXED + DHE_SIZE + 2, "KEY_EXCHANGE", exact=False)
+    def decode(cls, data: bytes, suite: CipherSuite) -> _KeyExchange:
+        dhe_size = suite.dhe_size
+        _head(data, Code.KEY_EXCHANGE, _KE_FIXED + dhe_size + 2, "KEY_EXCHANGE", exact=False)
         (rsid,) = struct.unpack_from("<H", data, 4)
-        _opaque_data, end = _opaque(data, _KE_FIXED + DHE_SIZE, "KEY_EXCHANGE")
+        _opaque_data, end = _opaque(data, _KE_FIXED + dhe_size, "KEY_EXCHANGE")
         if end != len(data):
             raise _bad(f"KEY_EXCHANGE has {len(data) - end} stray bytes after its opaque data")
         return cls(
             req_session_id=rsid,
             random=bytes(data[8:_KE_FIXED]),
-            exchange=bytes(data[_KE_FIXED : _KE_FIXED + DHE_SIZE]),
+            exchange=bytes(data[_KE_FIXED : _KE_FIXED + dhe_size]),
             slot=data[3],
             meas_hash_type=data[2],
         )
@@ -480,9 +714,13 @@ class _Session:
     after_seal: Callable[[], None] | None = None  # the change once a message is sealed
     fallback: _Direction | None = None  # the requester's old response key while an UPDATE_ALL_KEYS is answered
 
+    @property
+    def suite(self) -> CipherSuite:
+        return self.secrets.suite
+
     def to_data_phase(self) -> None:
-        req, rsp = self.secrets.data(_hash(self.transcript))
-        self.requests, self.responses = _Direction(req), _Direction(rsp)
+        req, rsp = self.secrets.data(self.suite.digest(self.transcript))
+        self.requests, self.responses = _Direction(self.suite, req), _Direction(self.suite, rsp)
         self.phase = _Phase.ESTABLISHED
 
 
@@ -502,18 +740,19 @@ class _Ephemeral:
     """The next KEY_EXCHANGE's ephemeral ECDHE key, made ahead of time by :meth:`prepare`.
 
     A caller that is about to wait anyway (for the peer's answer, or for the next request) makes it then,
-    so the key exchange itself does not. Each key is still used for one exchange only."""
+    so the key exchange itself does not. Each key is still used for one exchange only, and only in the
+    DHE group it was made for."""
 
     def __init__(self) -> None:
-        self._spare: ec.EllipticCurvePrivateKey | None = None
+        self._spare: tuple[Dhe, ec.EllipticCurvePrivateKey] | None = None
 
-    def prepare(self) -> None:
-        if self._spare is None:
-            self._spare = ec.generate_private_key(ec.SECP384R1())
+    def prepare(self, suite: CipherSuite) -> None:
+        if self._spare is None or self._spare[0] is not suite.dhe:
+            self._spare = (suite.dhe, suite.new_dhe_key())
 
-    def take(self) -> ec.EllipticCurvePrivateKey:
-        key, self._spare = self._spare, None
-        return key if key is not None else ec.generate_private_key(ec.SECP384R1())
+    def take(self, suite: CipherSuite) -> ec.EllipticCurvePrivateKey:
+        spare, self._spare = self._spare, None
+        return spare[1] if spare is not None and spare[0] is suite.dhe else suite.new_dhe_key()
 
 
 class SpdmResponder:
@@ -524,6 +763,10 @@ class SpdmResponder:
     opened with :meth:`open`, a control message inside it answered by :meth:`handle_in_session`, and
     every answer in a session sealed with :meth:`seal`. VENDOR_DEFINED messages are the caller's.
     :meth:`take_events` says which sessions became established or ended since it was last asked.
+
+    It speaks one cipher suite, ``suite`` (the reference's P-384 one by default): ALGORITHMS must select
+    exactly it before sessions open. ``sign`` signs with the leaf key of ``chain``, which must be on the
+    suite's curve, over the suite's hash (DER ECDSA).
     """
 
     def __init__(
@@ -531,11 +774,18 @@ class SpdmResponder:
         chain: tuple[bytes, ...],
         sign: Callable[[bytes], bytes],
         *,
+        suite: CipherSuite = DEFAULT_SUITE,
         rng: Callable[[int], bytes] = os.urandom,
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
-        self._buffer = cert_chain_buffer(chain)
-        self._ct = _hash(self._buffer)
+        if not chain:
+            raise InvalidArgument("a certificate chain needs at least the root certificate")
+        leaf_curve = _leaf_curve(chain[-1])
+        if leaf_curve != suite.curve_name:
+            raise InvalidArgument(f"the chain's leaf key is {leaf_curve}; suite {suite} signs with {suite.curve_name}")
+        self.suite = suite
+        self._buffer = cert_chain_buffer(chain, suite)
+        self._ct = suite.digest(self._buffer)
         self._sign = sign
         self._rng = rng
         self._max = max_sessions
@@ -548,7 +798,7 @@ class SpdmResponder:
 
     def prepare_key_exchange(self) -> None:
         """Make the next KEY_EXCHANGE_RSP's ephemeral key now: for a server to call while it waits for a request."""
-        self._ephemeral.prepare()
+        self._ephemeral.prepare(self.suite)
 
     @property
     def sessions(self) -> dict[int, str]:
@@ -565,12 +815,13 @@ class SpdmResponder:
 
     def vca(self, request: bytes, response: bytes, *, algorithms: fr.Algorithms | None = None) -> None:
         """Record one VCA exchange. GET_VERSION resets the connection and ends every session (§10.3);
-        ``algorithms`` (with the ALGORITHMS answer) says whether sessions may now be opened."""
+        ``algorithms`` (with the ALGORITHMS answer) says whether sessions may now be opened: they may when it
+        selects this responder's suite."""
         if request[1:2] == bytes([fr.SpdmCode.GET_VERSION]):
             self.reset()
         self._t.vca(request, response)
         if algorithms is not None:
-            self._ready = _algorithms_ok(algorithms)
+            self._ready = _selected_suite(algorithms) == self.suite
 
     def reset(self) -> None:
         for sid in list(self._sessions):
@@ -629,7 +880,8 @@ class SpdmResponder:
         return _msg(Code.CERTIFICATE, slot, 0, struct.pack("<HH", len(portion), remainder) + portion)
 
     def _key_exchange(self, req: bytes) -> bytes:
-        ke = _KeyExchange.decode(req)
+        suite = self.suite
+        ke = _KeyExchange.decode(req, suite)
         self._require_ready()
         if ke.slot != 0:
             raise _bad(f"KEY_EXCHANGE names slot {ke.slot}; only slot 0 holds a chain")
@@ -641,23 +893,24 @@ class SpdmResponder:
         sid = ke.req_session_id | half << 16
         if sid in self._sessions:
             raise _bad(f"session {sid:#010x} exists")
-        key = self._ephemeral.take()
-        shared = _ecdh(key, ke.exchange)
-        body = struct.pack("<HBB", half, 0, 0) + self._rng(NONCE_SIZE) + _ecdh_public(key) + struct.pack("<H", 0)
+        key = self._ephemeral.take(suite)
+        shared = suite.dhe_shared(key, ke.exchange)
+        body = struct.pack("<HBB", half, 0, 0) + self._rng(NONCE_SIZE) + suite.dhe_public(key) + struct.pack("<H", 0)
         head = _msg(Code.KEY_EXCHANGE_RSP, 0, 0, body)
         base = self._t.message_a + self._ct + req + head
-        signature = _raw_signature(self._sign(_signed_message(_hash(base))))
+        signature = suite.raw_signature(self._sign(_signed_message(suite.digest(base))))
         th1 = base + signature
-        secrets = _Secrets.from_dhe(shared, _hash(th1))
-        verify = _hmac(_finished_key(secrets.rsp_hs), _hash(th1))
+        th1_hash = suite.digest(th1)
+        secrets = _Secrets.from_dhe(suite, shared, th1_hash)
+        verify = suite.hmac(secrets.finished_key(secrets.rsp_hs), th1_hash)
         response = head + signature + verify
         self._next_half = self._next_half % 0xFFFF + 1
         self._sessions[sid] = _Session(
             session_id=sid,
             secrets=secrets,
             transcript=th1 + verify,
-            requests=_Direction(secrets.req_hs),
-            responses=_Direction(secrets.rsp_hs),
+            requests=_Direction(secrets.suite, secrets.req_hs),
+            responses=_Direction(secrets.suite, secrets.rsp_hs),
         )
         return response
 
@@ -695,10 +948,11 @@ class SpdmResponder:
         return self._error(ErrorCode.UNSUPPORTED_REQUEST, max(code, 0))
 
     def _finish(self, s: _Session, req: bytes) -> bytes:
-        _head(req, Code.FINISH, 4 + H, "FINISH")
+        suite = s.suite
+        _head(req, Code.FINISH, 4 + suite.hash_size, "FINISH")
         if req[2] & 1:
             raise _bad("FINISH carries a signature; mutual authentication was not requested")
-        want = _hmac(_finished_key(s.secrets.req_hs), _hash(s.transcript + req[:4]))
+        want = suite.hmac(s.secrets.finished_key(s.secrets.req_hs), suite.digest(s.transcript + req[:4]))
         if not hmac.compare_digest(want, req[4:]):
             raise _bad("FINISH RequesterVerifyData does not verify", ErrorCode.DECRYPT_ERROR)
         response = _msg(Code.FINISH_RSP)
@@ -741,7 +995,8 @@ class SpdmRequester:
     """The requester's session state for one connection: the TSM side, several sessions on one mailbox.
 
     Each request is built by a method and its answer given to the matching ``on_`` method, which
-    checks it (SessionError or ChainError) before changing anything.
+    checks it (SessionError or ChainError) before changing anything. Sessions use the suite the ALGORITHMS
+    answer given to :meth:`vca` selected (:attr:`suite`) out of everything :func:`offer_algorithms` offers.
     """
 
     def __init__(self, *, trusted_root: bytes | None = None, rng: Callable[[int], bytes] = os.urandom) -> None:
@@ -752,14 +1007,19 @@ class SpdmRequester:
         self._leaf: ec.EllipticCurvePublicKey | None = None
         self._ct: bytes | None = None
         self._sessions: dict[int, _Session] = {}
-        self._pending: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}  # req half -> (key, request)
+        # req half -> (key, request, suite)
+        self._pending: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes, CipherSuite]] = {}
         self._next_half = 1
         self.digest: bytes | None = None
         self._ephemeral = _Ephemeral()
+        self.suite: CipherSuite | None = None
+        """The suite ALGORITHMS selected; None until then, or when it selected none."""
+        self._no_suite = "VCA has not negotiated algorithms yet"
 
     def prepare_key_exchange(self) -> None:
         """Make the next KEY_EXCHANGE's ephemeral key now: for a caller to do while it waits for an answer."""
-        self._ephemeral.prepare()
+        if self.suite is not None:
+            self._ephemeral.prepare(self.suite)
 
     @property
     def sessions(self) -> dict[int, str]:
@@ -770,10 +1030,25 @@ class SpdmRequester:
         return self._leaf is not None
 
     def vca(self, request: bytes, response: bytes) -> None:
-        if request[1:2] == bytes([fr.SpdmCode.GET_VERSION]):
+        """Record one VCA exchange. For NEGOTIATE_ALGORITHMS, take the suite ALGORITHMS selected -- or raise
+        SessionError naming the field, changing nothing, when a selection is not one of the offered
+        algorithms (:func:`negotiated_suite`)."""
+        if request[1:2] == bytes([fr.SpdmCode.NEGOTIATE_ALGORITHMS]):
+            suite = negotiated_suite(fr.NegotiateAlgorithms.decode(request), fr.Algorithms.decode(response))
+            if suite != self.suite:  # a chain read earlier was hashed and checked under the old suite
+                self._chain, self._leaf, self._ct, self.digest = b"", None, None, None
+            self.suite = suite
+            self._no_suite = "" if suite is not None else "ALGORITHMS selected no complete session cipher suite"
+        elif request[1:2] == bytes([fr.SpdmCode.GET_VERSION]):
             self._sessions.clear()
             self._pending.clear()
+            self.suite, self._no_suite = None, "VCA has not negotiated algorithms yet"
         self._t.vca(request, response)
+
+    def _require_suite(self) -> CipherSuite:
+        if self.suite is None:
+            raise _bad(f"no secure session without a cipher suite: {self._no_suite}", ErrorCode.UNEXPECTED_REQUEST)
+        return self.suite
 
     @staticmethod
     def _check(rsp: bytes, code: int, what: str) -> None:
@@ -789,10 +1064,11 @@ class SpdmRequester:
 
     def on_digests(self, rsp: bytes) -> bytes:
         self._check(rsp, Code.DIGESTS, "GET_DIGESTS")
+        h = self._require_suite().hash_size
         if not rsp[3] & 1:
             raise _bad("DIGESTS lists no certificate in slot 0")
-        _head(rsp, Code.DIGESTS, 4 + H * bin(rsp[3]).count("1"), "DIGESTS")
-        self.digest = bytes(rsp[4 : 4 + H])
+        _head(rsp, Code.DIGESTS, 4 + h * bin(rsp[3]).count("1"), "DIGESTS")
+        self.digest = bytes(rsp[4 : 4 + h])
         return self.digest
 
     def get_certificate(self) -> bytes:
@@ -803,6 +1079,7 @@ class SpdmRequester:
         """Take one portion; True when the whole chain is in (and verified against the trusted root and
         the digest, if DIGESTS came first)."""
         self._check(rsp, Code.CERTIFICATE, "GET_CERTIFICATE")
+        suite = self._require_suite()
         _head(rsp, Code.CERTIFICATE, 8, "CERTIFICATE", exact=False)
         portion_len, remainder = struct.unpack_from("<HH", rsp, 4)
         if len(rsp) != 8 + portion_len or portion_len == 0 or portion_len > CERT_PORTION:
@@ -813,10 +1090,11 @@ class SpdmRequester:
                 raise _bad("CERTIFICATE RemainderLength runs past a 64 KiB chain")
             self._chain = chain
             return False
-        if self.digest is not None and _hash(chain) != self.digest:
+        ct = suite.digest(chain)
+        if self.digest is not None and ct != self.digest:
             raise ChainError("the certificate chain's hash is not the digest DIGESTS gave")
-        leaf = verify_chain(chain, self.trusted_root)
-        self._chain, self._leaf, self._ct = chain, leaf, _hash(chain)
+        leaf = verify_chain(chain, self.trusted_root, suite)
+        self._chain, self._leaf, self._ct = chain, leaf, ct
         return True
 
     @property
@@ -830,51 +1108,58 @@ class SpdmRequester:
 
     def adopt_chain(self, chain: bytes, leaf: ec.EllipticCurvePublicKey) -> None:
         """Take a chain this TSM verified earlier against the same trusted root (its cache), when the DIGESTS
-        just read names it: no GET_CERTIFICATE and no second verification needed (DSP0274 §10.6)."""
-        if self.digest is None or _hash(chain) != self.digest:
+        just read names it: no GET_CERTIFICATE and no second verification needed (DSP0274 §10.6). Its leaf
+        must still be on the curve this connection's ALGORITHMS selected."""
+        suite = self._require_suite()
+        ct = suite.digest(chain)
+        if self.digest is None or ct != self.digest:
             raise ChainError("a cached chain is adopted only when DIGESTS names it")
-        self._chain, self._leaf, self._ct = chain, leaf, _hash(chain)
+        if not suite.holds(leaf):
+            raise ChainError(f"the cached chain's device key is not the {suite.curve_name} key {suite.asym.name} needs")
+        self._chain, self._leaf, self._ct = chain, leaf, ct
 
     # -- key exchange
     def key_exchange(self) -> bytes:
-        if self._leaf is None:
+        if self._leaf is None or self.suite is None:
             raise InvalidArgument("read and verify the certificate chain before KEY_EXCHANGE")
+        suite = self.suite
         half = self._next_half
         self._next_half = self._next_half % 0xFFFF + 1
-        key = self._ephemeral.take()
+        key = self._ephemeral.take(suite)
         req = _msg(
             Code.KEY_EXCHANGE,
             0,
             0,
-            struct.pack("<HBB", half, 0, 0) + self._rng(NONCE_SIZE) + _ecdh_public(key) + struct.pack("<H", 0),
+            struct.pack("<HBB", half, 0, 0) + self._rng(NONCE_SIZE) + suite.dhe_public(key) + struct.pack("<H", 0),
         )
-        self._pending[half] = (key, req)
+        self._pending[half] = (key, req, suite)
         return req
 
     def on_key_exchange_rsp(self, rsp: bytes) -> int:
         """The new session's ID once the signature and ResponderVerifyData check out."""
         self._check(rsp, Code.KEY_EXCHANGE_RSP, "KEY_EXCHANGE")
-        _head(rsp, Code.KEY_EXCHANGE_RSP, _KER_FIXED + DHE_SIZE + 2 + SIG_SIZE + H, "KEY_EXCHANGE_RSP", exact=False)
         if len(self._pending) != 1 or self._leaf is None or self._ct is None:
             raise _bad("KEY_EXCHANGE_RSP without one KEY_EXCHANGE outstanding", ErrorCode.UNEXPECTED_REQUEST)
-        ((half, (key, req)),) = self._pending.items()
+        ((half, (key, req, suite)),) = self._pending.items()
+        dhe, sig, h = suite.dhe_size, suite.sig_size, suite.hash_size
+        _head(rsp, Code.KEY_EXCHANGE_RSP, _KER_FIXED + dhe + 2 + sig + h, "KEY_EXCHANGE_RSP", exact=False)
         (rsp_half,) = struct.unpack_from("<H", rsp, 4)
         if rsp[6] or rsp[7]:
             raise _bad("the responder asks for mutual authentication, which this requester does not offer")
-        _opaque_data, end = _opaque(rsp, _KER_FIXED + DHE_SIZE, "KEY_EXCHANGE_RSP")
-        if len(rsp) != end + SIG_SIZE + H:
-            raise _bad(f"KEY_EXCHANGE_RSP is {len(rsp)} bytes, its fields need {end + SIG_SIZE + H}")
-        head, signature, verify = rsp[:end], rsp[end : end + SIG_SIZE], rsp[end + SIG_SIZE :]
+        _opaque_data, end = _opaque(rsp, _KER_FIXED + dhe, "KEY_EXCHANGE_RSP")
+        if len(rsp) != end + sig + h:
+            raise _bad(f"KEY_EXCHANGE_RSP is {len(rsp)} bytes, its fields need {end + sig + h}")
+        head, signature, verify = rsp[:end], rsp[end : end + sig], rsp[end + sig :]
         base = self._t.message_a + self._ct + req + head
-        r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
         try:
-            self._leaf.verify(encode_dss_signature(r, s), _signed_message(_hash(base)), ec.ECDSA(hashes.SHA384()))
+            suite.verify(self._leaf, signature, _signed_message(suite.digest(base)))
         except InvalidSignature:
             raise _bad("KEY_EXCHANGE_RSP signature does not verify under the device key", 0x05) from None
-        shared = _ecdh(key, bytes(rsp[_KER_FIXED : _KER_FIXED + DHE_SIZE]))
+        shared = suite.dhe_shared(key, bytes(rsp[_KER_FIXED : _KER_FIXED + dhe]))
         th1 = base + signature
-        secrets = _Secrets.from_dhe(shared, _hash(th1))
-        if not hmac.compare_digest(_hmac(_finished_key(secrets.rsp_hs), _hash(th1)), verify):
+        th1_hash = suite.digest(th1)
+        secrets = _Secrets.from_dhe(suite, shared, th1_hash)
+        if not hmac.compare_digest(suite.hmac(secrets.finished_key(secrets.rsp_hs), th1_hash), verify):
             raise _bad("KEY_EXCHANGE_RSP ResponderVerifyData does not verify", ErrorCode.DECRYPT_ERROR)
         sid = half | rsp_half << 16
         if sid in self._sessions:
@@ -884,8 +1169,8 @@ class SpdmRequester:
             session_id=sid,
             secrets=secrets,
             transcript=th1 + verify,
-            requests=_Direction(secrets.req_hs),
-            responses=_Direction(secrets.rsp_hs),
+            requests=_Direction(secrets.suite, secrets.req_hs),
+            responses=_Direction(secrets.suite, secrets.rsp_hs),
         )
         return sid
 
@@ -896,7 +1181,7 @@ class SpdmRequester:
     def finish(self, session_id: int) -> bytes:
         s = self._session(session_id, _Phase.HANDSHAKE)
         head = _msg(Code.FINISH)
-        return head + _hmac(_finished_key(s.secrets.req_hs), _hash(s.transcript + head))
+        return head + s.suite.hmac(s.secrets.finished_key(s.secrets.req_hs), s.suite.digest(s.transcript + head))
 
     def on_finish_rsp(self, session_id: int, finish: bytes, rsp: bytes) -> None:
         s = self._session(session_id, _Phase.HANDSHAKE)

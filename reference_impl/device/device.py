@@ -77,6 +77,7 @@ class DeviceConfig:
     p2p_stream_id: int | None = 1  # the selective IDE stream kept for peer-to-peer; None: no P2P support
     vendor_id: bytes = VENDOR_ID  # the vendor-defined (VDM) protocol the device speaks, PCI-SIG registry
     first_session: int = 1  # the ID of the first SPDM session (a stack of several devices keeps them apart)
+    identity_curve: str = "P-384"  # the curve of its SPDM identity: "P-256" for a device that signs with ECDSA P-256
 
 
 @attrs.frozen
@@ -165,7 +166,7 @@ class Device(Actor):
         self._busy: dict[int, int] = {}  # rid -> TDISP requests still to answer BUSY (inject_busy)
         self._removed = False  # surprise-removed: gone from the bus until replug
         self._entropy_failures = 0  # LOCKs still to fail for want of entropy (inject_entropy_failure)
-        self.identity = DeviceIdentity(seed=cfg.seed)
+        self.identity = DeviceIdentity(seed=cfg.seed, curve=cfg.identity_curve)
         size = cfg.bar_pages * PAGE
         self._functions: dict[int, _Function] = {}
         for index in range(1 + cfg.num_vfs):

@@ -1,4 +1,4 @@
-"""Device identity and evidence: a P-384 certificate chain, measurements, a signed interface report.
+"""Device identity and evidence: a P-384 (or P-256) certificate chain, measurements, a signed interface report.
 
 What a guest checks before it accepts a TDI (PCIe §11.3.11/§11.4 TVM acceptance; SPDM DSP0274
 GET_CERTIFICATE / GET_MEASUREMENTS with a requester nonce; rules-seed D and A.5):
@@ -11,6 +11,9 @@ GET_CERTIFICATE / GET_MEASUREMENTS with a requester nonce; rules-seed D and A.5)
 4. optionally, the measurements are the expected (reference) ones.
 
 :func:`verify_evidence` raises :class:`EvidenceError` whose ``reason`` names the first check that failed.
+
+The chain is P-384 by default; ``curve="P-256"`` makes one for an SPDM peer that negotiates ECDSA P-256
+(its certificates are signed with SHA-256; evidence stays SHA-384 over either curve).
 
 Keys are derived from a seed (``ec.derive_private_key``) and certificates and evidence are signed with
 deterministic ECDSA (RFC 6979) where the installed ``cryptography`` offers it, so the same seed gives the
@@ -35,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from teeio_conformance.contract.errors import ConformanceViolation, InvalidArgument
 
 __all__ = [
+    "CURVES",
     "NONCE_LEN",
     "DeviceIdentity",
     "EvidenceError",
@@ -49,6 +53,10 @@ DIGEST_LEN = 48  # SHA-384
 _P384_ORDER = int(
     "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
 )
+_P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
+CURVES = ("P-384", "P-256")
+"""The curves an identity's keys can be on (the SPDM ECDSA ones this suite speaks)."""
+_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)  # RFC 5280: no expiry
 _EVIDENCE_TAG = b"teeio-evidence-v1"
@@ -75,28 +83,35 @@ class EvidenceError(ConformanceViolation):
 
 
 # ------------------------------------------------------------------------------------------ key material
-def _private_key(seed: int, role: str) -> ec.EllipticCurvePrivateKey:
-    """A P-384 key from the seed: SHA-384 of a labelled seed, reduced into [1, n-1]."""
-    digest = hashlib.sha384(f"teeio-identity/{seed}/{role}".encode()).digest()
-    return ec.derive_private_key(int.from_bytes(digest, "big") % (_P384_ORDER - 1) + 1, ec.SECP384R1())
+def _private_key(seed: int, role: str, curve: str = "P-384") -> ec.EllipticCurvePrivateKey:
+    """A key from the seed: SHA-384 of a labelled seed, reduced into [1, n-1]. The P-384 label is the
+    original one, so a P-384 identity is the same for a seed as it always was."""
+    if curve == "P-384":
+        digest = hashlib.sha384(f"teeio-identity/{seed}/{role}".encode()).digest()
+        return ec.derive_private_key(int.from_bytes(digest, "big") % (_P384_ORDER - 1) + 1, ec.SECP384R1())
+    digest = hashlib.sha384(f"teeio-identity/{seed}/{role}/{curve}".encode()).digest()
+    return ec.derive_private_key(int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1, ec.SECP256R1())
 
 
-def _ecdsa() -> ec.ECDSA:
+def _ecdsa(algorithm: hashes.HashAlgorithm | None = None) -> ec.ECDSA:
+    algorithm = algorithm or hashes.SHA384()
     try:
-        return ec.ECDSA(hashes.SHA384(), deterministic_signing=True)  # type: ignore[call-arg,unused-ignore]
+        return ec.ECDSA(algorithm, deterministic_signing=True)  # type: ignore[call-arg,unused-ignore]
     except TypeError:  # cryptography < 44: randomised ECDSA, still correct
-        return ec.ECDSA(hashes.SHA384())
+        return ec.ECDSA(algorithm)
 
 
-def _sign_certificate(builder: x509.CertificateBuilder, signer: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _sign_certificate(
+    builder: x509.CertificateBuilder, signer: ec.EllipticCurvePrivateKey, algorithm: hashes.SHA256 | hashes.SHA384
+) -> x509.Certificate:
     try:  # ecdsa_deterministic: cryptography >= 44
         return builder.sign(
             signer,
-            hashes.SHA384(),
+            algorithm,
             ecdsa_deterministic=True,  # type: ignore[call-arg,unused-ignore]
         )
     except TypeError:
-        return builder.sign(signer, hashes.SHA384())
+        return builder.sign(signer, algorithm)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -116,6 +131,7 @@ def _certificate(
     signer: ec.EllipticCurvePrivateKey,
     ca: bool,
     serial: int,
+    algorithm: hashes.SHA256 | hashes.SHA384,
 ) -> x509.Certificate:
     usage = dict.fromkeys(
         (
@@ -145,17 +161,24 @@ def _certificate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
     )
-    return _sign_certificate(builder, signer)
+    return _sign_certificate(builder, signer, algorithm)
 
 
 @functools.lru_cache(maxsize=64)
-def _material(seed: int) -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
-    """(leaf private key, root DER, leaf DER) for a seed; cached (key derivation + 2 signatures)."""
-    root_key, leaf_key = _private_key(seed, "root"), _private_key(seed, "leaf")
-    root_cn, leaf_cn = f"teeio root CA {seed}", f"teeio device {seed}"
+def _material(seed: int, curve: str = "P-384") -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
+    """(leaf private key, root DER, leaf DER) for a seed and curve; cached (key derivation + 2 signatures).
+    P-256 certificates are signed with SHA-256, as a P-256 chain usually is; P-384 ones with SHA-384."""
+    root_key, leaf_key = _private_key(seed, "root", curve), _private_key(seed, "leaf", curve)
+    suffix = "" if curve == "P-384" else f" {curve}"
+    root_cn, leaf_cn = f"teeio root CA {seed}{suffix}", f"teeio device {seed}{suffix}"
     serial = int.from_bytes(hashlib.sha256(f"serial/{seed}".encode()).digest()[:16], "big") >> 1 | 1
-    root = _certificate(subject=root_cn, issuer=root_cn, key=root_key, signer=root_key, ca=True, serial=serial)
-    leaf = _certificate(subject=leaf_cn, issuer=root_cn, key=leaf_key, signer=root_key, ca=False, serial=serial + 1)
+    alg = hashes.SHA384() if curve == "P-384" else hashes.SHA256()
+    root = _certificate(
+        subject=root_cn, issuer=root_cn, key=root_key, signer=root_key, ca=True, serial=serial, algorithm=alg
+    )
+    leaf = _certificate(
+        subject=leaf_cn, issuer=root_cn, key=leaf_key, signer=root_key, ca=False, serial=serial + 1, algorithm=alg
+    )
     der = serialization.Encoding.DER
     return leaf_key, root.public_bytes(der), leaf.public_bytes(der)
 
@@ -168,20 +191,25 @@ def _digest_measurements(measurements: dict[int, bytes]) -> bytes:
 
 
 class DeviceIdentity:
-    """The device's SPDM identity: a root CA -> device leaf chain (P-384) and measurement digests."""
+    """The device's SPDM identity: a root CA -> device leaf chain (P-384 unless ``curve`` says P-256) and
+    measurement digests."""
 
-    def __init__(self, *, seed: int, firmware: tuple[bytes, ...] = _DEFAULT_FIRMWARE) -> None:
+    def __init__(self, *, seed: int, firmware: tuple[bytes, ...] = _DEFAULT_FIRMWARE, curve: str = "P-384") -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidArgument(f"DeviceIdentity seed: expected an int, got {seed!r}")
         if not 1 <= len(firmware) <= 0xFE or not all(isinstance(b, bytes) for b in firmware):
             raise InvalidArgument(f"DeviceIdentity firmware: expected 1..254 byte blobs, got {firmware!r:.80}")
+        if curve not in CURVES:
+            raise InvalidArgument(f"DeviceIdentity curve: expected one of {', '.join(CURVES)}, got {curve!r}")
         self.seed = seed
-        self._leaf_key, self._root, self._leaf = _material(seed)
+        self.curve = curve
+        self._leaf_key, self._root, self._leaf = _material(seed, curve)
         # SPDM measurement indices start at 1 (index 0 means "none", 0xFF "all")
         self._measurements = {i: hashlib.sha384(blob).digest() for i, blob in enumerate(firmware, start=1)}
 
     def __repr__(self) -> str:
-        return f"DeviceIdentity(seed={self.seed})"
+        curve = "" if self.curve == "P-384" else f", curve={self.curve!r}"
+        return f"DeviceIdentity(seed={self.seed}{curve})"
 
     def certificate_chain(self) -> tuple[bytes, ...]:
         """DER certificates, root first (the SPDM certificate-chain order)."""
@@ -197,11 +225,17 @@ class DeviceIdentity:
         """SHA-384 over (index, digest) pairs in index order: what evidence commits to."""
         return _digest_measurements(self._measurements)
 
-    def sign(self, data: bytes) -> bytes:
-        """ECDSA P-384 / SHA-384 with the leaf key; DER-encoded signature."""
+    def sign(self, data: bytes, hash_name: str = "sha384") -> bytes:
+        """ECDSA with the leaf key over ``hash_name`` ("sha384", or "sha256" for an SPDM suite that negotiated
+        SHA-256); DER-encoded signature."""
         if not isinstance(data, bytes):
             raise InvalidArgument(f"DeviceIdentity.sign data: expected bytes, got {type(data).__name__}")
-        return self._leaf_key.sign(data, _ecdsa())
+        algorithm = _HASHES.get(hash_name)
+        if algorithm is None:
+            raise InvalidArgument(
+                f"DeviceIdentity.sign hash_name: expected one of {', '.join(_HASHES)}, got {hash_name!r}"
+            )
+        return self._leaf_key.sign(data, _ecdsa(algorithm()))
 
 
 # ------------------------------------------------------------------------------------------ evidence
@@ -316,8 +350,12 @@ def verify_evidence(
     for depth in range(1, len(certs)):
         _check_link(certs[depth - 1], certs[depth], (chain[depth - 1], chain[depth]), depth, now)
     leaf_key = certs[-1].public_key()
-    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(leaf_key.curve, ec.SECP384R1):
-        raise EvidenceError("the device certificate does not hold a P-384 key", reason=EvidenceFailure.BAD_CHAIN)
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(
+        leaf_key.curve, ec.SECP384R1 | ec.SECP256R1
+    ):
+        raise EvidenceError(
+            "the device certificate does not hold a P-384 or P-256 key", reason=EvidenceFailure.BAD_CHAIN
+        )
     try:
         leaf_key.verify(evidence.signature, evidence.signed_bytes(), ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:

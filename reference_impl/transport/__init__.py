@@ -57,10 +57,13 @@ class SessionOpener(Protocol):
 class SpdmIdentity(Protocol):
     """Optional: a responder with its own SPDM identity for secure sessions.
 
-    ``certificate_chain`` is the DER chain, root first; ``spdm_sign`` signs with the leaf key (ECDSA
-    P-384 / SHA-384, DER signature). A responder without one is served under a fixed reference identity.
+    ``certificate_chain`` is the DER chain, root first; ``spdm_sign`` signs with the leaf key (ECDSA, DER
+    signature) over SHA-384 -- or over ``hash_name`` ("sha256"), which the server passes only when it serves
+    a cipher suite with SHA-256, so an identity that only ever signs SHA-384 may leave it out. The leaf's
+    curve must be the served suite's (P-384 by default). A responder without one is served under a fixed
+    reference identity.
     """
 
     def certificate_chain(self) -> tuple[bytes, ...]: ...
 
-    def spdm_sign(self, data: bytes) -> bytes: ...
+    def spdm_sign(self, data: bytes, hash_name: str = "sha384") -> bytes: ...

@@ -208,7 +208,8 @@ class EmuClient:
             doe_type, body = fr.decode_doe(payload)
             if doe_type != fr.DoeType.SPDM:
                 raise fr.FramingError(f"DOE data object type {doe_type}, expected SPDM (1)")
-            return fr.strip_doe_padding(body)
+            suite = self.requester.suite
+            return fr.strip_doe_padding(body, suite.session_sizes if suite is not None else fr.DEFAULT_SESSION_SIZES)
         except fr.FramingError as exc:
             raise TransportError(f"responder at {self.where} sent a bad DOE object: {exc}") from None
 

@@ -22,8 +22,8 @@ class ServedDevice(Device):
     SPDM messages), as it already drops IDE_KM from a session that does not own the keys."""
 
     @query
-    def spdm_sign(self, data: bytes) -> bytes:
-        return self.identity.sign(data)
+    def spdm_sign(self, data: bytes, hash_name: str = "sha384") -> bytes:
+        return self.identity.sign(data, hash_name)
 
     def handle_vendor_message(self, protocol_id: int, message: bytes, *, session_id: int | None) -> bytes | None:
         if protocol_id == PROTOCOL_IDE_KM and session_id is None:

@@ -25,7 +25,9 @@ server's counter) and that ID goes with every vendor message inside the session;
 secured message that fails to decrypt, a GET_VERSION or the connection closing ends it
 (``end_session``). A VENDOR_DEFINED message in the clear reaches the responder with no session
 (``session_id=None``): TDISP and IDE_KM belong inside a session (PCIe 6.x §11.2.2, §6.33.3), and
-whether the device refuses them is what the suite checks.
+whether the device refuses them is what the suite checks. Sessions use one cipher suite (``suite``,
+``serve-device --hash/--asym/--dhe/--aead``; SHA-384 / ECDSA P-384 / secp384r1 / AES-256-GCM by default),
+selected when the requester offers it; the responder's identity must be on its curve.
 
 Plaintext (``secure=False``, ``serve-device --plaintext``), for requesters without sessions: each
 connection that completes VCA is one session, numbered as above, used for every vendor message of that
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import ipaddress
 import json
 import queue
@@ -88,6 +91,7 @@ __all__ = [
     "select_algorithms",
     "serve",
     "start_in_thread",
+    "suite_from_args",
 ]
 
 TEST_REPLY = b"Server Hello!\0"
@@ -165,15 +169,18 @@ def responder_capabilities(flags: int = RESPONDER_FLAGS) -> fr.Capabilities:
     return fr.Capabilities(ct_exponent=0, flags=flags, data_transfer_size=size, max_spdm_msg_size=size)
 
 
-def select_algorithms(req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS) -> fr.Algorithms:
-    """The fixed selection (DSP0274 1.2 ALGORITHMS): SHA-384 and ECDSA P-384 when the capabilities need
-    a hash and a signature (CHAL, MEAS with signature, KEY_EX) and the requester offers them; otherwise
-    nothing, as the spec asks of a responder without such capabilities. One response structure table
-    per requested one, each selecting nothing until secure sessions exist."""
+def select_algorithms(
+    req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS, suite: sp.CipherSuite = sp.DEFAULT_SUITE
+) -> fr.Algorithms:
+    """The selection when no session suite is agreed (DSP0274 1.2 ALGORITHMS): the suite's hash and
+    signature (SHA-384 and ECDSA P-384 by default) when the capabilities need a hash and a signature (CHAL,
+    MEAS with signature, KEY_EX) and the requester offers them; otherwise nothing, as the spec asks of a
+    responder without such capabilities. One response structure table per requested one, each selecting
+    nothing (no session can be opened)."""
     signs = bool(flags & (fr.CAP_CHAL | fr.CAP_MEAS_SIG | fr.CAP_KEY_EX))
     return fr.Algorithms(
-        base_hash_sel=fr.HASH_SHA_384 if signs and req.base_hash_algo & fr.HASH_SHA_384 else 0,
-        base_asym_sel=fr.ASYM_ECDSA_P384 if signs and req.base_asym_algo & fr.ASYM_ECDSA_P384 else 0,
+        base_hash_sel=suite.hash if signs and req.base_hash_algo & suite.hash else 0,
+        base_asym_sel=suite.asym if signs and req.base_asym_algo & suite.asym else 0,
         alg_structs=tuple(fr.AlgStruct(alg_type=s.alg_type) for s in req.alg_structs),
     )
 
@@ -181,15 +188,33 @@ def select_algorithms(req: fr.NegotiateAlgorithms, flags: int = RESPONDER_FLAGS)
 _SESSION_CODES = (sp.Code.GET_DIGESTS, sp.Code.GET_CERTIFICATE, sp.Code.KEY_EXCHANGE, *sp.IN_SESSION_CODES)
 
 
-def _identity(responder: VendorResponder) -> tuple[tuple[bytes, ...], Callable[[bytes], bytes]]:
-    """The certificate chain and signer a responder offers (:class:`~reference_impl.transport.SpdmIdentity`),
-    or a fixed reference identity (seed 0) for one that has none, such as a test double."""
+def _identity(
+    responder: VendorResponder, suite: sp.CipherSuite = sp.DEFAULT_SUITE
+) -> tuple[tuple[bytes, ...], Callable[[bytes], bytes]]:
+    """The certificate chain and signer (over the suite's hash) a responder offers
+    (:class:`~reference_impl.transport.SpdmIdentity`), or a fixed reference identity (seed 0, on the
+    suite's curve) for one that has none, such as a test double."""
     if isinstance(responder, SpdmIdentity):
-        return tuple(responder.certificate_chain()), responder.spdm_sign
-    from teeio_conformance.reference_impl.device.identity import DeviceIdentity
+        chain, sign = tuple(responder.certificate_chain()), responder.spdm_sign
+    else:
+        from teeio_conformance.reference_impl.device.identity import DeviceIdentity
 
-    fallback = DeviceIdentity(seed=0)
-    return fallback.certificate_chain(), fallback.sign
+        fallback = DeviceIdentity(seed=0, curve=suite.curve_name)
+        chain, sign = fallback.certificate_chain(), fallback.sign
+    if suite.hash is sp.BaseHash.SHA_384:
+        return chain, sign  # as an identity that signs SHA-384 only expects to be called
+    return chain, functools.partial(sign, hash_name=suite.hash_algorithm.name)
+
+
+def suite_from_args(args: argparse.Namespace) -> sp.CipherSuite:
+    """The cipher suite ``--hash``/``--asym``/``--dhe``/``--aead`` name, the reference's for any left out."""
+    d = sp.DEFAULT_SUITE
+    return sp.CipherSuite(
+        sp.BaseHash[getattr(args, "hash", None) or d.hash.name],
+        sp.BaseAsym[getattr(args, "asym", None) or d.asym.name],
+        sp.Dhe[getattr(args, "dhe", None) or d.dhe.name],
+        sp.Aead[getattr(args, "aead", None) or d.aead.name],
+    )
 
 
 class Channel(Protocol):
@@ -204,11 +229,15 @@ class Channel(Protocol):
 
 
 class PlaintextChannel:
-    """No secure session: plain SPDM in DOE type 1; secured messages (type 2) are refused."""
+    """Plain SPDM in DOE type 1; secured messages (type 2) are refused (the server opens them itself when it
+    serves sessions). ``sizes`` are the session suite's, which the length of KEY_EXCHANGE depends on."""
+
+    def __init__(self, sizes: fr.SessionSizes = fr.DEFAULT_SESSION_SIZES) -> None:
+        self.sizes = sizes
 
     def open(self, doe_type: int, body: bytes) -> bytes:
         if doe_type == fr.DoeType.SPDM:
-            return fr.strip_doe_padding(body)
+            return fr.strip_doe_padding(body, self.sizes)
         if doe_type == fr.DoeType.SECURED_SPDM:
             raise fr.FramingError(
                 "secured SPDM messages need a secure session; none is supported yet",
@@ -281,11 +310,12 @@ class EmuServer:
         responder: VendorResponder,
         *,
         max_connections: int | None = None,
-        channel_factory: Callable[[], Channel] = PlaintextChannel,
+        channel_factory: Callable[[], Channel] | None = None,
         idle_timeout: float | None = IDLE_TIMEOUT,
         max_open: int = MAX_OPEN,
         max_buffered: int = MAX_BUFFERED,
         secure: bool = True,
+        suite: sp.CipherSuite = sp.DEFAULT_SUITE,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise InvalidArgument(f"idle_timeout must be positive seconds (or None), got {idle_timeout!r}")
@@ -298,9 +328,13 @@ class EmuServer:
         self.dropped_connections = 0  # closed for idling or for a frame over the buffer budget
         self._listener = listener
         self.secure = secure
+        self.suite = suite
+        """The one cipher suite sessions use (what ALGORITHMS selects when the requester offers it)."""
+        if secure:
+            sp.SpdmResponder(*_identity(responder, suite), suite=suite)  # InvalidArgument: wrong curve, now
         self._responder = _Locked(responder)
         self._max_connections = max_connections
-        self._channel_factory = channel_factory
+        self._channel_factory = channel_factory or functools.partial(PlaintextChannel, suite.session_sizes)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: dict[socket.socket, threading.Event] = {}  # connection -> set once it is closed
@@ -319,6 +353,7 @@ class EmuServer:
             "transport": "PCI_DOE",
             "spdm_version": "1.2",
             "sessions": self.secure,
+            "cipher_suite": str(self.suite),
             "pipelining": True,  # a connection's frames are answered in order, so requests may be pipelined
         }
 
@@ -414,8 +449,8 @@ class EmuServer:
     def _serve_connection(self, conn: socket.socket, responder: _Locked) -> None:
         state = _ConnState(channel=self._channel_factory(), responder=responder)
         if self.secure:
-            chain, sign = _identity(responder.inner)
-            state.spdm = sp.SpdmResponder(chain, sign)
+            chain, sign = _identity(responder.inner, self.suite)
+            state.spdm = sp.SpdmResponder(chain, sign, suite=self.suite)
         reader = _DeadlineReader(conn, self.idle_timeout)
         out = bytearray()
 
@@ -624,12 +659,12 @@ class EmuServer:
         offer = fr.NegotiateAlgorithms.decode(req)
         if state.spdm is not None:
             # sessions: the session suite when offered, else what a responder without it would select
-            algs = sp.select_session_algorithms(offer) or select_algorithms(offer, SECURE_FLAGS)
+            algs = sp.select_session_algorithms(offer, self.suite) or select_algorithms(offer, SECURE_FLAGS, self.suite)
             answer = algs.encode()
             state.spdm.vca(req, answer, algorithms=algs)
             state.stage = _Stage.READY
             return answer
-        answer = select_algorithms(offer).encode()
+        answer = select_algorithms(offer, suite=self.suite).encode()
         try:
             state.session_id = state.responder.open_session()
         except Exception:  # a responder bug must not take the server down
@@ -693,6 +728,7 @@ def serve(
     max_open: int = MAX_OPEN,
     max_buffered: int = MAX_BUFFERED,
     secure: bool = True,
+    suite: sp.CipherSuite = sp.DEFAULT_SUITE,
 ) -> None:
     """Serve one responder until a SHUTDOWN frame (or ``max_connections`` connections have come and gone).
 
@@ -708,6 +744,7 @@ def serve(
             max_open=max_open,
             max_buffered=max_buffered,
             secure=secure,
+            suite=suite,
         )
     except BaseException:
         listener.close()
@@ -761,6 +798,7 @@ def start_in_thread(
     max_open: int = MAX_OPEN,
     max_buffered: int = MAX_BUFFERED,
     secure: bool = True,
+    suite: sp.CipherSuite = sp.DEFAULT_SUITE,
 ) -> ServerHandle:
     """A server on a loopback port (a free one by default), listening before this returns."""
     listener = _listen(host, port, allow_remote=False)
@@ -773,6 +811,7 @@ def start_in_thread(
             max_open=max_open,
             max_buffered=max_buffered,
             secure=secure,
+            suite=suite,
         )
     except BaseException:
         listener.close()
@@ -819,6 +858,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no SPDM secure sessions: each connection is one session and TDISP / IDE_KM travel in the clear",
     )
+    default = sp.DEFAULT_SUITE
+    for flag, kind, value in (
+        ("--hash", sp.BaseHash, default.hash),
+        ("--asym", sp.BaseAsym, default.asym),
+        ("--dhe", sp.Dhe, default.dhe),
+        ("--aead", sp.Aead, default.aead),
+    ):
+        parser.add_argument(
+            flag,
+            choices=[m.name for m in kind],
+            default=None,
+            help=f"the cipher suite's {flag[2:]} the sessions use, as spdm-emu names it (default {value.name}); "
+            "--asym ECDSA_P256 needs a device identity on P-256",
+        )
 
 
 def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponder]) -> int:
@@ -840,6 +893,7 @@ def run(args: argparse.Namespace, responder_factory: Callable[[], VendorResponde
             max_open=getattr(args, "max_open", MAX_OPEN),
             max_buffered=getattr(args, "max_buffered", MAX_BUFFERED),
             secure=not getattr(args, "plaintext", False),
+            suite=suite_from_args(args),
         )
     except InvalidArgument as exc:
         sys.stderr.write(f"teeio-conformance serve-device: {exc}\n")

@@ -55,11 +55,12 @@ def _listening(port: int) -> bool:
     return any(f":{port:04X}" == line.split()[1][-5:] and line.split()[3] == "0A" for line in lines)
 
 
-def _start_responder() -> tuple[subprocess.Popen[bytes], int]:
+def _start_responder(*suite: str) -> tuple[subprocess.Popen[bytes], int]:
+    """spdm-emu's responder on a free port; ``suite`` are its --hash/--asym/--dhe/--aead options, if any."""
     binary = Path(str(RESPONDER)).resolve()
     port = _free_port()
     proc = subprocess.Popen(
-        [str(binary), "--trans", "PCI_DOE", "--ver", "1.2", "--port", str(port)],
+        [str(binary), "--trans", "PCI_DOE", "--ver", "1.2", "--port", str(port), *suite],
         cwd=binary.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -91,6 +92,34 @@ def test_a_secure_session_with_tdisp_inside_against_spdm_emus_responder():
                     client.send(1, td.encode(td.GetDeviceInterfaceState(interface_id=iid)), session_id=sid)
                 )
                 assert isinstance(state, td.DeviceInterfaceState)
+            client.end_session(sid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_responder
+def test_a_sha256_p256_aes128_session_with_tdisp_inside_against_spdm_emus_responder():
+    """spdm-emu made to speak only SHA-256, ECDSA P-256 (its ecp256 sample chain), secp256r1 and AES-128-GCM:
+    the suite's client follows its selection and opens a session all the same."""
+    small = sp.CipherSuite(sp.BaseHash.SHA_256, sp.BaseAsym.ECDSA_P256, sp.Dhe.SECP_256_R1, sp.Aead.AES_128_GCM)
+    proc, port = _start_responder(
+        "--hash", "SHA_256", "--asym", "ECDSA_P256", "--dhe", "SECP_256_R1", "--aead", "AES_128_GCM"
+    )
+    try:
+        with EmuClient.connect("127.0.0.1", port, timeout=5) as client:
+            assert client.requester.suite == small
+            sid = client.open_session()  # a P-256 leaf, r || s of 64 bytes, SHA-256 transcript and HMACs
+            iid = td.InterfaceId(function_id=FID)
+            version = td.decode_response(
+                client.send(1, td.encode(td.GetTdispVersion(interface_id=iid)), session_id=sid)
+            )
+            assert version == td.TdispVersion(interface_id=iid, versions=(td.TDISP_VERSION_1_0,))
+            client.key_update(sid, sp.KeyUpdateOp.UPDATE_ALL_KEYS)
+            state = td.decode_response(
+                client.send(1, td.encode(td.GetDeviceInterfaceState(interface_id=iid)), session_id=sid)
+            )
+            assert isinstance(state, td.DeviceInterfaceState)
             client.end_session(sid)
     finally:
         proc.kill()
