@@ -22,6 +22,7 @@ from teeio_conformance.reference_impl.device.identity import DeviceIdentity
 from teeio_conformance.reference_impl.transport.client import EmuClient, TransportError
 from teeio_conformance.reference_impl.transport.served import served_device_factory
 from teeio_conformance.reference_impl.transport.server import EmuServer, start_in_thread
+from tests.transport.test_sessions import _in_session, _read_chain
 
 SMALL = sp.CipherSuite(sp.BaseHash.SHA_256, sp.BaseAsym.ECDSA_P256, sp.Dhe.SECP_256_R1, sp.Aead.AES_128_GCM)
 MIXED = sp.CipherSuite(sp.BaseHash.SHA_384, sp.BaseAsym.ECDSA_P256, sp.Dhe.SECP_384_R1, sp.Aead.AES_128_GCM)
@@ -51,19 +52,6 @@ def _vca(req: sp.SpdmRequester, rsp: sp.SpdmResponder, algs: fr.Algorithms | Non
         req.vca(request, response)
         rsp.vca(request, response, algorithms=selected)
     return algs
-
-
-def _in_session(req: sp.SpdmRequester, rsp: sp.SpdmResponder, sid: int, message: bytes) -> bytes:
-    got, request = rsp.open(req.seal(sid, message))
-    assert got == sid
-    answer = rsp.handle_in_session(sid, request) if request[1] != fr.SpdmCode.VENDOR_DEFINED_REQUEST else request
-    return req.open(sid, rsp.seal(sid, answer))
-
-
-def _read_chain(req: sp.SpdmRequester, rsp: sp.SpdmResponder) -> None:
-    req.on_digests(rsp.handle(req.get_digests()))
-    while not req.on_certificate(rsp.handle(req.get_certificate())):
-        pass
 
 
 # ------------------------------------------------------------------ every suite between the state objects
